@@ -1,0 +1,31 @@
+"""Shared test fixtures.
+
+Real data lives in ../shared/fixtures beside the checkout (never copied into the repo). Tests that need it use the
+`fixtures_dir` fixture, which skips with a clear reason when the folder is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = Path(os.environ.get("CRYOFIRE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES} (set CRYOFIRE_FIXTURES)")
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
