@@ -1,0 +1,162 @@
+"""`Run(outdir)`: read access to a finished or running `cryofire train` output folder.
+
+Attributes: `.config` (TrainConfig), `.z (N, d)`, `.index (N,)` (particle index in the user's stack), `.rot (N, 3, 3)`
+(k_vol = k_img @ rot), `.trans (N, 2)` in **pixels of the training box** (tx, ty) = (columns, rows), `.apix`
+(Angstrom/pixel at the training box), `.D` (training box), `.model` (CryoFIRE, eval mode, CPU), `.checkpoint` (dict).
+Per-particle arrays come from latents.npz (the final eval pass); before it exists they raise FileNotFoundError.
+
+`decode(z (n, d)) -> (n, D, D, D)` float32 real-space volumes, axes (z, y, x), in the units of the (windowed)
+particle images: the decoder is evaluated on the unrotated 3D lattice of the training box out to the frequency radius
+reached in training, only the 3D DC is zeroed, then the inverse centered 3D Hartley transform. The positional encoding
+is tied to the training box, so any other box size is refused with a ValueError.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryofire_app.io.errors import InputError
+
+
+class Run:
+    def __init__(self, outdir: str | Path, checkpoint: str | Path | None = None):
+        from cryofire_app.training.config import TrainConfig
+
+        self.outdir = Path(outdir)
+        cfg_path = self.outdir / "config.json"
+        if not cfg_path.is_file():
+            raise InputError("not a cryofire run folder (config.json missing)", self.outdir)
+        try:
+            self.config = TrainConfig.load(cfg_path)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"bad config.json: {exc}", cfg_path) from exc
+        self.checkpoint_path = Path(checkpoint) if checkpoint else self.outdir / "checkpoints" / "last.pt"
+        self._ck: dict | None = None
+        self._model = None
+        self._lat: dict | None = None
+
+    # ---- checkpoint / model -------------------------------------------------------------------------------------
+    @property
+    def checkpoint(self) -> dict:
+        if self._ck is None:
+            from cryofire_app.training.checkpoint import load_checkpoint
+
+            self._ck = load_checkpoint(self.checkpoint_path)
+        return self._ck
+
+    @property
+    def D(self) -> int:
+        if self.config.D:
+            return int(self.config.D)
+        return int(self.checkpoint["D"])
+
+    @property
+    def apix(self) -> float:
+        lat = self._latents(required=False)
+        if lat is not None and "apix" in lat:
+            return float(lat["apix"])
+        return float(self.checkpoint["apix"])
+
+    @property
+    def images_seen(self) -> int:
+        return int(self.checkpoint["images_seen"])
+
+    @property
+    def mask_radius(self) -> int:
+        return int(self.checkpoint["mask_radius"])
+
+    @property
+    def model(self):
+        if self._model is None:
+            from cryofire_app.training.trainer import build_model
+
+            ck = self.checkpoint
+            m = build_model(self.config, int(ck["D"]))
+            m.load_state_dict(ck["model"])
+            m.eval()
+            self._model = m
+        return self._model
+
+    # ---- per-particle results ---------------------------------------------------------------------------------------
+    def _latents(self, required: bool = True) -> dict | None:
+        if self._lat is None:
+            p = self.outdir / "latents.npz"
+            if not p.is_file():
+                if required:
+                    raise FileNotFoundError(f"{p}: no latents yet (written by the final eval pass of cryofire train)")
+                return None
+            with np.load(p) as f:
+                self._lat = {k: f[k] for k in f.files}
+        return self._lat
+
+    @property
+    def z(self) -> np.ndarray:
+        return self._latents()["z"]
+
+    @property
+    def index(self) -> np.ndarray:
+        return self._latents()["index"]
+
+    @property
+    def rot(self) -> np.ndarray:
+        return self._latents()["rot"]
+
+    @property
+    def trans(self) -> np.ndarray:
+        return self._latents()["trans"]
+
+    @property
+    def val(self) -> np.ndarray:
+        """(N,) bool: particle was in the held-out validation split."""
+        return self._latents()["val"].astype(bool)
+
+    def events(self) -> list[dict]:
+        """All events of log.jsonl (one dict each, key "event" = class name)."""
+        p = self.outdir / "log.jsonl"
+        if not p.is_file():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line being written
+        return out
+
+    # ---- volumes ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z: np.ndarray | torch.Tensor | None, D: int | None = None,
+               radius: float | None = None) -> np.ndarray:
+        """Real-space volumes (n, D, D, D) float32 (z, y, x) at latent points z (n, d) (or (d,), or None for d = 0).
+
+        D: must be None or the training box. radius: frequency cut-off in pixels (default: the radius reached
+        in training, beyond which the decoder never saw data).
+        """
+        from cryofire_app.physics.fft import iht3_center
+
+        if D is not None and int(D) != self.D:
+            raise ValueError(f"this run was trained at box {self.D}; its decoder's positional encoding is tied to "
+                             f"that lattice, so volumes can only be decoded at D={self.D} (asked for D={D}). "
+                             "Resample the decoded map instead (e.g. physics.fft.fourier_resize).")
+        m = self.model
+        d = m.zdim
+        if z is None:
+            zz = torch.zeros(1, d)
+        else:
+            zz = torch.as_tensor(np.asarray(z, dtype=np.float32))
+            if zz.ndim == 1:
+                zz = zz[None]
+            if zz.shape[1] != d:
+                raise ValueError(f"z has {zz.shape[1]} dimensions, the run's latent space has {d}")
+        r = self.mask_radius if radius is None else radius
+        sigma = float(self.checkpoint["sigma_ht"])
+        vols = np.empty((zz.shape[0], self.D, self.D, self.D), np.float32)
+        for i in range(zz.shape[0]):
+            ht = m.decode_volume_ht(zz[i] if d > 0 else None, radius=r)
+            vols[i] = (iht3_center(ht.double()) * sigma).float().cpu().numpy()
+        return vols

@@ -1,0 +1,69 @@
+"""Encoder: CNN over the windowed, normalized real-space image -> rotation (6D, Gram-Schmidt), translation, z.
+
+Input `(B, D, D)` images `[row, col]`. Outputs:
+- `rot (B, 3, 3)`: cryoDRGN convention, rows = volume-frame directions of the image x axis, image y axis, view axis
+  (a 2D frequency k_img lands at k_img @ rot);
+- `trans (B, 2)`: pixels (tx, ty) = (columns, rows), the shift that re-centres the observed particle;
+- `z_mu (B, d)` and, if variational, `z_logvar (B, d)` (std = exp(logvar / 2)).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cryofire_app.physics.rotations import r6_to_matrix
+
+
+def _groups(c: int) -> int:
+    for g in (16, 8, 4, 2, 1):
+        if c % g == 0:
+            return g
+    return 1
+
+
+class ConvBlock(nn.Sequential):
+    """3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 2x2 average pool -> GroupNorm (the original's block, any width)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AvgPool2d(2), nn.GroupNorm(_groups(c_out), c_out),
+        )
+
+
+class Encoder(nn.Module):
+    def __init__(self, D: int, zdim: int = 8, channels: tuple[int, ...] = (16, 32, 64, 128, 128),
+                 final_size: int = 4, hidden: int = 256, variational: bool = False):
+        super().__init__()
+        if D % 2:
+            raise ValueError(f"encoder box must be even, got {D}")
+        self.D, self.zdim, self.variational = D, zdim, variational
+        blocks, c_in, size = [], 1, D
+        for c in channels:
+            if size <= final_size or size % 2:
+                break
+            blocks.append(ConvBlock(c_in, c))
+            c_in, size = c, size // 2
+        self.cnn = nn.Sequential(*blocks)
+        self.feat_dim = c_in * size * size
+        self.mlp = nn.Sequential(nn.Linear(self.feat_dim, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.rot_head = nn.Linear(hidden, 6)
+        self.trans_head = nn.Linear(hidden, 2)
+        self.z_head = nn.Linear(hidden, 2 * zdim if variational else zdim) if zdim > 0 else None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, D, D) real-space images. Returns dict rot, trans, z_mu, [z_logvar]."""
+        h = self.cnn(x.unsqueeze(1)).flatten(1)
+        h = self.mlp(h)
+        out = {"rot": r6_to_matrix(self.rot_head(h)), "trans": self.trans_head(h)}
+        if self.z_head is not None:
+            zz = self.z_head(h)
+            if self.variational:
+                out["z_mu"], out["z_logvar"] = zz[:, : self.zdim], zz[:, self.zdim:]
+            else:
+                out["z_mu"] = zz
+        else:
+            out["z_mu"] = h.new_zeros(h.shape[0], 0)
+        return out

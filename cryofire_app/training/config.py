@@ -1,0 +1,103 @@
+"""Training configuration (one dataclass; saved as OUTDIR/config.json).
+
+Units: box sizes and frequency radii in pixels of the *training* box `D`; learning rate per Adam step;
+counts in images (not steps or epochs) so that a schedule does not depend on the batch size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class EncoderConfig:
+    """CNN over the windowed, normalized real-space image, then a shared MLP and heads.
+
+    `channels[i]` is the width of conv block i (two 3x3 convs, ReLU, 2x2 average pool, GroupNorm); blocks are added
+    until the feature map is `final_size` pixels wide (or the channel list runs out).
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    final_size: int = 4
+    hidden: int = 256
+    variational: bool = False
+
+
+@dataclass
+class DecoderConfig:
+    """Implicit Hartley decoder V(k, z): random Fourier features of k (cycles/px), z concatenated, residual MLP."""
+
+    pe_dim: int = 64          # number of random 3D frequency vectors (features = 2 * pe_dim)
+    feat_sigma: float = 0.5   # std of the random frequencies, before the scale D//2
+    hidden: int = 256
+    layers: int = 3           # residual blocks
+
+
+@dataclass
+class TrainConfig:
+    particles: str = ""
+    outdir: str = ""
+    ctf: str | None = None
+    datadir: str | None = None
+    D: int | None = None                 # training box (even); None = the stack's box
+    zdim: int = 8
+    num_images: int | None = None        # total images to see (exclusive with epochs)
+    epochs: float | None = None
+    batch_size: int = 32
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda
+    pose_only_images: int = 100_000      # pose-only phase length in images (z ignored, sampled)
+    std_z_init: float = 3.0              # std of the random z fed to the decoder in the pose-only phase
+    beta: float = 0.0                    # KL weight (variational encoder only); KL / Dl^2 as in the original
+    sym_loss: bool = True
+    # frequency marching: radius(n) = min(freq_start + n // freq_add_every, freq_max or D//2), in pixels
+    freq_start: int = 4
+    freq_add_every: int = 10_000
+    freq_max: int | None = None
+    window_r_in: float = 0.85
+    window_r_out: float = 0.99
+    val_fraction: float = 0.05           # held-out validation split (at most val_max images)
+    val_max: int = 256
+    norm_sample: int = 1000              # images sampled for normalization statistics
+    checkpoint_every: int = 20_000       # images between checkpoints
+    keep_checkpoints: int = 3            # numbered checkpoints kept besides last.pt
+    latents_every: int = 5_000           # images between Latents events
+    latents_subset: int = 1000           # particles in each Latents snapshot
+    invert_data: str = "auto"            # auto | yes | no   (auto: invert when the consensus density is negative)
+    contrast_check_images: int = 5_000   # images seen before the automatic contrast check
+    num_threads: int | None = None       # torch intra-op threads (None: leave torch's default)
+    eval_batch_size: int = 256
+    select_radius: int = 12              # frequency radius (px) of the decoder check that picks the branch at eval
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["encoder"]["channels"] = list(self.encoder.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        enc = dict(d.pop("encoder", {}) or {})
+        if "channels" in enc:
+            enc["channels"] = tuple(enc["channels"])
+        dec = dict(d.pop("decoder", {}) or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d, encoder=EncoderConfig(**enc), decoder=DecoderConfig(**dec))
+
+    def save(self, path: str | Path) -> None:
+        from cryofire_app.training.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))

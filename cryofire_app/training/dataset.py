@@ -1,0 +1,175 @@
+"""Particle data for training: memory-mapped stack -> training-box images, normalized, in a prefetching thread.
+
+Per image (method_spec §1): raw (D0, D0) -> Fourier crop/pad to the training box D (physics.fft.fourier_resize) ->
+soft real-space window -> encoder input y_real = x_w / sigma_real and Hartley target
+Y = symmetrize(HT(x_w)) / sigma_ht, flattened to (Dl*Dl,) with Dl = D + 1. The sigmas are root-mean-squares (mean
+taken as 0) over a seeded sample of images. The contrast sign is applied by the trainer, not here.
+CTF rows are cryoDRGN rows with columns 0/1 rewritten to the training box and its pixel size (D0*apix0/D).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from cryofire_app.physics.fft import fourier_resize, ht2_center, symmetrize_ht, window_mask
+
+
+class Preprocessor:
+    """Raw images -> (y_real (n, D, D), Y (n, Dl*Dl)) float32 torch tensors (unnormalized until set_norm)."""
+
+    def __init__(self, D0: int, D: int, r_in: float = 0.85, r_out: float = 0.99):
+        if D % 2 or D0 % 2:
+            raise ValueError(f"box sizes must be even (stack {D0}, training {D})")
+        self.D0, self.D = D0, D
+        self.window = window_mask(D, r_in, r_out).float()
+        self.sigma_real = 1.0
+        self.sigma_ht = 1.0
+
+    def windowed(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+        if x.ndim == 2:
+            x = x[None]
+        if self.D != self.D0:
+            x = fourier_resize(x, self.D).float()
+        return x * self.window
+
+    def __call__(self, raw: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xw = self.windowed(raw)
+        Y = symmetrize_ht(ht2_center(xw)).reshape(xw.shape[0], -1)
+        return (xw / self.sigma_real).float(), (Y / self.sigma_ht).float()
+
+    def fit_norm(self, images, sample: np.ndarray, chunk: int = 256) -> tuple[float, float]:
+        """Set sigma_real and sigma_ht (RMS over the sampled images); returns them."""
+        s_r = s_h = 0.0
+        n_r = n_h = 0
+        for i in range(0, len(sample), chunk):
+            xw = self.windowed(images[np.sort(sample[i:i + chunk])]).double()
+            Y = symmetrize_ht(ht2_center(xw))
+            s_r += float((xw ** 2).sum()); n_r += xw.numel()
+            s_h += float((Y ** 2).sum()); n_h += Y.numel()
+        self.sigma_real = float(np.sqrt(s_r / n_r))
+        self.sigma_ht = float(np.sqrt(s_h / n_h))
+        if not np.isfinite(self.sigma_real) or self.sigma_real <= 0 or not np.isfinite(self.sigma_ht):
+            raise ValueError(f"normalization failed (sigma_real={self.sigma_real}, sigma_ht={self.sigma_ht}): "
+                             "the sampled images are constant or contain NaN/Inf")
+        return self.sigma_real, self.sigma_ht
+
+
+def ctf_for_box(ctf: np.ndarray | None, D: int) -> torch.Tensor | None:
+    """cryoDRGN CTF rows (N, 9) -> copy with column 0 = D and column 1 = the pixel size at box D (Angstrom)."""
+    if ctf is None:
+        return None
+    c = np.array(ctf, dtype=np.float64, copy=True)
+    c[:, 1] = c[:, 0] * c[:, 1] / D
+    c[:, 0] = D
+    return torch.as_tensor(c, dtype=torch.float32)
+
+
+@dataclass
+class Batch:
+    pos: np.ndarray               # (n,) positions in the ParticleSet (0..N-1)
+    y_real: torch.Tensor          # (n, D, D)
+    Y: torch.Tensor               # (n, Dl*Dl)
+    ctf: torch.Tensor | None      # (n, 9)
+
+
+class ParticleData:
+    """A ParticleSet prepared for one training box: preprocessing, CTF table, batch loading by position."""
+
+    def __init__(self, particles, D: int | None = None, r_in: float = 0.85, r_out: float = 0.99):
+        self.particles = particles
+        self.images = particles.images
+        self.N = len(self.images)
+        self.D0 = int(self.images.D)
+        self.D = int(D or self.D0)
+        if self.D > self.D0:
+            raise ValueError(f"training box {self.D} is larger than the stack box {self.D0}")
+        self.prep = Preprocessor(self.D0, self.D, r_in, r_out)
+        self.ctf = ctf_for_box(particles.ctf, self.D)
+        apix0 = particles.apix
+        if apix0 is None and particles.ctf is not None:
+            apix0 = float(particles.ctf[0, 0] * particles.ctf[0, 1] / self.D0)
+        self.apix = float(apix0) * self.D0 / self.D if apix0 else 1.0
+
+    def load(self, pos: np.ndarray) -> Batch:
+        pos = np.asarray(pos, dtype=np.int64)
+        order = np.argsort(pos, kind="stable")
+        raw = np.empty((len(pos), self.D0, self.D0), dtype=np.float32)
+        raw[order] = self.images[pos[order]]           # sorted reads are friendlier to the memory map
+        y_real, Y = self.prep(raw)
+        ctf = self.ctf[torch.as_tensor(pos)] if self.ctf is not None else None
+        return Batch(pos, y_real, Y, ctf)
+
+
+def epoch_order(train_pos: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled training order of one epoch, a pure function of (seed, epoch) so a resume replays it exactly."""
+    return np.random.default_rng([seed, epoch, 7]).permutation(train_pos)
+
+
+def batch_schedule(train_pos: np.ndarray, batch: int, seed: int, start_images: int) -> Iterator[np.ndarray]:
+    """Global batches (drop_last within each epoch) starting at `start_images` images seen."""
+    per_epoch = len(train_pos) // batch
+    step = start_images // batch
+    while True:
+        epoch, k = divmod(step, per_epoch)
+        order = epoch_order(train_pos, seed, epoch)
+        yield order[k * batch:(k + 1) * batch]
+        step += 1
+
+
+class Prefetcher:
+    """Loads batches in a background thread (bounded queue). Iterate to get `Batch`es; call close() when done."""
+
+    _END = object()
+
+    def __init__(self, data: ParticleData, schedule: Iterator[np.ndarray], depth: int = 3):
+        self.data, self.schedule = data, schedule
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="cryofire-prefetch", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            for pos in self.schedule:
+                if self._stop.is_set():
+                    break
+                item = self.data.load(pos)
+                while not self._stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # surfaced to the consumer
+            self.q.put(exc)
+        finally:
+            try:
+                self.q.put_nowait(self._END)
+            except queue.Full:
+                pass
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Batch:
+        item = self.q.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            while True:
+                self.q.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=5)

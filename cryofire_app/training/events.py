@@ -1,0 +1,85 @@
+"""Events yielded by `Trainer.run()` (see docs/design.md). Plain dataclasses; arrays are numpy.
+
+Units: `loss` is the mean squared error in normalized Hartley units; `mask_radius` in pixels of the training box;
+`elapsed_s` wall-clock seconds since the run (or resume) started; `rot (n,3,3)` cryoDRGN convention
+(k_vol = k_img @ rot), `trans (n,2)` in pixels (tx, ty) = (columns, rows), the shift that re-centres the image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Started:
+    config: dict
+    n_train: int
+    n_val: int
+
+
+@dataclass
+class Step:
+    step: int
+    images_seen: int
+    loss: float
+    mask_radius: int
+    phase: str            # "pose_only" | "joint"
+    elapsed_s: float
+    images_total: int
+
+
+@dataclass
+class Latents:
+    images_seen: int
+    index: np.ndarray     # (n,) int64, particle index in the user's stack
+    z: np.ndarray         # (n, d)
+    rot: np.ndarray       # (n, 3, 3)
+    trans: np.ndarray     # (n, 2) pixels
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    images_seen: int
+    val_loss: float
+    pose_change_deg: float | None   # median rotation angle between this and the previous checkpoint (val set)
+    z_change: float | None          # median |z_now - z_prev| / median |z_now| on the val set
+
+
+@dataclass
+class Message:
+    level: str            # "info" | "warning" | "error"
+    text: str
+
+
+@dataclass
+class Finished:
+    outdir: str
+    images_seen: int
+    stopped: bool
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+Event = Started | Step | Latents | Checkpoint | Message | Finished | Failed
+
+
+def event_to_json(ev: Any) -> dict:
+    """JSON-able summary of an event for log.jsonl (Latents arrays are summarized, not dumped)."""
+    out: dict[str, Any] = {"event": type(ev).__name__}
+    for f in fields(ev):
+        v = getattr(ev, f.name)
+        if isinstance(v, np.ndarray):
+            if isinstance(ev, Latents):
+                out[f.name + "_shape"] = list(v.shape)
+                continue
+            v = v.tolist()
+        elif isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        out[f.name] = v
+    return out

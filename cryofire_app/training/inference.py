@@ -1,0 +1,100 @@
+"""Batched eval-mode passes: encoder predictions for many particles, branch choice, validation loss.
+
+Poses come out compensated (method_spec §5.2): when the mirrored branch wins, R = diag(-1,1,-1) R' and
+t = (-t'x, t'y). `rot (n,3,3)` follows k_vol = k_img @ rot; `trans (n,2)` is in pixels of the training box.
+Branch choice: `select="decoder"` compares both branches' errors on the masked lattice (radius `radius` px), which is
+what the symmetric loss trained; `select="encoder"` keeps branch 0 (a pure encoder pass, no decoder call).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, compensate_mirror, mask_points
+from cryofire_app.physics.lattice import Lattice
+from cryofire_app.training.dataset import Batch, ParticleData
+
+
+@dataclass
+class Predictions:
+    pos: np.ndarray        # (n,) positions in the ParticleSet
+    rot: np.ndarray        # (n, 3, 3)
+    trans: np.ndarray      # (n, 2) pixels
+    z: np.ndarray          # (n, d)
+    branch: np.ndarray     # (n,) 0 original, 1 mirrored
+    loss: np.ndarray       # (n,) min-branch error (nan with select="encoder")
+
+
+def _prefetched(data: ParticleData, pos: np.ndarray, batch: int):
+    from cryofire_app.training.dataset import Prefetcher
+
+    chunks = iter([pos[i:i + batch] for i in range(0, len(pos), batch)])
+    pf = Prefetcher(data, chunks, depth=2)
+    try:
+        yield from pf
+    finally:
+        pf.close()
+
+
+@torch.no_grad()
+def predict_batch(model: CryoFIRE, b: Batch, sign: float, mp: MaskPoints | None, device: torch.device,
+                  use_z: bool = True, sym: bool = True) -> dict[str, torch.Tensor]:
+    """Eval-mode prediction for one batch. With mp None (encoder-only) branch 0 is kept."""
+    y_real = b.y_real.to(device) * sign
+    n = y_real.shape[0]
+    if mp is None or not sym:
+        enc = model.encoder(y_real)
+        z = enc["z_mu"] if use_z else torch.zeros_like(enc["z_mu"])
+        out = {"rot": enc["rot"], "trans": enc["trans"], "z": z,
+               "branch": torch.zeros(n, dtype=torch.long, device=device),
+               "loss": torch.full((n,), float("nan"), device=device)}
+        if mp is not None:
+            Y = b.Y.to(device) * sign
+            ctf = b.ctf.to(device) if b.ctf is not None else None
+            out["loss"] = model.branch_errors(Y, ctf, dict(enc, z=z), z, mp, sym=False)[0]
+        return out
+    Y = b.Y.to(device) * sign
+    ctf = b.ctf.to(device) if b.ctf is not None else None
+    enc = model.encode_branches(y_real, sym=True)
+    z = enc["z_mu"] if use_z else torch.zeros_like(enc["z_mu"])
+    err = model.branch_errors(Y, ctf, dict(enc, z=z), z, mp, sym=True)          # (2, n)
+    loss, branch = torch.min(err, dim=0)
+    rot0, rot1 = enc["rot"][:n], enc["rot"][n:]
+    t0, t1 = enc["trans"][:n], enc["trans"][n:]
+    rot1c, t1c = compensate_mirror(rot1, t1)
+    m = (branch == 1)
+    rot = torch.where(m[:, None, None], rot1c, rot0)
+    trans = torch.where(m[:, None], t1c, t0)
+    zz = torch.where(m[:, None], z[n:], z[:n])
+    return {"rot": rot, "trans": trans, "z": zz, "branch": branch, "loss": loss}
+
+
+@torch.no_grad()
+def predict(model: CryoFIRE, data: ParticleData, pos: np.ndarray, sign: float = 1.0, radius: int | None = None,
+            select: str = "decoder", batch: int = 256, device: torch.device | str = "cpu", use_z: bool = True,
+            sym: bool = True) -> Predictions:
+    """Predictions for the particles at `pos` (eval mode, batched, data loaded in a background thread)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    mp = None
+    if select == "decoder":
+        r = min(int(radius if radius is not None else model.D // 2), model.D // 2)
+        mp = mask_points(Lattice(model.D), r, device)
+    elif select != "encoder":
+        raise ValueError(f"select must be 'decoder' or 'encoder', got {select!r}")
+    parts: dict[str, list] = {k: [] for k in ("rot", "trans", "z", "branch", "loss")}
+    for b in _prefetched(data, np.asarray(pos, dtype=np.int64), batch):
+        out = predict_batch(model, b, sign, mp, device, use_z, sym)
+        for k in parts:
+            parts[k].append(out[k].float().cpu() if k != "branch" else out[k].cpu())
+    model.train(was_training)
+    cat = {k: (torch.cat(v).numpy() if v else None) for k, v in parts.items()}
+    n = len(pos)
+    if n == 0:
+        cat = {"rot": np.zeros((0, 3, 3), np.float32), "trans": np.zeros((0, 2), np.float32),
+               "z": np.zeros((0, model.zdim), np.float32), "branch": np.zeros(0, np.int64),
+               "loss": np.zeros(0, np.float32)}
+    return Predictions(np.asarray(pos), cat["rot"], cat["trans"], cat["z"], cat["branch"], cat["loss"])

@@ -1,0 +1,477 @@
+"""The trainer: `Trainer(config).run()` is a generator of events (training/events.py, docs/design.md).
+
+Schedule (all counts in images, so it does not depend on the batch size):
+- pose-only phase while images_seen < pose_only_images: the decoder gets z = std_z_init * N(0, I) (the z head is
+  bypassed), so it fits a consensus volume; then joint training with z from the encoder;
+- frequency marching: mask radius = min(freq_start + images_seen // freq_add_every, freq_max or D//2) pixels;
+- symmetric loss (minimum over the image and its exact mirror, both branches in one batched pass);
+- a checkpoint every `checkpoint_every` images and at the end (atomic; checkpoints/last.pt + numbered copies),
+  each with the held-out validation loss and the pose / z change on the validation set since the previous one;
+- a final eval-mode pass over every particle writes pose.pkl, z.pkl (cryoDRGN formats) and latents.npz.
+
+Resume continues exactly: images seen, step, phase and mask radius (functions of images seen), optimizer, RNG, split,
+normalization, data sign. The epoch order is a pure function of (seed, epoch).
+Data-parallel: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel; each rank takes
+rows rank::world of every global batch and draws the same random numbers for the whole global batch, so the result
+matches one process on the same global batch. Rank 0 writes all files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from cryofire_app.io.errors import InputError
+from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, compensate_mirror, mask_points
+from cryofire_app.physics.lattice import Lattice
+from cryofire_app.physics.rotations import geodesic_angle
+from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
+from cryofire_app.training.config import TrainConfig
+from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule
+from cryofire_app.training.events import (Checkpoint, Failed, Finished, Latents, Message, Started, Step,
+                                          event_to_json)
+from cryofire_app.training.inference import predict
+from cryofire_app.training.losses import kl_normal, symmetric_min
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but torch sees no CUDA device")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InputError(f"unknown device {name!r} (use auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig, D: int) -> CryoFIRE:
+    enc = dict(channels=tuple(cfg.encoder.channels), final_size=cfg.encoder.final_size, hidden=cfg.encoder.hidden,
+               variational=cfg.encoder.variational)
+    dec = dict(pe_dim=cfg.decoder.pe_dim, feat_sigma=cfg.decoder.feat_sigma, hidden=cfg.decoder.hidden,
+               layers=cfg.decoder.layers)
+    torch.manual_seed(cfg.seed)
+    return CryoFIRE(D, cfg.zdim, enc, dec, seed=cfg.seed)
+
+
+def mask_radius_at(cfg: TrainConfig, D: int, images_seen: int) -> int:
+    rmax = D // 2 if cfg.freq_max is None else min(cfg.freq_max, D // 2)
+    return int(min(cfg.freq_start + images_seen // max(cfg.freq_add_every, 1), rmax))
+
+
+class Trainer:
+    """Run with `for ev in Trainer(cfg).run(): ...`. Thread-safe controls: request_stop(), pause(), resume()."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, particles=None):
+        """particles: an already loaded io.ParticleSet (else config.particles/ctf/datadir are loaded)."""
+        self.config = config
+        self._particles = particles
+        self.resume_requested = resume
+        self.outdir = Path(config.outdir)
+        self._stop = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
+        self.images_seen = 0
+        self.step = 0
+        self.model: CryoFIRE | None = None
+        self.last_checkpoint: Path | None = None
+
+    # ---- controls (callable from any thread) ----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._go.set()
+
+    def pause(self) -> None:
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._go.is_set()
+
+    # ---- setup --------------------------------------------------------------------------------------------------
+    def _setup_distributed(self) -> None:
+        import torch.distributed as dist
+
+        self.world, self.rank = 1, 0
+        if not dist.is_available():
+            return
+        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+        if dist.is_initialized():
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+                torch.cuda.set_device(self.device)
+
+    def _load_data(self):
+        cfg = self.config
+        ps = self._particles
+        if ps is None:
+            from cryofire_app.io import load_particles
+
+            if not cfg.particles:
+                raise InputError("no particle file given")
+            ps = load_particles(cfg.particles, datadir=cfg.datadir, ctf=cfg.ctf)
+        try:
+            return ParticleData(ps, cfg.D, cfg.window_r_in, cfg.window_r_out)
+        except ValueError as exc:
+            raise InputError(str(exc), cfg.particles) from exc
+
+    def _split(self, N: int) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.config
+        n_val = min(cfg.val_max, int(round(cfg.val_fraction * N)))
+        n_val = max(0, min(n_val, N - 1))
+        perm = np.random.default_rng([cfg.seed, 1]).permutation(N)
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self._setup_distributed()
+        ck = None
+        last = self.outdir / "checkpoints" / "last.pt"
+        if self.resume_requested:
+            ck = load_checkpoint(last)
+            saved = TrainConfig.from_dict(ck["config"])
+            # keep the saved model/schedule; take length, device and loader options from the new request
+            for k in ("num_images", "epochs", "device", "num_threads", "particles", "datadir", "ctf", "outdir"):
+                v = getattr(cfg, k)
+                if v is not None and v != "":
+                    setattr(saved, k, v)
+            if cfg.num_images is None and cfg.epochs is None:
+                saved.num_images, saved.epochs = ck["config"]["num_images"], ck["config"]["epochs"]
+            self.config = cfg = saved
+        self.data = self._load_data()
+        D = self.data.D
+        self.D, self.Dl = D, D + 1
+        if ck is not None:
+            if int(ck["D"]) != D or int(ck["N"]) != self.data.N:
+                raise InputError(f"checkpoint was trained on {int(ck['N'])} particles at box {int(ck['D'])}, "
+                                 f"this data has {self.data.N} at box {D}", last)
+            self.train_pos = ck["train_pos"].numpy()
+            self.val_pos = ck["val_pos"].numpy()
+            self.data.prep.sigma_real = float(ck["sigma_real"])
+            self.data.prep.sigma_ht = float(ck["sigma_ht"])
+        else:
+            self.train_pos, self.val_pos = self._split(self.data.N)
+            rng = np.random.default_rng([cfg.seed, 2])
+            sample = rng.choice(self.train_pos, size=min(cfg.norm_sample, len(self.train_pos)), replace=False)
+            try:
+                self.data.prep.fit_norm(self.data.images, sample)
+            except ValueError as exc:
+                raise InputError(str(exc), cfg.particles) from exc
+        self.batch = min(cfg.batch_size, len(self.train_pos))
+        if self.batch % self.world:
+            raise InputError(f"batch size {self.batch} is not divisible by the {self.world} processes")
+        if cfg.num_images is not None:
+            self.images_total = int(cfg.num_images)
+        else:
+            self.images_total = int(math.ceil((cfg.epochs if cfg.epochs is not None else 20) * len(self.train_pos)))
+
+        self.model = build_model(cfg, D).to(self.device)
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 12345)
+        self.sign = -1.0 if cfg.invert_data == "yes" else 1.0
+        self.contrast_checked = cfg.invert_data != "auto"
+        self.prev_val: dict | None = None
+        self.next_ckpt = cfg.checkpoint_every
+        self.next_latents = cfg.latents_every
+        if ck is not None:
+            self.model.load_state_dict(ck["model"])
+            self.optim.load_state_dict(ck["optimizer"])
+            self.gen.set_state(ck["torch_rng"])
+            self.images_seen, self.step = int(ck["images_seen"]), int(ck["step"])
+            self.sign = float(ck["data_sign"])
+            self.contrast_checked = bool(ck["contrast_checked"])
+            self.prev_val = ck.get("prev_val")
+            self.next_ckpt = int(ck["next_ckpt"])
+            self.next_latents = int(ck["next_latents"])
+        self.ddp = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           find_unused_parameters=True)
+        self._mask_cache: dict[int, MaskPoints] = {}
+        self.lattice = Lattice(D)
+        N, d = self.data.N, cfg.zdim
+        self.run_rot = np.tile(np.eye(3, dtype=np.float32), (N, 1, 1))
+        self.run_trans = np.zeros((N, 2), np.float32)
+        self.run_z = np.zeros((N, d), np.float32)
+        self.run_seen = np.zeros(N, bool)
+        rng = np.random.default_rng([cfg.seed, 3])
+        self.latent_pos = np.sort(rng.permutation(self.train_pos)[: cfg.latents_subset])
+        if self.rank == 0:
+            (self.outdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            cfg_out = TrainConfig.from_dict(cfg.to_dict())
+            cfg_out.D = D
+            cfg_out.save(self.outdir / "config.json")
+            self._log = open(self.outdir / "log.jsonl", "a", buffering=1)
+        else:
+            self._log = None
+
+    # ---- helpers ------------------------------------------------------------------------------------------------
+    def _emit(self, ev):
+        if self._log is not None:
+            self._log.write(json.dumps(event_to_json(ev)) + "\n")
+        return ev
+
+    def mask(self, radius: int) -> MaskPoints:
+        if radius not in self._mask_cache:
+            self._mask_cache[radius] = mask_points(self.lattice, radius, self.device)
+        return self._mask_cache[radius]
+
+    @property
+    def phase(self) -> str:
+        return "pose_only" if self.images_seen < self.config.pose_only_images else "joint"
+
+    def _allreduce_mean(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            x = x.clone()
+            dist.all_reduce(x)
+            x /= self.world
+        return x
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    # ---- one optimizer step ----------------------------------------------------------------------------------------
+    def train_step(self, b) -> float:
+        """One step on the local rows of a global batch; returns the global mean loss (nan/inf: nothing updated)."""
+        cfg = self.config
+        pose_only = self.images_seen < cfg.pose_only_images
+        mp = self.mask(mask_radius_at(cfg, self.D, self.images_seen))
+        S = 2 if cfg.sym_loss else 1
+        y_real = b.y_real.to(self.device, non_blocking=True) * self.sign
+        Y = b.Y.to(self.device, non_blocking=True) * self.sign
+        ctf = b.ctf.to(self.device) if b.ctf is not None else None
+        n = y_real.shape[0]
+        eps = torch.randn(S, self.batch, max(cfg.zdim, 1), generator=self.gen)[:, self.rank::self.world, : cfg.zdim]
+        eps = eps.reshape(S * n, cfg.zdim).to(self.device)
+        self.model.train()
+        err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, cfg.sym_loss)
+        loss, branch = symmetric_min(err)
+        rows = branch * n + torch.arange(n, device=branch.device)
+        if cfg.encoder.variational and not pose_only and cfg.beta > 0 and cfg.zdim > 0:
+            kl = kl_normal(enc["z_mu"][rows], enc["z_logvar"][rows])
+            loss = loss + cfg.beta * kl.mean() / (self.Dl ** 2)
+        gloss = float(self._allreduce_mean(loss.detach()))
+        if not math.isfinite(gloss):
+            self.optim.zero_grad(set_to_none=True)
+            return gloss
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        with torch.no_grad():  # activated-path bookkeeping (compensated), for Latents snapshots
+            rot, trans = enc["rot"].detach(), enc["trans"].detach()
+            if S == 2:
+                r1, t1 = compensate_mirror(rot[n:], trans[n:])
+                m = (branch == 1)
+                rot = torch.where(m[:, None, None], r1, rot[:n])
+                trans = torch.where(m[:, None], t1, trans[:n])
+            z = enc["z_mu"].detach()[rows] if cfg.zdim > 0 else enc["z_mu"][:n]
+            self.run_rot[b.pos] = rot.float().cpu().numpy()
+            self.run_trans[b.pos] = trans.float().cpu().numpy()
+            self.run_z[b.pos] = z.float().cpu().numpy()
+            self.run_seen[b.pos] = True
+        return gloss
+
+    # ---- evaluation, contrast, checkpoints ---------------------------------------------------------------------
+    def predict(self, pos: np.ndarray, radius: int | None = None):
+        return predict(self.model, self.data, pos, sign=self.sign, radius=radius, select="decoder",
+                       batch=self.config.eval_batch_size, device=self.device, use_z=self.phase == "joint",
+                       sym=self.config.sym_loss)
+
+    def validate(self) -> tuple[float, float | None, float | None]:
+        """Validation loss at the current mask radius and the pose / z change since the previous call."""
+        if len(self.val_pos) == 0:
+            return float("nan"), None, None
+        pr = self.predict(self.val_pos, mask_radius_at(self.config, self.D, self.images_seen))
+        val_loss = float(np.mean(pr.loss))
+        dpose = dz = None
+        rot, z = torch.as_tensor(pr.rot), torch.as_tensor(pr.z)
+        if self.prev_val is not None:
+            dpose = float(geodesic_angle(rot, self.prev_val["rot"]).median())
+            if z.shape[1] > 0:
+                scale = float(z.norm(dim=1).median()) + 1e-8
+                dz = float((z - self.prev_val["z"]).norm(dim=1).median()) / scale
+        self.prev_val = {"rot": rot, "z": z}
+        return val_loss, dpose, dz
+
+    @torch.no_grad()
+    def consensus_sign(self) -> float:
+        """Mean decoded Hartley value on the shells 1-2 px around DC (z = 0): > 0 for a positive density."""
+        D = self.D
+        ax = torch.arange(-2, 3, dtype=torch.float32)
+        g = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
+        r = g.norm(dim=1)
+        pts = (g[(r >= 1) & (r <= 2)] / D).to(self.device)
+        v = self.model.decoder(pts[None], None)[0]
+        return float(v.mean())
+
+    def _check_contrast(self):
+        self.contrast_checked = True
+        s = self.consensus_sign()
+        if s >= 0:
+            return Message("info", f"data contrast looks right (consensus low-frequency density {s:+.3g} > 0)")
+        if self.config.invert_data == "auto":
+            self.sign = -self.sign
+            out = self.model.decoder.mlp.out
+            with torch.no_grad():
+                for p in (out.weight, out.bias):
+                    p.neg_()
+                    st = self.optim.state.get(p)
+                    if st and "exp_avg" in st:
+                        st["exp_avg"].neg_()
+            return Message("warning", "negative consensus density: the particles have inverted contrast; inverting "
+                                      f"the data from now on (images seen {self.images_seen}; "
+                                      "use --invert-data no to keep it)")
+        return Message("warning", "negative consensus density: the particles probably have inverted contrast "
+                                  "(the map will come out hollow/negative); rerun with --invert-data yes or auto")
+
+    def checkpoint_state(self) -> dict:
+        cfg = self.config
+        return {
+            "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": self.model.state_dict(),
+            "optimizer": self.optim.state_dict(), "torch_rng": self.gen.get_state(),
+            "images_seen": self.images_seen, "step": self.step,
+            "mask_radius": mask_radius_at(cfg, self.D, self.images_seen), "phase": self.phase,
+            "D": self.D, "D0": self.data.D0, "N": self.data.N, "apix": self.data.apix, "zdim": cfg.zdim,
+            "sigma_real": self.data.prep.sigma_real, "sigma_ht": self.data.prep.sigma_ht, "data_sign": self.sign,
+            "contrast_checked": self.contrast_checked, "train_pos": torch.as_tensor(self.train_pos),
+            "val_pos": torch.as_tensor(self.val_pos), "prev_val": self.prev_val, "next_ckpt": self.next_ckpt,
+            "next_latents": self.next_latents,
+        }
+
+    def save_checkpoint(self, numbered: bool = True) -> Path:
+        """Atomic write of checkpoints/last.pt (+ a numbered hard link); rank 0 only."""
+        ckdir = self.outdir / "checkpoints"
+        last = atomic_torch_save(self.checkpoint_state(), ckdir / "last.pt")
+        if numbered:
+            num = ckdir / f"ckpt_{self.images_seen:010d}.pt"
+            try:
+                if num.exists():
+                    num.unlink()
+                os.link(last, num)
+            except OSError:
+                atomic_torch_save(self.checkpoint_state(), num)
+            olds = sorted(ckdir.glob("ckpt_*.pt"))
+            for p in olds[: max(0, len(olds) - self.config.keep_checkpoints)]:
+                p.unlink(missing_ok=True)
+        self.last_checkpoint = last
+        return last
+
+    def _checkpoint_event(self) -> Checkpoint:
+        val_loss, dpose, dz = self.validate()
+        path = self.save_checkpoint() if self.rank == 0 else self.outdir / "checkpoints" / "last.pt"
+        self._barrier()
+        return Checkpoint(str(path), self.images_seen, val_loss, dpose, dz)
+
+    def _latents_event(self) -> Latents | None:
+        pos = self.latent_pos[self.run_seen[self.latent_pos]]
+        if len(pos) == 0:
+            return None
+        return Latents(self.images_seen, self.data.particles.index[pos].astype(np.int64), self.run_z[pos].copy(),
+                       self.run_rot[pos].copy(), self.run_trans[pos].copy())
+
+    def write_outputs(self) -> None:
+        """Final eval-mode pass over every particle: pose.pkl, z.pkl, latents.npz (rank 0)."""
+        from cryofire_app.io import write_pose_pkl, write_z_pkl
+
+        cfg = self.config
+        allpos = np.arange(self.data.N)
+        r = min(cfg.select_radius, mask_radius_at(cfg, self.D, self.images_seen))
+        pr = self.predict(allpos, r)
+        write_pose_pkl(self.outdir / "pose.pkl", pr.rot.astype(np.float32), (pr.trans / self.D).astype(np.float32))
+        write_z_pkl(self.outdir / "z.pkl", pr.z.astype(np.float32))
+        split = np.zeros(self.data.N, np.int8)
+        split[self.val_pos] = 1
+        atomic_save_npz(self.outdir / "latents.npz", index=np.asarray(self.data.particles.index, np.int64),
+                        z=pr.z.astype(np.float32), rot=pr.rot.astype(np.float32),
+                        trans=pr.trans.astype(np.float32), branch=pr.branch.astype(np.int8), val=split,
+                        images_seen=np.int64(self.images_seen), D=np.int64(self.D), apix=np.float64(self.data.apix))
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> Iterator:
+        self._setup()
+        cfg = self.config
+        t0 = time.time()
+        if self.resume_requested:
+            yield self._emit(Message("info", f"resumed at {self.images_seen} images ({self.phase}, mask radius "
+                                             f"{mask_radius_at(cfg, self.D, self.images_seen)} px)"))
+        yield self._emit(Started(cfg.to_dict(), len(self.train_pos), len(self.val_pos)))
+        sched = (g[self.rank::self.world] for g in batch_schedule(self.train_pos, self.batch, cfg.seed,
+                                                                   self.images_seen))
+        pf = Prefetcher(self.data, sched)
+        stopped = False
+        try:
+            while self.images_seen < self.images_total:
+                while not self._go.wait(0.1):
+                    pass
+                if self._stop.is_set():
+                    stopped = True
+                    break
+                b = next(pf)
+                radius = mask_radius_at(cfg, self.D, self.images_seen)
+                phase = self.phase
+                loss = self.train_step(b)
+                if not math.isfinite(loss):
+                    where = (f"last good checkpoint {self.last_checkpoint}" if self.last_checkpoint else
+                             "no checkpoint was written yet")
+                    yield self._emit(Failed(f"loss became {loss} at step {self.step + 1} ({self.images_seen} images "
+                                            f"seen, mask radius {radius} px, {phase}); training stopped, {where}. "
+                                            "Try a lower --lr or check the particles for NaN/Inf pixels."))
+                    return
+                self.images_seen += self.batch
+                self.step += 1
+                yield self._emit(Step(self.step, self.images_seen, loss, radius, phase, time.time() - t0,
+                                      self.images_total))
+                if not self.contrast_checked and self.images_seen >= cfg.contrast_check_images:
+                    yield self._emit(self._check_contrast())
+                if self.images_seen >= self.next_latents:
+                    self.next_latents += cfg.latents_every
+                    ev = self._latents_event()
+                    if ev is not None:
+                        yield self._emit(ev)
+                if self.images_seen >= self.next_ckpt and self.images_seen < self.images_total:
+                    self.next_ckpt += cfg.checkpoint_every
+                    yield self._emit(self._checkpoint_event())
+        except KeyboardInterrupt:
+            if self.rank == 0 and self.model is not None:
+                self.save_checkpoint(numbered=False)
+            self._emit(Message("warning", f"interrupted at {self.images_seen} images; checkpoint written"))
+            raise
+        finally:
+            pf.close()
+        if stopped:
+            yield self._emit(Message("info", f"stop requested at {self.images_seen} images"))
+        yield self._emit(self._checkpoint_event())
+        if self.rank == 0:
+            self.write_outputs()
+        self._barrier()
+        yield self._emit(Finished(str(self.outdir), self.images_seen, stopped))
+        if self._log is not None:
+            self._log.close()
+            self._log = None

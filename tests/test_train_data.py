@@ -1,0 +1,87 @@
+"""Synthetic particle data for the model/training tests (made here with physics.projector + ctf), and data tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryofire_app.physics.ctf import ctf_from_params
+from cryofire_app.physics.fft import ht2_center, symmetrize_ht
+from cryofire_app.physics.lattice import Lattice
+from cryofire_app.physics.projector import FourierProjector, lattice_to_image
+from cryofire_app.physics.rotations import random_rotations
+from cryofire_app.physics.shift import translate_ht_full
+
+
+def blob_volume(D: int, seed: int = 0, n_blobs: int = 6, sigma: float | None = None) -> torch.Tensor:
+    """An asymmetric positive density (z, y, x): gaussian blobs of different heights inside radius D/4."""
+    g = torch.Generator().manual_seed(seed)
+    ax = torch.arange(D, dtype=torch.float32) - D // 2
+    zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
+    vol = torch.zeros(D, D, D)
+    sigma = sigma or D / 12
+    for i in range(n_blobs):
+        c = (torch.rand(3, generator=g) * 2 - 1) * D / 5
+        a = 0.5 + torch.rand(1, generator=g).item() + 0.3 * i
+        vol += a * torch.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * sigma ** 2))
+    return vol
+
+
+def ctf_rows(n: int, D: int, apix: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dfu = rng.uniform(8000, 20000, n)
+    rows = np.stack([np.full(n, D), np.full(n, apix), dfu, dfu - rng.uniform(0, 500, n), rng.uniform(0, 180, n),
+                     np.full(n, 300.0), np.full(n, 2.7), np.full(n, 0.1), np.zeros(n)], 1)
+    return rows.astype(np.float32)
+
+
+def simulate_images(vol: torch.Tensor, rot: torch.Tensor, ctf: np.ndarray | None, trans_px: torch.Tensor,
+                    noise_std: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Observed images: projection * CTF, content moved by -t (so +t re-centres it), plus white noise."""
+    D = vol.shape[-1]
+    lat = Lattice(D)
+    proj = FourierProjector(vol).project(rot)
+    Y = symmetrize_ht(ht2_center(proj)).reshape(len(rot), -1)
+    if ctf is not None:
+        Y = Y * ctf_from_params(lat.freqs2d, torch.as_tensor(ctf))
+    Y = translate_ht_full(Y, lat, -trans_px)
+    img = lattice_to_image(Y, D)
+    if noise_std > 0:
+        g = torch.Generator().manual_seed(seed + 99)
+        img = img + noise_std * img.std() * torch.randn(img.shape, generator=g)
+    return img.float()
+
+
+@dataclass
+class SynthData:
+    mrcs: Path
+    ctf_pkl: Path | None
+    rot: np.ndarray
+    trans: np.ndarray
+    vol: torch.Tensor
+    ctf: np.ndarray | None
+    images: np.ndarray
+
+
+def make_dataset(folder: Path, n: int = 64, D: int = 16, seed: int = 0, ctf: bool = True, max_shift: float = 0.0,
+                 noise_std: float = 0.0, apix: float = 4.0, vol: torch.Tensor | None = None) -> SynthData:
+    from cryofire_app.io import MrcStackWriter, write_ctf_pkl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vol = blob_volume(D, seed) if vol is None else vol
+    g = torch.Generator().manual_seed(seed + 1)
+    rot = random_rotations(n, generator=g)
+    trans = (torch.rand(n, 2, generator=g) * 2 - 1) * max_shift
+    rows = ctf_rows(n, D, apix, seed) if ctf else None
+    imgs = simulate_images(vol, rot, rows, trans, noise_std, seed).numpy()
+    mrcs = folder / "particles.mrcs"
+    with MrcStackWriter(mrcs, D, apix) as w:
+        w.write(imgs)
+    ctf_pkl = None
+    if rows is not None:
+        ctf_pkl = folder / "ctf.pkl"
+        write_ctf_pkl(ctf_pkl, rows)
+    return SynthData(mrcs, ctf_pkl, rot.numpy(), trans.numpy(), vol, rows, imgs)
