@@ -413,7 +413,7 @@ def rotate_volume(vol, A: np.ndarray, order: int = 3) -> np.ndarray:
     X = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)  # (M, 3) rows (x, y, z)
     Y = X @ np.asarray(A, dtype=np.float64).T
     coords = np.stack([Y[:, 2], Y[:, 1], Y[:, 0]], axis=0) + D // 2  # array index order (z, y, x)
-    out = map_coordinates(vol, coords, order=order, mode="constant", cval=0.0)
+    out = map_coordinates(vol, coords, order=order, mode="grid-constant", cval=0.0)
     return out.reshape(vol.shape)
 
 

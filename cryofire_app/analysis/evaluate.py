@@ -1,0 +1,231 @@
+"""Evaluation of a run (or of encoder-only predictions) against ground truth: the paper's Table 1 columns.
+
+Ground truth comes as a cryoDRGN pose.pkl (rot (N, 3, 3), trans as a fraction of the box), optional state labels
+(N,) and optional maps (one per state label, in sorted label order). Rows of the ground truth are the user's original
+particles; a prediction's `index` says which ground-truth row each predicted particle is.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cryofire_app.analysis import metrics
+from cryofire_app.io.errors import InputError
+
+
+@dataclass
+class Predictions:
+    """Per-particle estimates to evaluate. ``trans_px`` in pixels of the box ``D``; ``index`` = ground-truth rows."""
+
+    rot: np.ndarray
+    trans_px: np.ndarray | None
+    z: np.ndarray | None
+    index: np.ndarray
+    D: int | None
+    apix: float | None = None
+    source: str = ""
+
+
+def predictions_from_run(run) -> Predictions:
+    """From an opened ``cryofire_app.analysis.Run`` (final eval pass of a training run)."""
+    z = None if run.z is None or np.asarray(run.z).size == 0 else np.asarray(run.z, np.float32)
+    return Predictions(rot=np.asarray(run.rot, np.float64), trans_px=None if run.trans is None else
+                       np.asarray(run.trans, np.float64), z=z, index=np.asarray(run.index, np.int64),
+                       D=int(run.D), apix=run.apix, source=str(run.outdir) if hasattr(run, "outdir") else "")
+
+
+def predictions_from_pkls(folder: str | Path, D: int | None, ind: np.ndarray | None = None) -> Predictions:
+    """From a folder with cryoDRGN ``pose.pkl`` (and ``z.pkl``), e.g. ``cryofire infer`` output. Row ``i`` is ground-truth
+    row ``ind[i]`` (all rows in order when ``ind`` is None). ``D`` converts translations (box fractions) to pixels."""
+    from cryofire_app.io import read_pose_pkl, read_z_pkl
+
+    folder = Path(folder)
+    pose = folder / "pose.pkl"
+    if not pose.is_file():
+        raise InputError("no pose.pkl here (expected a training run folder or `cryofire infer` output)", folder)
+    rot, trans = read_pose_pkl(pose)
+    z = read_z_pkl(folder / "z.pkl") if (folder / "z.pkl").is_file() else None
+    if z is not None and len(z) != len(rot):
+        raise InputError(f"z.pkl has {len(z)} rows but pose.pkl has {len(rot)}", folder / "z.pkl")
+    index = np.arange(len(rot), dtype=np.int64) if ind is None else np.asarray(ind, np.int64)
+    if len(index) != len(rot):
+        raise InputError(f"the index selects {len(index)} particles but pose.pkl holds {len(rot)}", pose)
+    if trans is not None and D is None:
+        raise InputError("translations are stored as box fractions: give the box size (--box) or a model run", pose)
+    return Predictions(rot=np.asarray(rot, np.float64), trans_px=None if trans is None else np.asarray(trans) * D,
+                       z=z, index=index, D=D, source=str(folder))
+
+
+def load_gt_maps(paths: Sequence[str | Path], D: int) -> list[np.ndarray]:
+    """Ground-truth maps as (D, D, D) float64, Fourier-cropped/padded to the run's box when their size differs."""
+    from cryofire_app.io import read_map
+
+    out = []
+    for p in paths:
+        vol, _ = read_map(p)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise InputError(f"ground-truth map must be a cube, got shape {vol.shape}", p)
+        if vol.shape[0] != D:
+            import torch
+
+            from cryofire_app.physics import fourier_resize
+
+            vol = fourier_resize(torch.as_tensor(np.asarray(vol, np.float64)), D).numpy()
+        out.append(np.asarray(vol, np.float64))
+    return out
+
+
+def _volume_fsc(vol_model: np.ndarray, gt: np.ndarray, alignment: metrics.RotationAlignment,
+                apix: float | None) -> dict:
+    al = metrics.align_volume_to_gt(vol_model, alignment, gt=gt).astype(np.float64)
+    # the density sign depends on the particles' contrast convention (method_spec §9.11): compare like with like
+    flipped_sign = float(np.sum((al - al.mean()) * (gt - gt.mean()))) < 0
+    if flipped_sign:
+        al = -al
+    rep = metrics.fsc_report(al, gt, apix=apix)
+    rep["density_sign_inverted"] = flipped_sign
+    return rep
+
+
+def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | None = None,
+             gt_labels: np.ndarray | None = None, gt_maps: Sequence[np.ndarray] | None = None,
+             decode: Callable[[np.ndarray], np.ndarray] | None = None, n_anchors: int = 100) -> dict:
+    """Table 1 metrics. ``decode(z (n, d)) -> (n, D, D, D)`` renders volumes for the FSC against ``gt_maps``
+    (map ``i`` belongs to the ``i``-th distinct label in sorted order; major = most frequent state)."""
+    gt_rot = np.asarray(gt_rot, np.float64)
+    idx = pred.index
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(gt_rot)):
+        raise InputError(f"prediction indices run up to {idx.max()} but the ground truth has {len(gt_rot)} particles")
+    G = gt_rot[idx]
+    res: dict = {"n_images": int(len(idx)), "source": pred.source}
+    rot = metrics.rotation_errors(pred.rot, G, n_anchors=n_anchors)
+    alignment = metrics.RotationAlignment(np.asarray(rot["alignment"]["A"]), rot["alignment"]["flipped"],
+                                          rot["alignment"]["score"])
+    res.update(rot)
+    if gt_trans_frac is not None and pred.trans_px is not None:
+        if pred.D is None:
+            raise InputError("the box size is needed to compare translations")
+        gt_px = np.asarray(gt_trans_frac, np.float64)[idx] * pred.D  # box D, not the Hartley lattice D + 1
+        res.update(metrics.translation_errors(pred.trans_px, gt_px))
+        corr = metrics.translation_errors(pred.trans_px, gt_px, gt_rot=G, correct_global=True)
+        res["trans_globally_corrected"] = {k: corr[k] for k in ("global_offset_px", "trans_median_px", "trans_mse_px2")}
+    groups: list[np.ndarray] | None = None
+    classes = None
+    if gt_labels is not None:
+        lab = np.asarray(gt_labels).reshape(-1)
+        if len(lab) < len(gt_rot):
+            raise InputError(f"{len(lab)} ground-truth labels for {len(gt_rot)} particles")
+        lab = lab[idx]
+        classes, counts = np.unique(lab, return_counts=True)
+        res["state_counts"] = {str(c): int(n) for c, n in zip(classes, counts)}
+        if pred.z is not None and pred.z.shape[1] > 0:
+            from cryofire_app.analysis.latent import fit_pca
+
+            pc1 = fit_pca(pred.z, n_components=1).scores[:, 0]
+            conf = metrics.confusion_by_thresholds(pc1, lab)
+            res["confusion"] = conf["confusion"]
+            res["confusion_thresholds_pc1"] = conf["thresholds"]
+            res["spearman_pc1"] = metrics.spearman(pc1, lab) if len(classes) > 1 else None
+            groups = [np.nonzero(conf["pred_labels"] == c)[0] for c in classes]
+    if gt_maps:
+        if decode is None:
+            raise InputError("ground-truth maps given but no decoder: evaluate a training run folder or pass --model")
+        res["fsc"] = _fsc_section(pred, gt_maps, decode, alignment, classes, groups)
+        maps = res["fsc"]["maps"]
+        order = np.argsort([-m["n_images"] for m in maps], kind="stable") if classes is not None else range(len(maps))
+        for role, i in zip(("major", "minor"), order):
+            for thr in ("0.5", "0.143"):
+                res[f"res_{role}_{thr}_px"] = maps[i][f"res_{thr}_px"]
+                res[f"res_{role}_{thr}_A"] = maps[i][f"res_{thr}_A"]
+    return res
+
+
+def _fsc_section(pred: Predictions, gt_maps, decode, alignment, classes, groups) -> dict:
+    K = len(gt_maps)
+    zdim = 0 if pred.z is None else pred.z.shape[1]
+    apix = pred.apix
+    if zdim == 0:
+        zs = np.zeros((1, 0), np.float32)
+        how = "homogeneous model"
+        sizes = [len(pred.index)]
+    elif groups is not None:
+        if len(groups) != K:
+            raise InputError(f"{K} ground-truth maps for {len(groups)} distinct state labels")
+        zs = np.stack([pred.z[g].mean(0) if len(g) else pred.z.mean(0) for g in groups]).astype(np.float32)
+        how = "centroid of z over the particles PC1 thresholds assign to each state"
+        sizes = [len(g) for g in groups]
+    else:
+        from cryofire_app.analysis.latent import kmeans
+
+        km = kmeans(pred.z, K)
+        zs = km.centers
+        how = "k-means centroids, matched to the maps by the best total FSC"
+        sizes = km.sizes.tolist()
+    vols = np.asarray(decode(zs))
+    if zdim == 0:
+        vols = np.repeat(vols, K, axis=0)
+        sizes = sizes * K
+    reps = [[_volume_fsc(vols[i], gt_maps[j], alignment, apix) for j in range(K)] for i in range(len(vols))] \
+        if (zdim > 0 and groups is None) else None
+    if reps is not None:
+        best = max(itertools.permutations(range(K)),
+                   key=lambda p: sum(np.mean(reps[p[j]][j]["fsc"]) for j in range(K)))
+        maps = [dict(reps[best[j]][j], n_images=int(sizes[best[j]])) for j in range(K)]
+    else:
+        maps = [dict(_volume_fsc(vols[j], gt_maps[j], alignment, apix), n_images=int(sizes[j])) for j in range(K)]
+    for j, m in enumerate(maps):
+        m["state"] = None if classes is None else str(classes[j])
+    return {"volumes_from": how, "maps": maps}
+
+
+TABLE_COLUMNS = [
+    ("n_images", "images", "{:d}"),
+    ("confusion", "confusion", "{:.4f}"),
+    ("res_major_0.5_px", "res. major (px, FSC 0.5)", "{:.2f}"),
+    ("res_minor_0.5_px", "res. minor (px, FSC 0.5)", "{:.2f}"),
+    ("rot_view_median_deg", "rot. median (deg)", "{:.2f}"),
+    ("rot_view_mean_deg", "rot. mean (deg)", "{:.2f}"),
+    ("trans_median_px", "trans. median (px)", "{:.3f}"),
+    ("trans_mse_px2", "trans. MSE (px^2)", "{:.3f}"),
+]
+
+
+def table_row(res: dict) -> dict[str, str]:
+    """The Table 1 columns of an evaluation result as formatted strings ('-' when absent)."""
+    out = {}
+    for key, name, fmt in TABLE_COLUMNS:
+        v = res.get(key)
+        out[name] = "-" if v is None else (fmt.format(v) if np.isfinite(v) else str(v))
+    return out
+
+
+def write_json(path: str | Path, obj: dict) -> Path:
+    """Write JSON atomically (numpy scalars/arrays converted)."""
+    import os
+    import tempfile
+
+    def conv(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON serialisable: {type(o)}")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, default=conv)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
