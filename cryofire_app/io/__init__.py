@@ -9,7 +9,10 @@ from .euler import euler_relion_to_rot, rot_to_euler_relion, rot_to_rotvec, rotv
 from .mrc import MrcInfo, MrcStackWriter, read_map, read_mrc, read_mrc_header, write_mrc
 from .pickles import (load_pickle_safe, read_ctf_pkl, read_ind_pkl, read_pose_pkl, read_z_pkl, write_ctf_pkl,
                       write_ind_pkl, write_pose_pkl, write_z_pkl)
-from .star import StarTable, parse_ctf_star, parse_pose_star, read_star, write_particles_star
+from .star import StarTable, parse_ctf_star, parse_image_names, parse_pose_star, read_star, write_particles_star
+from .cs import parse_ctf_cs, parse_pose_cs, read_cs
+from .stack import ImageStack, check_finite
+from .particles import ParticleSet, load_particles, resolve_image_paths
 
 __all__ = [
     "InputError", "MrcInfo", "MrcStackWriter", "StarTable",
@@ -17,5 +20,7 @@ __all__ = [
     "read_mrc", "read_mrc_header", "read_map", "write_mrc",
     "load_pickle_safe", "read_ctf_pkl", "write_ctf_pkl", "read_pose_pkl", "write_pose_pkl", "read_z_pkl",
     "write_z_pkl", "read_ind_pkl", "write_ind_pkl",
-    "read_star", "parse_ctf_star", "parse_pose_star", "write_particles_star",
+    "read_star", "parse_ctf_star", "parse_pose_star", "parse_image_names", "write_particles_star",
+    "read_cs", "parse_ctf_cs", "parse_pose_cs",
+    "ImageStack", "check_finite", "ParticleSet", "load_particles", "resolve_image_paths",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,12 @@ def _zyx_permutation(axis_order: tuple) -> tuple:
 
 def _open(path: Path, header_only: bool = False):
     try:
-        return mrcfile.open(str(path), mode="r", permissive=True, header_only=header_only)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mrc = mrcfile.open(str(path), mode="r", permissive=True, header_only=header_only)
+        for w in caught:  # old/odd headers (no 'MAP ' id, zero machine stamp): not fatal, size checks follow
+            log.debug("%s: %s", path, w.message)
+        return mrc
     except FileNotFoundError:
         raise InputError("file not found", path) from None
     except (ValueError, OSError, EOFError) as exc:
@@ -104,7 +110,7 @@ def read_mrc_header(path: str | Path) -> MrcHeader:
         offset = _HEADER_BYTES + int(mrc.header.nsymbt)
         order = _axis_order(mrc.header)
         info = MrcInfo(apix=_apix_from_header(mrc), origin=tuple(float(v) for v in mrc.header.origin.item()),
-                       shape=shape, mode=int(mrc.header.mode), is_stack=bool(mrc.is_image_stack()),
+                       shape=shape, mode=int(mrc.header.mode), is_stack=int(mrc.header.ispg) == 0,
                        axis_order=order)
         compressed = type(mrc).__name__ != "MrcFile"
     if compressed:

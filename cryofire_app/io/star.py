@@ -133,12 +133,12 @@ def star_box_size(table: StarTable) -> np.ndarray | None:
     return table.column("rlnImageSize").astype(np.int64) if table.has("rlnImageSize") else None
 
 
-def parse_ctf_star(path: str | Path | StarTable, D: int | None = None, apix: float | None = None,
+def parse_ctf_star(path: str | Path | StarTable, D: int | None = None, apix: float | np.ndarray | None = None,
                    w: float | None = None, kv: float | None = None, cs: float | None = None,
                    ps: float | None = None) -> np.ndarray | None:
     """CTF parameters of every particle, as cryoDRGN `parse_ctf_star` writes them: float32 (N, 9).
 
-    Arguments given here override the STAR (like cryoDRGN's `-D --Apix -w --kv --cs --ps`). D defaults to
+    D and apix may be scalars or (N,) arrays. Arguments given here override the STAR (like cryoDRGN's `-D --Apix -w --kv --cs --ps`). D defaults to
     rlnImageSize, apix to rlnImagePixelSize or rlnDetectorPixelSize/rlnMagnification; a missing rlnPhaseShift is 0.
     Returns None when the STAR has no rlnDefocusU column (no CTF at all). Raises InputError naming the missing
     columns when defocus is present but other CTF values are neither in the file nor given.
