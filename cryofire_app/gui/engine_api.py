@@ -1,0 +1,40 @@
+"""The engine calls the GUI makes, in one place (no engine logic here: each function forwards to the engine).
+
+Everything in this module may run on a worker thread: no Qt.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def latent_pca(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PC scores (n, k) of z and the explained-variance ratio (k,), via `cryofire_app.analysis.latent.fit_pca`."""
+    from cryofire_app.analysis.latent import fit_pca
+
+    p = fit_pca(z)
+    return np.asarray(p.scores, np.float32), p.explained_variance_ratio
+
+
+def latent_kmeans(z: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """k-means labels of z (largest cluster is 0), via `cryofire_app.analysis.latent.kmeans`."""
+    from cryofire_app.analysis.latent import kmeans
+
+    return kmeans(z, k, seed=seed).labels
+
+
+def pc_trajectory(z: np.ndarray, pc: int, n: int, span: float) -> np.ndarray:
+    """z (n, zdim) at n evenly spaced points from -span to +span standard deviations along PC `pc` (1-based)."""
+    from cryofire_app.analysis.latent import fit_pca
+
+    _, zs = fit_pca(z).points_along(pc, n=n, lo=-span, hi=span, units="std")
+    return zs
+
+
+def view_angles(rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Azimuth and elevation (degrees) of the viewing directions rot[:, 2]."""
+    from cryofire_app.analysis.plots import viewing_directions
+
+    return viewing_directions(rot)

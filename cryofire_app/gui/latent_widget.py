@@ -1,0 +1,409 @@
+"""Latent-space dock: z on a pair of principal axes, coloured by k-means cluster, density or a ground-truth label.
+
+- Click a point: its z is decoded (worker thread) and shown as an isosurface in the viewer, one layer updated in
+  place; a newer click supersedes an older one (`LatestOnly`).
+- "PC trajectory": volumes at `n` points along one principal axis (from -span to +span standard deviations of
+  z along that axis, through the mean) become one 4-D layer (axis 0 = frame) to scrub or animate.
+- Box / lasso: select particles; "Export selection" writes a RELION .star, a cryoSPARC-style index list and a
+  cryoDRGN ind.pkl (original particle indices) via the engine's selection writers.
+PCA, k-means, trajectories, decoding and the writers are the engine's (`cryofire_app.analysis`, `cryofire_app.io`);
+this module only wires them to widgets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+                            QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
+
+from cryofire_app.gui import engine_api
+from cryofire_app.gui.scatter import ScatterCanvas
+from cryofire_app.gui.session import DecoderSource, LatentSet, get_session
+from cryofire_app.gui.volume_display import VolumeDisplay, is_software_gl, prepare
+from cryofire_app.gui.workers import LatestOnly
+
+CATEGORICAL = np.array([
+    [0.122, 0.467, 0.706], [1.000, 0.498, 0.055], [0.173, 0.627, 0.173], [0.839, 0.153, 0.157],
+    [0.580, 0.404, 0.741], [0.549, 0.337, 0.294], [0.890, 0.467, 0.761], [0.498, 0.498, 0.498],
+    [0.737, 0.741, 0.133], [0.090, 0.745, 0.812]], np.float32)
+
+
+def categorical_colors(labels: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    _, inv = np.unique(labels, return_inverse=True)
+    rgb = CATEGORICAL[inv % len(CATEGORICAL)]
+    return np.concatenate([rgb, np.full((len(rgb), 1), alpha, np.float32)], axis=1)
+
+
+def density_colors(xy: np.ndarray, bins: int = 96, alpha: float = 0.8) -> np.ndarray:
+    """Colour each point by the log count of its 2-D histogram bin (a fast stand-in for a KDE), viridis."""
+    from vispy.color import get_colormap
+
+    if len(xy) == 0:
+        return np.zeros((0, 4), np.float32)
+    h, ex, ey = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins)
+    ix = np.clip(np.searchsorted(ex, xy[:, 0], side="right") - 1, 0, bins - 1)
+    iy = np.clip(np.searchsorted(ey, xy[:, 1], side="right") - 1, 0, bins - 1)
+    d = np.log1p(h[ix, iy])
+    d = (d - d.min()) / max(float(np.ptp(d)), 1e-12)
+    rgba = np.asarray(get_colormap("viridis").map(d), np.float32)
+    rgba[:, 3] = alpha
+    return rgba
+
+
+def analyze_latents(z: np.ndarray, k: int, seed: int = 0) -> dict:
+    """Worker-thread job: PCA coordinates (+ explained variance) and k-means labels of z."""
+    coords, explained = engine_api.latent_pca(z)
+    labels = engine_api.latent_kmeans(z, k, seed=seed) if k > 1 and len(z) >= k else np.zeros(len(z), np.int64)
+    return {"coords": coords, "explained": explained, "clusters": labels, "k": k}
+
+
+def decode_job(decoder: DecoderSource, z: np.ndarray, level_sigma: float, mode: str):
+    """Worker-thread job: decode volumes at z (n, d) and prepare them for display."""
+    vols = decoder.decode(np.asarray(z, np.float32))
+    return prepare(vols, level_sigma, mode)
+
+
+class LatentWidget(QWidget):
+    def __init__(self, napari_viewer: Any = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer) if napari_viewer is not None else None
+        self.display = VolumeDisplay(napari_viewer) if napari_viewer is not None else None
+        self.latents: LatentSet | None = None
+        self.analysis: dict | None = None
+        self.picked_row: int | None = None
+        self._analyzer = LatestOnly(self)
+        self._decoder_jobs = LatestOnly(self)
+        self._decoder_jobs.busy_changed.connect(self._on_busy)
+
+        # --- plot controls
+        self.x_combo, self.y_combo = QComboBox(), QComboBox()
+        self.x_combo.setToolTip("Principal axis of z on the horizontal axis")
+        self.y_combo.setToolTip("Principal axis of z on the vertical axis")
+        self.color_combo = QComboBox()
+        self.color_combo.addItems(["k-means cluster", "density", "ground truth", "none"])
+        self.color_combo.setToolTip("Colour points by k-means cluster of z, by local point density, or by a "
+                                    "ground-truth label when one is loaded (e.g. the simulated state)")
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 50)
+        self.k_spin.setValue(4)
+        self.k_spin.setToolTip("Number of k-means clusters (computed on the full z, not only the two axes shown)")
+        for w in (self.x_combo, self.y_combo, self.color_combo):
+            w.currentIndexChanged.connect(self._redraw)
+        self.k_spin.valueChanged.connect(self._reanalyze)
+
+        self.mode_group = QButtonGroup(self)
+        mode_row = QHBoxLayout()
+        for i, (label, tip) in enumerate([("pick", "Click a point to decode its volume (drag pans, wheel zooms)"),
+                                          ("box", "Drag a rectangle to select particles"),
+                                          ("lasso", "Draw a free-hand outline to select particles")]):
+            b = QRadioButton(label)
+            b.setToolTip(tip)
+            self.mode_group.addButton(b, i)
+            mode_row.addWidget(b)
+            if i == 0:
+                b.setChecked(True)
+        self.mode_group.idClicked.connect(lambda i: self.scatter.set_mode(("pick", "box", "lasso")[i]))
+        self.clear_btn = QPushButton("clear")
+        self.clear_btn.setToolTip("Clear the selection")
+        mode_row.addWidget(self.clear_btn)
+        mode_row.addStretch(1)
+
+        self.scatter = ScatterCanvas(self)
+        self.scatter.picked.connect(self.on_pick)
+        self.scatter.selection_changed.connect(self._on_selection)
+        self.clear_btn.clicked.connect(self.scatter.clear_selection)
+
+        # --- volume controls
+        self.iso_spin = QDoubleSpinBox()
+        self.iso_spin.setRange(-5.0, 20.0)
+        self.iso_spin.setSingleStep(0.25)
+        self.iso_spin.setValue(2.0)
+        self.iso_spin.setToolTip("Isosurface level in standard deviations above the volume's mean density")
+        self.iso_spin.valueChanged.connect(self._on_iso_changed)
+        self.render_combo = QComboBox()
+        self.render_combo.addItems(["auto", "mesh (CPU)", "iso (GPU)"])
+        self.render_combo.setToolTip("mesh: marching-cubes surface, fast without a GPU; iso: volume ray casting "
+                                     "(Image layer, rendering='iso'), for a GPU. auto picks by the OpenGL renderer.")
+        self.save_btn = QPushButton("Save map…")
+        self.save_btn.setToolTip("Write the shown volume as an MRC file with its voxel size")
+        self.save_btn.clicked.connect(self._save_dialog)
+
+        self.pc_spin = QSpinBox()
+        self.pc_spin.setRange(1, 1)
+        self.pc_spin.setToolTip("Principal component to walk along")
+        self.frames_spin = QSpinBox()
+        self.frames_spin.setRange(2, 50)
+        self.frames_spin.setValue(10)
+        self.frames_spin.setToolTip("Number of volumes along the trajectory")
+        self.span_spin = QDoubleSpinBox()
+        self.span_spin.setRange(0.1, 5.0)
+        self.span_spin.setValue(2.0)
+        self.span_spin.setToolTip("Trajectory from -span to +span standard deviations along the PC")
+        self.traj_btn = QPushButton("PC trajectory")
+        self.traj_btn.setToolTip("Decode volumes along the chosen principal component into one 4-D layer")
+        self.traj_btn.clicked.connect(self.run_trajectory)
+        self.export_btn = QPushButton("Export selection…")
+        self.export_btn.setToolTip("Write the selected particles as RELION .star, a cryoSPARC index list and a "
+                                   "cryoDRGN ind.pkl")
+        self.export_btn.clicked.connect(self._export_dialog)
+        self.status = QLabel("no latents yet: train, or open a run")
+        self.status.setWordWrap(True)
+
+        grid = QGridLayout()
+        grid.addWidget(QLabel("x"), 0, 0)
+        grid.addWidget(self.x_combo, 0, 1)
+        grid.addWidget(QLabel("y"), 0, 2)
+        grid.addWidget(self.y_combo, 0, 3)
+        grid.addWidget(QLabel("colour"), 1, 0)
+        grid.addWidget(self.color_combo, 1, 1)
+        grid.addWidget(QLabel("k"), 1, 2)
+        grid.addWidget(self.k_spin, 1, 3)
+        vol_row = QHBoxLayout()
+        vol_row.addWidget(QLabel("iso σ"))
+        vol_row.addWidget(self.iso_spin)
+        vol_row.addWidget(self.render_combo)
+        vol_row.addWidget(self.save_btn)
+        traj_row = QHBoxLayout()
+        traj_row.addWidget(QLabel("PC"))
+        traj_row.addWidget(self.pc_spin)
+        traj_row.addWidget(QLabel("n"))
+        traj_row.addWidget(self.frames_spin)
+        traj_row.addWidget(QLabel("±"))
+        traj_row.addWidget(self.span_spin)
+        traj_row.addWidget(self.traj_btn)
+        lay = QVBoxLayout(self)
+        lay.addLayout(grid)
+        lay.addLayout(mode_row)
+        lay.addWidget(self.scatter, 1)
+        lay.addLayout(vol_row)
+        lay.addLayout(traj_row)
+        lay.addWidget(self.export_btn)
+        lay.addWidget(self.status)
+
+        if self.session is not None:
+            self.session.latents_changed.connect(self.set_latents)
+            self.session.labels_changed.connect(lambda _: self._redraw())
+            self.session.reset.connect(self._clear)
+            if self.session.state.latents is not None:
+                self.set_latents(self.session.state.latents)
+
+    # ---- latents in ------------------------------------------------------------------------------------------
+    def set_latents(self, latents: LatentSet) -> None:
+        """New z for the plot (training snapshot or a run's final pass): analysed on a worker, then drawn."""
+        self.latents = latents
+        self._reanalyze()
+
+    def _reanalyze(self) -> None:
+        if self.latents is None:
+            return
+        lat = self.latents
+        self._analyzer.submit(analyze_latents, lat.z, int(self.k_spin.value()),
+                              on_result=lambda res, lat=lat: self._on_analysis(lat, res))
+
+    def _on_analysis(self, lat: LatentSet, res: dict) -> None:
+        if lat is not self.latents:
+            return
+        first = self.analysis is None or self.analysis["coords"].shape[1] != res["coords"].shape[1]
+        self.analysis = res
+        ncomp = res["coords"].shape[1]
+        if first:
+            for combo, default in ((self.x_combo, 0), (self.y_combo, min(1, ncomp - 1))):
+                combo.blockSignals(True)
+                combo.clear()
+                combo.addItems([f"PC{i + 1} ({100 * e:.0f}%)" for i, e in enumerate(res["explained"])])
+                combo.setCurrentIndex(default)
+                combo.blockSignals(False)
+            self.pc_spin.setRange(1, ncomp)
+        else:
+            for combo in (self.x_combo, self.y_combo):
+                for i, e in enumerate(res["explained"]):
+                    combo.setItemText(i, f"PC{i + 1} ({100 * e:.0f}%)")
+        self._redraw(reset_view=True)
+        where = "final, all particles" if lat.final else (
+            f"{lat.images_seen:,} images seen" if lat.images_seen >= 0 else "")
+        self.status.setText(f"{len(lat.z):,} particles, z dim {lat.z.shape[1]}" + (f" ({where})" if where else ""))
+
+    # ---- drawing ---------------------------------------------------------------------------------------------
+    def current_xy(self) -> np.ndarray:
+        c = self.analysis["coords"]
+        return np.stack([c[:, max(self.x_combo.currentIndex(), 0)], c[:, max(self.y_combo.currentIndex(), 0)]], 1)
+
+    def current_colors(self, xy: np.ndarray) -> np.ndarray:
+        mode = self.color_combo.currentText()
+        n = len(xy)
+        if mode == "k-means cluster":
+            return categorical_colors(self.analysis["clusters"])
+        if mode == "density":
+            return density_colors(xy)
+        if mode == "ground truth":
+            lab = self.session.labels_for(self.latents.index) if self.session is not None else None
+            if lab is not None:
+                return categorical_colors(lab)
+        return np.tile(np.array([[0.2, 0.3, 0.6, 0.7]], np.float32), (n, 1))
+
+    def _redraw(self, *_, reset_view: bool = False) -> None:
+        if self.analysis is None:
+            return
+        xy = self.current_xy()
+        self.scatter.set_data(xy, self.current_colors(xy), reset_view=reset_view or True)
+        self.scatter.xaxis.axis.axis_label = self.x_combo.currentText().split(" ")[0]
+        self.scatter.yaxis.axis.axis_label = self.y_combo.currentText().split(" ")[0]
+        self.picked_row = None
+
+    def _clear(self) -> None:
+        self.latents = None
+        self.analysis = None
+        self.scatter.set_data(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
+        self.status.setText("waiting for latents")
+
+    # ---- volumes ---------------------------------------------------------------------------------------------
+    def render_mode(self) -> str:
+        choice = self.render_combo.currentText()
+        if choice.startswith("mesh"):
+            return "mesh"
+        if choice.startswith("iso"):
+            return "iso"
+        return "mesh" if is_software_gl(self.scatter.gl_renderer) else "iso"
+
+    def _decoder(self) -> DecoderSource | None:
+        dec = self.session.state.decoder if self.session is not None else None
+        if dec is None:
+            from napari.utils.notifications import show_warning
+
+            show_warning("cryoFIRE: no decoder yet. Wait for the first checkpoint, or open a finished run.")
+        return dec
+
+    def on_pick(self, row: int) -> None:
+        """Decode the z of scatter row `row` (a worker), then show it in the volume layer."""
+        if self.latents is None:
+            return
+        dec = self._decoder()
+        if dec is None:
+            return
+        self.picked_row = row
+        z = self.latents.z[row:row + 1]
+        pidx = int(self.latents.index[row])
+        meta = {"z": z[0].tolist(), "particle_index": pidx, "source": str(dec.outdir or dec.label)}
+        self.status.setText(f"decoding particle {pidx} …")
+        self._decoder_jobs.submit(decode_job, dec, z, float(self.iso_spin.value()), self.render_mode(),
+                                  on_result=lambda prep, meta=meta, dec=dec: self._show(prep, dec, meta, False),
+                                  on_error=self._job_failed)
+
+    def trajectory_z(self) -> np.ndarray:
+        return engine_api.pc_trajectory(self.latents.z, pc=int(self.pc_spin.value()),
+                                        n=int(self.frames_spin.value()), span=float(self.span_spin.value()))
+
+    def run_trajectory(self) -> None:
+        if self.latents is None:
+            return
+        dec = self._decoder()
+        if dec is None:
+            return
+        zs = self.trajectory_z()
+        meta = {"z": zs.tolist(), "pc": int(self.pc_spin.value()), "source": str(dec.outdir or dec.label)}
+        self.status.setText(f"decoding {len(zs)} volumes along PC{self.pc_spin.value()} …")
+        self._decoder_jobs.submit(decode_job, dec, zs, float(self.iso_spin.value()), self.render_mode(),
+                                  on_result=lambda prep, meta=meta, dec=dec: self._show(prep, dec, meta, True),
+                                  on_error=self._job_failed)
+
+    def _show(self, prep, dec: DecoderSource, meta: dict, trajectory: bool) -> None:
+        self.display.show(prep, dec.apix, trajectory=trajectory, metadata=meta)
+        if trajectory:
+            self.status.setText(f"PC{meta['pc']} trajectory: {len(prep.vols)} volumes (slider: frame)")
+        else:
+            self.status.setText(f"particle {meta['particle_index']}: volume {prep.vols.shape[1]}^3 at "
+                                f"{dec.apix:.3g} Å/px")
+
+    def _job_failed(self, exc: BaseException) -> None:
+        self.status.setText(f"failed: {exc}")
+
+    def _on_busy(self, busy: bool) -> None:
+        self.traj_btn.setEnabled(not busy)
+
+    def _on_iso_changed(self, value: float) -> None:
+        """Re-threshold the shown volume(s): iso mode sets the layer threshold, mesh mode re-meshes on a worker."""
+        from cryofire_app.gui.volume_display import TRAJECTORY_LAYER, VOLUME_LAYER, iso_value
+
+        for name, traj in ((VOLUME_LAYER, False), (TRAJECTORY_LAYER, True)):
+            layer = next((ly for ly in self.viewer.layers if ly.name == name), None) if self.viewer else None
+            if layer is None:
+                continue
+            vols = np.asarray(layer.metadata["volume"])
+            if hasattr(layer, "iso_threshold"):
+                layer.iso_threshold = iso_value(vols if not traj else vols[0], value)
+                continue
+            apix, meta = layer.metadata["apix"], dict(layer.metadata)
+            dec = DecoderSource(decode=lambda z: z, apix=apix, D=vols.shape[-1])
+            self._decoder_jobs.submit(prepare, vols, float(value), "mesh",
+                                      on_result=lambda prep, d=dec, m=meta, t=traj: self._show_mesh(prep, d, m, t))
+
+    def _show_mesh(self, prep, dec, meta, traj) -> None:
+        self.display.show(prep, dec.apix, trajectory=traj, metadata={k: v for k, v in meta.items()
+                                                                       if k not in ("volume", "iso_level")})
+
+    def save_map(self, path: str | Path) -> Path:
+        from cryofire_app.gui.volume_display import VOLUME_LAYER
+        from cryofire_app.io import write_mrc
+
+        layer = next((ly for ly in self.viewer.layers if ly.name == VOLUME_LAYER), None)
+        if layer is None:
+            raise ValueError("no decoded volume to save: click a point first")
+        path = Path(path)
+        write_mrc(path, np.asarray(layer.metadata["volume"], np.float32), apix=float(layer.metadata["apix"]))
+        return path
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save map", "cryofire_volume.mrc", "MRC (*.mrc *.map)")
+        if path:
+            try:
+                self.save_map(path)
+                self.status.setText(f"saved {path}")
+            except (OSError, ValueError) as exc:
+                from napari.utils.notifications import show_error
+
+                show_error(f"cryoFIRE: {exc}")
+
+    # ---- selection -------------------------------------------------------------------------------------------
+    def _on_selection(self, rows: np.ndarray) -> None:
+        if self.latents is not None:
+            self.status.setText(f"{len(rows):,} of {len(self.latents.z):,} particles selected")
+
+    def selected_indices(self) -> np.ndarray:
+        """Original particle indices of the selected points."""
+        if self.latents is None:
+            return np.zeros(0, np.int64)
+        return self.latents.index[self.scatter.selected]
+
+    def export_selection(self, prefix: str | Path) -> list[Path]:
+        """Write the selection via the engine; returns the written files."""
+        idx = self.selected_indices()
+        if len(idx) == 0:
+            raise ValueError("nothing selected: choose 'box' or 'lasso' and drag over the plot")
+        rows = self.scatter.selected
+        lat = self.latents
+        run = self.session.run if self.session is not None else None
+        files = engine_api.export_selection(Path(prefix), idx,
+                                            rot=None if lat.rot is None else lat.rot[rows],
+                                            trans=None if lat.trans is None else lat.trans[rows], run=run)
+        self.status.setText(f"exported {len(idx):,} particles: " + ", ".join(p.name for p in files))
+        return files
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export selection (file name prefix)", "selection",
+                                              "all files (*)")
+        if path:
+            try:
+                self.export_selection(path)
+            except (OSError, ValueError) as exc:
+                from napari.utils.notifications import show_error
+
+                show_error(f"cryoFIRE: {exc}")
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        if event.key() == Qt.Key_Escape:
+            self.scatter.clear_selection()
+        super().keyPressEvent(event)

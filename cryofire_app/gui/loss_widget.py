@@ -1,0 +1,224 @@
+"""Loss dock: the training loss streaming live (pyqtgraph).
+
+x axis: images seen. Top: loss per step (grey) and an exponential moving average (blue), validation loss at
+checkpoints (orange dots), the pose-only phase shaded. Bottom: the frequency-marching mask radius (lattice pixels).
+Events are appended to numpy buffers in O(1); the curves are redrawn by a timer at most `REDRAW_MS` apart, so the
+GUI-thread cost per event is microseconds and per redraw ~1-2 ms (pyqtgraph, clip-to-view + peak downsampling).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+
+from cryofire_app.gui.session import get_session
+
+REDRAW_MS = 200
+
+
+class _Buffer:
+    """Growable float64 columns (amortized O(1) append)."""
+
+    def __init__(self, ncols: int, cap: int = 1024):
+        self.data = np.empty((cap, ncols))
+        self.n = 0
+
+    def append(self, row) -> None:
+        if self.n == len(self.data):
+            self.data = np.concatenate([self.data, np.empty_like(self.data)])
+        self.data[self.n] = row
+        self.n += 1
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.n]
+
+    def clear(self) -> None:
+        self.n = 0
+
+
+def ema(values: np.ndarray, halflife: float) -> np.ndarray:
+    """Exponential moving average with the given half-life in samples (display smoothing)."""
+    out = np.empty_like(values)
+    if len(values) == 0:
+        return out
+    a = 1.0 - 0.5 ** (1.0 / max(halflife, 1e-6))
+    acc = values[0]
+    for i, v in enumerate(values):
+        acc = acc + a * (v - acc)
+        out[i] = acc
+    return out
+
+
+class LossWidget(QWidget):
+    """Dock widget; `add_step(ev)` / `add_checkpoint(ev)` can also be called directly with engine events."""
+
+    def __init__(self, napari_viewer: Any = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        pg.setConfigOptions(antialias=False)
+        self._steps = _Buffer(4)  # images_seen, loss, mask_radius, pose_only(0/1)
+        self._val = _Buffer(2)  # images_seen, val_loss
+        self._smooth_cache = (0, np.empty(0))
+        self._dirty = False
+        self.redraw_count = 0
+
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setLabel("left", "loss")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.addLegend(offset=(-10, 10))
+        pi = self.plot.getPlotItem()
+        pi.setClipToView(True)
+        pi.setDownsampling(auto=True, mode="peak")
+        self.raw_curve = self.plot.plot(pen=pg.mkPen((160, 160, 160), width=1), name="per step")
+        self.smooth_curve = self.plot.plot(pen=pg.mkPen((31, 119, 180), width=2), name="smoothed")
+        self.val_curve = self.plot.plot(pen=None, symbol="o", symbolSize=7, symbolBrush=(255, 127, 14),
+                                        name="validation")
+        self.pose_region = pg.LinearRegionItem(values=(0, 0), movable=False,
+                                               brush=pg.mkBrush(255, 200, 0, 50), pen=pg.mkPen(None))
+        self.pose_region.setZValue(-10)
+        self.pose_region.setVisible(False)
+        self.plot.addItem(self.pose_region)
+        self.pose_label = pg.TextItem("pose-only", color=(150, 110, 0), anchor=(0, 0))
+        self.pose_label.setVisible(False)
+        self.plot.addItem(self.pose_label)
+
+        self.mask_plot = pg.PlotWidget(background="w")
+        self.mask_plot.setLabel("left", "mask r (px)")
+        self.mask_plot.setLabel("bottom", "images seen")
+        self.mask_plot.setMaximumHeight(130)
+        self.mask_plot.setXLink(self.plot)
+        self.mask_curve = self.mask_plot.plot(pen=pg.mkPen((44, 160, 44), width=2), stepMode=None)
+
+        self.log_box = QCheckBox("log scale")
+        self.log_box.setToolTip("Show the loss on a logarithmic axis")
+        self.log_box.toggled.connect(self.set_log)
+        self.smooth_spin = QSpinBox()
+        self.smooth_spin.setRange(1, 1000)
+        self.smooth_spin.setValue(20)
+        self.smooth_spin.setToolTip("Half-life of the moving average, in steps")
+        self.smooth_spin.valueChanged.connect(self._invalidate_smooth)
+        self.status = QLabel("no training yet")
+
+        row = QHBoxLayout()
+        row.addWidget(self.log_box)
+        row.addWidget(QLabel("smoothing"))
+        row.addWidget(self.smooth_spin)
+        row.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.addLayout(row)
+        lay.addWidget(self.plot, 3)
+        lay.addWidget(self.mask_plot, 1)
+        lay.addWidget(self.status)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self.redraw)
+        self._timer.start()
+
+        if napari_viewer is not None:
+            sess = get_session(napari_viewer)
+            sess.step.connect(self.add_step)
+            sess.checkpoint.connect(self.add_checkpoint)
+            sess.reset.connect(self.clear)
+            sess.run_opened.connect(self.load_run_log)
+
+    # ---- data in ---------------------------------------------------------------------------------------------
+    def add_step(self, ev: Any) -> None:
+        """Append one Step event (images_seen, loss, mask_radius, phase)."""
+        pose_only = 1.0 if str(getattr(ev, "phase", "")).lower().startswith("pose") else 0.0
+        self._steps.append((float(ev.images_seen), float(ev.loss), float(ev.mask_radius), pose_only))
+        self._dirty = True
+
+    def add_checkpoint(self, ev: Any) -> None:
+        val = getattr(ev, "val_loss", None)
+        if val is not None and np.isfinite(val):
+            self._val.append((float(ev.images_seen), float(val)))
+            self._dirty = True
+
+    def load_run_log(self, run: Any) -> None:
+        """Fill the plot from a run folder's log.jsonl (one JSON object per event)."""
+        import json
+        from pathlib import Path
+        from types import SimpleNamespace
+
+        self.clear()
+        path = Path(getattr(run, "outdir", "")) / "log.jsonl"
+        if not path.is_file():
+            return
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a running job may have a half-written last line
+                kind = rec.get("event") or rec.get("type") or rec.get("kind")
+                if kind == "Step" and "loss" in rec:
+                    self.add_step(SimpleNamespace(**rec))
+                elif kind == "Checkpoint":
+                    self.add_checkpoint(SimpleNamespace(**rec))
+        self.redraw()
+
+    def clear(self) -> None:
+        self._steps.clear()
+        self._val.clear()
+        self._smooth_cache = (0, np.empty(0))
+        self._dirty = True
+        self.redraw()
+
+    # ---- drawing ---------------------------------------------------------------------------------------------
+    def set_log(self, on: bool) -> None:
+        self.plot.setLogMode(y=bool(on))
+
+    def _invalidate_smooth(self) -> None:
+        self._smooth_cache = (0, np.empty(0))
+        self._dirty = True
+
+    def _smoothed(self, loss: np.ndarray) -> np.ndarray:
+        """Incremental EMA: only new samples are processed on each redraw."""
+        n0, prev = self._smooth_cache
+        if n0 == 0 or n0 > len(loss):
+            out = ema(loss, self.smooth_spin.value())
+        else:
+            a = 1.0 - 0.5 ** (1.0 / self.smooth_spin.value())
+            tail = np.empty(len(loss) - n0)
+            acc = prev[-1]
+            for i, v in enumerate(loss[n0:]):
+                acc = acc + a * (v - acc)
+                tail[i] = acc
+            out = np.concatenate([prev, tail])
+        self._smooth_cache = (len(loss), out)
+        return out
+
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.redraw_count += 1
+        s = self._steps.view()
+        x, loss, radius, pose = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+        # log mode cannot show non-positive values
+        ok = np.isfinite(loss) & ((loss > 0) | (not self.log_box.isChecked()))
+        self.raw_curve.setData(x[ok], loss[ok])
+        self.smooth_curve.setData(x[ok], self._smoothed(loss)[ok] if len(loss) else loss)
+        v = self._val.view()
+        self.val_curve.setData(v[:, 0], v[:, 1])
+        self.mask_curve.setData(x, radius)
+        if len(x) and pose.any():
+            end = float(x[np.flatnonzero(pose)[-1]])
+            self.pose_region.setRegion((0.0, end))
+            self.pose_region.setVisible(True)
+            self.pose_label.setVisible(True)
+            self.pose_label.setPos(0.0, float(np.nanmax(loss[ok])) if ok.any() else 0.0)
+        else:
+            self.pose_region.setVisible(False)
+            self.pose_label.setVisible(False)
+        if len(x):
+            self.status.setText(f"{int(x[-1]):,} images · loss {loss[-1]:.4g} · mask r {radius[-1]:.1f} px"
+                                + (" · pose-only phase" if pose[-1] else ""))
+
+    @property
+    def n_points(self) -> int:
+        return self._steps.n

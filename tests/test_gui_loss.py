@@ -1,0 +1,58 @@
+"""Loss dock: streaming Step/Checkpoint events (the engine's own event classes), pose-only marker, log toggle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryofire_app.gui.loss_widget import LossWidget, ema
+from cryofire_app.training.events import Checkpoint, Step
+
+pytestmark = pytest.mark.gui
+
+
+def _steps(n, pose_only_until):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        seen = 32 * (i + 1)
+        yield Step(step=i + 1, images_seen=seen, loss=float(1.0 / (1 + 0.01 * i) + 0.05 * rng.random()),
+                   mask_radius=4 + seen // 1000, phase="pose_only" if seen < pose_only_until else "joint",
+                   elapsed_s=0.01 * i, images_total=32 * n)
+
+
+def test_loss_stream_and_markers(qtbot):
+    w = LossWidget()
+    qtbot.addWidget(w)
+    w.show()
+    for ev in _steps(3000, pose_only_until=20_000):
+        w.add_step(ev)
+    w.add_checkpoint(Checkpoint(path="x", images_seen=50_000, val_loss=0.7, pose_change_deg=None, z_change=None))
+    w.redraw()
+    assert w.n_points == 3000
+    x, y = w.raw_curve.getData()
+    assert len(x) > 0 and x.max() == 96_000
+    sx, sy = w.smooth_curve.getData()
+    assert np.std(np.diff(sy)) < np.std(np.diff(y))  # smoothed is smoother
+    lo, hi = w.pose_region.getRegion()
+    assert w.pose_region.isVisible() and lo == 0 and 19_000 < hi < 20_000
+    vx, vy = w.val_curve.getData()
+    assert list(vx) == [50_000] and list(vy) == [pytest.approx(0.7)]
+    _, r = w.mask_curve.getData()
+    assert r[0] == 4 and r[-1] == 4 + 96
+    w.log_box.setChecked(True)
+    assert w.plot.getPlotItem().ctrl.logYCheck.isChecked()
+    w.clear()
+    assert w.n_points == 0
+
+
+def test_incremental_smoothing_matches_full():
+    vals = np.random.default_rng(1).random(500)
+    w = LossWidget()
+    try:
+        for i, v in enumerate(vals):
+            w.add_step(Step(i, i, float(v), 4, "joint", 0.0, 500))
+            if i in (10, 200, 499):
+                w._dirty = True
+                w.redraw()
+        np.testing.assert_allclose(w.smooth_curve.getData()[1], ema(vals, w.smooth_spin.value()))
+    finally:
+        w.close()
