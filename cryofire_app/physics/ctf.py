@@ -11,9 +11,13 @@ kV, spherical aberration in mm, amplitude contrast ``w`` as a fraction, phase sh
     C = sqrt(1 - w^2) sin(gamma) - w cos(gamma)            (so C(0) = -w)
     C *= exp(-B s^2 / 4)   when bfactor != 0
 
-C is even in k, so it multiplies Hartley coefficients exactly. Images made with it have the same sign as RELION's
-``relion_project --ctf`` output (dark protein on a light background for positive densities; pinned by
-tests/test_physics_oracles.py).
+C is even in k, so it multiplies Hartley coefficients exactly.
+
+Sign: this is the cryoDRGN/cryoFIRE sign. RELION's CTF (``ctf.h``; what ``relion_project --ctf`` multiplies
+projections with) is the **negative**, ``C_RELION = -C`` (``C_RELION(0) = +w``), so positive density comes out white,
+as in RELION-extracted (contrast-inverted) particles. Pinned against relion_project output in
+tests/test_physics_oracles.py. Data in the RELION convention must be multiplied by -1 before it is compared with
+``C * projection`` (cryoDRGN's ``--invert-data``).
 """
 from __future__ import annotations
 

@@ -36,9 +36,13 @@ def slice_ht_volume(vol_ht: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"vol_ht must be (Dl,Dl,Dl) or (B,Dl,Dl,Dl) with B={b}, got {tuple(vol_ht.shape)}")
 
 
-def _sinc2_grid(n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(n, n, n) product of sinc^2(x / n) over the three axes, x in pixels from the centre voxel n//2."""
+def _sinc2_grid(n: int, dtype: torch.dtype, device, radial: bool = False) -> torch.Tensor:
+    """(n, n, n) trilinear-interpolation kernel transform: product of sinc^2(x / n) over the three axes, or with
+    ``radial=True`` sinc^2(|r| / n) as RELION's gridding correction uses (x, r in voxels from the centre voxel n//2)."""
     x = (torch.arange(n, dtype=torch.float64, device=device) - n // 2) / n
+    if radial:
+        r = torch.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
+        return (torch.special.sinc(r) ** 2).to(dtype)
     s = torch.special.sinc(x) ** 2
     return (s[:, None, None] * s[None, :, None] * s[None, None, :]).to(dtype)
 
@@ -48,24 +52,33 @@ class FourierProjector:
 
     The volume is zero-padded to ``pad * D`` (finer Fourier sampling makes trilinear interpolation accurate), its
     centered 3D HT is symmetrized to the odd lattice, and each image's ``(D+1)^2`` lattice is sampled on the rotated
-    plane. ``gridding=True`` divides the padded volume by the trilinear kernel's transform (sinc^2 per axis) first.
-    Frequencies beyond ``rmax`` (cycles/px; None = keep all) are set to 0 in the slices.
+    plane. ``gridding`` divides the padded volume by the trilinear kernel's transform first: ``"radial"`` (default,
+    RELION's ``griddingCorrect``: sinc^2 of the radius), ``"separable"`` (product of sinc^2 per axis) or ``"none"``
+    (also ``False``; ``True`` means radial). Frequencies beyond ``rmax`` cycles/px (default 0.5 = Nyquist; None keeps the
+    whole cube) are zeroed in the 3D transform and in the slices. The defaults reproduce ``relion_project`` (gridding
+    correction, Nyquist sphere): tests/test_physics_oracles.py.
     """
 
-    def __init__(self, vol: torch.Tensor, pad: int = 2, gridding: bool = True, rmax: float | None = None):
+    def __init__(self, vol: torch.Tensor, pad: int = 2, gridding: bool | str = "radial", rmax: float | None = 0.5):
         if vol.dim() != 3 or len(set(vol.shape)) != 1 or vol.shape[-1] % 2:
             raise ValueError(f"FourierProjector needs a cubic volume with an even box, got {tuple(vol.shape)}")
         self.D = vol.shape[-1]
         self.pad = int(pad)
         dp = self.pad * self.D
         v = center_crop_pad(vol, dp, 3)
-        if gridding:
-            v = v / _sinc2_grid(dp, v.dtype, v.device)
+        mode = {True: "radial", False: "none"}.get(gridding, gridding)
+        if mode not in ("radial", "separable", "none"):
+            raise ValueError(f"gridding must be 'radial', 'separable' or 'none', got {gridding!r}")
+        if mode != "none":
+            v = v / _sinc2_grid(dp, v.dtype, v.device, radial=(mode == "radial"))
         self.vol_ht = symmetrize_ht3(ht3_center(v))
         self.lattice = Lattice(self.D, dtype=vol.dtype, device=vol.device)
         self.keep = None
         if rmax is not None:
-            self.keep = (self.lattice.freqs2d ** 2).sum(-1) <= rmax * rmax
+            self.keep = (self.lattice.freqs2d ** 2).sum(-1) <= rmax * rmax + 1e-12
+            ax = (torch.arange(dp + 1, dtype=torch.float64, device=vol.device) - dp // 2) / dp
+            r2 = ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2
+            self.vol_ht = self.vol_ht * (r2 <= rmax * rmax + 1e-12).to(self.vol_ht.dtype)
 
     def slice(self, rot: torch.Tensor) -> torch.Tensor:
         """Symmetrized 2D HT ``(B, (D+1)^2)`` of the projections at ``rot (B, 3, 3)`` (flat lattice order)."""
@@ -89,13 +102,14 @@ def lattice_to_image(y: torch.Tensor, D: int) -> torch.Tensor:
     return iht2_center(y)
 
 
-def project_fourier(vol: torch.Tensor, rot: torch.Tensor, pad: int = 2, gridding: bool = True) -> torch.Tensor:
+def project_fourier(vol: torch.Tensor, rot: torch.Tensor, pad: int = 2, gridding: bool | str = "radial",
+                    rmax: float | None = 0.5) -> torch.Tensor:
     """Projections ``(B, D, D)`` of ``vol (D, D, D)`` at ``rot (B, 3, 3)`` via the Fourier-slice theorem.
 
     Pixel values are line integrals in voxel units (see module docstring). For many calls on one volume use
     :class:`FourierProjector`.
     """
-    return FourierProjector(vol, pad=pad, gridding=gridding).project(rot)
+    return FourierProjector(vol, pad=pad, gridding=gridding, rmax=rmax).project(rot)
 
 
 def project_real(vol: torch.Tensor, rot: torch.Tensor, oversample: int = 2) -> torch.Tensor:
