@@ -1,0 +1,140 @@
+"""Export a particle subset for other programs: RELION 3.1 .star, cryoSPARC (.cs subset or index list), cryoDRGN ind.pkl.
+
+Particles are named by ``index``: the row in the user's original metadata/stack (0-based), which every run carries
+(``Run.index`` maps a run's rows to it). The STAR points at the original images (absolute paths), with the original
+CTF and either the run's predicted poses (given as ``rot``/``trans``, translations in pixels of the run's training box,
+converted here to the original box) or the original metadata's poses.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cryofire_app.io.errors import InputError
+
+
+def rows_to_index(run, rows) -> np.ndarray:
+    """Original particle indices of rows (int array or bool mask) of a run's per-particle arrays."""
+    rows = np.asarray(rows)
+    idx = np.asarray(run.index, np.int64)
+    if rows.dtype == bool:
+        if len(rows) != len(idx):
+            raise ValueError(f"selection mask has {len(rows)} entries, the run has {len(idx)} particles")
+        return idx[rows]
+    return idx[rows.astype(np.int64)]
+
+
+def particles_for_run(run):
+    """Re-open the particles a run was trained on (its config's particles / datadir / ctf), all rows of the file."""
+    from cryofire_app.io.particles import load_particles
+
+    cfg = run.config
+    if not cfg.particles:
+        raise InputError("the run's config.json names no particle file", Path(run.outdir) / "config.json")
+    return load_particles(cfg.particles, datadir=cfg.datadir, ctf=cfg.ctf, require_even=False, check_finite=False)
+
+
+def _positions(particles, index: np.ndarray) -> np.ndarray:
+    """Positions in ``particles`` of the original indices ``index`` (InputError if some are not there)."""
+    pidx = np.asarray(particles.index, np.int64)
+    order = np.argsort(pidx, kind="stable")
+    loc = np.searchsorted(pidx[order], index)
+    loc = np.clip(loc, 0, len(pidx) - 1)
+    found = pidx[order][loc] == index
+    if not np.all(found):
+        missing = index[~found]
+        raise InputError(f"{len(missing)} selected particle index(es) (e.g. {int(missing[0])}) are not in the particle "
+                         f"file ({len(pidx)} particles)", particles.source)
+    return order[loc]
+
+
+def _atomic_bytes(path: Path, writer) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_selection(prefix: str | Path, index, rot: np.ndarray | None = None, trans: np.ndarray | None = None,
+                     run=None, particles=None, labels: np.ndarray | None = None) -> list[Path]:
+    """Write the particles with original indices ``index`` (M,) as:
+
+    - ``<prefix>.ind.pkl``: cryoDRGN index pickle (original 0-based indices, in the given order);
+    - ``<prefix>.star``: RELION 3.1 particles (original images, CTF; ``rot``/``trans`` (M, ...) predicted poses when
+      given, else the metadata's poses; ``labels`` (M,) as rlnClassNumber = label + 1);
+    - ``<prefix>.cs`` when the particles came from a cryoSPARC .cs (the same rows, every field kept), else
+      ``<prefix>_index.csv`` (``index[,uid]``, one particle per line).
+
+    The STAR/.cs need the particle metadata: ``particles`` (a ParticleSet) or ``run`` (re-opened from its config).
+    Without either only the index files are written. ``trans`` are pixels of the run's training box (``run.D``).
+    Returns the written paths.
+    """
+    prefix = Path(prefix)
+    if prefix.suffix in (".star", ".pkl", ".cs", ".csv"):
+        prefix = prefix.with_suffix("")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    index = np.asarray(index, np.int64).reshape(-1)
+    if len(index) == 0:
+        raise ValueError("empty selection")
+    m = len(index)
+    for name, arr, shape in (("rot", rot, (m, 3, 3)), ("trans", trans, (m, 2)), ("labels", labels, (m,))):
+        if arr is not None and np.shape(arr) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
+    from cryofire_app.io import write_ind_pkl, write_particles_star
+
+    out: list[Path] = []
+    ind_path = Path(f"{prefix}.ind.pkl")
+    write_ind_pkl(ind_path, index)
+    out.append(ind_path)
+    if particles is None and run is not None:
+        particles = particles_for_run(run)
+    uid = None
+    if particles is not None:
+        pos = _positions(particles, index)
+        ps = particles
+        D0 = int(ps.D)
+        apix0 = ps.apix
+        if apix0 is None and run is not None:
+            apix0 = float(run.apix) * int(run.D) / D0
+        apix0 = float(apix0) if apix0 else 1.0
+        files = [str(Path(f).resolve()) for f in ps.images.files]
+        names = [f"{int(ps.images.frames[p]) + 1}@{files[int(ps.images.file_index[p])]}" for p in pos]
+        ctf = None if ps.ctf is None else np.asarray(ps.ctf)[pos]
+        if rot is not None:
+            r = np.asarray(rot, np.float64)
+            t = None
+            if trans is not None:
+                apix_run = float(run.apix) if run is not None else apix0
+                t = np.asarray(trans, np.float64) * apix_run / apix0  # same shift in Angstrom, original pixels
+        else:
+            r = None if ps.rots is None else np.asarray(ps.rots)[pos]
+            t = None if ps.trans_px is None else np.asarray(ps.trans_px)[pos]
+        extra = {} if labels is None else {"rlnClassNumber": np.asarray(labels, np.int64) + 1}
+        star_path = Path(f"{prefix}.star")
+        write_particles_star(star_path, names, ctf, r, t, apix0, D0, extra_columns=extra)
+        out.append(star_path)
+        uid = None if ps.uid is None else np.asarray(ps.uid)[pos]
+        src = Path(ps.source)
+        if src.suffix.lower() == ".cs":
+            from cryofire_app.io.cs import read_cs
+
+            arr = read_cs(src)
+            if index.max() >= len(arr):
+                raise InputError(f"selected index {int(index.max())} is beyond the {len(arr)} rows", src)
+            sub = arr[index]
+            cs_path = Path(f"{prefix}.cs")
+            out.append(_atomic_bytes(cs_path, lambda fh: np.save(fh, sub, allow_pickle=False)))
+            return out
+    csv_path = Path(f"{prefix}_index.csv")
+    lines = ["index,uid"] + [f"{i},{u}" for i, u in zip(index, uid)] if uid is not None else \
+        ["index"] + [str(i) for i in index]
+    out.append(_atomic_bytes(csv_path, lambda fh: fh.write(("\n".join(lines) + "\n").encode())))
+    return out
