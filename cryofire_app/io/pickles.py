@@ -28,7 +28,8 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
      for name in ("_reconstruct", "scalar")]
     + [(mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")]
     + [("numpy", "ndarray"), ("numpy", "dtype")]
-    + [("builtins", name) for name in ("complex",)]
+    + [("builtins", "complex"), ("__builtin__", "complex")]  # __builtin__: protocol <= 2 name
+    + [("_codecs", "encode")]  # protocol <= 2 pickles store bytes as _codecs.encode(str, 'latin1')
 )
 # numpy 2 pickles dtypes of kind `numpy.dtypes.Float32DType` etc. only as `numpy.dtype`; allow the DType classes too.
 _ALLOWED_MODULE_PREFIXES = ("numpy.dtypes",)

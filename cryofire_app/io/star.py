@@ -101,7 +101,7 @@ def read_star(path: str | Path) -> StarTable:
         groups = optics[OPTICS_KEY].to_numpy()
         if len(np.unique(groups)) != len(groups):
             raise InputError(f"duplicate optics group numbers in data_optics: {list(groups)}", path)
-        missing = sorted(set(particles[OPTICS_KEY].unique()) - set(groups))
+        missing = sorted(int(g) for g in set(particles[OPTICS_KEY].unique()) - set(groups))
         if missing:
             raise InputError(f"particles refer to optics group(s) {missing} that data_optics does not define", path)
         pos = pd.Index(groups).get_indexer(particles[OPTICS_KEY].to_numpy())
