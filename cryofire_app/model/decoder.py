@@ -57,3 +57,31 @@ class HartleyDecoder(nn.Module):
         else:
             h = h + bias
         return self.mlp.forward_from_hidden(h)
+
+
+class GridDecoder(nn.Module):
+    """Explicit Hartley voxel grid V(k) (no z): trilinear slices of a symmetrized (Dl, Dl, Dl) volume, axes (kz, ky, kx).
+
+    Same call signature as HartleyDecoder (z is ignored). `from_volume(vol)` builds it from a real-space (D, D, D)
+    map (z, y, x) divided by `scale`; used as a fixed ground-truth decoder and as a cheap consensus volume.
+    """
+
+    def __init__(self, vol_ht: torch.Tensor, trainable: bool = False):
+        super().__init__()
+        Dl = vol_ht.shape[-1]
+        self.D, self.zdim = Dl - 1, 0
+        if trainable:
+            self.vol_ht = nn.Parameter(vol_ht.clone().float())
+        else:
+            self.register_buffer("vol_ht", vol_ht.clone().float())
+
+    @classmethod
+    def from_volume(cls, vol: torch.Tensor, scale: float = 1.0, trainable: bool = False) -> "GridDecoder":
+        from cryofire_app.physics.fft import ht3_center, symmetrize_ht3
+
+        return cls(symmetrize_ht3(ht3_center(vol.double())).float() / scale, trainable)
+
+    def forward(self, k: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        from cryofire_app.physics.projector import slice_ht_volume
+
+        return slice_ht_volume(self.vol_ht, k)

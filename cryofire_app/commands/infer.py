@@ -1,0 +1,79 @@
+"""Encoder-only inference: poses and z for particles (new or training ones) from a trained run.
+
+Images are preprocessed exactly as in training (Fourier crop to the training box, window, the training
+normalization and contrast sign), encoded in batches, and written to PREDDIR/pose.pkl (cryoDRGN format: rot (N,3,3),
+trans (N,2) as a fraction of the box), PREDDIR/z.pkl and PREDDIR/latents.npz (index, z, rot, trans in pixels).
+The symmetric-loss branch (image or its mirror) is chosen by the decoder's error at a low frequency radius
+(--select decoder, default; needs the CTF) or branch 0 is kept (--select encoder: no decoder call at all).
+
+example:  cryofire infer run1 new_particles.star -o run1/pred_new
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("outdir", help="a cryofire train output folder")
+    p.add_argument("particles", help="particles: .mrcs/.mrc, .txt, .star or .cs")
+    p.add_argument("--ctf", help="cryoDRGN ctf.pkl when PARTICLES carries no CTF")
+    p.add_argument("--datadir", help="folder holding the stacks named in a .star/.cs")
+    p.add_argument("-o", "--preddir", required=True, help="output folder for pose.pkl, z.pkl, latents.npz")
+    p.add_argument("--batch-size", "-b", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--select", choices=("decoder", "encoder"), default="decoder",
+                   help="branch choice: decoder error at --select-radius (default) or encoder only (branch 0)")
+    p.add_argument("--select-radius", type=int, default=None,
+                   help="frequency radius in pixels for --select decoder (default: the run's select_radius)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.io import load_particles, write_pose_pkl, write_z_pkl
+    from cryofire_app.io.errors import InputError
+    from cryofire_app.training.checkpoint import atomic_save_npz
+    from cryofire_app.training.dataset import ParticleData
+    from cryofire_app.training.inference import predict
+    from cryofire_app.training.trainer import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(args.outdir)
+    ck = run.checkpoint
+    D = int(ck["D"])
+    ps = load_particles(args.particles, datadir=args.datadir, ctf=args.ctf)
+    try:
+        data = ParticleData(ps, D, run.config.window_r_in, run.config.window_r_out)
+    except ValueError as exc:
+        raise InputError(str(exc), args.particles) from exc
+    data.prep.sigma_real = float(ck["sigma_real"])
+    data.prep.sigma_ht = float(ck["sigma_ht"])
+    select = args.select
+    if select == "decoder" and data.ctf is None and run.config.ctf is not None:
+        print("warning: no CTF for these particles; keeping branch 0 (--select encoder)", file=sys.stderr)
+        select = "encoder"
+    device = resolve_device(args.device)
+    model = run.model.to(device)
+    radius = min(args.select_radius or run.config.select_radius, int(ck["mask_radius"]))
+    t0 = time.time()
+    pr = predict(model, data, np.arange(data.N), sign=float(ck["data_sign"]), radius=radius, select=select,
+                 batch=args.batch_size, device=device, use_z=ck["phase"] == "joint", sym=run.config.sym_loss)
+    dt = time.time() - t0
+    out = Path(args.preddir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_pose_pkl(out / "pose.pkl", pr.rot.astype(np.float32), (pr.trans / D).astype(np.float32))
+    write_z_pkl(out / "z.pkl", pr.z.astype(np.float32))
+    atomic_save_npz(out / "latents.npz", index=np.asarray(ps.index, np.int64), z=pr.z.astype(np.float32),
+                    rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
+                    branch=pr.branch.astype(np.int8), D=np.int64(D), apix=np.float64(data.apix))
+    print(f"inferred {data.N} particles in {dt:.2f} s ({1e3 * dt / max(data.N, 1):.2f} ms/image); wrote {out}",
+          file=sys.stderr)
+    return 0

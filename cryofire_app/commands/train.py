@@ -1,0 +1,136 @@
+"""Train the cryoFIRE encoder and decoder on a particle stack (ab initio heterogeneous reconstruction).
+
+Writes OUTDIR/config.json, log.jsonl (one JSON event per line), checkpoints/last.pt (+ numbered copies), and at the
+end of a final eval-mode pass pose.pkl (cryoDRGN: rot (N,3,3) with k_vol = k_img @ rot, trans (N,2) as a fraction of
+the box), z.pkl (N, zdim) and latents.npz. CTF comes from the STAR/.cs when present, else from --ctf.
+Ctrl-C writes a checkpoint; continue with --resume.
+
+example:  cryofire train particles.mrcs --ctf ctf.pkl -o run1 --num-images 200000 -D 64
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cryofire_app.io.errors import InputError
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("particles", help="particle stack: .mrcs/.mrc, .txt (one stack per line), .star or .cs")
+    p.add_argument("--ctf", help="cryoDRGN ctf.pkl (N x 9) when PARTICLES carries no CTF")
+    p.add_argument("--datadir", help="folder holding the stacks named in a .star/.cs")
+    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    p.add_argument("-D", "--box", type=int, default=None,
+                   help="training box in pixels (even; images are Fourier-cropped on the fly; default: the stack's)")
+    p.add_argument("--zdim", type=int, default=8, help="dimension of the conformation latent z (default 8)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--num-images", type=int, help="total number of images to train on (default: 20 epochs)")
+    g.add_argument("--epochs", type=float, help="training length in passes over the training split")
+    p.add_argument("--batch-size", "-b", type=int, default=32, help="global batch size in images (default 32)")
+    p.add_argument("--pose-only-images", type=int, default=100_000,
+                   help="images of the pose-only phase (z ignored, sampled) before joint training (default 100000)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTDIR from checkpoints/last.pt")
+    p.add_argument("--checkpoint-every", type=int, default=20_000, help="images between checkpoints (default 20000)")
+    p.add_argument("--freq-start", type=int, default=4, help="initial frequency-mask radius in pixels (default 4)")
+    p.add_argument("--freq-add-every", type=int, default=10_000,
+                   help="images per +1 pixel of the frequency-mask radius (default 10000)")
+    p.add_argument("--freq-max", type=int, default=None, help="largest mask radius in pixels (default D/2)")
+    p.add_argument("--invert-data", choices=("auto", "yes", "no"), default="auto",
+                   help="multiply the images by -1: auto (when the consensus density comes out negative, checked "
+                        "early and logged), yes, no (default auto)")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="fraction of particles held out for the validation loss (at most 256; default 0.05)")
+    p.add_argument("--enc-channels", type=str, default=None,
+                   help="encoder conv block widths, comma separated (default 16,32,64,128,128)")
+    p.add_argument("--dec-hidden", type=int, default=None, help="decoder MLP width (default 256)")
+    p.add_argument("--dec-layers", type=int, default=None, help="decoder residual blocks (default 3)")
+    p.add_argument("--pe-dim", type=int, default=None, help="random Fourier features of the decoder (default 64)")
+    p.add_argument("--variational", action="store_true", help="variational z (KL weight --beta)")
+    p.add_argument("--beta", type=float, default=0.0, help="KL weight for --variational (default 0)")
+    p.add_argument("--no-sym-loss", action="store_true", help="disable the symmetric (mirror) loss")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    from cryofire_app.training.config import TrainConfig
+
+    cfg = TrainConfig(particles=str(args.particles), outdir=str(args.outdir), ctf=args.ctf, datadir=args.datadir,
+                      D=args.box, zdim=args.zdim, num_images=args.num_images, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                      pose_only_images=args.pose_only_images, beta=args.beta, sym_loss=not args.no_sym_loss,
+                      freq_start=args.freq_start, freq_add_every=args.freq_add_every, freq_max=args.freq_max,
+                      invert_data=args.invert_data, val_fraction=args.val_fraction,
+                      checkpoint_every=args.checkpoint_every, num_threads=args.threads)
+    if args.box is not None and (args.box < 8 or args.box % 2):
+        raise InputError(f"-D/--box must be an even number >= 8, got {args.box}")
+    if args.enc_channels:
+        try:
+            cfg.encoder.channels = tuple(int(c) for c in args.enc_channels.split(","))
+        except ValueError as exc:
+            raise InputError(f"--enc-channels must be integers separated by commas, got {args.enc_channels!r}") from exc
+    cfg.encoder.variational = bool(args.variational)
+    if args.dec_hidden:
+        cfg.decoder.hidden = args.dec_hidden
+    if args.dec_layers is not None:
+        cfg.decoder.layers = args.dec_layers
+    if args.pe_dim:
+        cfg.decoder.pe_dim = args.pe_dim
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step
+    from cryofire_app.training.trainer import Trainer
+
+    cfg = config_from_args(args)
+    last = Path(cfg.outdir) / "checkpoints" / "last.pt"
+    if last.exists() and not args.resume:
+        raise InputError("already holds a training run; use --resume to continue it or choose another -o",
+                         cfg.outdir)
+    trainer = Trainer(cfg, resume=args.resume)
+    bar = None
+    try:
+        for ev in trainer.run():
+            if isinstance(ev, Started):
+                if not args.quiet:
+                    bar = tqdm(total=trainer.images_total, initial=trainer.images_seen, unit="img", dynamic_ncols=True)
+                print(f"training on {ev.n_train} particles ({ev.n_val} held out), box {trainer.D}, "
+                      f"device {trainer.device}", file=sys.stderr)
+            elif isinstance(ev, Step):
+                if bar is not None:
+                    bar.update(ev.images_seen - bar.n)
+                    if ev.step % 10 == 0:
+                        bar.set_postfix(loss=f"{ev.loss:.4g}", r=ev.mask_radius, phase=ev.phase, refresh=False)
+            elif isinstance(ev, Checkpoint):
+                dp = "" if ev.pose_change_deg is None else f", pose change {ev.pose_change_deg:.2f} deg"
+                dz = "" if ev.z_change is None else f", z change {ev.z_change:.3f}"
+                (bar.write if bar else print)(f"checkpoint at {ev.images_seen} images: val loss {ev.val_loss:.5g}"
+                                              f"{dp}{dz}")
+            elif isinstance(ev, Message):
+                (bar.write if bar else print)(f"{ev.level}: {ev.text}")
+            elif isinstance(ev, Failed):
+                if bar:
+                    bar.close()
+                print(f"cryofire train: failed: {ev.message}", file=sys.stderr)
+                return 1
+            elif isinstance(ev, Finished):
+                if bar:
+                    bar.close()
+                print(f"finished after {ev.images_seen} images{' (stopped)' if ev.stopped else ''}; "
+                      f"results in {ev.outdir}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        if trainer.model is not None and getattr(trainer, "rank", 0) == 0:
+            p = trainer.save_checkpoint(numbered=False)
+            print(f"checkpoint written to {p}; continue with --resume", file=sys.stderr)
+        raise
+    return 0
