@@ -255,3 +255,47 @@ def test_pkl_overrides_for_a_plain_stack(tmp_path):
     ps = load_particles(tmp_path / "particles.mrcs", ctf=tmp_path / "ctf.pkl", poses=tmp_path / "pose.pkl")
     assert np.array_equal(ps.ctf, ctf) and np.allclose(ps.rots, rot) and np.allclose(ps.trans_px, trans, atol=1e-5)
     assert ps.apix == 2.0
+
+
+def test_huge_sparse_stack_is_read_without_loading_it(tmp_path):
+    """A 4.9 GB stack (sparse on disk) opens and serves random images with a few MB of memory."""
+    import tracemalloc
+
+    n, D = 300_000, 64
+    path = tmp_path / "huge.mrcs"
+    with mrcfile.new_mmap(path, shape=(n, D, D), mrc_mode=2) as m:
+        m.set_image_stack()
+        m.voxel_size = 1.5
+        m.data[n - 1] = 7.0
+        m.data[123_456, 5, 6] = -3.0
+    assert path.stat().st_size > 4 * 2**30
+    tracemalloc.start()
+    try:
+        ps = load_particles(path)
+        imgs = ps.images[np.array([n - 1, 0, 123_456, 250_000])]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ps) == n and ps.apix == 1.5
+    assert np.all(imgs[0] == 7.0) and np.all(imgs[1] == 0.0) and imgs[2, 5, 6] == -3.0
+    assert peak < 16 * 2**20  # the whole stack would be 4.9 GB
+
+
+def test_ctf_pkl_for_the_full_size_stack_rescales_pixel_size(tmp_path):
+    """A ctf.pkl written for the original 32 px box used with a 16 px (downsampled) stack, as in cryoDRGN."""
+    imgs, ctf, rot, trans = _write_dataset(tmp_path, D=16, apix=2.0)
+    full = ctf.copy()
+    full[:, 0], full[:, 1] = 32, 1.0
+    write_ctf_pkl(tmp_path / "ctf32.pkl", full)
+    ps = load_particles(tmp_path / "particles.mrcs", ctf=tmp_path / "ctf32.pkl")
+    assert np.all(ps.ctf[:, 0] == 16) and np.allclose(ps.ctf[:, 1], 2.0) and ps.apix == 2.0
+    assert np.array_equal(ps.ctf[:, 2:], full[:, 2:]) and any("32" in n for n in ps.notes)
+
+
+def test_cs_subset_keeps_uid_and_index(fixtures_dir):
+    ps = load_particles(fixtures_dir / "cryodrgn/empiar_10076_7.cs")
+    sub = ps.subset(np.array([False, True, False, False, True, True, False])).subset([2, 0])
+    assert list(sub.index) == [5, 1]
+    assert list(sub.uid) == [ps.uid[5], ps.uid[1]]
+    assert np.array_equal(sub.images[:], ps.images[[5, 1]])
+    assert list(sub.image_names) == ["6@empiar_10076_7.mrc", "2@empiar_10076_7.mrc"]

@@ -105,6 +105,8 @@ def read_mrc_header(path: str | Path) -> MrcHeader:
         except ValueError as exc:
             raise InputError(f"unsupported MRC mode {int(mrc.header.mode)} ({exc})", path) from None
         shape = tuple(int(s) for s in data_shape_from_header(mrc.header))
+        if len(shape) == 4:
+            raise InputError(f"volume stacks (space group {int(mrc.header.ispg)}) are not supported", path)
         if len(shape) == 2:
             shape = (1,) + shape
         offset = _HEADER_BYTES + int(mrc.header.nsymbt)
