@@ -299,3 +299,11 @@ def test_cs_subset_keeps_uid_and_index(fixtures_dir):
     assert list(sub.uid) == [ps.uid[5], ps.uid[1]]
     assert np.array_equal(sub.images[:], ps.images[[5, 1]])
     assert list(sub.image_names) == ["6@empiar_10076_7.mrc", "2@empiar_10076_7.mrc"]
+
+
+def test_relion_type_suffix_in_image_names(tmp_path):
+    imgs, ctf, rot, trans = _write_dataset(tmp_path, n=3)
+    (tmp_path / "particles.mrcs").rename(tmp_path / "stack.mrc")
+    write_particles_star(tmp_path / "p.star", ["3@stack.mrc:mrcs", "1@stack.mrc:mrcs"], ctf[:2], None, None, 2.0, 16)
+    ps = load_particles(tmp_path / "p.star")
+    assert np.array_equal(ps.images[:], imgs[[2, 0]]) and ps.rots is None

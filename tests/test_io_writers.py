@@ -143,3 +143,16 @@ def test_pickle_round_trips_match_cryodrgn_format(tmp_path):
     assert ind.dtype == np.int64 and list(ind) == [5, 1, 3]
     with pytest.raises(InputError, match=r"z\.pkl.*expected an \(N, 9\) array"):
         read_ctf_pkl(tmp_path / "z.pkl")  # a latent pickle is not a CTF pickle
+
+
+def test_io_euler_agrees_with_physics_rotations():
+    """io keeps a numpy copy of the convention (no torch in io); it must agree with physics.rotations."""
+    torch = pytest.importorskip("torch")
+    from cryofire_app.physics.rotations import cryosparc_pose_to_matrix, euler_relion_to_matrix
+
+    rng = np.random.default_rng(8)
+    euler = np.stack([rng.uniform(-180, 180, 30), rng.uniform(0, 180, 30), rng.uniform(-180, 180, 30)], 1)
+    t = torch.as_tensor(euler, dtype=torch.float64)
+    assert np.allclose(euler_relion_to_matrix(t[:, 0], t[:, 1], t[:, 2]).numpy(), euler_relion_to_rot(euler))
+    rv = rng.normal(size=(30, 3))
+    assert np.allclose(cryosparc_pose_to_matrix(torch.as_tensor(rv)).numpy(), rotvec_to_rot(rv))

@@ -158,7 +158,8 @@ def _metadata_lines(path: Path) -> list[str]:
             lines.append(_row("Poses", "none"))
         if "ctf/exp_group_id" in names and len(arr):
             g, c = np.unique(arr["ctf/exp_group_id"], return_counts=True)
-            lines.append(_row("Exposure groups", ", ".join(f"group {int(a)}: {int(b)} particles" for a, b in zip(g, c))))
+            groups = ", ".join(f"group {int(a)}: {int(b)} particles" for a, b in zip(g, c))
+            lines.append(_row("Exposure groups", groups))
     return lines
 
 
@@ -188,8 +189,8 @@ def describe_particles(path: Path, datadir: str | None = None, n_check: int = 64
     lines.append(_row("Stored as", ", ".join(f"{MODE_NAMES.get(m, '?')} (MRC mode {m})" for m in modes)))
     if ps.ctf is not None:
         c = ps.ctf
-        lines.append(_row("CTF", f"defocus U {_fmt_range(c[:, 2], ' A', '{:.0f}')}, V {_fmt_range(c[:, 3], ' A', '{:.0f}')}"
-                                 f"; {_fmt_range(c[:, 5], ' kV', '{:g}')}, Cs {_fmt_range(c[:, 6], ' mm', '{:g}')}, "
+        lines.append(_row("CTF", f"defocus U {_fmt_range(c[:, 2], ' A', '{:.0f}')}, "
+                                 f"V {_fmt_range(c[:, 3], ' A', '{:.0f}')}; {_fmt_range(c[:, 5], ' kV', '{:g}')}, Cs {_fmt_range(c[:, 6], ' mm', '{:g}')}, "
                                  f"w {_fmt_range(c[:, 7], '', '{:g}')}, phase {_fmt_range(c[:, 8], ' deg', '{:g}')}"))
     else:
         lines.append(_row("CTF", "none"))

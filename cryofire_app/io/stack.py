@@ -8,6 +8,7 @@ dataset of thousands of files never exhausts file handles. The object pickles wi
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -59,6 +60,7 @@ class ImageStack:
         self.check_finite = check_finite
         self.max_open = max_open
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._lock = threading.Lock()  # the cache may be used from a GUI thread and a training thread
         self.headers = _headers if _headers is not None else [read_mrc_header(f) for f in self.files]
         if not self.files:
             raise InputError("no image files given")
@@ -115,19 +117,20 @@ class ImageStack:
 
     # --- reading --------------------------------------------------------------------------------------------
     def _map(self, fi: int) -> np.memmap:
-        mm = self._maps.get(fi)
-        if mm is None:
-            h = self.headers[fi]
-            try:
-                mm = np.memmap(h.path, dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape)
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot memory-map the image data ({exc})", h.path) from None
-            self._maps[fi] = mm
-            while len(self._maps) > self.max_open:
-                self._maps.popitem(last=False)
-        else:
-            self._maps.move_to_end(fi)
-        return mm
+        with self._lock:
+            mm = self._maps.get(fi)
+            if mm is None:
+                h = self.headers[fi]
+                try:
+                    mm = np.memmap(h.path, dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape)
+                except (OSError, ValueError) as exc:
+                    raise InputError(f"cannot memory-map the image data ({exc})", h.path) from None
+                self._maps[fi] = mm
+                while len(self._maps) > self.max_open:
+                    self._maps.popitem(last=False)
+            else:
+                self._maps.move_to_end(fi)
+            return mm
 
     def read(self, idx, check_finite: bool | None = None) -> np.ndarray:
         """Images `idx` (int, slice, index array or boolean mask) as float32 `(n, D, D)`."""
@@ -163,14 +166,21 @@ class ImageStack:
         return ImageStack(self.files, self.file_index[ids], self.frames[ids], check_finite=self.check_finite,
                           max_open=self.max_open, _headers=self.headers)
 
+
     def close(self) -> None:
         """Drop the cached memory maps (they are reopened on demand)."""
-        self._maps.clear()
+        with self._lock:
+            self._maps.clear()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_maps"] = OrderedDict()
+        del state["_maps"], state["_lock"]
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._maps = OrderedDict()
+        self._lock = threading.Lock()
 
 
 def check_finite(stack: ImageStack, n_sample: int | None = 1000, seed: int = 0, batch: int = 256) -> int:

@@ -138,8 +138,9 @@ def parse_ctf_star(path: str | Path | StarTable, D: int | None = None, apix: flo
                    ps: float | None = None) -> np.ndarray | None:
     """CTF parameters of every particle, as cryoDRGN `parse_ctf_star` writes them: float32 (N, 9).
 
-    D and apix may be scalars or (N,) arrays. Arguments given here override the STAR (like cryoDRGN's `-D --Apix -w --kv --cs --ps`). D defaults to
-    rlnImageSize, apix to rlnImagePixelSize or rlnDetectorPixelSize/rlnMagnification; a missing rlnPhaseShift is 0.
+    D and apix may be scalars or (N,) arrays. Arguments given here override the STAR (like cryoDRGN's
+    `-D --Apix -w --kv --cs --ps`). D defaults to rlnImageSize, apix to rlnImagePixelSize or
+    1e4 * rlnDetectorPixelSize / rlnMagnification; a missing rlnPhaseShift is 0.
     Returns None when the STAR has no rlnDefocusU column (no CTF at all). Raises InputError naming the missing
     columns when defocus is present but other CTF values are neither in the file nor given.
     """
@@ -237,7 +238,8 @@ def parse_pose_star(path: str | Path | StarTable, D: int | None = None,
 def parse_image_names(table: StarTable) -> tuple[np.ndarray, np.ndarray]:
     """rlnImageName `k@file` -> (frame indices 0-based (N,) int64, file names (N,) str as written).
 
-    A name without `@` is image 0 of that file. Raises InputError for malformed names or k < 1.
+    A name without `@` is image 0 of that file; RELION's type suffix `:mrcs` / `:mrc` is dropped.
+    Raises InputError for malformed names or k < 1.
     """
     if not table.has("rlnImageName"):
         raise InputError("no rlnImageName column: the STAR does not say where the images are", table.path)
@@ -257,6 +259,9 @@ def parse_image_names(table: StarTable) -> tuple[np.ndarray, np.ndarray]:
         else:
             frames[i] = 0
             files[i] = name
+        for tag in (":mrcs", ":mrc"):
+            if files[i].endswith(tag):
+                files[i] = files[i][: -len(tag)]
     return frames, files
 
 
