@@ -176,6 +176,9 @@ def test_fsc_resolution_first_crossing():
     assert M.fsc_resolution_px(freq, curve, 0.5) == pytest.approx(16 / 3)
     assert M.fsc_resolution_px(freq, curve, 0.143) == pytest.approx(16 / 6)
     assert M.fsc_resolution_px(freq, np.ones(8), 0.5) == pytest.approx(16 / 7)
+    # the DC-only shell 1 is ignored (decoded maps have their mean zeroed); shell 2 below -> inf
+    assert M.fsc_resolution_px(freq, np.array([1, -1, 0.9, 0.8, 0.3, 0, 0, 0]), 0.5) == pytest.approx(16 / 3)
+    assert M.fsc_resolution_px(freq, np.array([1, 1, 0.2, 0.8, 0.3, 0, 0, 0]), 0.5) == np.inf
 
 
 @pytest.mark.parametrize("flipped", [False, True])

@@ -40,25 +40,49 @@ def predictions_from_run(run) -> Predictions:
 
 
 def predictions_from_pkls(folder: str | Path, D: int | None, ind: np.ndarray | None = None) -> Predictions:
-    """From a folder with cryoDRGN ``pose.pkl`` (and ``z.pkl``), e.g. ``cryofire infer`` output. Row ``i`` is ground-truth
-    row ``ind[i]`` (all rows in order when ``ind`` is None). ``D`` converts translations (box fractions) to pixels."""
+    """From a ``cryofire infer`` folder (``latents.npz``: index, rot, trans in px, z, D, apix) or any folder with
+    cryoDRGN ``pose.pkl`` (and ``z.pkl``). Predicted particle ``i`` (row ``index[i]`` of the particle file given to
+    infer; ``i`` for bare pickles) is ground-truth row ``ind[index[i]]``, or ``index[i]`` when ``ind`` is None.
+    ``D`` converts pickled translations (box fractions) to pixels when there is no latents.npz."""
     from cryofire_app.io import read_pose_pkl, read_z_pkl
 
     folder = Path(folder)
-    pose = folder / "pose.pkl"
-    if not pose.is_file():
-        raise InputError("no pose.pkl here (expected a training run folder or `cryofire infer` output)", folder)
-    rot, trans = read_pose_pkl(pose)
-    z = read_z_pkl(folder / "z.pkl") if (folder / "z.pkl").is_file() else None
-    if z is not None and len(z) != len(rot):
-        raise InputError(f"z.pkl has {len(z)} rows but pose.pkl has {len(rot)}", folder / "z.pkl")
-    index = np.arange(len(rot), dtype=np.int64) if ind is None else np.asarray(ind, np.int64)
-    if len(index) != len(rot):
-        raise InputError(f"the index selects {len(index)} particles but pose.pkl holds {len(rot)}", pose)
-    if trans is not None and D is None:
-        raise InputError("translations are stored as box fractions: give the box size (--box) or a model run", pose)
-    return Predictions(rot=np.asarray(rot, np.float64), trans_px=None if trans is None else np.asarray(trans) * D,
-                       z=z, index=index, D=D, source=str(folder))
+    lat = folder / "latents.npz"
+    if lat.is_file():
+        try:
+            with np.load(lat) as f:
+                d = {k: f[k] for k in f.files}
+            rot, trans_px, z, index = d["rot"], d["trans"], d.get("z"), d["index"].astype(np.int64)
+            D = int(d["D"]) if "D" in d else D
+            apix = float(d["apix"]) if "apix" in d else None
+        except (KeyError, ValueError, OSError) as exc:
+            raise InputError(f"unreadable predictions ({type(exc).__name__}: {exc})", lat) from None
+    else:
+        pose = folder / "pose.pkl"
+        if not pose.is_file():
+            raise InputError("no latents.npz or pose.pkl here (expected a training run folder or `cryofire infer` "
+                             "output)", folder)
+        rot, trans = read_pose_pkl(pose)
+        z = read_z_pkl(folder / "z.pkl") if (folder / "z.pkl").is_file() else None
+        if z is not None and len(z) != len(rot):
+            raise InputError(f"z.pkl has {len(z)} rows but pose.pkl has {len(rot)}", folder / "z.pkl")
+        if trans is not None and D is None:
+            raise InputError("translations are stored as box fractions: give the box size (--box) or a model run",
+                             pose)
+        trans_px = None if trans is None else np.asarray(trans, np.float64) * D
+        index = np.arange(len(rot), dtype=np.int64)
+        apix = None
+    if ind is not None:
+        ind = np.asarray(ind, np.int64)
+        if index.max() >= len(ind):
+            raise InputError(f"the predictions reach particle {int(index.max())} but the index lists {len(ind)}",
+                             folder)
+        index = ind[index]
+    if z is not None and np.asarray(z).size == 0:
+        z = None
+    return Predictions(rot=np.asarray(rot, np.float64), trans_px=None if trans_px is None else
+                       np.asarray(trans_px, np.float64), z=None if z is None else np.asarray(z, np.float32),
+                       index=index, D=D, apix=apix, source=str(folder))
 
 
 def load_gt_maps(paths: Sequence[str | Path], D: int) -> list[np.ndarray]:

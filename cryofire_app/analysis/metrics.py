@@ -372,13 +372,17 @@ def fsc(v1, v2) -> tuple[np.ndarray, np.ndarray]:
 
 def fsc_resolution_px(freq: np.ndarray, curve: np.ndarray, threshold: float) -> float:
     """Resolution (pixels) at an FSC threshold: ``1 / f`` for the highest frequency ``f`` reached before the curve
-    first drops below ``threshold`` (first crossing; a late spurious rise from noise is ignored). If the curve never
-    drops below it, the last shell's frequency is used; if the first shell is already below, ``inf``."""
-    below = np.nonzero(curve < threshold)[0]
+    first drops below ``threshold`` (first crossing; a late spurious rise from noise is ignored).
+
+    The search starts at shell 2: shell 1 holds only the DC voxel (the map's mean), which carries no resolution
+    information and is zeroed by the decoder (method_spec §9.6), so its sign is arbitrary. If the curve never drops
+    below the threshold, the last shell's frequency is used; if shell 2 is already below, ``inf``.
+    """
+    below = np.nonzero(curve[2:] < threshold)[0]
     if len(below) == 0:
         return float(1.0 / freq[-1])
-    i = int(below[0]) - 1
-    if i <= 0:
+    i = int(below[0]) + 2 - 1
+    if i < 2:
         return float("inf")
     return float(1.0 / freq[i])
 

@@ -34,7 +34,15 @@ def particles_for_run(run):
     cfg = run.config
     if not cfg.particles:
         raise InputError("the run's config.json names no particle file", Path(run.outdir) / "config.json")
-    return load_particles(cfg.particles, datadir=cfg.datadir, ctf=cfg.ctf, require_even=False, check_finite=False)
+
+    def find(p):  # a relative path was relative to where `cryofire train` ran: try there, then beside the run
+        if p is None or Path(p).is_absolute() or Path(p).exists():
+            return p
+        alt = Path(run.outdir).resolve().parent / p
+        return str(alt) if alt.exists() else p
+
+    return load_particles(find(cfg.particles), datadir=find(cfg.datadir), ctf=find(cfg.ctf), require_even=False,
+                          check_finite=False)
 
 
 def _positions(particles, index: np.ndarray) -> np.ndarray:

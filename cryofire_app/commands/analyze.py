@@ -1,0 +1,143 @@
+"""Analyze a trained run: PCA and k-means of z, volumes at the cluster centres and along principal components, plots.
+
+Writes into DIR (default OUTDIR/analyze):
+  kmeans<K>/vol_<i>.mrc     volumes at the K cluster centres (cluster 0 is the largest), labels.npy, centers.txt
+  pc<j>/vol_<i>.mrc         volumes at --n evenly spaced points along PC j (5th to 95th percentile of the particles)
+  loss.png, pc_scatter.png, views.png   training curve, PC1/PC2 of z coloured by cluster, viewing directions
+  particles.star            RELION 3.1: the original images with the predicted poses, CTF and cluster (rlnClassNumber)
+  summary.json              what was written, PCA explained variance, cluster sizes
+Volumes are real-space MRC maps at the training box with its voxel size (Angstrom).
+
+example:  cryofire analyze run1 -k 5
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cryofire_app.io.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("outdir", help="run folder written by `cryofire train`")
+    p.add_argument("-k", "--k", type=int, default=5, help="number of k-means clusters of z (default 5)")
+    p.add_argument("-o", "--out", default=None, help="output folder (default OUTDIR/analyze)")
+    p.add_argument("--pcs", default="1,2", help="principal components to walk along, 1-based, comma separated "
+                                                 "(default 1,2; empty for none)")
+    p.add_argument("--n", type=int, default=10, help="volumes per principal component (default 10)")
+    p.add_argument("--on-data", action="store_true",
+                   help="decode each cluster at the particle nearest its centre instead of at the mean z")
+    p.add_argument("--no-volumes", action="store_true", help="skip volume decoding (plots and tables only)")
+    p.add_argument("--no-star", action="store_true", help="do not write particles.star")
+    p.add_argument("--seed", type=int, default=0, help="k-means random seed (default 0)")
+
+
+def _write_volumes(run, zs: np.ndarray, folder: Path, apix: float) -> list[str]:
+    from cryofire_app.io import write_mrc
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, z in enumerate(zs):
+        vol = run.decode(z[None] if z.size else None)[0]
+        p = folder / f"vol_{i:03d}.mrc"
+        write_mrc(p, vol, apix=apix)
+        paths.append(str(p))
+    return paths
+
+
+def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: list[int] | None = (1, 2),
+            n: int = 10, on_data: bool = False, volumes: bool = True, star: bool = True, seed: int = 0,
+            run=None) -> dict:
+    """The work of `cryofire analyze`; returns the summary (also written to DIR/summary.json)."""
+    from cryofire_app.analysis import latent, plots
+    from cryofire_app.analysis.evaluate import write_json
+    from cryofire_app.analysis.run import Run
+
+    run = run if run is not None else Run(outdir)
+    try:
+        z = np.asarray(run.z, np.float32)
+    except FileNotFoundError as exc:
+        raise InputError(f"no latents yet: the run has not finished its final eval pass ({exc})", outdir) from None
+    out = Path(out) if out else Path(outdir) / "analyze"
+    out.mkdir(parents=True, exist_ok=True)
+    apix = float(run.apix)
+    summary: dict = {"run": str(outdir), "n_particles": int(len(z)), "zdim": int(z.shape[1]), "D": int(run.D),
+                     "apix": apix, "files": {}}
+    files = summary["files"]
+    try:
+        files["loss_plot"] = str(plots.plot_loss(Path(outdir) / "log.jsonl", out / "loss.png"))
+    except InputError as exc:
+        log.warning("no loss plot: %s", exc)
+    files["views_plot"] = str(plots.plot_view_distribution(run.rot, out / "views.png"))
+    labels = None
+    if z.shape[1] == 0:
+        if volumes:
+            files["volume"] = _write_volumes(run, np.zeros((1, 0), np.float32), out, apix)
+    else:
+        k = max(1, min(int(k), len(z)))
+        lp = latent.fit_pca(z)
+        km = latent.kmeans(z, k, seed=seed)
+        labels = km.labels
+        summary["pca_explained_variance_ratio"] = lp.explained_variance_ratio.tolist()
+        summary["kmeans"] = {"k": k, "sizes": km.sizes.tolist(), "center_index": km.center_index.tolist(),
+                             "center_particle": np.asarray(run.index)[km.center_index].tolist()}
+        kdir = out / f"kmeans{k}"
+        kdir.mkdir(parents=True, exist_ok=True)
+        np.save(kdir / "labels.npy", labels)
+        centers = z[km.center_index] if on_data else km.centers
+        np.savetxt(kdir / "centers.txt", centers, fmt="%.6f",
+                   header="z at the cluster " + ("particles nearest the centres" if on_data else "centres (means)"))
+        files["pc_scatter"] = str(plots.plot_pc_scatter(
+            lp.scores, out / "pc_scatter.png", labels=labels, centers=lp.pca.transform(centers),
+            explained=lp.explained_variance_ratio, title=f"z: PCA, k-means k={k}"))
+        if volumes:
+            files["kmeans_volumes"] = _write_volumes(run, centers, kdir, apix)
+        for pc in pcs or []:
+            if pc > lp.n_components:
+                log.warning("PC%d skipped: z has %d principal components", pc, lp.n_components)
+                continue
+            t, zs = lp.points_along(pc, n=n)
+            pdir = out / f"pc{pc}"
+            pdir.mkdir(parents=True, exist_ok=True)
+            np.savetxt(pdir / "z_values.txt", zs, fmt="%.6f", header=f"PC{pc} coordinates: " +
+                       " ".join(f"{v:.4f}" for v in t))
+            if volumes:
+                files[f"pc{pc}_volumes"] = _write_volumes(run, zs, pdir, apix)
+    if star:
+        from cryofire_app.analysis.selection import export_selection
+
+        try:
+            written = export_selection(out / "particles", run.index, rot=run.rot, trans=run.trans, run=run,
+                                       labels=labels)
+            files["particles_star"] = [str(p) for p in written]
+        except InputError as exc:
+            log.warning("particles.star not written (the particle metadata could not be reopened): %s", exc)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        pcs = [int(v) for v in args.pcs.split(",") if v.strip()] if args.pcs else []
+    except ValueError:
+        raise InputError(f"--pcs must be comma-separated integers, got {args.pcs!r}") from None
+    if any(p < 1 for p in pcs):
+        raise InputError("--pcs are 1-based (PC1 is the first)")
+    if args.k < 1 or args.n < 1:
+        raise InputError("-k and --n must be at least 1")
+    s = analyze(args.outdir, k=args.k, out=args.out, pcs=pcs, n=args.n, on_data=args.on_data,
+                volumes=not args.no_volumes, star=not args.no_star, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.outdir) / "analyze"
+    print(f"analyzed {s['n_particles']} particles (zdim {s['zdim']}, box {s['D']}, {s['apix']:.3f} A/px) -> {out}")
+    if "kmeans" in s:
+        print(f"  k-means cluster sizes: {s['kmeans']['sizes']}")
+        ev = s["pca_explained_variance_ratio"]
+        print("  PCA explained variance: " + ", ".join(f"PC{i + 1} {100 * v:.1f}%" for i, v in enumerate(ev[:4])))
+    for key, val in s["files"].items():
+        print(f"  {key}: {val if isinstance(val, str) else (str(Path(val[0]).parent) + f'/ ({len(val)} files)')}")
+    return 0

@@ -1,0 +1,105 @@
+"""Decode volumes from a trained run at given latent points z or along a principal component of the particles' z.
+
+OUT ending in .mrc: one volume is written there; several become OUT_000.mrc, OUT_001.mrc, ... beside it.
+Otherwise OUT is a folder receiving vol_000.mrc, ... and z_values.txt. Maps are real space at the training box, with
+its voxel size (Angstrom); other box sizes are refused (the decoder is tied to the training lattice).
+
+examples:
+  cryofire volume run1 --z "0,0,0,0,0,0,0,0" -o mean.mrc
+  cryofire volume run1 --z "1,0,0,0,0,0,0,0; -1,0,0,0,0,0,0,0" -o two/
+  cryofire volume run1 --pc 1 --range -2,2 --n 10 -o pc1/
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+
+from cryofire_app.io.errors import InputError
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("outdir", help="run folder written by `cryofire train`")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--z", help="latent point(s): zdim numbers per point (comma or space separated), points separated "
+                               "by ';' -- or a .txt file with one point per row")
+    g.add_argument("--pc", type=int, help="walk along this principal component of the particles' z (1-based)")
+    p.add_argument("--range", dest="span", default=None,
+                   help="LO,HI along --pc, in standard deviations of that PC (default: the particles' 5th to 95th "
+                        "percentile)")
+    p.add_argument("--range-units", choices=("std", "z"), default="std",
+                   help="units of --range: std (standard deviations of the PC, default) or z (raw PC coordinate)")
+    p.add_argument("--n", type=int, default=10, help="number of volumes along --pc (default 10)")
+    p.add_argument("-o", "--out", required=True, help="output .mrc file or folder")
+    # let `--range -2,2` through: argparse would otherwise read "-2,2" as an option name
+    if hasattr(p, "_negative_number_matcher"):
+        p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+,\s*-?[\d.]+$")
+
+
+def _parse_range(text: str | None) -> tuple[float | None, float | None]:
+    if text is None:
+        return None, None
+    parts = text.replace(" ", "").split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise InputError(f"--range must be LO,HI (two numbers), got {text!r}") from None
+    return lo, hi
+
+
+def main(args: argparse.Namespace) -> int:
+    from cryofire_app.analysis import latent
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.io import write_mrc
+
+    run = Run(args.outdir)
+    zdim = int(run.model.zdim)
+    labels: list[str]
+    if args.z is not None:
+        if args.span is not None:
+            raise InputError("--range goes with --pc, not --z")
+        if zdim == 0:
+            raise InputError("this run has no latent space (zdim 0): omit --z", args.outdir)
+        src = Path(args.z)
+        try:
+            zs = np.loadtxt(src, ndmin=2).astype(np.float32) if src.suffix == ".txt" and src.is_file() else \
+                latent.parse_z_values(args.z, zdim)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if zs.shape[1] != zdim:
+            raise InputError(f"--z points have {zs.shape[1]} numbers, the run's z has {zdim}")
+        labels = ["given z"] * len(zs)
+    else:
+        if zdim == 0:
+            raise InputError("this run has no latent space (zdim 0): --pc is meaningless", args.outdir)
+        if args.n < 1:
+            raise InputError("--n must be at least 1")
+        try:
+            z = run.z
+        except FileNotFoundError as exc:
+            raise InputError(f"no latents yet ({exc})", args.outdir) from None
+        lp = latent.fit_pca(z)
+        if not 1 <= args.pc <= lp.n_components:
+            raise InputError(f"--pc {args.pc}: z has principal components 1..{lp.n_components}")
+        lo, hi = _parse_range(args.span)
+        t, zs = lp.points_along(args.pc, n=args.n, lo=lo, hi=hi, units=args.range_units)
+        labels = [f"PC{args.pc} = {v:.4f}" for v in t]
+    out = Path(args.out)
+    if out.suffix.lower() == ".mrc":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths = [out] if len(zs) == 1 else [out.with_name(f"{out.stem}_{i:03d}.mrc") for i in range(len(zs))]
+        ztxt = out.with_name(f"{out.stem}_z_values.txt")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / f"vol_{i:03d}.mrc" for i in range(len(zs))]
+        ztxt = out / "z_values.txt"
+    apix = float(run.apix)
+    for p, zz in zip(paths, zs):
+        write_mrc(p, run.decode(zz[None])[0], apix=apix)
+    np.savetxt(ztxt, zs, fmt="%.6f", header="; ".join(labels))
+    print(f"wrote {len(paths)} volume(s), box {run.D}, {apix:.3f} A/px: " +
+          (str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/{paths[0].name} .. {paths[-1].name}"))
+    print(f"  z values: {ztxt}")
+    return 0
