@@ -226,3 +226,22 @@ def test_map_with_nan_and_unreadable_files(tmp_path):
     (tmp_path / "c.mrcs").write_bytes(gzip.compress(raw.read_bytes()))
     with pytest.raises(InputError, match=r"c\.mrcs.*compressed.*cannot be memory-mapped"):
         load_particles(tmp_path / "c.mrcs")
+
+
+def test_nan_or_nonpositive_metadata_values(tmp_path):
+    _stack(tmp_path / "p.mrcs", np.zeros((3, 8, 8)))
+    ctf = np.tile(np.array([8, 1.0, 1e4, 1e4, 0, 300, 2.7, 0.1, 0], np.float32), (3, 1))
+    ctf[1, 2] = np.nan
+    write_particles_star(tmp_path / "nan.star", ("p.mrcs", 3), ctf, None, None, 1.0, 8)
+    with pytest.raises(InputError, match=r"nan\.star.*1 particle\(s\) have NaN/Inf CTF values \(first: row 2\)"):
+        load_particles(tmp_path / "nan.star")
+    ctf[1, 2] = 1e4
+    ctf[2, 5] = 0.0
+    write_ctf_pkl(tmp_path / "ctf.pkl", ctf)
+    with pytest.raises(InputError, match=r"ctf\.pkl.*voltage <= 0 \(first: row 3\)"):
+        load_particles(tmp_path / "p.mrcs", ctf=tmp_path / "ctf.pkl")
+    rot = np.tile(np.eye(3), (3, 1, 1))
+    rot[0, 0, 0] = np.inf
+    write_pose_pkl(tmp_path / "pose.pkl", rot, np.zeros((3, 2)))
+    with pytest.raises(InputError, match=r"pose\.pkl.*NaN/Inf rotation"):
+        load_particles(tmp_path / "p.mrcs", poses=tmp_path / "pose.pkl")

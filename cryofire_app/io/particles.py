@@ -245,8 +245,10 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
     if N == 0:
         raise InputError("no particle images", path)
 
+    _check_metadata_values(ctf_rows, rots, trans_px, path)
     if ctf is not None:
         c = read_ctf_pkl(ctf)
+        _check_metadata_values(c, None, None, Path(ctf))
         if len(c) != N:
             raise InputError(f"the CTF pickle has {len(c)} rows but {path.name} has {N} particles", ctf)
         c_px, _ = _rescale(D, c[:, 0].astype(np.int64), c[:, 1].astype(np.float64), Path(ctf), notes)
@@ -258,6 +260,7 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
             apix_meta = c_px
     if poses is not None:
         r, t = read_pose_pkl(poses)
+        _check_metadata_values(None, r, t, Path(poses))
         if len(r) != N:
             raise InputError(f"the pose pickle has {len(r)} poses but {path.name} has {N} particles", poses)
         rots = r.astype(np.float32)
@@ -287,6 +290,20 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
     return ParticleSet(images=images, ctf=ctf_rows, rots=rots, trans_px=trans_px, apix=apix_final,
                        index=np.arange(N, dtype=np.int64), uid=uid, optics_group=optics, source=path,
                        image_names=names, notes=notes)
+
+
+def _check_metadata_values(ctf: np.ndarray | None, rots: np.ndarray | None, trans: np.ndarray | None,
+                           source: Path) -> None:
+    """Refuse NaN/Inf metadata and non-positive pixel sizes / voltages (they would silently poison training)."""
+    for name, arr in (("CTF", ctf), ("rotation", rots), ("translation", trans)):
+        if arr is not None and not np.isfinite(arr).all():
+            rows = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))
+            raise InputError(f"{len(rows)} particle(s) have NaN/Inf {name} values (first: row {rows[0] + 1})", source)
+    if ctf is not None:
+        for col, what in ((1, "pixel size"), (5, "voltage")):
+            bad = np.flatnonzero(ctf[:, col] <= 0)
+            if bad.size:
+                raise InputError(f"{bad.size} particle(s) have a {what} <= 0 (first: row {bad[0] + 1})", source)
 
 
 def _check_box(images: ImageStack, require_even: bool, source: Path) -> None:
