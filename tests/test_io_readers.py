@@ -307,3 +307,15 @@ def test_relion_type_suffix_in_image_names(tmp_path):
     write_particles_star(tmp_path / "p.star", ["3@stack.mrc:mrcs", "1@stack.mrc:mrcs"], ctf[:2], None, None, 2.0, 16)
     ps = load_particles(tmp_path / "p.star")
     assert np.array_equal(ps.images[:], imgs[[2, 0]]) and ps.rots is None
+
+
+def test_apix_override_is_the_pixel_size_of_the_loaded_images(fixtures_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in (("toy_images_a.mrcs", 10), ("toy_images_b.mrcs", 11)):
+        with MrcStackWriter(tmp_path / name, D=64, apix=1.0) as w:
+            w.write(rng.normal(size=(n, 64, 64)))
+    star = fixtures_dir / "cryodrgn/relion5.star"
+    ref = load_particles(star, datadir=tmp_path)  # 448 px at 0.89 A -> 64 px at 6.23 A
+    ps = load_particles(star, datadir=tmp_path, apix=6.23)
+    assert ps.apix == 6.23 and np.allclose(ps.ctf[:, 1], 6.23)
+    assert np.allclose(ps.trans_px, ref.trans_px * (0.89 * 448 / 64) / 6.23, rtol=1e-5)

@@ -139,6 +139,20 @@ def _rescale(D: int, D_meta: np.ndarray | None, apix_meta: np.ndarray | None, so
     return (None if apix_meta is None else apix_meta * d0 / D), D / d0
 
 
+def _pixel_sizes(D: int, D_meta: np.ndarray | None, px_meta: np.ndarray | None, apix: float | None, n: int,
+                 source: Path, notes: list[str]):
+    """(pixel size at the metadata's box, pixel size of the loaded images, translation scale D / D_meta).
+
+    `apix` (a user override) is the pixel size of the images as loaded.
+    """
+    if apix is None:
+        eff, tscale = _rescale(D, D_meta, px_meta, source, notes)
+        return px_meta, eff, tscale
+    _, tscale = _rescale(D, D_meta, None, source, notes)
+    eff = np.full(n, float(apix))
+    return eff * tscale, eff, tscale
+
+
 def _common_apix(apix: np.ndarray | float | None, source: Path, notes: list[str]) -> float | None:
     if apix is None:
         return None
@@ -179,8 +193,8 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
         images = _stack_from_refs(path, files, frames, datadir, check_finite)
         D = images.D
         _check_box(images, require_even, path)
-        px = np.full(len(table), float(apix)) if apix is not None else star_pixel_size(table)
-        eff_px, tscale = _rescale(D, star_box_size(table), px, path, notes)
+        px, eff_px, tscale = _pixel_sizes(D, star_box_size(table), star_pixel_size(table), apix, len(table),
+                                          path, notes)
         if eff_px is None and images.apix is not None and table.has("rlnDefocusU"):
             eff_px = np.full(len(table), images.apix)
             notes.append("pixel size taken from the MRC header (none in the STAR)")
@@ -207,9 +221,8 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
         images = _stack_from_refs(path, files, frames, datadir, check_finite)
         D = images.D
         _check_box(images, require_even, path)
-        px = np.full(len(arr), float(apix)) if apix is not None else (
-            arr["blob/psize_A"].astype(np.float64) if "blob/psize_A" in arr.dtype.names else None)
-        eff_px, tscale = _rescale(D, cs_box_size(arr), px, path, notes)
+        px_cs = arr["blob/psize_A"].astype(np.float64) if "blob/psize_A" in arr.dtype.names else None
+        _, eff_px, tscale = _pixel_sizes(D, cs_box_size(arr), px_cs, apix, len(arr), path, notes)
         if cs_has_ctf(arr):
             ctf_rows = parse_ctf_cs(arr)
             ctf_rows[:, 0] = D
@@ -254,10 +267,9 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
         c_px, _ = _rescale(D, c[:, 0].astype(np.int64), c[:, 1].astype(np.float64), Path(ctf), notes)
         c = c.copy()
         c[:, 0] = D
-        c[:, 1] = c_px
+        c[:, 1] = c_px if apix is None else apix
         ctf_rows = c
-        if apix is None:
-            apix_meta = c_px
+        apix_meta = c[:, 1].astype(np.float64)
     if poses is not None:
         r, t = read_pose_pkl(poses)
         _check_metadata_values(None, r, t, Path(poses))
