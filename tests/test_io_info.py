@@ -72,3 +72,15 @@ def test_info_nan_and_missing(tmp_path, capsys):
     assert rc == 2 and "FAILED" in out and "NaN or Inf" in out
     rc, _, err = _run(capsys, tmp_path / "absent.star")
     assert rc == 2 and "absent.star: file not found" in err
+
+
+def test_info_overrides_for_incomplete_metadata(fixtures_dir, capsys):
+    star = fixtures_dir / "aspire/rln_proj_64.star"  # origins in Angstrom, no pixel size anywhere
+    rc, out, _ = _run(capsys, star)
+    assert rc == 2 and "no pixel size: give --apix" in out
+    rc, out, _ = _run(capsys, star, "--apix", "2.0")
+    assert rc == 0 and "2 A (from the command line)" in out and "using 2 A from the apix argument" in out
+    rc, out, _ = _run(capsys, fixtures_dir / "aspire/sample_incomplete_ctf_params.star")
+    assert rc == 2 and "rlnVoltage (must be supplied)" in out and "give kV explicitly" in out
+    rc, out, _ = _run(capsys, fixtures_dir / "aspire/sample_incomplete_ctf_params.star", "--kv", "300")
+    assert rc == 0 and "300 kV" in out

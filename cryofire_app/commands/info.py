@@ -29,6 +29,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datadir", help="folder holding the image stacks named in a .star/.cs/.txt")
     p.add_argument("--as", dest="kind", choices=("auto", "particles", "map"), default="auto",
                    help="read an .mrc as a particle stack or as a map (default: the header decides)")
+    p.add_argument("--apix", type=float, help="pixel size of the images in Angstrom, if the files lack it")
+    p.add_argument("--kv", type=float, help="voltage (kV), if the metadata lacks it")
+    p.add_argument("--cs", type=float, help="spherical aberration (mm), if the metadata lacks it")
+    p.add_argument("-w", "--amp-contrast", dest="w", type=float, help="amplitude contrast, if the metadata lacks it")
     p.add_argument("--check", type=int, default=64, metavar="N",
                    help="check N randomly chosen images for NaN/Inf (0: skip; default 64)")
 
@@ -163,13 +167,15 @@ def _metadata_lines(path: Path) -> list[str]:
     return lines
 
 
-def describe_particles(path: Path, datadir: str | None = None, n_check: int = 64) -> tuple[list[str], int]:
+def describe_particles(path: Path, datadir: str | None = None, n_check: int = 64,
+                       **overrides: float | None) -> tuple[list[str], int]:
+    """Report lines and exit status (2 when the images cannot be used). overrides: apix, kv, cs, w."""
     from cryofire_app.io import check_finite, load_particles
 
     lines = [f"{path}"]
     lines += _metadata_lines(path)
     try:
-        ps = load_particles(path, datadir=datadir, require_even=False, check_finite=False)
+        ps = load_particles(path, datadir=datadir, require_even=False, check_finite=False, **overrides)
     except InputError as exc:
         lines.append(_row("Images", f"cannot be opened: {exc}"))
         return lines, 2
@@ -184,6 +190,10 @@ def describe_particles(path: Path, datadir: str | None = None, n_check: int = 64
         lines.append(_row("Pixel size", "unknown (header says 0, no metadata): pass --apix"))
     else:
         src = "MRC header" if path.suffix.lower() not in (".star", ".cs") and ps.ctf is None else "metadata"
+        if overrides.get("apix") is not None:
+            src = "command line"
+        elif any("taken from the MRC header" in n for n in ps.notes):
+            src = "MRC header"
         lines.append(_row("Pixel size", f"{ps.apix:.4g} A (from the {src}); box = {ps.D * ps.apix:.1f} A"))
     modes = sorted({h.info.mode for h in st.headers})
     lines.append(_row("Stored as", ", ".join(f"{MODE_NAMES.get(m, '?')} (MRC mode {m})" for m in modes)))
@@ -225,7 +235,8 @@ def main(args: argparse.Namespace) -> int:
         if _is_map(path, args.kind):
             print("\n".join(describe_map(path)))
             return 0
-        lines, status = describe_particles(path, args.datadir, args.check)
+        lines, status = describe_particles(path, args.datadir, args.check, apix=args.apix, kv=args.kv, cs=args.cs,
+                                           w=args.w)
     finally:
         io_log.setLevel(level)
     print("\n".join(lines))

@@ -195,8 +195,9 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
         _check_box(images, require_even, path)
         px, eff_px, tscale = _pixel_sizes(D, star_box_size(table), star_pixel_size(table), apix, len(table),
                                           path, notes)
-        if eff_px is None and images.apix is not None and table.has("rlnDefocusU"):
+        if eff_px is None and images.apix is not None:
             eff_px = np.full(len(table), images.apix)
+            px = eff_px * tscale
             notes.append("pixel size taken from the MRC header (none in the STAR)")
         if table.has("rlnDefocusU"):
             if eff_px is None:
@@ -291,10 +292,11 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
             log.warning("%s: %s", path, msg)
             notes.append(msg)
     elif hdr is None:
-        msg = f"voxel size is 0 in the MRC header; using {apix_final:g} A from the metadata"
+        given = "the apix argument" if apix is not None else "the metadata"
+        msg = f"voxel size is 0 in the MRC header; using {apix_final:g} A from {given}"
         log.info("%s: %s", path, msg)
         notes.append(msg)
-    elif abs(hdr - apix_final) > 1e-3 * apix_final:
+    elif abs(hdr - apix_final) > 1e-3 * apix_final and apix is None:
         msg = f"MRC header pixel size {hdr:g} A differs from the metadata's {apix_final:g} A; using the metadata"
         log.info("%s: %s", path, msg)
         notes.append(msg)
