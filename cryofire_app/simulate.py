@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 DEMO_MAP_APIX = 5.0
 DEMO_MAP = Path(__file__).resolve().parents[1] / "resources" / "ribosome70S_65.mrc"
 
-NOISE_BLOCK = 64  # noise is drawn per block of this many particles, seeded by (seed, block): chunk-size independent
+BLOCK = 64  # particles are rendered, and their noise drawn (seeded by (seed, block)), in aligned blocks of this size
+NOISE_BLOCK = BLOCK
 PILOT_IMAGES = 1000
 
 
@@ -175,10 +176,22 @@ class _Hinge:
         rv = self.axis[None] * (u[:, None] * math.radians(self.angle_deg))
         return rotvec_to_matrix(rv).transpose(-1, -2)
 
-    def volume(self, u: float) -> torch.Tensor:
+    def volume(self, u: float, oversample: int = 2) -> torch.Tensor:
+        """Ground-truth map at hinge coordinate u: the moving part is rotated by trilinear resampling on a grid
+        ``oversample`` times finer (Fourier padded, then cropped back), which keeps interpolation blur small."""
         a = self.motion(torch.tensor([u], dtype=torch.float64))[0].to(self.moving.dtype)
         d = self.moving.shape[-1]
-        return self.fixed + rotate_volume(self.moving, a, center=self.pivot.to(self.moving.dtype) + d // 2)
+        if u == 0:
+            return self.fixed + self.moving
+        fine = fourier_resize(self.moving, d * oversample, ndim=3)
+        centre = self.pivot.to(self.moving.dtype) * oversample + (d * oversample) // 2
+        moved = fourier_resize(rotate_volume(fine, a, center=centre), d, ndim=3)
+        # keep the change local: cut the resampling's ringing outside the moved support (+1 voxel)
+        support = rotate_volume((self.moving != 0).to(self.moving.dtype), a,
+                                center=self.pivot.to(self.moving.dtype) + d // 2) > 0
+        region = torch.nn.functional.max_pool3d(support[None, None].to(self.moving.dtype), 3, stride=1,
+                                                padding=1)[0, 0]
+        return self.fixed + moved * region
 
 
 def hinge_states(vol: torch.Tensor, cfg: HingeConfig, mask: torch.Tensor | None = None) -> _Hinge:
@@ -325,14 +338,22 @@ class _Renderer:
 
 
 # ------------------------------------------------------------------------------------------------ metadata input
-def _read_metadata(path: Path) -> dict:
-    """rot, trans (px at the metadata box), ctf rows, D and apix from a STAR or cryoSPARC .cs file."""
+def _read_metadata(path: Path, cfg: SimulationConfig) -> dict:
+    """rot, trans (px at the metadata box), ctf rows, D and apix from a STAR or cryoSPARC .cs file.
+
+    CTF columns the STAR lacks (voltage, Cs, amplitude contrast) are taken from ``cfg`` (logged)."""
     from cryofire_app.io import parse_ctf_cs, parse_ctf_star, parse_pose_cs, parse_pose_star, read_cs, read_star
 
     suffix = path.suffix.lower()
     if suffix == ".star":
         table = read_star(path)
-        ctf = parse_ctf_star(table)
+        fill = {}
+        for col, key, val in (("rlnVoltage", "kv", cfg.kv), ("rlnSphericalAberration", "cs", cfg.cs_mm),
+                              ("rlnAmplitudeContrast", "w", cfg.amp_contrast)):
+            if not table.has(col):
+                log.info("%s: no %s column; using %g", path, col, val)
+                fill[key] = val
+        ctf = parse_ctf_star(table, **fill)
         try:
             rot, trans = parse_pose_star(table, D=int(ctf[0, 0]) if ctf is not None else None)
         except InputError as exc:
@@ -421,7 +442,7 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
     if hinge_cfg.enabled and hinge_cfg.steps < 2 and not hinge_cfg.continuous:
         raise InputError("hinge: give at least 2 steps, or continuous")
 
-    meta = _read_metadata(Path(cfg.from_metadata)) if cfg.from_metadata else None
+    meta = _read_metadata(Path(cfg.from_metadata), cfg) if cfg.from_metadata else None
     map_box = vols[0].shape[-1]
     if meta is not None:
         D = int(cfg.box or meta["D"])
@@ -461,7 +482,7 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
             mask, _ = resample_map(torch.tensor(np.asarray(m, np.float64)), apix_map, D, apix_out)
             mask = torch.clamp(mask, 0.0, 1.0)
         hinge = hinge_states(resampled[0], hinge_cfg, mask)
-        n_states = max(hinge_cfg.steps, 2) if not hinge_cfg.continuous else max(hinge_cfg.steps, 5)
+        n_states = hinge_cfg.steps if hinge_cfg.steps >= 2 else 5  # continuous without K: 5 label bins
         if hinge_cfg.continuous:
             state_u = (np.arange(n_states) + 0.5) / n_states
         else:
@@ -477,15 +498,24 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
                              f"{list(cfg.fractions)}")
 
     params = _draw_params(cfg, n, n_states, D, apix_out, meta)
-    renderer = _Renderer(None if hinge else resampled, hinge, params, D, apix_out, cfg.pad, cfg.bfactor)
-    chunk = max(1, int(cfg.chunk))
+    # discrete states (maps or hinge steps) are projected from their GT maps; a continuous hinge moves the masked
+    # part rigidly per particle (fixed part + rotated, shifted slice of the moving part; exact rigid motion)
+    continuous = hinge is not None and hinge_cfg.continuous
+    renderer = _Renderer(None if continuous else gt, hinge if continuous else None, params, D, apix_out, cfg.pad,
+                         cfg.bfactor)
+    # Images are always rendered in the same aligned blocks of BLOCK particles (floating-point results of batched
+    # FFTs/matmuls depend on the batch), and chunks are whole blocks: the output is bit-identical for any chunk size.
+    chunk = max(1, math.ceil(int(cfg.chunk) / BLOCK)) * BLOCK
+
+    def render(a: int, b: int) -> torch.Tensor:
+        return torch.cat([renderer.clean(s, min(b, s + BLOCK)) for s in range(a, b, BLOCK)])
 
     # noise level from the clean pilot images
     n_pilot = min(n, PILOT_IMAGES)
     s1 = s2 = 0.0
     with torch.no_grad():
-        for a in range(0, n_pilot, chunk):
-            x = renderer.clean(a, min(n_pilot, a + chunk)).double()
+        for a in range(0, n_pilot, BLOCK):
+            x = render(a, min(n, a + BLOCK))[: n_pilot - a].double()
             s1 += float(x.sum())
             s2 += float((x * x).sum())
     cnt = n_pilot * D * D
@@ -501,7 +531,7 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
     with MrcStackWriter(files["particles"], D, apix_out) as writer, torch.no_grad():
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
-            img = renderer.clean(a, b).numpy()
+            img = render(a, b).numpy()
             if noise_std > 0:
                 img = img + noise_std * _noise(cfg.seed, a, b, D)
             writer.write(img.astype(np.float32))
