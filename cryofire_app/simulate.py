@@ -507,15 +507,20 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
     # FFTs/matmuls depend on the batch), and chunks are whole blocks: the output is bit-identical for any chunk size.
     chunk = max(1, math.ceil(int(cfg.chunk) / BLOCK)) * BLOCK
 
+    cache: dict[int, torch.Tensor] = {}  # pilot blocks, reused (popped) by the main pass
+
     def render(a: int, b: int) -> torch.Tensor:
-        return torch.cat([renderer.clean(s, min(b, s + BLOCK)) for s in range(a, b, BLOCK)])
+        return torch.cat([cache.pop(s) if s in cache else renderer.clean(s, min(b, s + BLOCK))
+                          for s in range(a, b, BLOCK)])
 
     # noise level from the clean pilot images
     n_pilot = min(n, PILOT_IMAGES)
     s1 = s2 = 0.0
     with torch.no_grad():
         for a in range(0, n_pilot, BLOCK):
-            x = render(a, min(n, a + BLOCK))[: n_pilot - a].double()
+            blk = renderer.clean(a, min(n, a + BLOCK))
+            cache[a] = blk
+            x = blk[: n_pilot - a].double()
             s1 += float(x.sum())
             s2 += float((x * x).sum())
     cnt = n_pilot * D * D
