@@ -492,7 +492,9 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
         n_states = len(resampled)
         state_u = None
         gt = resampled
-    if cfg.fractions is not None and not (hinge_cfg.enabled and hinge_cfg.continuous):
+    if cfg.fractions is not None and hinge_cfg.enabled and hinge_cfg.continuous:
+        log.warning("--fractions is ignored with a continuous hinge (the coordinate is uniform in [0, 1])")
+    elif cfg.fractions is not None:
         if len(cfg.fractions) != n_states or min(cfg.fractions) < 0 or sum(cfg.fractions) <= 0:
             raise InputError(f"--fractions needs {n_states} non-negative values (one per state), got "
                              f"{list(cfg.fractions)}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cryofire_app.cli import main as cli_main
-from cryofire_app.io import (InputError, parse_ctf_star, parse_pose_star, read_ctf_pkl, read_pose_pkl, read_star,
+from cryofire_app.io import (InputError, load_particles, parse_ctf_star, parse_pose_star, read_ctf_pkl, read_pose_pkl, read_star,
                              write_mrc)
 from cryofire_app.physics import FourierProjector, fourier_resize, rotate_volume
 from cryofire_app.simulate import (DEMO_MAP, DEMO_MAP_APIX, HingeConfig, SimulationConfig, demo_config,
@@ -109,8 +109,11 @@ def test_star_reread_matches_pickles_and_header(tmp_path):
     assert 1e4 <= ctf[:, 2:4].mean() <= 2.5e4
     with mrcfile.open(res.files["particles"]) as m:
         assert m.voxel_size.x == pytest.approx(DEMO_MAP_APIX * 65 / D, rel=1e-5)
-    # rotations are proper and look uniform (mean of random rotations ~ 0)
     assert np.allclose(np.linalg.det(rot), 1, atol=1e-5)
+    # the STAR is a complete dataset for the particle loader: same images, poses and shifts
+    ps = load_particles(res.files["star"])
+    assert len(ps.images) == 60 and np.array_equal(ps.images[np.arange(60)], _stack(res))
+    assert np.allclose(ps.rots, rot, atol=1e-5) and np.allclose(ps.trans_px, trans * D, atol=1e-4)
 
 
 def test_hinge_states_differ_only_in_masked_region():
