@@ -82,11 +82,13 @@ class FourierProjector:
 
     def slice(self, rot: torch.Tensor) -> torch.Tensor:
         """Symmetrized 2D HT ``(B, (D+1)^2)`` of the projections at ``rot (B, 3, 3)`` (flat lattice order)."""
-        coords = self.lattice.coords @ rot.to(self.lattice.coords.dtype)  # (B, M, 3)
-        y = slice_ht_volume(self.vol_ht, coords)
-        if self.keep is not None:
-            y = y * self.keep
-        return y
+        pts = self.lattice.coords if self.keep is None else self.lattice.coords[self.keep]
+        y = slice_ht_volume(self.vol_ht, pts @ rot.to(pts.dtype))  # (B, M) at the kept lattice points
+        if self.keep is None:
+            return y
+        out = y.new_zeros(y.shape[0], self.lattice.coords.shape[0])
+        out[:, self.keep] = y
+        return out
 
     def project(self, rot: torch.Tensor) -> torch.Tensor:
         """Real-space projections ``(B, D, D)``."""
