@@ -1,0 +1,158 @@
+"""Trainer behaviour on a tiny synthetic set: events, outputs, exact resume, kill during a checkpoint write,
+NaN stop, pause/stop, CLI train + infer (seeded, a few seconds each)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryofire_app.analysis.run import Run
+from cryofire_app.io import read_pose_pkl, read_z_pkl
+from cryofire_app.training import (Checkpoint, DecoderConfig, EncoderConfig, Failed, Finished, Latents, Started,
+                                   Step, TrainConfig, Trainer)
+from cryofire_app.training.checkpoint import load_checkpoint
+from test_train_data import make_dataset
+
+D = 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synth"), n=96, D=D, seed=0, max_shift=1.0, noise_std=0.3)
+
+
+def tiny_config(data, outdir, **kw) -> TrainConfig:
+    base = dict(particles=str(data.mrcs), ctf=str(data.ctf_pkl), outdir=str(outdir), D=D, zdim=2, batch_size=16,
+                num_images=320, pose_only_images=160, checkpoint_every=96, latents_every=64, freq_start=3,
+                freq_add_every=64, val_fraction=0.1, lr=1e-3, seed=0, device="cpu",
+                encoder=EncoderConfig(channels=(8, 16), hidden=32), decoder=DecoderConfig(pe_dim=16, hidden=32,
+                                                                                          layers=1))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_run_emits_events_and_writes_cryodrgn_outputs(data, tmp_path):
+    tr = Trainer(tiny_config(data, tmp_path / "run"))
+    evs = list(tr.run())
+    kinds = [type(e).__name__ for e in evs]
+    assert kinds[0] == "Started" and kinds[-1] == "Finished" and "Failed" not in kinds
+    steps = [e for e in evs if isinstance(e, Step)]
+    assert [s.images_seen for s in steps] == list(range(16, 321, 16))
+    assert steps[0].phase == "pose_only" and steps[-1].phase == "joint"
+    assert steps[0].mask_radius == 3 and steps[-1].mask_radius == 3 + 304 // 64
+    cks = [e for e in evs if isinstance(e, Checkpoint)]
+    assert [c.images_seen for c in cks] == [96, 192, 288, 320]
+    assert all(np.isfinite(c.val_loss) for c in cks) and cks[0].pose_change_deg is None
+    assert cks[1].pose_change_deg is not None and cks[1].z_change is not None
+    lat = [e for e in evs if isinstance(e, Latents)]
+    assert lat and lat[-1].rot.shape[1:] == (3, 3) and lat[-1].z.shape[1] == 2
+    out = tmp_path / "run"
+    rot, trans = read_pose_pkl(out / "pose.pkl")
+    z = read_z_pkl(out / "z.pkl")
+    assert rot.shape == (96, 3, 3) and trans.shape == (96, 2) and z.shape == (96, 2)
+    assert np.allclose(rot @ rot.transpose(0, 2, 1), np.eye(3), atol=1e-5)
+    run = Run(out)
+    assert np.allclose(run.trans / D, trans) and np.array_equal(run.index, np.arange(96))
+    assert run.D == D and abs(run.apix - 4.0) < 1e-6 and run.val.sum() == round(0.1 * 96)
+    vols = run.decode(run.z[:2])
+    assert vols.shape == (2, D, D, D) and vols.dtype == np.float32 and np.isfinite(vols).all()
+    with pytest.raises(ValueError, match="trained at box 16"):
+        run.decode(run.z[:1], D=32)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "Started" and log[-1]["event"] == "Finished"
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")     # weights_only=True
+    assert ck["images_seen"] == 320 and ck["phase"] == "joint"
+    assert len(list((out / "checkpoints").glob("ckpt_*.pt"))) == 3
+
+
+def test_stop_then_resume_continues_exactly(data, tmp_path):
+    full = Trainer(tiny_config(data, tmp_path / "a"))
+    for _ in full.run():
+        pass
+    part = Trainer(tiny_config(data, tmp_path / "b"))
+    for ev in part.run():
+        if isinstance(ev, Step) and ev.images_seen == 128:
+            part.request_stop()
+        if isinstance(ev, Finished):
+            assert ev.stopped and ev.images_seen == 128
+    ck = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert ck["images_seen"] == 128 and ck["phase"] == "pose_only" and ck["mask_radius"] == 3 + 128 // 64
+    res = Trainer(tiny_config(data, tmp_path / "b"), resume=True)
+    evs = list(res.run())
+    steps = [e for e in evs if isinstance(e, Step)]
+    assert steps[0].images_seen == 144 and steps[0].phase == "pose_only" and steps[-1].images_seen == 320
+    assert any(isinstance(e, Step) and e.phase == "joint" for e in evs)
+    assert torch.equal(params(res.model), params(full.model))          # bit-identical continuation
+
+
+def test_kill_during_checkpoint_write_keeps_last_good(data, tmp_path):
+    out = tmp_path / "run"
+    for _ in Trainer(tiny_config(data, out, num_images=96)).run():
+        pass
+    last = out / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from cryofire_app.training import checkpoint
+        def dying_save(obj, fh):
+            fh.write(b"PK" + b"x" * 100000); fh.flush(); os.fsync(fh.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        ck = checkpoint.load_checkpoint({str(last)!r})
+        checkpoint.atomic_torch_save(ck, {str(last)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "checkpoints" / "last.pt.tmp").exists()
+    assert last.read_bytes() == before
+    res = Trainer(tiny_config(data, out, num_images=128), resume=True)
+    evs = list(res.run())
+    assert isinstance(evs[-1], Finished) and evs[-1].images_seen == 128
+
+
+def test_nan_loss_stops_with_failed_and_keeps_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    tr = Trainer(tiny_config(data, out))
+    evs = []
+    for ev in tr.run():
+        evs.append(ev)
+        if isinstance(ev, Checkpoint):
+            with torch.no_grad():
+                tr.model.decoder.mlp.out.weight.fill_(float("nan"))
+    assert isinstance(evs[-1], Failed) and "nan" in evs[-1].message.lower()
+    assert "last good checkpoint" in evs[-1].message
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["images_seen"] == 96
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert not (out / "pose.pkl").exists()
+
+
+def test_cli_train_and_infer(data, tmp_path):
+    from cryofire_app.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", str(data.mrcs), "--ctf", str(data.ctf_pkl), "-o", str(out), "-D", "16", "--zdim", "2",
+            "--num-images", "64", "--batch-size", "16", "--pose-only-images", "32", "--device", "cpu",
+            "--enc-channels", "8,16", "--dec-hidden", "32", "--dec-layers", "1", "--pe-dim", "16", "--quiet"]
+    assert main(args) == 0
+    assert (out / "pose.pkl").exists() and (out / "config.json").exists()
+    assert main(args) == 2                     # refuses to overwrite a run without --resume
+    assert main(args[:-1] + ["--num-images", "96", "--resume", "--quiet"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["images_seen"] == 96
+    pred = tmp_path / "pred"
+    assert main(["infer", str(out), str(data.mrcs), "--ctf", str(data.ctf_pkl), "-o", str(pred)]) == 0
+    rot, trans = read_pose_pkl(pred / "pose.pkl")
+    assert rot.shape == (96, 3, 3) and read_z_pkl(pred / "z.pkl").shape == (96, 2)
+    assert main(["train", str(tmp_path / "missing.mrcs"), "-o", str(tmp_path / "x")]) == 2
