@@ -149,10 +149,13 @@ class Prefetcher:
         except BaseException as exc:  # surfaced to the consumer
             self.q.put(exc)
         finally:
-            try:
-                self.q.put_nowait(self._END)
-            except queue.Full:
-                pass
+            # the end marker must reach the consumer even when the queue is full right now (else it waits forever)
+            while not self._stop.is_set():
+                try:
+                    self.q.put(self._END, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
     def __iter__(self) -> "Prefetcher":
         return self
