@@ -156,3 +156,42 @@ def test_cli_train_and_infer(data, tmp_path):
     rot, trans = read_pose_pkl(pred / "pose.pkl")
     assert rot.shape == (96, 3, 3) and read_z_pkl(pred / "z.pkl").shape == (96, 2)
     assert main(["train", str(tmp_path / "missing.mrcs"), "-o", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_inverted_contrast_is_detected_and_fixed(data, tmp_path, invert):
+    from cryofire_app.io import MrcStackWriter
+
+    mrcs = data.mrcs
+    if invert:
+        mrcs = tmp_path / "inverted.mrcs"
+        with MrcStackWriter(mrcs, D, 4.0) as w:
+            w.write(-data.images)
+    cfg = tiny_config(data, tmp_path / "run", particles=str(mrcs), num_images=256, contrast_check_images=192)
+    evs = list(Trainer(cfg).run())
+    msgs = [e.text for e in evs if type(e).__name__ == "Message"]
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    if invert:
+        assert any("inverted contrast" in m for m in msgs) and ck["data_sign"] == -1.0
+    else:
+        assert any("contrast looks right" in m for m in msgs) and ck["data_sign"] == 1.0
+
+
+def test_pause_and_resume_between_steps(data, tmp_path):
+    import threading
+    import time
+
+    tr = Trainer(tiny_config(data, tmp_path / "run", num_images=64))
+    gen = tr.run()
+    seen = []
+    for ev in gen:
+        if isinstance(ev, Step):
+            seen.append(ev.images_seen)
+            if len(seen) == 1:
+                tr.pause()
+                assert tr.paused
+                threading.Timer(0.3, tr.resume).start()
+                t0 = time.time()
+            elif len(seen) == 2:
+                assert time.time() - t0 >= 0.25      # the next step waited for resume()
+    assert seen == [16, 32, 48, 64]
