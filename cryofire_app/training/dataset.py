@@ -147,7 +147,12 @@ class Prefetcher:
                     except queue.Full:
                         continue
         except BaseException as exc:  # surfaced to the consumer
-            self.q.put(exc)
+            while not self._stop.is_set():
+                try:
+                    self.q.put(exc, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
         finally:
             # the end marker must reach the consumer even when the queue is full right now (else it waits forever)
             while not self._stop.is_set():
