@@ -11,7 +11,7 @@ px; train only, as in the paper), rotation median/mean (viewing direction, degre
 hands), translation median (px) / MSE (px^2). Written to benchmarks/results/accuracy-<date>-<host>.json and .md.
 
 usage:  python benchmarks/accuracy.py [--n-train 20000] [--n-test 2000] [--num-images 200000] [--threads 2]
-        (defaults sized for about an hour on 2 CPU cores; --quick for a ~10-minute smoke run)
+        (the defaults take hours on 2 CPU cores with the current engine; --quick is a ~15-minute smoke run)
 """
 from __future__ import annotations
 
@@ -131,10 +131,10 @@ def main(argv=None) -> int:
     p.add_argument("--snr", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--workdir", default=None, help="keep data and run here (default: a folder under /tmp)")
-    p.add_argument("--quick", action="store_true", help="3000 train / 500 test images, 20000 training images")
+    p.add_argument("--quick", action="store_true", help="3000 train / 500 test images, 10000 training images")
     args = p.parse_args(argv)
     if args.quick:
-        args.n_train, args.n_test, args.num_images = 3000, 500, 20_000
+        args.n_train, args.n_test, args.num_images = 3000, 500, 10_000
         args.freq_add_every = args.freq_add_every or 1000
     if not MAP.is_file():
         print(f"fixture map not found: {MAP} (set CRYOFIRE_FIXTURES)", file=sys.stderr)

@@ -58,14 +58,18 @@ def _simulate(outdir: Path, n: int, box: int) -> Path:
     return outdir / "particles.star"
 
 
-def _steps(trainer, gen, n_steps: int, flops: bool = False):
-    """Advance the trainer generator by n_steps Step events; returns (seconds per step list, flops of the first)."""
+def _steps(trainer, gen, n_steps: int, flops: bool = False, seconds: float | None = None):
+    """Advance the trainer generator by up to n_steps Step events (at least 3, and stopping once ``seconds`` have
+    passed); returns (seconds per step list, flops of the first)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from cryofire_app.training.events import Failed, Step
 
     times, fl = [], None
+    start = time.perf_counter()
     while len(times) < n_steps:
+        if seconds is not None and len(times) >= 3 and time.perf_counter() - start > seconds:
+            break
         t0 = time.perf_counter()
         if flops and fl is None:
             with FlopCounterMode(display=False) as fc:
@@ -82,7 +86,7 @@ def _steps(trainer, gen, n_steps: int, flops: bool = False):
 
 
 def worker(particles: str, box: int, batch: int, steps: int, threads: int, device: str, radii: list[int],
-           sym: bool) -> dict:
+           sym: bool, seconds: float) -> dict:
     import numpy as np
     import torch
 
@@ -104,9 +108,10 @@ def worker(particles: str, box: int, batch: int, steps: int, threads: int, devic
             tr = Trainer(cfg)
             gen = tr.run()
             _steps(tr, gen, 3)  # warm-up (setup, allocator, first batches)
-            times, fl = _steps(tr, gen, steps, flops=True)
+            times, fl = _steps(tr, gen, steps, flops=True, seconds=seconds)
             t = float(np.median(times[1:])) if len(times) > 2 else float(np.median(times))
-            entry = {"radius": r, "ms_per_image": 1e3 * t / batch, "flops_per_image": (fl or 0) / batch}
+            entry = {"radius": r, "steps_timed": len(times), "ms_per_image": 1e3 * t / batch,
+                     "flops_per_image": (fl or 0) / batch}
             entry["gflops"] = (fl or 0) / t / 1e9 if fl else None
             entry["fraction_of_matmul"] = entry["gflops"] / res["matmul_gflops"] if fl else None
             res["train"].append(entry)
@@ -155,8 +160,10 @@ def markdown(results: list[dict], meta: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--boxes", default="64,128")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=12, help="timed training steps per radius")
+    p.add_argument("--batch", type=int, default=64, help="batch at box 64; scaled by (64/box)^2 for other boxes so "
+                                                          "that memory stays about constant (at least 8)")
+    p.add_argument("--steps", type=int, default=12, help="timed training steps per radius (at most)")
+    p.add_argument("--seconds", type=float, default=30.0, help="stop timing a radius after this long (>= 3 steps)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--n", type=int, default=2048, help="simulated images per box")
@@ -168,7 +175,7 @@ def main(argv=None) -> int:
     if args.worker:
         radii = [int(v) for v in args.worker_radii.split(",")]
         res = worker(args.worker[0], int(args.worker[1]), args.batch, args.steps, args.threads, args.device, radii,
-                     not args.no_sym_loss)
+                     not args.no_sym_loss, args.seconds)
         print("RESULT " + json.dumps(res))
         return 0
     import torch
@@ -182,8 +189,10 @@ def main(argv=None) -> int:
                 radii = args.radii or "4,8,16,24,32"
             else:
                 radii = str(box // 2)
+            batch = max(8, int(args.batch * (64 / box) ** 2))
             cmd = [sys.executable, __file__, "--worker", str(star), str(box), "--worker-radii", radii,
-                   "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads),
+                   "--batch", str(batch), "--seconds", str(args.seconds), "--steps", str(args.steps),
+                   "--threads", str(args.threads),
                    "--device", args.device] + (["--no-sym-loss"] if args.no_sym_loss else [])
             print(f"box {box}: measuring radii {radii} ...", file=sys.stderr, flush=True)
             out = subprocess.run(cmd, capture_output=True, text=True)

@@ -60,6 +60,11 @@ def test_kmeans_separates_and_orders_by_size():
     assert np.linalg.norm(z[km.center_index[1]] - km.centers[1]) < 0.5
     with pytest.raises(ValueError):
         L.kmeans(z, 0)
+    # a run stopped in its pose-only phase has one z for everybody: refused clearly, PCA reports zero variance
+    flat = np.ones((50, 3))
+    with pytest.raises(ValueError, match="distinct"):
+        L.kmeans(flat, 2)
+    assert np.all(L.fit_pca(flat).explained_variance_ratio == 0)
 
 
 def test_nearest_points_and_z_parsing():

@@ -139,6 +139,7 @@ def test_spearman_sign_free():
     x = np.arange(100)
     assert M.spearman(-x ** 3, x) == pytest.approx(1.0)
     assert M.spearman(np.random.default_rng(0).normal(size=2000), np.arange(2000) % 10) < 0.1
+    assert np.isnan(M.spearman(np.ones(10), np.arange(10)))
 
 
 def _blob_volume(D, seed):

@@ -154,7 +154,8 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
             conf = metrics.confusion_by_thresholds(pc1, lab)
             res["confusion"] = conf["confusion"]
             res["confusion_thresholds_pc1"] = conf["thresholds"]
-            res["spearman_pc1"] = metrics.spearman(pc1, lab) if len(classes) > 1 else None
+            rho = metrics.spearman(pc1, lab) if len(classes) > 1 else float("nan")
+            res["spearman_pc1"] = rho if np.isfinite(rho) else None
             groups = [np.nonzero(conf["pred_labels"] == c)[0] for c in classes]
     if gt_maps:
         if decode is None:
@@ -186,7 +187,10 @@ def _fsc_section(pred: Predictions, gt_maps, decode, alignment, classes, groups)
     else:
         from cryofire_app.analysis.latent import kmeans
 
-        km = kmeans(pred.z, K)
+        try:
+            km = kmeans(pred.z, K)
+        except ValueError as exc:
+            raise InputError(f"cannot split z into {K} states for the {K} maps: {exc}") from None
         zs = km.centers
         how = "k-means centroids, matched to the maps by the best total FSC"
         sizes = km.sizes.tolist()

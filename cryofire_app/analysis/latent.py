@@ -38,7 +38,8 @@ class LatentPCA:
 
     @property
     def explained_variance_ratio(self) -> np.ndarray:
-        return np.asarray(self.pca.explained_variance_ratio_, dtype=np.float64)
+        """Fraction of the variance along each PC (all 0 when z is constant, e.g. a run still in its pose-only phase)."""
+        return np.nan_to_num(np.asarray(self.pca.explained_variance_ratio_, dtype=np.float64), nan=0.0)
 
     def _check_pc(self, pc: int) -> int:
         if not 1 <= int(pc) <= self.n_components:
@@ -101,6 +102,10 @@ def kmeans(z, k: int, seed: int = 0) -> KMeansResult:
     z = _as_z(z)
     if not 1 <= k <= len(z):
         raise ValueError(f"k = {k} clusters for {len(z)} particles")
+    n_distinct = len(np.unique(z, axis=0)) if len(z) <= 200_000 else k
+    if n_distinct < k:
+        raise ValueError(f"z holds only {n_distinct} distinct point(s): cannot form {k} clusters (was the run stopped "
+                         "in its pose-only phase, where z is not trained?)")
     km = KMeans(n_clusters=k, random_state=seed, n_init=10).fit(z)
     sizes = np.bincount(km.labels_, minlength=k)
     order = np.argsort(-sizes, kind="stable")

@@ -326,11 +326,15 @@ def confusion_by_thresholds(score, labels, max_permutations: int = 40320) -> dic
 
 
 def spearman(score, ordered_labels) -> float:
-    """|Spearman rho| between a 1D score (PC1, whose sign is arbitrary) and ordered ground-truth states."""
+    """|Spearman rho| between a 1D score (PC1, whose sign is arbitrary) and ordered ground-truth states; NaN when
+    either is constant (no ranking)."""
     from scipy.stats import spearmanr
 
-    rho = spearmanr(np.asarray(score).reshape(-1), np.asarray(ordered_labels).reshape(-1)).statistic
-    return float(abs(rho))
+    s = np.asarray(score).reshape(-1)
+    lab = np.asarray(ordered_labels).reshape(-1)
+    if np.ptp(s) == 0 or np.ptp(lab) == 0:
+        return float("nan")
+    return float(abs(spearmanr(s, lab).statistic))
 
 
 # ----------------------------------------------------------------------------------------------------------------

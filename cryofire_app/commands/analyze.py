@@ -79,7 +79,11 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
         if volumes:
             files["volume"] = _write_volumes(run, np.zeros((1, 0), np.float32), out, apix)
     else:
-        k = max(1, min(int(k), len(z)))
+        n_distinct = len(np.unique(z, axis=0))
+        if n_distinct < k:
+            log.warning("z holds only %d distinct point(s) (a run stopped in its pose-only phase?): k-means with k=%d",
+                        n_distinct, max(1, n_distinct))
+        k = max(1, min(int(k), len(z), n_distinct))
         lp = latent.fit_pca(z)
         km = latent.kmeans(z, k, seed=seed)
         labels = km.labels

@@ -130,6 +130,10 @@ def main(args: argparse.Namespace) -> int:
         elif isinstance(ev, Finished):
             print(f"      finished after {ev.images_seen} images in {time.time() - t0:.0f} s")
 
+    if trainer.images_seen < cfg.pose_only_images:
+        print(f"      warning: training stopped in the pose-only phase ({trainer.images_seen} of "
+              f"{cfg.pose_only_images} images): z is not trained yet, so the two states cannot separate. "
+              "Give it more --minutes.")
     print("[3/4] analyzing the latent space and decoding volumes ...", flush=True)
     an_dir = out / "analysis"
     summary = analyze(out / "run", k=2, out=an_dir, pcs=[1], n=5)
@@ -150,7 +154,8 @@ def main(args: argparse.Namespace) -> int:
     k = summary["kmeans"]["k"] if "kmeans" in summary else None
     print(f"\ndone in {time.time() - t_start:.0f} s. Results in {out.resolve()}:")
     if k:
-        print(f"  maps of the two clusters:  {an_dir.resolve()}/kmeans{k}/vol_000.mrc, vol_001.mrc "
+        vols = sorted(p.name for p in (an_dir / f"kmeans{k}").glob("vol_*.mrc"))
+        print(f"  maps of the {k} cluster(s):  {an_dir.resolve()}/kmeans{k}/{', '.join(vols)} "
               f"(sizes {summary['kmeans']['sizes']})")
         print(f"  maps along PC1:            {an_dir.resolve()}/pc1/vol_000.mrc .. vol_004.mrc")
     print(f"  ground-truth maps:         {(out / 'data').resolve()}/gt_state_0.mrc, gt_state_1.mrc")
