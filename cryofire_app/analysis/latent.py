@@ -83,7 +83,8 @@ def fit_pca(z, n_components: int | None = None) -> LatentPCA:
     if not 1 <= k <= min(z.shape):
         raise ValueError(f"cannot fit {k} components to z of shape {z.shape}")
     pca = PCA(n_components=k, random_state=0)
-    scores = pca.fit_transform(z)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant z: 0/0 explained-variance ratios (reported as 0)
+        scores = pca.fit_transform(z)
     return LatentPCA(pca=pca, scores=scores)
 
 
