@@ -195,3 +195,35 @@ def test_pause_and_resume_between_steps(data, tmp_path):
             elif len(seen) == 2:
                 assert time.time() - t0 >= 0.25      # the next step waited for resume()
     assert seen == [16, 32, 48, 64]
+
+
+def test_ctrl_c_leaves_a_checkpoint(data, tmp_path):
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cryofire_app.cli", "train", str(data.mrcs), "--ctf", str(data.ctf_pkl), "-o",
+           str(out), "-D", "16", "--zdim", "2", "--num-images", "100000000", "--batch-size", "16",
+           "--checkpoint-every", "100000000", "--device", "cpu", "--enc-channels", "8,16", "--dec-hidden", "32",
+           "--dec-layers", "1", "--pe-dim", "16", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count('"Step"') >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    ck = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck["images_seen"] >= 48 and ck["images_seen"] % 16 == 0
+
+
+def test_variational_encoder_trains(data, tmp_path):
+    cfg = tiny_config(data, tmp_path / "run", num_images=256, pose_only_images=64, beta=1.0,
+                      encoder=EncoderConfig(channels=(8, 16), hidden=32, variational=True))
+    evs = list(Trainer(cfg).run())
+    assert isinstance(evs[-1], Finished)
+    assert all(np.isfinite(e.loss) for e in evs if isinstance(e, Step))
+    assert Run(tmp_path / "run").z.shape == (96, 2)
