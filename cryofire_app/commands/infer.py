@@ -54,6 +54,9 @@ def main(args: argparse.Namespace) -> int:
         data = ParticleData(ps, D, run.config.window_r_in, run.config.window_r_out)
     except ValueError as exc:
         raise InputError(str(exc), args.particles) from exc
+    if abs(data.apix - float(ck["apix"])) > 0.01 * float(ck["apix"]):
+        print(f"warning: these particles have {data.apix:.4g} A/px at box {D}, the run was trained at "
+              f"{float(ck['apix']):.4g} A/px: poses and z will be unreliable", file=sys.stderr)
     data.prep.sigma_real = float(ck["sigma_real"])
     data.prep.sigma_ht = float(ck["sigma_ht"])
     select = args.select
