@@ -78,10 +78,10 @@ def test_run_emits_events_and_writes_cryodrgn_outputs(data, tmp_path):
 
 
 def test_stop_then_resume_continues_exactly(data, tmp_path):
-    full = Trainer(tiny_config(data, tmp_path / "a"))
+    full = Trainer(tiny_config(data, tmp_path / "a", lr_schedule="cosine"))
     for _ in full.run():
         pass
-    part = Trainer(tiny_config(data, tmp_path / "b"))
+    part = Trainer(tiny_config(data, tmp_path / "b", lr_schedule="cosine"))
     for ev in part.run():
         if isinstance(ev, Step) and ev.images_seen == 128:
             part.request_stop()
@@ -89,7 +89,7 @@ def test_stop_then_resume_continues_exactly(data, tmp_path):
             assert ev.stopped and ev.images_seen == 128
     ck = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert ck["images_seen"] == 128 and ck["phase"] == "pose_only" and ck["mask_radius"] == 3 + 128 // 64
-    res = Trainer(tiny_config(data, tmp_path / "b"), resume=True)
+    res = Trainer(tiny_config(data, tmp_path / "b", lr_schedule="cosine"), resume=True)
     evs = list(res.run())
     steps = [e for e in evs if isinstance(e, Step)]
     assert steps[0].images_seen == 144 and steps[0].phase == "pose_only" and steps[-1].images_seen == 320

@@ -30,6 +30,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pose-only-images", type=int, default=100_000,
                    help="images of the pose-only phase (z ignored, sampled) before joint training (default 100000)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (default, as in cryoFIRE) or cosine: 5%% warm-up then cosine decay over the run")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTDIR from checkpoints/last.pt")
@@ -60,7 +62,8 @@ def config_from_args(args: argparse.Namespace):
 
     cfg = TrainConfig(particles=str(args.particles), outdir=str(args.outdir), ctf=args.ctf, datadir=args.datadir,
                       D=args.box, zdim=args.zdim, num_images=args.num_images, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                      batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
+                      device=args.device,
                       pose_only_images=args.pose_only_images, beta=args.beta, sym_loss=not args.no_sym_loss,
                       freq_start=args.freq_start, freq_add_every=args.freq_add_every, freq_max=args.freq_max,
                       invert_data=args.invert_data, val_fraction=args.val_fraction,

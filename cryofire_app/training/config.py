@@ -48,6 +48,8 @@ class TrainConfig:
     epochs: float | None = None
     batch_size: int = 32
     lr: float = 1e-4
+    lr_schedule: str = "constant"        # constant | cosine (5 % linear warm-up from lr/25, cosine decay to ~0 at
+                                         # images_total; a pure function of images seen, so resume is exact)
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
     pose_only_images: int = 100_000      # pose-only phase length in images (z ignored, sampled)

@@ -70,6 +70,19 @@ def mask_radius_at(cfg: TrainConfig, D: int, images_seen: int) -> int:
     return int(min(cfg.freq_start + images_seen // max(cfg.freq_add_every, 1), rmax))
 
 
+def lr_at(cfg: TrainConfig, images_seen: int, images_total: int) -> float:
+    """Learning rate for the step that starts at `images_seen` (see TrainConfig.lr_schedule)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule != "cosine":
+        raise InputError(f"unknown lr_schedule {cfg.lr_schedule!r} (constant or cosine)")
+    frac = min(images_seen / max(images_total, 1), 1.0)
+    warm = 0.05
+    if frac < warm:
+        return cfg.lr * (1 / 25 + (1 - 1 / 25) * frac / warm)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+
+
 class Trainer:
     """Run with `for ev in Trainer(cfg).run(): ...`. Thread-safe controls: request_stop(), pause(), resume()."""
 
@@ -270,6 +283,9 @@ class Trainer:
         n = y_real.shape[0]
         eps = torch.randn(S, self.batch, max(cfg.zdim, 1), generator=self.gen)[:, self.rank::self.world, : cfg.zdim]
         eps = eps.reshape(S * n, cfg.zdim).to(self.device)
+        lr = lr_at(cfg, self.images_seen, self.images_total)
+        for grp in self.optim.param_groups:
+            grp["lr"] = lr
         self.model.train()
         err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, cfg.sym_loss)
         loss, branch = symmetric_min(err)
