@@ -87,5 +87,6 @@ def test_evaluate_two_states_end_to_end(tmp_path):
     assert all(m["res_0.5_px"] < 2.5 for m in r3["fsc"]["maps"])
     row = E.table_row(res)
     assert row["confusion"] == "0.0100"
-    E.write_json(tmp_path / "r.json", res)
-    assert (tmp_path / "r.json").stat().st_size > 100
+    E.write_json(tmp_path / "r.json", dict(res, infinite=float("inf"), arr=np.arange(3)))
+    back = __import__("json").loads((tmp_path / "r.json").read_text())
+    assert back["infinite"] is None and back["arr"] == [0, 1, 2] and back["confusion"] == res["confusion"]

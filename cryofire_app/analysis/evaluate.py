@@ -232,26 +232,35 @@ def table_row(res: dict) -> dict[str, str]:
     return out
 
 
+def _finite(o):
+    """Strict JSON: non-finite floats (e.g. an infinite resolution: FSC below the threshold from the first shell)
+    become null."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
 def write_json(path: str | Path, obj: dict) -> Path:
-    """Write JSON atomically (numpy scalars/arrays converted)."""
+    """Write strict JSON atomically (numpy values converted, NaN/Inf written as null)."""
     import os
     import tempfile
-
-    def conv(o):
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"not JSON serialisable: {type(o)}")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, default=conv)
+            json.dump(_finite(obj), fh, indent=1, allow_nan=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
