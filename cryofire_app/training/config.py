@@ -73,7 +73,7 @@ class TrainConfig:
     contrast_check_images: int = 5_000   # images seen before the automatic contrast check
     num_threads: int | None = None       # torch intra-op threads (None: leave torch's default)
     eval_batch_size: int = 256
-    select_radius: int = 12              # frequency radius (px) of the decoder check that picks the branch at eval
+    select_radius: int = 8               # frequency radius (px) of the decoder check that picks the branch at eval
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
