@@ -227,3 +227,14 @@ def test_variational_encoder_trains(data, tmp_path):
     assert isinstance(evs[-1], Finished)
     assert all(np.isfinite(e.loss) for e in evs if isinstance(e, Step))
     assert Run(tmp_path / "run").z.shape == (96, 2)
+
+
+def test_no_ctf_no_z_no_symmetric_loss(tmp_path):
+    sd = make_dataset(tmp_path / "synth", n=48, D=D, seed=2, ctf=False)
+    cfg = tiny_config(sd, tmp_path / "run", ctf=None, zdim=0, sym_loss=False, num_images=96, batch_size=64)
+    evs = list(Trainer(cfg).run())
+    assert isinstance(evs[-1], Finished)
+    steps = [e for e in evs if isinstance(e, Step)]
+    assert steps[0].images_seen == 43 and np.isfinite(steps[-1].loss)   # batch clamped to the 43 training images
+    run = Run(tmp_path / "run")
+    assert run.z.shape == (48, 0) and run.decode(None).shape == (1, D, D, D)

@@ -438,6 +438,9 @@ class Trainer:
             yield self._emit(Message("info", f"resumed at {self.images_seen} images ({self.phase}, mask radius "
                                              f"{mask_radius_at(cfg, self.D, self.images_seen)} px)"))
         yield self._emit(Started(cfg.to_dict(), len(self.train_pos), len(self.val_pos)))
+        if self.batch < cfg.batch_size:
+            yield self._emit(Message("warning", f"batch size reduced to {self.batch}: only {len(self.train_pos)} "
+                                                "training particles"))
         if self.world > 1:
             yield self._emit(Message("info", f"data-parallel over {self.world} processes "
                                              f"({self.batch // self.world} images each per step)"))
