@@ -164,12 +164,12 @@ class Trainer:
             ck = load_checkpoint(last)
             saved = TrainConfig.from_dict(ck["config"])
             # keep the saved model/schedule; take length, device and loader options from the new request
-            for k in ("num_images", "epochs", "device", "num_threads", "particles", "datadir", "ctf", "outdir"):
+            for k in ("device", "num_threads", "particles", "datadir", "ctf", "outdir"):
                 v = getattr(cfg, k)
                 if v is not None and v != "":
                     setattr(saved, k, v)
-            if cfg.num_images is None and cfg.epochs is None:
-                saved.num_images, saved.epochs = ck["config"]["num_images"], ck["config"]["epochs"]
+            if cfg.num_images is not None or cfg.epochs is not None:   # a new length replaces the old one
+                saved.num_images, saved.epochs = cfg.num_images, cfg.epochs
             self.config = cfg = saved
         self.data = self._load_data()
         D = self.data.D
