@@ -38,3 +38,21 @@ def view_angles(rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from cryofire_app.analysis.plots import viewing_directions
 
     return viewing_directions(rot)
+
+
+def export_selection(prefix: Path, index: np.ndarray, rot: np.ndarray | None = None, trans: np.ndarray | None = None,
+                     run: Any = None, labels: np.ndarray | None = None) -> list[Path]:
+    """RELION .star + cryoSPARC .cs subset (or index .csv) + cryoDRGN ind.pkl of the particles with original
+    indices `index`, via `cryofire_app.analysis.selection.export_selection` (trans in pixels of the run's box)."""
+    from cryofire_app.analysis.selection import export_selection as _export
+
+    return _export(prefix, index, rot=rot, trans=trans, run=run, labels=labels)
+
+
+def open_run_for(outdir: Any) -> Any:
+    """The engine's Run for a folder, or None when it has no config.json yet."""
+    from cryofire_app.analysis.run import Run
+
+    if outdir is None or not (Path(outdir) / "config.json").is_file():
+        return None
+    return Run(outdir)

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                             QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from cryofire_app.gui import engine_api
 from cryofire_app.gui.scatter import ScatterCanvas
-from cryofire_app.gui.session import DecoderSource, LatentSet, get_session
+from cryofire_app.gui.session import DecoderSource, LatentSet, get_session, stable_label
 from cryofire_app.gui.volume_display import VolumeDisplay, is_software_gl, prepare
 from cryofire_app.gui.workers import LatestOnly
 
@@ -54,10 +54,33 @@ def density_colors(xy: np.ndarray, bins: int = 96, alpha: float = 0.8) -> np.nda
 
 
 def analyze_latents(z: np.ndarray, k: int, seed: int = 0) -> dict:
-    """Worker-thread job: PCA coordinates (+ explained variance) and k-means labels of z."""
-    coords, explained = engine_api.latent_pca(z)
-    labels = engine_api.latent_kmeans(z, k, seed=seed) if k > 1 and len(z) >= k else np.zeros(len(z), np.int64)
+    """Worker-thread job: PCA coordinates (+ explained variance) and k-means labels of z.
+
+    Runs single-threaded in BLAS/OpenMP: scikit-learn's OpenMP pool spinning next to a training thread (torch has its
+    own OpenMP runtime) slowed both by orders of magnitude on 2 cores, and the GUI thread needs a core too.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        coords, explained = engine_api.latent_pca(z)
+        labels = (engine_api.latent_kmeans(z, k, seed=seed) if k > 1 and len(z) >= k
+                  else np.zeros(len(z), np.int64))
     return {"coords": coords, "explained": explained, "clusters": labels, "k": k}
+
+
+def _preimport() -> None:
+    """Import the analysis stack now, on the GUI thread, while nothing runs.
+
+    Imported lazily inside the first analysis job instead, scikit-learn's import (3 s on a loaded 2-core machine)
+    held the GIL/import lock long enough to freeze the GUI for 2-5 s in the middle of training.
+    """
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import skimage.measure  # noqa: F401
+    import threadpoolctl  # noqa: F401
+
+    import cryofire_app.analysis.latent  # noqa: F401
+    import cryofire_app.analysis.plots  # noqa: F401
 
 
 def decode_job(decoder: DecoderSource, z: np.ndarray, level_sigma: float, mode: str):
@@ -67,8 +90,10 @@ def decode_job(decoder: DecoderSource, z: np.ndarray, level_sigma: float, mode: 
 
 
 class LatentWidget(QWidget):
+    exported = Signal(object)  # list[Path] written by export_selection
     def __init__(self, napari_viewer: Any = None, parent: QWidget | None = None):
         super().__init__(parent)
+        _preimport()
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer) if napari_viewer is not None else None
         self.display = VolumeDisplay(napari_viewer) if napari_viewer is not None else None
@@ -78,6 +103,8 @@ class LatentWidget(QWidget):
         self._analyzer = LatestOnly(self)
         self._decoder_jobs = LatestOnly(self)
         self._decoder_jobs.busy_changed.connect(self._on_busy)
+        self._remesh_jobs: dict[str, LatestOnly] = {}
+        self._export_jobs = LatestOnly(self)
 
         # --- plot controls
         self.x_combo, self.y_combo = QComboBox(), QComboBox()
@@ -151,7 +178,7 @@ class LatentWidget(QWidget):
                                    "cryoDRGN ind.pkl")
         self.export_btn.clicked.connect(self._export_dialog)
         self.status = QLabel("no latents yet: train, or open a run")
-        self.status.setWordWrap(True)
+        stable_label(self.status)
 
         grid = QGridLayout()
         grid.addWidget(QLabel("x"), 0, 0)
@@ -186,7 +213,7 @@ class LatentWidget(QWidget):
 
         if self.session is not None:
             self.session.latents_changed.connect(self.set_latents)
-            self.session.labels_changed.connect(lambda _: self._redraw())
+            self.session.labels_changed.connect(self._on_labels)
             self.session.reset.connect(self._clear)
             if self.session.state.latents is not None:
                 self.set_latents(self.session.state.latents)
@@ -249,10 +276,13 @@ class LatentWidget(QWidget):
         if self.analysis is None:
             return
         xy = self.current_xy()
-        self.scatter.set_data(xy, self.current_colors(xy), reset_view=reset_view or True)
+        self.scatter.set_data(xy, self.current_colors(xy), reset_view=True)
         self.scatter.xaxis.axis.axis_label = self.x_combo.currentText().split(" ")[0]
         self.scatter.yaxis.axis.axis_label = self.y_combo.currentText().split(" ")[0]
         self.picked_row = None
+
+    def _on_labels(self, _labels) -> None:
+        self._redraw()
 
     def _clear(self) -> None:
         self.latents = None
@@ -336,14 +366,12 @@ class LatentWidget(QWidget):
             if hasattr(layer, "iso_threshold"):
                 layer.iso_threshold = iso_value(vols if not traj else vols[0], value)
                 continue
-            apix, meta = layer.metadata["apix"], dict(layer.metadata)
-            dec = DecoderSource(decode=lambda z: z, apix=apix, D=vols.shape[-1])
-            self._decoder_jobs.submit(prepare, vols, float(value), "mesh",
-                                      on_result=lambda prep, d=dec, m=meta, t=traj: self._show_mesh(prep, d, m, t))
-
-    def _show_mesh(self, prep, dec, meta, traj) -> None:
-        self.display.show(prep, dec.apix, trajectory=traj, metadata={k: v for k, v in meta.items()
-                                                                       if k not in ("volume", "iso_level")})
+            apix = float(layer.metadata["apix"])
+            meta = {k: v for k, v in layer.metadata.items() if k not in ("volume", "iso_level")}
+            jobs = self._remesh_jobs.setdefault(name, LatestOnly(self))
+            jobs.submit(prepare, vols, float(value), "mesh",
+                                      on_result=lambda prep, a=apix, m=meta, t=traj: self.display.show(
+                                          prep, a, trajectory=t, metadata=m))
 
     def save_map(self, path: str | Path) -> Path:
         from cryofire_app.gui.volume_display import VOLUME_LAYER
@@ -378,19 +406,34 @@ class LatentWidget(QWidget):
             return np.zeros(0, np.int64)
         return self.latents.index[self.scatter.selected]
 
-    def export_selection(self, prefix: str | Path) -> list[Path]:
-        """Write the selection via the engine; returns the written files."""
+    def export_selection(self, prefix: str | Path) -> int:
+        """Write the selection via the engine on a worker thread; `exported` is emitted with the written paths.
+
+        Files: <prefix>.ind.pkl, <prefix>.star (original images and CTF, the run's predicted poses, k-means cluster as
+        rlnClassNumber), and <prefix>.cs (if the particles came from a .cs) or <prefix>_index.csv.
+        """
         idx = self.selected_indices()
         if len(idx) == 0:
             raise ValueError("nothing selected: choose 'box' or 'lasso' and drag over the plot")
         rows = self.scatter.selected
         lat = self.latents
         run = self.session.run if self.session is not None else None
-        files = engine_api.export_selection(Path(prefix), idx,
-                                            rot=None if lat.rot is None else lat.rot[rows],
-                                            trans=None if lat.trans is None else lat.trans[rows], run=run)
-        self.status.setText(f"exported {len(idx):,} particles: " + ", ".join(p.name for p in files))
-        return files
+        outdir = self.session.state.outdir if self.session is not None else None
+        clusters = self.analysis["clusters"][rows] if self.analysis is not None else None
+
+        def job():
+            r = run if run is not None else engine_api.open_run_for(outdir)
+            return engine_api.export_selection(Path(prefix), idx, rot=None if lat.rot is None else lat.rot[rows],
+                                               trans=None if lat.trans is None else lat.trans[rows], run=r,
+                                               labels=clusters)
+
+        self.status.setText(f"exporting {len(idx):,} particles …")
+        return self._export_jobs.submit(job, on_result=self._on_exported, on_error=self._job_failed)
+
+    def _on_exported(self, files: list[Path]) -> None:
+        self.status.setText(f"exported {len(self.scatter.selected):,} particles: " +
+                            ", ".join(Path(p).name for p in files))
+        self.exported.emit([Path(p) for p in files])
 
     def _export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export selection (file name prefix)", "selection",

@@ -3,7 +3,9 @@
 x axis: images seen. Top: loss per step (grey) and an exponential moving average (blue), validation loss at
 checkpoints (orange dots), the pose-only phase shaded. Bottom: the frequency-marching mask radius (lattice pixels).
 Events are appended to numpy buffers in O(1); the curves are redrawn by a timer at most `REDRAW_MS` apart, so the
-GUI-thread cost per event is microseconds and per redraw ~1-2 ms (pyqtgraph, clip-to-view + peak downsampling).
+GUI-thread cost per event is microseconds and per redraw ~1 ms of data update (pyqtgraph, clip-to-view + peak
+downsampling) plus the repaint (~25 ms here with software rendering; a full-window OpenGL composition on llvmpipe
+adds 20-80 ms, which is why redraws are rate-limited rather than done per event).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import pyqtgraph as pg
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
-from cryofire_app.gui.session import get_session
+from cryofire_app.gui.session import get_session, stable_label
 
-REDRAW_MS = 200
+
+REDRAW_MS = 500
 
 
 class _Buffer:
@@ -101,6 +104,7 @@ class LossWidget(QWidget):
         self.smooth_spin.setToolTip("Half-life of the moving average, in steps")
         self.smooth_spin.valueChanged.connect(self._invalidate_smooth)
         self.status = QLabel("no training yet")
+        stable_label(self.status)
 
         row = QHBoxLayout()
         row.addWidget(self.log_box)

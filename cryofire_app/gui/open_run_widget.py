@@ -12,7 +12,7 @@ from magicgui.widgets import Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from cryofire_app.gui.runs import OpenedRun, open_run
-from cryofire_app.gui.session import get_session
+from cryofire_app.gui.session import get_session, stable_label
 from cryofire_app.gui.workers import LatestOnly
 
 
@@ -26,6 +26,7 @@ class OpenRunWidget(QWidget):
                                tooltip="Output folder of `cryofire train` (config.json, checkpoints/, latents.npz)")
         self.open_btn = PushButton(text="Open", tooltip="Load the run's latents and newest checkpoint")
         self.status = Label(value="")
+        stable_label(self.status.native)
         self.form = Container(widgets=[self.folder, self.open_btn, self.status])
         self.open_btn.changed.connect(lambda *_: self.open(self.folder.value))
         self._jobs = LatestOnly(self)

@@ -30,10 +30,10 @@ class ScatterCanvas(QWidget):
         self.canvas = scene.SceneCanvas(keys=None, size=(420, 380), bgcolor="white", parent=self)
         grid = self.canvas.central_widget.add_grid(margin=4)
         self.yaxis = scene.AxisWidget(orientation="left", axis_color="k", text_color="k", tick_color="k",
-                                      axis_label="", axis_font_size=8, tick_label_margin=4)
+                                      axis_label="PC2", axis_font_size=8, tick_label_margin=4)
         self.yaxis.width_max = 48
         self.xaxis = scene.AxisWidget(orientation="bottom", axis_color="k", text_color="k", tick_color="k",
-                                      axis_label="", axis_font_size=8)
+                                      axis_label="PC1", axis_font_size=8)
         self.xaxis.height_max = 36
         grid.add_widget(self.yaxis, row=0, col=0)
         grid.add_widget(self.xaxis, row=1, col=1)
@@ -54,6 +54,11 @@ class ScatterCanvas(QWidget):
         for m in (self.markers, self.highlight):
             m.set_data(np.zeros((1, 2), np.float32), face_color=(0, 0, 0, 0), size=0)
         self.highlight.visible = False
+
+        # Load every glyph the axes will need on the first paint (when the dock appears), not on the first data
+        # update: each new glyph costs a signed-distance-field render, seconds in total on software OpenGL.
+        self._glyphs = scene.Text("0123456789.-+eE PC%()x", color=(0, 0, 0, 0), font_size=8, pos=(0, 0),
+                                  parent=self.view.scene)
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)

@@ -127,6 +127,20 @@ class Session(QObject):
             self.finished.emit(ev)
 
 
+def stable_label(label) -> None:
+    """Keep a status QLabel from resizing its dock when its text changes.
+
+    A label that grows with its text re-lays out the main window, which resizes (and re-renders) the napari canvas:
+    measured here at 100-180 ms per status update on software OpenGL. Ignored horizontal size policy + elision-free
+    single line keeps layout fixed.
+    """
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.setWordWrap(False)
+    label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+    label.setMinimumWidth(10)
+
+
 _SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
 
 

@@ -18,12 +18,12 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from cryofire_app.gui.session import get_session
+from cryofire_app.gui.session import get_session, stable_label
 
 log = logging.getLogger(__name__)
 
 PARTICLE_FILTER = "*.mrcs *.mrc *.txt *.star *.cs"
-PROGRESS_MIN_INTERVAL_S = 0.25
+PROGRESS_MIN_INTERVAL_S = 1.0  # napari's progress bar repaints synchronously (processEvents) on each update
 
 
 def train_events(config: Any):
@@ -49,6 +49,10 @@ def train_events(config: Any):
 class TrainWidget(QWidget):
     def __init__(self, napari_viewer: Any = None, parent: QWidget | None = None):
         super().__init__(parent)
+        # import the engine here (GUI thread, idle) rather than first in the worker, where a multi-second import
+        # competes with the GUI thread for the GIL
+        import cryofire_app.analysis.run  # noqa: F401
+        import cryofire_app.training.trainer  # noqa: F401
         from cryofire_app.training.config import TrainConfig
 
         self.viewer = napari_viewer
@@ -95,6 +99,7 @@ class TrainWidget(QWidget):
         self.stop_btn = PushButton(text="Stop", tooltip="Stop between steps: a checkpoint and the outputs are "
                                                         "written first", enabled=False)
         self.status = Label(value="idle")
+        stable_label(self.status.native)
         buttons = Container(widgets=[self.start_btn, self.pause_btn, self.stop_btn], layout="horizontal",
                             labels=False)
         self.form = Container(widgets=[self.particles, self.ctf, self.datadir, self.outdir_edit, self.device,
@@ -106,6 +111,33 @@ class TrainWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(self.form.native)
         lay.addStretch(1)
+        if napari_viewer is not None:
+            napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+            for layer in napari_viewer.layers:
+                self.adopt_layer(layer)
+
+    def _on_layer_inserted(self, event) -> None:
+        self.adopt_layer(event.value)
+
+    def adopt_layer(self, layer) -> bool:
+        """A layer made by the sample (or the reader) names its particle file: fill the form from it.
+
+        Also loads ground-truth labels (state per particle) into the session for the Latent dock's colouring.
+        """
+        md = getattr(layer, "metadata", None) or {}
+        particles = md.get("cryofire_particles")
+        if not particles or self.running:
+            return False
+        self.particles.value = str(particles)
+        if self._path_or_none(self.outdir_edit.value) is None:
+            self.outdir_edit.value = str(Path(particles).parent / "cryofire_run")
+        labels = md.get("cryofire_labels")
+        if labels and self.session is not None:
+            import numpy as np
+
+            self.session.set_labels(np.load(labels), "simulated state")
+        self.status.value = f"ready: {Path(particles).name}"
+        return True
 
     # ---- helpers -------------------------------------------------------------------------------------------------
     @staticmethod

@@ -15,7 +15,7 @@ import pyqtgraph as pg
 from qtpy.QtWidgets import QLabel, QSpinBox, QHBoxLayout, QVBoxLayout, QWidget
 
 from cryofire_app.gui import engine_api
-from cryofire_app.gui.session import LatentSet, get_session
+from cryofire_app.gui.session import LatentSet, get_session, stable_label
 
 
 def view_histogram(rot: np.ndarray, bins_az: int = 72, bins_z: int = 36) -> np.ndarray:
@@ -43,7 +43,7 @@ class ViewingDirectionsWidget(QWidget):
         self.bins_spin.setToolTip("Number of bins along z (azimuth gets twice as many)")
         self.bins_spin.valueChanged.connect(lambda _: self._redraw())
         self.status = QLabel("no poses yet")
-        self.status.setWordWrap(True)
+        stable_label(self.status)
         row = QHBoxLayout()
         row.addWidget(QLabel("bins"))
         row.addWidget(self.bins_spin)
