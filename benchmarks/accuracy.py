@@ -67,6 +67,7 @@ def run(args) -> dict:
                   "--threads", str(args.threads), "--checkpoint-every", str(max(5000, args.num_images // 10))]
     if args.freq_add_every:
         train_argv += ["--freq-add-every", str(args.freq_add_every)]
+    train_argv += args.train_args.split()
     if (run_dir / "checkpoints" / "last.pt").exists():
         train_argv.append("--resume")
     t = time.perf_counter()
@@ -127,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--pose-only-fraction", type=float, default=0.5)
     p.add_argument("--freq-add-every", type=int, default=None, help="images per +1 px of mask radius")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-args", default="", help='extra `cryofire train` options, e.g. "--lr 1e-3 --lr-schedule '
+                                                      'cosine"')
     p.add_argument("--box", type=int, default=64)
     p.add_argument("--snr", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
