@@ -1,0 +1,113 @@
+"""Particle data for the seeding stages: windowed, normalised, symmetrized Hartley transforms and per-stage views.
+
+An image box ``D`` is transformed once (centered HT, symmetrized to the odd ``(D+1)^2`` lattice). A stage at box ``d``
+(even, ``d <= D``) is the central ``(d+1)^2`` crop of that lattice (a Fourier crop: pixel size ``apix * D / d``),
+restricted to the points within ``radius`` Fourier pixels of DC (DC excluded). Frequencies of a stage are cycles per
+pixel **of box d**; shifts at a stage are pixels of box d (``t_d = t_D * d / D``), so ``k . t`` is unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..physics.ctf import ctf_from_params
+from ..physics.fft import ht2_center, symmetrize_ht, window_mask
+from ..physics.lattice import Lattice
+
+
+@dataclass
+class Particles:
+    """All particles at the input box: ``ht (N, D+1, D+1)`` float32 symmetrized HTs of the windowed images, divided by
+    ``scale`` (so white noise has about unit variance per coefficient); ``ctf (N, 9)`` cryoDRGN rows or None."""
+
+    ht: torch.Tensor
+    ctf: torch.Tensor | None
+    D: int
+    scale: float
+
+    @property
+    def n(self) -> int:
+        return int(self.ht.shape[0])
+
+
+def prepare_particles(images, ctf_params=None, window: bool = True, batch: int = 512,
+                      device: torch.device | str = "cpu") -> Particles:
+    """Window (soft circle r_in 0.85, r_out 0.99 of the half box), transform and normalise an image stack.
+
+    ``images``: array-like ``(N, D, D)`` (numpy array, memmap, :class:`~cryofire_app.io.ImageStack`, tensor), D even.
+    """
+    n = len(images)
+    first = np.asarray(images[0:1], dtype=np.float32)
+    if first.ndim != 3 or first.shape[1] != first.shape[2] or first.shape[1] % 2:
+        raise ValueError(f"images must be (N, D, D) with an even box, got first batch of shape {first.shape}")
+    D = int(first.shape[1])
+    win = window_mask(D, 0.85, 0.99) if window else torch.ones(D, D)
+    out = torch.empty(n, D + 1, D + 1, dtype=torch.float32)
+    sq = 0.0
+    for s in range(0, n, batch):
+        x = torch.as_tensor(np.asarray(images[s:s + batch], dtype=np.float32)) * win
+        sq += float((x.double() ** 2).sum())
+        out[s:s + batch] = symmetrize_ht(ht2_center(x))
+    std = (sq / (n * D * D)) ** 0.5
+    scale = max(std, 1e-20) * D
+    out /= scale
+    ctf = None
+    if ctf_params is not None:
+        ctf = torch.as_tensor(np.asarray(ctf_params, dtype=np.float32))
+        if ctf.shape != (n, 9):
+            raise ValueError(f"ctf_params must be (N, 9) cryoDRGN rows with N = {n}, got {tuple(ctf.shape)}")
+    return Particles(out.to(device), None if ctf is None else ctf.to(device), D, scale)
+
+
+@dataclass
+class StageData:
+    """One stage's view of (a subset of) the particles: box ``d``, ``K`` lattice points within ``radius``."""
+
+    d: int
+    radius: float
+    index: torch.Tensor  # (n,) rows of the Particles
+    Y: torch.Tensor  # (n, K) Hartley values at k
+    Yneg: torch.Tensor  # (n, K) Hartley values at -k (for shifts)
+    ctf: torch.Tensor  # (n, K)
+    coords: torch.Tensor  # (K, 3) (kx, ky, 0) cycles/px of box d
+    ynorm2: torch.Tensor  # (n,) sum of Y^2 over the K points (shift invariant)
+
+    @property
+    def n(self) -> int:
+        return int(self.Y.shape[0])
+
+    @property
+    def freqs(self) -> torch.Tensor:
+        return self.coords[:, :2]
+
+    def shifted(self, rows: slice | torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Re-centred data ``T_t[Y]`` for ``rows`` (b images) and shifts ``t`` (box-d px): ``(b, T, K)`` when ``t`` is
+        ``(T, 2)`` (shared) or ``(b, T, 2)`` (per image). The content moves by ``+t`` (physics.shift)."""
+        Y, Yn = self.Y[rows], self.Yneg[rows]
+        ph = 2 * np.pi * (t @ self.freqs.T)  # (T, K) or (b, T, K)
+        if ph.dim() == 2:
+            ph = ph[None]
+        return torch.cos(ph) * Y[:, None] + torch.sin(ph) * Yn[:, None]
+
+
+def stage_data(p: Particles, d: int, radius: float, index=None) -> StageData:
+    """Crop the particles' lattice to box ``d`` and keep the points within ``radius`` Fourier px (box d) of DC."""
+    if d % 2 or d > p.D or d < 4:
+        raise ValueError(f"stage box must be even and in [4, {p.D}], got {d}")
+    radius = float(min(radius, d // 2))
+    idx = torch.arange(p.n) if index is None else torch.as_tensor(index, dtype=torch.long)
+    c = p.D // 2
+    sl = slice(c - d // 2, c + d // 2 + 1)
+    lat = Lattice(d, device=p.ht.device)
+    mask = lat.circle_mask(radius)
+    full = p.ht[idx][:, sl, sl].reshape(len(idx), -1)
+    Y = full[:, mask].contiguous()
+    Yneg = full[:, lat.neg_index][:, mask].contiguous()
+    coords = lat.coords[mask]
+    if p.ctf is not None:
+        ctf = ctf_from_params(lat.freqs2d[mask], p.ctf[idx], D_img=d).to(torch.float32)
+    else:
+        ctf = torch.ones_like(Y)
+    return StageData(d, radius, idx, Y, Yneg, ctf, coords, (Y * Y).sum(1))

@@ -1,0 +1,435 @@
+"""Ab initio seeding: coarse-to-fine exhaustive + local pose search against an explicit Hartley voxel volume, then a
+discrete heterogeneity step with the poses fixed.
+
+Schedule (all sizes in :class:`SeedConfig`):
+1. *Ab initio* on up to ``n_subset`` particles at a tiny box (Fourier crop to ``box_global``): from ``n_restarts``
+   random starts (a few positive Gaussian blobs, signed like the data), ``iters_global`` rounds of expectation-
+   maximisation over the full shared grid, SO(3) (randomly re-oriented every round) x shifts, with the exact posterior
+   (noise variance re-estimated every round) and Wiener back-projection, while the frequency radius marches from
+   ``radius_global[0]`` to ``[1]``. Starts are halved by residual noise variance (successive halving); the best wins.
+   Measured: a round blob start never leaves its symmetric fixed point; hard assignment or top-k posteriors and
+   mini-batches stall at SNR 0.1; the full posterior over all particles converges.
+2. Exhaustive search of **all** particles at the tiny box, keeping ``n_hypotheses`` rotations each, then local
+   refinement of every hypothesis (27 rotations x 9 shifts around each, step halved every round) at boxes
+   ``boxes_local``; the radius at each box follows the spectral SNR of the current reconstruction (frequency marching).
+3. ``n_states`` > 1: residual rank-1 analysis (alternating least squares of ``r_i ~ a_i C_i P_i u``) to initialise
+   labels, then hard-assignment 3D classification with the poses fixed.
+4. Final consensus (and per-state) reconstruction at the input box.
+
+Conventions (docs/design.md): ``rot (N, 3, 3)`` cryoDRGN rows (``k_vol = k_img @ rot``), ``trans_px (N, 2)`` in pixels
+of the input box, ``(tx, ty)`` = (columns, rows), the shift that re-centres the particle. Volumes ``(z, y, x)``, real
+space, line-integral voxel units of the normalised data. The CTF is cryoDRGN's (``C(0) = -w``): data simulated or
+extracted with the RELION sign (particles white) give a map of negative density; ``history['density_sign']`` says which.
+The hand of an ab initio map is not determined by the data: ``history['hand'] = 'undetermined'``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Generator
+
+import numpy as np
+import torch
+
+from ..physics.fft import fourier_resize
+from ..physics.rotations import random_rotations
+from .data import Particles, StageData, prepare_particles, stage_data
+from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
+from .search import backproject, em_search, global_search, local_search, residual_sigma2, slices
+from .volume import HartleyAccumulator, slicing_volume
+
+from ..physics.projector import slice_ht_volume
+
+
+@dataclass
+class SeedConfig:
+    """Settings of :func:`seed_abinit`. Boxes are image boxes in pixels (even); radii are in Fourier pixels of the box
+    they apply to (``D // 2`` = Nyquist); shifts are pixels of the **input** box."""
+
+    box_global: int = 16
+    radius_global: tuple[float, float] = (4.0, 5.5)
+    n_subset: int = 5000
+    n_restarts: int = 2
+    n_blobs: int = 4
+    iters_global: int = 12
+    positivity: bool = False
+    grid_dirs: int = 192
+    grid_psi: int = 24
+    max_shift_px: float = 4.0
+    n_hypotheses: int = 4
+    boxes_local: tuple[int, ...] = (24, 32, 48, 64)
+    iters_local: int = 2
+    max_radius_frac: float = 0.9  # cap of the refinement radius as a fraction of the box's Nyquist
+    ssnr_threshold: float = 1.0  # frequency marching: refine up to the shell where the spectral SNR drops below this
+    mask_radius_frac: float = 0.9  # real-space soft sphere, fraction of the half box
+    n_states: int = 2
+    box_hetero: int = 32
+    iters_hetero: int = 8
+    iters_als: int = 8
+    seed: int = 0
+    batch: int = 32
+
+    def __post_init__(self):
+        for b in (self.box_global, self.box_hetero, *self.boxes_local):
+            if b % 2 or b < 8:
+                raise ValueError(f"boxes must be even and >= 8, got {b}")
+        if self.n_restarts < 1 or self.iters_global < 1 or self.n_hypotheses < 1:
+            raise ValueError("n_restarts, iters_global and n_hypotheses must be >= 1")
+        if self.n_states < 1:
+            raise ValueError("n_states must be >= 1")
+
+
+@dataclass
+class SeedEvent:
+    """Progress report. ``stage`` in {'prepare', 'abinit', 'global', 'local', 'hetero', 'final', 'done'}; ``step`` of
+    ``total`` within the stage; ``metrics`` (floats); at the end of a stage ``rot``/``trans_px``/``state`` hold the
+    current estimate for every particle and ``volume`` the current consensus (real space, at the stage's box)."""
+
+    stage: str
+    step: int
+    total: int
+    elapsed_s: float
+    message: str
+    metrics: dict = field(default_factory=dict)
+    rot: np.ndarray | None = None
+    trans_px: np.ndarray | None = None
+    state: np.ndarray | None = None
+    volume: np.ndarray | None = None
+
+
+@dataclass
+class SeedResult:
+    """``rot (N, 3, 3)``, ``trans_px (N, 2)`` (input-box px), ``volume (D, D, D)`` consensus; ``state (N,)`` int or
+    None (``n_states == 1``), ``state_score (N,)`` a 1D heterogeneity coordinate (log-likelihood ratio for two states),
+    ``state_volumes (K, D, D, D)`` or None; ``history`` a list of event summaries plus run facts."""
+
+    rot: np.ndarray
+    trans_px: np.ndarray
+    volume: np.ndarray
+    state: np.ndarray | None
+    history: dict
+    state_score: np.ndarray | None = None
+    state_volumes: np.ndarray | None = None
+
+
+def _solve(acc: HartleyAccumulator, sigma2: float, cfg: SeedConfig) -> tuple[torch.Tensor, dict]:
+    return acc.solve(sigma2, mask_radius=cfg.mask_radius_frac * acc.d / 2)
+
+
+def _ssnr_radius(info: dict, d_from: int, d_to: int, cfg: SeedConfig, floor: float) -> float:
+    """Radius (Fourier px of box ``d_to``) of the last shell of the box-``d_from`` reconstruction whose spectral SNR is
+    above ``cfg.ssnr_threshold`` (shells are in units of ``1/(2 d_from)``)."""
+    ssnr = info["ssnr"].numpy()
+    last = 1  # last shell of the contiguous run (from shell 1) with SSNR >= threshold
+    while last + 1 < len(ssnr) and ssnr[last + 1] >= cfg.ssnr_threshold:
+        last += 1
+    r = last / 2.0 * d_to / d_from  # cycles/px * d_to
+    return float(np.clip(r, floor, cfg.max_radius_frac * d_to / 2))
+
+
+def _reconstruct(data: StageData, rot, trans, sigma2: float, cfg: SeedConfig, weight=None, rows=None):
+    acc = HartleyAccumulator(data.d)
+    backproject(acc, data, rot, trans, weight=weight, rows=rows)
+    return _solve(acc, sigma2, cfg)
+
+
+def _scores_at(vol_ht, data: StageData, rot, trans, rows=None, batch: int = 256) -> torch.Tensor:
+    """Score (squared residual minus ||Y||^2) of every image at its given pose."""
+    rows = torch.arange(data.n) if rows is None else rows
+    out = []
+    for s in range(0, len(rows), batch):
+        r = rows[s:s + batch]
+        j = slice(s, s + batch)
+        y = data.shifted(r, trans[j][:, None])[:, 0]
+        P = slice_ht_volume(vol_ht, data.coords @ rot[j])
+        C = data.ctf[r]
+        out.append(((C * P) ** 2).sum(1) - 2 * (C * y * P).sum(1))
+    return torch.cat(out)
+
+
+def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
+                     device: torch.device | str = "cpu") -> Generator[SeedEvent, None, SeedResult]:
+    """Generator form of :func:`seed_abinit`: yields :class:`SeedEvent` and returns the :class:`SeedResult`
+    (``result = yield from iter_seed_abinit(...)``)."""
+    cfg = config or SeedConfig()
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: dict = {"config": asdict(cfg), "events": [], "hand": "undetermined"}
+
+    def ev(stage, step, total, msg, metrics=None, **kw) -> SeedEvent:
+        e = SeedEvent(stage, step, total, time.time() - t0, msg, dict(metrics or {}), **kw)
+        history["events"].append({"stage": stage, "step": step, "total": total, "elapsed_s": e.elapsed_s,
+                                  "message": msg, "metrics": e.metrics})
+        return e
+
+    parts = prepare_particles(images, ctf_params, device=device)
+    N, D = parts.n, parts.D
+    boxes = sorted({min(b, D) for b in cfg.boxes_local} | {min(cfg.box_global, D)})
+    d0 = min(cfg.box_global, D)
+    yield ev("prepare", 1, 1, f"{N} particles, box {D}, CTF {'yes' if parts.ctf is not None else 'no'}")
+
+    # ---------------------------------------------------------------- 1. ab initio on a subset at the tiny box
+    n_sub = min(N, cfg.n_subset)
+    sub = torch.randperm(N, generator=gen)[:n_sub].sort().values
+    shifts0 = shift_grid(cfg.max_shift_px * d0 / D, max(0.5, cfg.max_shift_px * d0 / D / 2))
+    spacing = grid_spacing_deg(cfg.grid_dirs, cfg.grid_psi)
+    radii = np.linspace(cfg.radius_global[0], cfg.radius_global[1], cfg.iters_global)
+    data = stage_data(parts, d0, radii[0], sub)
+    sigma2 = float((data.Y ** 2).mean())
+    # the sign of the data's density: centre of a reconstruction from random poses (a round blob)
+    blob, _ = _reconstruct(data, random_rotations(n_sub, generator=gen), torch.zeros(n_sub, 2), sigma2, cfg)
+    c = d0 // 2
+    sign = 1.0 if float(blob[c - 2:c + 3, c - 2:c + 3, c - 2:c + 3].mean()) >= 0 else -1.0
+    history["abinit_data_sign"] = sign
+    starts = {k: (sign * _random_blobs(d0, data, cfg, gen), sigma2) for k in range(cfg.n_restarts)}
+    # successive halving: every `cut` rounds the worse half of the starts (higher residual noise variance) is dropped
+    n_cuts = max(0, math.ceil(math.log2(cfg.n_restarts)))
+    cut = max(1, cfg.iters_global // (n_cuts + 1))
+    total = sum(max(1, cfg.n_restarts >> min(it // cut, n_cuts)) for it in range(cfg.iters_global))
+    done = 0
+    for it in range(cfg.iters_global):
+        data = stage_data(parts, d0, radii[it], sub)
+        grid = so3_grid(cfg.grid_dirs, cfg.grid_psi, offset=random_rotations(1, generator=gen)[0])
+        for k in list(starts):
+            vol, s2_prev = starts[k]
+            acc = HartleyAccumulator(d0)
+            sc, _, _ = em_search(slicing_volume(vol), data, grid, shifts0, None, acc=acc, batch=cfg.batch)
+            s2 = residual_sigma2(sc, data)
+            vol, _ = _solve(acc, s2, cfg)
+            if cfg.positivity:  # density of the data's sign only (ab initio regulariser)
+                vol = sign * torch.clamp(sign * vol, min=0.0)
+            starts[k] = (vol, s2)
+            done += 1
+            yield ev("abinit", done, total, f"round {it + 1}/{cfg.iters_global}, start {k + 1}: radius "
+                     f"{radii[it]:.1f} px at box {d0}, noise variance {s2:.4g}",
+                     {"start": k, "round": it, "sigma2": s2, "radius": float(radii[it])}, volume=vol.cpu().numpy())
+        if (it + 1) % cut == 0 and len(starts) > 1 and it + 1 < cfg.iters_global:
+            keep = sorted(starts, key=lambda k: starts[k][1])[:max(1, len(starts) // 2)]
+            starts = {k: starts[k] for k in keep}
+    kbest = min(starts, key=lambda k: starts[k][1])
+    vol, best_s2 = starts[kbest]
+    history["abinit_best_start"] = kbest
+    yield ev("abinit", total, total, f"best start {kbest + 1} (noise variance {best_s2:.4g})", {"sigma2": best_s2},
+             volume=vol.cpu().numpy())
+
+    # ---------------------------------------------------------------- 2. all particles: exhaustive at the tiny box
+    r_cur = float(cfg.radius_global[1])
+    data = stage_data(parts, d0, r_cur)
+    grid = so3_grid(cfg.grid_dirs, cfg.grid_psi, offset=random_rotations(1, generator=gen)[0])
+    H = cfg.n_hypotheses
+    sc, ri, ti = global_search(slicing_volume(vol), data, grid, shifts0, topk=H, batch=cfg.batch)
+    rot_h = grid[ri]  # (N, H, 3, 3)
+    trans_h = shifts0[ti] * (D / d0)  # input-box px
+    sigma2 = residual_sigma2(sc[:, 0], data)
+    yield ev("global", 1, 1, f"exhaustive search of {N} particles over {len(grid)} rotations x {len(shifts0)} shifts",
+             {"sigma2": sigma2}, rot=rot_h[:, 0].numpy(), trans_px=trans_h[:, 0].numpy())
+
+    # ---------------------------------------------------------------- 3. local refinement, coarse to fine in box
+    step = math.radians(spacing) / 2
+    tstep = max(cfg.max_shift_px / 2, 1.0)  # input-box px
+    rot, trans = rot_h[:, 0], trans_h[:, 0]
+    n_local = len(boxes) * cfg.iters_local
+    k = 0
+    info = None
+    d_prev = d0
+    for d in boxes:
+        if info is not None:
+            r_cur = _ssnr_radius(info, d_prev, d, cfg, floor=r_cur * d / d_prev)
+        data = stage_data(parts, d, r_cur)
+        for it in range(cfg.iters_local):
+            vol, info = _reconstruct(data, rot, trans * (d / D), sigma2, cfg) if k else (vol, info)
+            vh = slicing_volume(resize_volume(vol, d))
+            offs = shift_grid(tstep * d / D, tstep * d / D)
+            if H > 1:
+                r_new, t_new, s_new = local_search(vh, data, rot_h, trans_h * (d / D), local_perturbations(step), offs,
+                                                   batch=cfg.batch)
+                H = 1
+            else:
+                r_new, t_new, s_new = local_search(vh, data, rot[:, None], trans[:, None] * (d / D),
+                                                   local_perturbations(step), offs, batch=cfg.batch)
+            dang = _angle_change(rot, r_new)
+            rot, trans = r_new, t_new * (D / d)
+            sigma2 = residual_sigma2(s_new, data)
+            k += 1
+            yield ev("local", k, n_local, f"box {d} radius {r_cur:.1f} px: step {math.degrees(step):.2f} deg, "
+                     f"{tstep:.2f} px; median pose change {np.median(dang):.2f} deg",
+                     {"box": d, "radius": r_cur, "step_deg": math.degrees(step), "sigma2": sigma2,
+                      "median_change_deg": float(np.median(dang))},
+                     rot=rot.numpy(), trans_px=trans.numpy())
+            step /= 2
+            tstep /= 2
+        vol, info = _reconstruct(data, rot, trans * (d / D), sigma2, cfg)
+        d_prev = d
+    history["final_radius_px"] = r_cur
+    history["final_refine_box"] = d_prev
+
+    # ---------------------------------------------------------------- 4. heterogeneity with fixed poses
+    state = state_score = None
+    state_vols = None
+    if cfg.n_states > 1:
+        dh = min(cfg.box_hetero, D)
+        rh = _ssnr_radius(info, d_prev, dh, cfg, floor=min(8.0, dh / 2))
+        hdata = stage_data(parts, dh, rh)
+        state, state_score = yield from _heterogeneity(hdata, rot, trans * (dh / D), sigma2, cfg, gen, ev)
+
+    # ---------------------------------------------------------------- 5. final maps at the input box
+    fdata = stage_data(parts, D, D // 2)
+    acc = HartleyAccumulator(D)
+    backproject(acc, fdata, rot, trans)
+    sig_final = residual_sigma2(_scores_at(slicing_volume(resize_volume(vol, D)), fdata, rot, trans), fdata)
+    volume, _ = _solve(acc, sig_final, cfg)
+    if state is not None:
+        svols = []
+        for kk in range(cfg.n_states):
+            sel = torch.nonzero(torch.as_tensor(state) == kk).reshape(-1)
+            if len(sel) == 0:
+                svols.append(torch.zeros(D, D, D))
+                continue
+            svols.append(_reconstruct(fdata, rot[sel], trans[sel], sig_final, cfg, rows=sel)[0])
+        state_vols = torch.stack(svols).numpy()
+    volume_np = volume.numpy()
+    history["density_sign"] = _density_sign(volume_np)
+    history["wall_s"] = time.time() - t0
+    yield ev("done", 1, 1, f"done in {history['wall_s']:.0f} s; density sign {history['density_sign']:+d}; "
+             "hand undetermined", {"wall_s": history["wall_s"]}, rot=rot.numpy(), trans_px=trans.numpy(),
+             state=None if state is None else np.asarray(state), volume=volume_np)
+    return SeedResult(rot.numpy().astype(np.float32), trans.numpy().astype(np.float32), volume_np.astype(np.float32),
+                      None if state is None else np.asarray(state, dtype=np.int64), history,
+                      None if state_score is None else np.asarray(state_score, dtype=np.float32), state_vols)
+
+
+def _random_blobs(d: int, data: StageData, cfg: SeedConfig, gen: torch.Generator) -> torch.Tensor:
+    """A random positive start: ``cfg.n_blobs`` Gaussian blobs (sigma 1/12..1/6 of the box) inside the mask, scaled so
+    its CTF-modulated slices carry about a third of the data power. Positive lumps give the start the right low-
+    resolution profile; their random arrangement breaks the symmetry that traps a round start."""
+    ax = torch.arange(d, dtype=torch.float32) - d // 2
+    zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
+    v = torch.zeros(d, d, d)
+    for _ in range(cfg.n_blobs):
+        c = torch.randn(3, generator=gen)
+        c = c / c.norm() * (d / 4) * float(torch.rand(1, generator=gen)) ** (1 / 3)
+        sig = d / 12 * (1 + float(torch.rand(1, generator=gen)))
+        v += torch.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * sig * sig))
+    m = min(data.n, 200)
+    P = slices(slicing_volume(v), data.coords, random_rotations(m, generator=gen))
+    scale = (0.3 * float((data.Y ** 2).mean()) / max(float(((data.ctf[:m] * P) ** 2).mean()), 1e-30)) ** 0.5
+    return v * scale
+
+
+def resize_volume(vol: torch.Tensor, d_new: int) -> torch.Tensor:
+    """Fourier crop/pad of a seeding volume to box ``d_new`` that keeps its Hartley coefficients (the seeding stages'
+    data are crops of one lattice, so volumes at different boxes share coefficients, not mean values)."""
+    d = vol.shape[-1]
+    if d == d_new:
+        return vol
+    return fourier_resize(vol, d_new, ndim=3) * (d / d_new) ** 3
+
+
+def _angle_change(r0: torch.Tensor, r1: torch.Tensor) -> np.ndarray:
+    tr = (r0 * r1).sum((-1, -2))
+    return np.degrees(np.arccos(np.clip(((tr - 1) / 2).numpy(), -1, 1)))
+
+
+def _density_sign(vol: np.ndarray) -> int:
+    """+1 when the map's strongest features are positive (protein density positive), else -1."""
+    v = vol.ravel()
+    hi, lo = np.quantile(v, [0.995, 0.005])
+    return 1 if abs(hi - np.median(v)) >= abs(lo - np.median(v)) else -1
+
+
+def _kmeans_1d(x: np.ndarray, k: int, iters: int = 50) -> np.ndarray:
+    c = np.quantile(x, (np.arange(k) + 0.5) / k)
+    for _ in range(iters):
+        lab = np.argmin(np.abs(x[:, None] - c[None]), axis=1)
+        for j in range(k):
+            if np.any(lab == j):
+                c[j] = x[lab == j].mean()
+    return np.argmin(np.abs(x[:, None] - c[None]), axis=1)
+
+
+def _heterogeneity(data: StageData, rot, trans, sigma2, cfg: SeedConfig, gen, ev):
+    """Rank-1 residual analysis (ALS) for initial labels, then K-state hard classification with fixed poses."""
+    n, d = data.n, data.d
+    K = cfg.n_states
+    vol, info = _reconstruct(data, rot, trans, sigma2, cfg)
+    vh = slicing_volume(vol)
+    # residuals r_i = T_t[Y_i] - C_i P_i (consensus)
+    resid = torch.empty_like(data.Y)
+    for s in range(0, n, 512):
+        j = slice(s, s + 512)
+        r = torch.arange(s, min(s + 512, n))
+        y = data.shifted(r, trans[j][:, None])[:, 0]
+        resid[j] = y - data.ctf[j] * slice_ht_volume(vh, data.coords @ rot[j])
+    sigma2 = float((resid ** 2).mean())
+    # ALS: r_i ~ a_i C_i P_i(u)
+    u = torch.randn(d, d, d, generator=gen)
+    u = fourier_resize(fourier_resize(u, max(8, d // 4), ndim=3), d, ndim=3)
+    a = None
+    for it in range(cfg.iters_als):
+        uh = slicing_volume(u)
+        a = torch.empty(n)
+        for s in range(0, n, 512):
+            j = slice(s, s + 512)
+            q = data.ctf[j] * slice_ht_volume(uh, data.coords @ rot[j])
+            a[j] = (resid[j] * q).sum(1) / ((q * q).sum(1) + 1e-12)
+        a = a - a.mean()
+        a = a / (a.std() + 1e-12)
+        acc = HartleyAccumulator(d)
+        for s in range(0, n, 512):
+            j = slice(s, s + 512)
+            acc.insert(resid[j], data.ctf[j] * a[j, None], data.coords @ rot[j])
+        u, _ = _solve(acc, sigma2, cfg)
+        u = u / (u.norm() + 1e-12)
+        yield ev("hetero", it + 1, cfg.iters_als + cfg.iters_hetero, f"residual analysis round {it + 1}",
+                 {"a_bimodality": float(((a ** 4).mean()))})
+    score = a.numpy()
+    labels = _kmeans_1d(score, K)
+    if K == 2 and (labels == 1).sum() > (labels == 0).sum():
+        labels = 1 - labels  # state 0 = the major state
+    # hard classification with the poses fixed
+    llr = None
+    for it in range(cfg.iters_hetero):
+        res = torch.empty(n, K)
+        counts = np.bincount(labels, minlength=K)
+        logprior = torch.as_tensor(np.log(np.maximum(counts, 1) / n), dtype=torch.float32)
+        for k in range(K):
+            sel = torch.as_tensor(np.nonzero(labels == k)[0])
+            if len(sel) == 0:
+                res[:, k] = float("inf")
+                continue
+            vk, _ = _reconstruct(data, rot[sel], trans[sel], sigma2, cfg, rows=sel)
+            res[:, k] = _scores_at(slicing_volume(vk), data, rot, trans)
+        logpost = -res / (2 * sigma2) + logprior
+        new = logpost.argmax(1).numpy()
+        changed = int((new != labels).sum())
+        labels = new
+        if K == 2:
+            llr = (logpost[:, 1] - logpost[:, 0]).numpy()
+        yield ev("hetero", cfg.iters_als + it + 1, cfg.iters_als + cfg.iters_hetero,
+                 f"classification round {it + 1}: {changed} changed, sizes {np.bincount(labels, minlength=K).tolist()}",
+                 {"changed": changed, **{f"size_{k}": int(c) for k, c in enumerate(np.bincount(labels, minlength=K))}},
+                 state=labels.copy())
+        if changed == 0:
+            break
+    if K == 2 and (labels == 1).sum() > (labels == 0).sum():
+        labels = 1 - labels
+        llr = -llr
+    return labels, (llr if llr is not None else score)
+
+
+def seed_abinit(images, ctf_params=None, config: SeedConfig | None = None, device: torch.device | str = "cpu",
+                callback: Callable[[SeedEvent], None] | None = None) -> SeedResult:
+    """Run the seeding stage and return a :class:`SeedResult`; ``callback`` receives every :class:`SeedEvent`.
+
+    ``images``: ``(N, D, D)`` float32 array-like (D even); ``ctf_params``: ``(N, 9)`` cryoDRGN ctf.pkl rows or None.
+    Pure torch/numpy; uses the CPU threads torch is set to.
+    """
+    g = iter_seed_abinit(images, ctf_params, config, device)
+    while True:
+        try:
+            e = next(g)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(e)

@@ -1,0 +1,108 @@
+"""Explicit voxel consensus volume in Hartley space: CTF-weighted back-projection with a Wiener step, and slicing.
+
+The volume of a box ``d`` is kept on the 2x oversampled odd Hartley lattice of the zero-padded ``2d`` box:
+``(2d+1)^3`` points, axes ``(kz, ky, kx)``, index ``j`` <-> ``-1/2 + j/(2d)`` cycles/pixel (pixels of box ``d``).
+This is the lattice :class:`cryofire_app.physics.FourierProjector` builds with ``pad=2``, so slicing goes through
+:func:`cryofire_app.physics.slice_ht_volume` (trilinear) and the same coordinates ``k_img @ rot`` as everywhere else.
+
+Model (exact for real volumes; the CTF is even in k): for an image with rotation ``R`` and shift ``t`` (px, the shift
+that re-centres it), ``T_t[Y](k) = C(k) V(k @ R) + noise``. Back-projection splats ``w C T_t[Y]`` and ``w C^2`` with
+trilinear weights; the Wiener solution per voxel is ``num / (den + sigma^2 / tau^2(|k|))`` with ``tau^2`` the signal
+power per shell, estimated from the data in the same call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..physics.fft import center_crop_pad, iht3_center
+from ..physics.projector import FourierProjector
+
+
+def soft_sphere(d: int, radius: float, width: float = 3.0, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Real-space soft spherical mask ``(d, d, d)``: 1 inside ``radius`` voxels of the centre voxel ``d//2``, cosine
+    fall-off to 0 over ``width`` voxels."""
+    ax = torch.arange(d, dtype=torch.float64, device=device) - d // 2
+    r = torch.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2)
+    m = torch.clamp((r - radius) / max(width, 1e-6), 0.0, 1.0)
+    return (0.5 * (1 + torch.cos(math.pi * m))).to(dtype)
+
+
+class HartleyAccumulator:
+    """Back-projection sums for one volume of box ``d`` (on the ``(2d+1)^3`` lattice described in the module doc)."""
+
+    def __init__(self, d: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.d = int(d)
+        self.n = 2 * self.d + 1
+        self.device = torch.device(device)
+        self.num = torch.zeros(self.n ** 3, dtype=dtype, device=self.device)
+        self.den = torch.zeros(self.n ** 3, dtype=dtype, device=self.device)
+
+    def insert(self, y: torch.Tensor, ctf: torch.Tensor, coords: torch.Tensor, weight: torch.Tensor | None = None):
+        """Add images. ``y (B, M)``: re-centred Hartley values ``T_t[Y]``; ``ctf (B, M)``; ``coords (B, M, 3)`` volume
+        frame ``(kx, ky, kz)`` cycles/px (``k_img @ rot``, all with ``|k| <= 1/2``); ``weight (B,)`` (default 1)."""
+        b, m = y.shape
+        w = torch.ones(b, dtype=y.dtype, device=y.device) if weight is None else weight.to(y.dtype)
+        self.insert_sums(w[:, None] * ctf * y, w[:, None] * ctf * ctf, coords)
+
+    def insert_sums(self, num: torch.Tensor, den: torch.Tensor, coords: torch.Tensor):
+        """Splat precomputed sums ``num (B, M)`` (``sum w C T_t[Y]``) and ``den (B, M)`` (``sum w C^2``) at
+        ``coords (B, M, 3)`` (cycles/px, volume frame) with trilinear weights."""
+        g = (coords.reshape(-1, 3) + 0.5) * (2 * self.d)  # float lattice index per axis (x, y, z)
+        g = torch.clamp(g, 0.0, self.n - 1.0)
+        g0 = torch.clamp(torch.floor(g), max=self.n - 2).long()
+        f = g - g0.to(g.dtype)
+        vals = num.reshape(-1)
+        wts = den.reshape(-1)
+        n = self.n
+        for dz in (0, 1):
+            fz = f[:, 2] if dz else 1 - f[:, 2]
+            for dy in (0, 1):
+                fy = f[:, 1] if dy else 1 - f[:, 1]
+                for dx in (0, 1):
+                    fx = f[:, 0] if dx else 1 - f[:, 0]
+                    tri = fx * fy * fz
+                    idx = ((g0[:, 2] + dz) * n + (g0[:, 1] + dy)) * n + (g0[:, 0] + dx)
+                    self.num.index_add_(0, idx, tri * vals)
+                    self.den.index_add_(0, idx, tri * wts)
+
+    def _shell_index(self) -> torch.Tensor:
+        ax = torch.arange(self.n, dtype=torch.float32, device=self.device) - self.d
+        r = torch.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2)
+        return torch.round(r).long().reshape(-1)  # shells in units of 1/(2d) cycles/px
+
+    def solve(self, sigma2: float, mask_radius: float | None = None, max_freq: float = 0.5,
+              tau2_floor: float = 1e-3) -> tuple[torch.Tensor, dict]:
+        """Wiener solution -> real-space volume ``(d, d, d)`` (axes z, y, x; voxel units consistent with projections
+        that are line integrals). ``sigma2``: noise variance per Hartley coefficient of the data. ``mask_radius``
+        (voxels) applies :func:`soft_sphere`. Frequencies beyond ``max_freq`` cycles/px are zeroed. Returns the volume
+        and a dict with the per-shell signal power ``tau2`` and spectral SNR ``ssnr``."""
+        shell = self._shell_index()
+        nsh = int(shell.max()) + 1
+        cnt = torch.bincount(shell, minlength=nsh).clamp(min=1).to(self.num.dtype)
+        den_mean = torch.bincount(shell, weights=self.den, minlength=nsh) / cnt
+        # pass 1: mild regulariser, then signal power per shell = power of the estimate minus its noise variance
+        lam1 = 1e-3 * float(self.den.mean()) + 1e-12
+        v1 = self.num / (self.den + lam1)
+        noise_var = sigma2 * self.den / (self.den + lam1) ** 2
+        p = torch.bincount(shell, weights=v1 * v1, minlength=nsh) / cnt
+        nv = torch.bincount(shell, weights=noise_var, minlength=nsh) / cnt
+        tau2 = torch.clamp(p - nv, min=0.0)
+        tau2 = torch.maximum(tau2, tau2_floor * nv + 1e-30)
+        vol = self.num / (self.den + sigma2 / tau2[shell])
+        fr = shell.to(vol.dtype) / (2 * self.d)
+        vol = torch.where(fr <= max_freq, vol, torch.zeros_like(vol))
+        vol = vol.reshape(self.n, self.n, self.n)[:-1, :-1, :-1]
+        real = iht3_center(vol)  # box 2d, object in the central d
+        real = center_crop_pad(real, self.d, 3)
+        if mask_radius is not None:
+            real = real * soft_sphere(self.d, mask_radius, dtype=real.dtype, device=real.device)
+        ssnr = tau2 * den_mean / max(sigma2, 1e-30)
+        return real, {"tau2": tau2.cpu(), "ssnr": ssnr.cpu()}
+
+
+def slicing_volume(real: torch.Tensor) -> torch.Tensor:
+    """Hartley volume ``(2d+1)^3`` of a real volume ``(d, d, d)`` for :func:`~cryofire_app.physics.slice_ht_volume`
+    (zero padding x2, radial gridding correction, Nyquist sphere; identical to ``FourierProjector(real, pad=2)``)."""
+    return FourierProjector(real, pad=2).vol_ht
