@@ -91,6 +91,9 @@ def test_volume_command(tiny_run, capsys):
     assert cli(["volume", run_dir, "--z", "1,2,3", "-o", str(tiny_run / "bad.mrc")]) == 2
     assert "multiple of zdim = 2" in capsys.readouterr().err
     assert cli(["volume", run_dir, "--pc", "3", "-o", str(tiny_run / "bad")]) == 2
+    capsys.readouterr()
+    assert cli(["volume", run_dir, "--z", "0,0", "--box", "64", "-o", str(tiny_run / "big.mrc")]) == 2
+    assert "training box 32" in capsys.readouterr().err and not (tiny_run / "big.mrc").exists()
 
 
 def test_eval_against_own_predictions_and_infer_folder(tiny_run, capsys):

@@ -33,6 +33,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="units of --range: std (standard deviations of the PC, default) or z (raw PC coordinate)")
     p.add_argument("--n", type=int, default=10, help="number of volumes along --pc (default 10)")
     p.add_argument("-o", "--out", required=True, help="output .mrc file or folder")
+    p.add_argument("--box", type=int, default=None,
+                   help="box of the output maps in pixels; only the training box is possible (default: it)")
     # let `--range -2,2` through: argparse would otherwise read "-2,2" as an option name
     if hasattr(p, "_negative_number_matcher"):
         p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+,\s*-?[\d.]+$")
@@ -55,6 +57,10 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.io import write_mrc
 
     run = Run(args.outdir)
+    if args.box is not None and args.box != run.D:
+        raise InputError(f"--box {args.box}: this run's decoder is tied to its training box {run.D} (the positional "
+                         "encoding scales with it), so maps can only be decoded at box "
+                         f"{run.D}; resample the written map instead", args.outdir)
     zdim = int(run.model.zdim)
     labels: list[str]
     if args.z is not None:
