@@ -120,7 +120,8 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
              gt_labels: np.ndarray | None = None, gt_maps: Sequence[np.ndarray] | None = None,
              decode: Callable[[np.ndarray], np.ndarray] | None = None, n_anchors: int = 100) -> dict:
     """Table 1 metrics. ``decode(z (n, d)) -> (n, D, D, D)`` renders volumes for the FSC against ``gt_maps``
-    (map ``i`` belongs to the ``i``-th distinct label in sorted order; major = most frequent state)."""
+    (map ``i`` belongs to the ``i``-th distinct label in sorted order; major = the most frequent ground-truth state,
+    or the first map when no labels are given)."""
     gt_rot = np.asarray(gt_rot, np.float64)
     idx = pred.index
     if len(idx) and (idx.min() < 0 or idx.max() >= len(gt_rot)):
@@ -162,7 +163,9 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
             raise InputError("ground-truth maps given but no decoder: evaluate a training run folder or pass --model")
         res["fsc"] = _fsc_section(pred, gt_maps, decode, alignment, classes, groups)
         maps = res["fsc"]["maps"]
-        order = np.argsort([-m["n_images"] for m in maps], kind="stable") if classes is not None else range(len(maps))
+        # major = the most frequent ground-truth state (without labels: the first map given)
+        gt_counts = [res["state_counts"][str(c)] for c in classes] if classes is not None else None
+        order = np.argsort([-c for c in gt_counts], kind="stable") if gt_counts else range(len(maps))
         for role, i in zip(("major", "minor"), order):
             for thr in ("0.5", "0.143"):
                 res[f"res_{role}_{thr}_px"] = maps[i][f"res_{thr}_px"]
