@@ -46,6 +46,36 @@ def confusion(state: np.ndarray, labels: np.ndarray) -> float:
     return min(float(np.mean(np.asarray(p)[state] != labels)) for p in permutations(range(k)))
 
 
+def write_markdown(path: Path, out: dict) -> None:
+    r, t = out["rotation"], out["translation_global_corrected"]
+    fsc = out["fsc_consensus_vs_state0"]
+    lines = [
+        f"# Ab initio seeding on issue 5's target set ({out['data']['n']} images, box {out['data']['box']}, SNR 0.1,"
+        " 2 hinge states 90/10, CTF, shifts <= 4 px)",
+        "",
+        f"Machine: {out['machine']['cpu_count']} CPU cores shared with other developers' jobs, "
+        f"torch threads {out['machine']['torch_threads']}. Produced by `benchmarks/abinit_seed.py`.",
+        "",
+        "| wall time | view error median / mean | full rotation median | translation median (global-corrected) |"
+        " confusion | hand | FSC=0.5 / 0.143 consensus vs state 0 |",
+        "|---|---|---|---|---|---|---|",
+        f"| {out['wall_s'] / 60:.1f} min | {r['rot_view_median_deg']:.2f} / {r['rot_view_mean_deg']:.2f} deg |"
+        f" {r['rot_full_median_deg']:.2f} deg | {t['trans_median_px']:.2f} px | {out.get('confusion', float('nan')):.4f} |"
+        f" {out['hand_found']} | {fsc['res_0.5_px']:.2f} / {fsc['res_0.143_px']:.2f} px |",
+        "",
+        "Convergence (error after each stage that reports poses):",
+        "",
+        "| stage | step | elapsed | view median | confusion |",
+        "|---|---|---|---|---|",
+    ]
+    for p in out["curve"]:
+        lines.append(f"| {p['stage']} | {p['step']} | {p['elapsed_s']:.0f} s | {p['view_median_deg']:.2f} deg |"
+                     f" {p.get('confusion', '')} |")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000)
@@ -123,7 +153,9 @@ def main() -> None:
     tmpj = jpath.with_suffix(".json.tmp")
     tmpj.write_text(json.dumps(out, indent=1, default=float))
     os.replace(tmpj, jpath)
-    print(json.dumps({k: out[k] for k in ("wall_s", "rotation", "confusion", "translation")}, indent=1, default=float))
+    write_markdown(RESULTS / f"{args.tag}.md", out)
+    print(json.dumps({k: out.get(k) for k in ("wall_s", "rotation", "confusion", "translation")}, indent=1,
+                     default=float))
     if tmp is not None:
         tmp.cleanup()
 

@@ -66,7 +66,7 @@ def test_grids_are_proper_rotations():
 
 def test_backprojection_at_true_poses_recovers_the_map():
     vol = ribosome(24)
-    img, ctf, rot, t = simulate(vol, 400, max_shift=1.5, seed=0)
+    img, ctf, rot, t = simulate(vol, 300, max_shift=1.5, seed=0)
     data = stage_data(prepare_particles(img, ctf), 24, 12)
     acc = HartleyAccumulator(24)
     backproject(acc, data, rot, t)

@@ -58,8 +58,12 @@ class SeedConfig:
     grid_psi: int = 24
     max_shift_px: float = 4.0
     n_hypotheses: int = 4
+    box_search: int = 24
+    iters_search: int = 3
     boxes_local: tuple[int, ...] = (24, 32, 48, 64)
     iters_local: int = 2
+    min_step_deg: float = 0.5  # local steps halve from half the grid spacing down to this
+    min_shift_step_px: float = 0.125  # input-box px
     max_radius_frac: float = 0.9  # cap of the refinement radius as a fraction of the box's Nyquist
     ssnr_threshold: float = 1.0  # frequency marching: refine up to the shell where the spectral SNR drops below this
     mask_radius_frac: float = 0.9  # real-space soft sphere, fraction of the half box
@@ -165,7 +169,7 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
 
     parts = prepare_particles(images, ctf_params, device=device)
     N, D = parts.n, parts.D
-    boxes = sorted({min(b, D) for b in cfg.boxes_local} | {min(cfg.box_global, D)})
+    boxes = sorted({min(b, D) for b in cfg.boxes_local if b >= min(cfg.box_search, D)} | {min(cfg.box_search, D)})
     d0 = min(cfg.box_global, D)
     yield ev("prepare", 1, 1, f"{N} particles, box {D}, CTF {'yes' if parts.ctf is not None else 'no'}")
 
@@ -213,17 +217,31 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     yield ev("abinit", total, total, f"best start {kbest + 1} (noise variance {best_s2:.4g})", {"sigma2": best_s2},
              volume=vol.cpu().numpy())
 
-    # ---------------------------------------------------------------- 2. all particles: exhaustive at the tiny box
+    # ---------------------------------------------------------------- 2. all particles: exhaustive projection matching
+    # rounds of (exhaustive search over grid x shifts, keep the best n_hypotheses; reconstruct from the best) at
+    # box_search, the radius following the spectral SNR: repairs the particles the low-resolution start left wrong.
     r_cur = float(cfg.radius_global[1])
-    data = stage_data(parts, d0, r_cur)
-    grid = so3_grid(cfg.grid_dirs, cfg.grid_psi, offset=random_rotations(1, generator=gen)[0])
     H = cfg.n_hypotheses
-    sc, ri, ti = global_search(slicing_volume(vol), data, grid, shifts0, topk=H, batch=cfg.batch)
-    rot_h = grid[ri]  # (N, H, 3, 3)
-    trans_h = shifts0[ti] * (D / d0)  # input-box px
-    sigma2 = residual_sigma2(sc[:, 0], data)
-    yield ev("global", 1, 1, f"exhaustive search of {N} particles over {len(grid)} rotations x {len(shifts0)} shifts",
-             {"sigma2": sigma2}, rot=rot_h[:, 0].numpy(), trans_px=trans_h[:, 0].numpy())
+    dg = min(cfg.box_search, D)
+    shifts_g = shift_grid(cfg.max_shift_px * dg / D, max(0.5, cfg.max_shift_px * dg / D / 4))
+    info = None
+    d_prev = d0
+    for it in range(cfg.iters_search):
+        r_cur = (r_cur * dg / d_prev if info is None else
+                 _ssnr_radius(info, d_prev, dg, cfg, floor=min(r_cur * dg / d_prev, cfg.max_radius_frac * dg / 2)))
+        data = stage_data(parts, dg, r_cur)
+        grid = so3_grid(cfg.grid_dirs, cfg.grid_psi, offset=random_rotations(1, generator=gen)[0])
+        sc, ri, ti = global_search(slicing_volume(resize_volume(vol, dg)), data, grid, shifts_g, topk=H,
+                                   batch=cfg.batch)
+        rot_h = grid[ri]  # (N, H, 3, 3)
+        trans_h = shifts_g[ti] * (D / dg)  # input-box px
+        sigma2 = residual_sigma2(sc[:, 0], data)
+        vol, info = _reconstruct(data, rot_h[:, 0], trans_h[:, 0] * (dg / D), sigma2, cfg)
+        d_prev = dg
+        yield ev("global", it + 1, cfg.iters_search, f"exhaustive search of {N} particles at box {dg}, radius "
+                 f"{r_cur:.1f} px, over {len(grid)} rotations x {len(shifts_g)} shifts", {"sigma2": sigma2,
+                 "radius": r_cur, "box": dg}, rot=rot_h[:, 0].numpy(), trans_px=trans_h[:, 0].numpy())
+    d0 = d_prev
 
     # ---------------------------------------------------------------- 3. local refinement, coarse to fine in box
     step = math.radians(spacing) / 2
@@ -231,7 +249,6 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     rot, trans = rot_h[:, 0], trans_h[:, 0]
     n_local = len(boxes) * cfg.iters_local
     k = 0
-    info = None
     d_prev = d0
     for d in boxes:
         if info is not None:
@@ -257,8 +274,8 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
                      {"box": d, "radius": r_cur, "step_deg": math.degrees(step), "sigma2": sigma2,
                       "median_change_deg": float(np.median(dang))},
                      rot=rot.numpy(), trans_px=trans.numpy())
-            step /= 2
-            tstep /= 2
+            step = max(step / 2, math.radians(cfg.min_step_deg))
+            tstep = max(tstep / 2, cfg.min_shift_step_px)
         vol, info = _reconstruct(data, rot, trans * (d / D), sigma2, cfg)
         d_prev = d
     history["final_radius_px"] = r_cur
