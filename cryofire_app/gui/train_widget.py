@@ -198,6 +198,9 @@ class TrainWidget(QWidget):
         if self.session is not None:
             self.session.begin()
             self.session.state.outdir = str(self.outdir)
+        from cryofire_app.gui.workers import ensure_pool_headroom
+
+        ensure_pool_headroom()
         self.worker = create_worker(train_events, cfg, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_event)
         self.worker.finished.connect(self._on_worker_finished)

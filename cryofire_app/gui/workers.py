@@ -11,7 +11,24 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QThread, QThreadPool, Signal
+
+POOL_HEADROOM = 8
+
+
+def ensure_pool_headroom(extra: int = POOL_HEADROOM) -> None:
+    """Give Qt's global thread pool room beyond our long-running workers.
+
+    napari/superqt workers run in `QThreadPool.globalInstance()`, whose default size is the core count (2 here).
+    Qt itself uses the same pool to convert images while compositing a window (QImage::convertTo splits the work
+    into pool tasks and waits for them on the GUI thread, holding the GIL). With the pool filled by a training worker
+    and an analysis worker, those tasks never started and the GUI thread waited forever: a deadlock seen here
+    under Xvfb. Keeping free slots makes that impossible as long as fewer than `extra` workers run at once.
+    """
+    pool = QThreadPool.globalInstance()
+    want = QThread.idealThreadCount() + int(extra)
+    if pool.maxThreadCount() < want:
+        pool.setMaxThreadCount(want)
 
 
 @dataclass
@@ -29,6 +46,7 @@ class LatestOnly(QObject):
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
+        ensure_pool_headroom()
         self._gen = 0
         self._running: _Job | None = None
         self._pending: _Job | None = None
