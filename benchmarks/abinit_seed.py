@@ -57,10 +57,12 @@ def write_markdown(path: Path, out: dict) -> None:
         f"torch threads {out['machine']['torch_threads']}. Produced by `benchmarks/abinit_seed.py`.",
         "",
         "| wall time | view error median / mean | full rotation median | translation median (global-corrected) |"
-        " confusion | hand | FSC=0.5 / 0.143 consensus vs state 0 |",
+        " confusion (hard labels) | hand | FSC=0.5 / 0.143 consensus vs state 0 |",
         "|---|---|---|---|---|---|---|",
         f"| {out['wall_s'] / 60:.1f} min | {r['rot_view_median_deg']:.2f} / {r['rot_view_mean_deg']:.2f} deg |"
-        f" {r['rot_full_median_deg']:.2f} deg | {t['trans_median_px']:.2f} px | {out.get('confusion', float('nan')):.4f} |"
+        f" {r['rot_full_median_deg']:.2f} deg | {t['trans_median_px']:.2f} px |"
+        f" {out.get('confusion', float('nan')):.4f}"
+        f" (threshold on score: {out.get('confusion_threshold_score', float('nan')):.4f}) |"
         f" {out['hand_found']} | {fsc['res_0.5_px']:.2f} / {fsc['res_0.143_px']:.2f} px |",
         "",
         "Convergence (error after each stage that reports poses):",

@@ -9,9 +9,12 @@ Schedule (all sizes in :class:`SeedConfig`):
    ``radius_global[0]`` to ``[1]``. Starts are halved by residual noise variance (successive halving); the best wins.
    Measured: a round blob start never leaves its symmetric fixed point; hard assignment or top-k posteriors and
    mini-batches stall at SNR 0.1; the full posterior over all particles converges.
-2. Exhaustive search of **all** particles at the tiny box, keeping ``n_hypotheses`` rotations each, then local
-   refinement of every hypothesis (27 rotations x 9 shifts around each, step halved every round) at boxes
-   ``boxes_local``; the radius at each box follows the spectral SNR of the current reconstruction (frequency marching).
+2. ``iters_search`` rounds of exhaustive projection matching of **all** particles at ``box_search`` (grid x shifts,
+   keep ``n_hypotheses`` rotations each, reconstruct from the best): repairs the particles the low-resolution start
+   left wrong (measured on issue 5's set: 34 -> 10 -> 7 degrees median view error over three rounds).
+   Then local refinement (27 rotations x 9 shifts around each pose, all hypotheses in the first round, step halved
+   every round down to ``min_step_deg``) at the boxes of ``boxes_local``; the radius at each box follows the spectral
+   SNR of the current reconstruction (frequency marching).
 3. ``n_states`` > 1: residual rank-1 analysis (alternating least squares of ``r_i ~ a_i C_i P_i u``) to initialise
    labels, then hard-assignment 3D classification with the poses fixed.
 4. Final consensus (and per-state) reconstruction at the input box.
@@ -33,13 +36,12 @@ import numpy as np
 import torch
 
 from ..physics.fft import fourier_resize
+from ..physics.projector import slice_ht_volume
 from ..physics.rotations import random_rotations
-from .data import Particles, StageData, prepare_particles, stage_data
+from .data import StageData, prepare_particles, stage_data
 from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
 from .search import backproject, em_search, global_search, local_search, residual_sigma2, slices
 from .volume import HartleyAccumulator, slicing_volume
-
-from ..physics.projector import slice_ht_volume
 
 
 @dataclass
@@ -69,7 +71,7 @@ class SeedConfig:
     mask_radius_frac: float = 0.9  # real-space soft sphere, fraction of the half box
     n_states: int = 2
     box_hetero: int = 32
-    iters_hetero: int = 8
+    iters_hetero: int = 30
     iters_als: int = 8
     seed: int = 0
     batch: int = 32
@@ -427,7 +429,7 @@ def _heterogeneity(data: StageData, rot, trans, sigma2, cfg: SeedConfig, gen, ev
                  f"classification round {it + 1}: {changed} changed, sizes {np.bincount(labels, minlength=K).tolist()}",
                  {"changed": changed, **{f"size_{k}": int(c) for k, c in enumerate(np.bincount(labels, minlength=K))}},
                  state=labels.copy())
-        if changed == 0:
+        if changed <= n // 1000:  # converged (at most 0.1 % of the particles still switching)
             break
     if K == 2 and (labels == 1).sum() > (labels == 0).sum():
         labels = 1 - labels
