@@ -45,7 +45,7 @@ def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -
     cfg = TrainConfig(particles=particles, outdir=str(folder), zdim=args.zdim, num_images=32 * 12, batch_size=32,
                       seed=args.seed, device="cpu", pose_only_images=32 * 6, num_threads=args.threads,
                       checkpoint_every=10 ** 9, latents_every=10 ** 9, invert_data="yes",
-                      freq_start=max(4, args.box // 4))
+                      freq_start=max(4, 3 * args.box // 8))  # cost grows with the radius: plan for the upper part
     steps = []
     try:
         tr = Trainer(cfg)
