@@ -46,20 +46,27 @@ def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -
                       seed=args.seed, device="cpu", pose_only_images=32 * 6, num_threads=args.threads,
                       checkpoint_every=10 ** 9, latents_every=10 ** 9, invert_data="yes",
                       freq_start=max(4, 3 * args.box // 8))  # cost grows with the radius: plan for the upper part
+    import dataclasses
+
+    if "schedule" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        cfg.schedule = "amortized"  # time plain gradient steps only, without a seeding stage
     steps = []
     try:
         tr = Trainer(cfg)
         gen = tr.run()
         for ev in gen:
-            if isinstance(ev, Step):
+            # only gradient steps on images count (a seeding stage may report steps with images_seen 0)
+            if isinstance(ev, Step) and ev.images_seen > 0 and (not steps or ev.images_seen > steps[-1][0]):
                 steps.append((ev.images_seen, ev.elapsed_s))
                 if len(steps) >= 10:
                     break
         gen.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if len(steps) < 4:
+        raise RuntimeError("could not time the training steps (fewer than 4 steps ran)")
     (i0, t0), (i1, t1) = steps[2], steps[-1]
-    return (i1 - i0) / max(t1 - t0, 1e-6)
+    return max((i1 - i0) / max(t1 - t0, 1e-6), 1e-3)
 
 
 def main(args: argparse.Namespace) -> int:
