@@ -32,6 +32,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zdim", type=int, default=2, help="latent dimension (default 2)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--schedule", default=None,
+                   help="training schedule passed to the trainer (e.g. amortized = the paper's pure cryoFIRE loop; "
+                        "default: the trainer's default)")
 
 
 def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -> float:
@@ -108,6 +111,12 @@ def main(args: argparse.Namespace) -> int:
                       freq_add_every=max(1, int(0.6 * n_img / max(1, args.box // 2 - 4))),
                       checkpoint_every=max(1000, n_img // 4), num_threads=args.threads,
                       invert_data="yes")  # the simulator writes RELION-convention (inverted) images
+    if args.schedule is not None:
+        import dataclasses
+
+        if "schedule" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raise InputError("--schedule: this version of the trainer has a single schedule")
+        cfg.schedule = args.schedule
     print(f"[2/4] training (at most {args.minutes:g} min or {n_img} images; pose-only phase first) ...", flush=True)
     trainer = Trainer(cfg)
     t0 = time.time()
