@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 #: Voxel size assumed for the bundled ASPIRE 70S ribosome map (resources/ribosome70S_65.mrc, header says 0):
 #: its density spans ~50 voxels and a 70S ribosome is ~250 A across, so 5 A/voxel (65 box -> 325 A).
 DEMO_MAP_APIX = 5.0
-DEMO_MAP = Path(__file__).resolve().parents[1] / "resources" / "ribosome70S_65.mrc"
+# cryofire_app/resources is a relative symlink to the top-level resources/ (copied into wheels as package data).
+DEMO_MAP = Path(__file__).resolve().parent / "resources" / "ribosome70S_65.mrc"
 
 BLOCK = 64  # particles are rendered, and their noise drawn (seeded by (seed, block)), in aligned blocks of this size
 NOISE_BLOCK = BLOCK
