@@ -31,6 +31,7 @@ def data(tmp_path_factory):
 
 def tiny_config(data, outdir, **kw) -> TrainConfig:
     base = dict(particles=str(data.mrcs), ctf=str(data.ctf_pkl), outdir=str(outdir), D=D, zdim=2, batch_size=16,
+                schedule="amortized",
                 num_images=320, pose_only_images=160, checkpoint_every=96, latents_every=64, freq_start=3,
                 freq_add_every=64, val_fraction=0.1, lr=1e-3, seed=0, device="cpu",
                 encoder=EncoderConfig(channels=(8, 16), hidden=32), decoder=DecoderConfig(pe_dim=16, hidden=32,
@@ -145,6 +146,7 @@ def test_cli_train_and_infer(data, tmp_path):
     out = tmp_path / "cli"
     args = ["train", str(data.mrcs), "--ctf", str(data.ctf_pkl), "-o", str(out), "-D", "16", "--zdim", "2",
             "--num-images", "64", "--batch-size", "16", "--pose-only-images", "32", "--device", "cpu",
+            "--schedule", "amortized",
             "--enc-channels", "8,16", "--dec-hidden", "32", "--dec-layers", "1", "--pe-dim", "16", "--quiet"]
     assert main(args) == 0
     assert (out / "pose.pkl").exists() and (out / "config.json").exists()
@@ -203,7 +205,8 @@ def test_ctrl_c_leaves_a_checkpoint(data, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cryofire_app.cli", "train", str(data.mrcs), "--ctf", str(data.ctf_pkl), "-o",
            str(out), "-D", "16", "--zdim", "2", "--num-images", "100000000", "--batch-size", "16",
-           "--checkpoint-every", "100000000", "--device", "cpu", "--enc-channels", "8,16", "--dec-hidden", "32",
+           "--checkpoint-every", "100000000", "--device", "cpu", "--schedule", "amortized", "--enc-channels", "8,16",
+           "--dec-hidden", "32",
            "--dec-layers", "1", "--pe-dim", "16", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -26,9 +26,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--num-images", type=int, help="total number of images to train on (default: 20 epochs)")
     g.add_argument("--epochs", type=float, help="training length in passes over the training split")
+    p.add_argument("--schedule", choices=("seeded", "amortized"), default="seeded",
+                   help="seeded (default): an explicit ab initio pose search and state classification on the "
+                        "training split first (cryofire_app.reconstruct, minutes on a CPU), then the encoder is "
+                        "distilled on those poses and everything is fine-tuned amortized; on CPU the frequency "
+                        "radius is capped at 12 px unless --freq-max is given. amortized: the paper's pure cryoFIRE "
+                        "schedule (pose-only phase, frequency marching, symmetric loss; hours on a CPU)")
+    p.add_argument("--distill-fraction", type=float, default=0.6,
+                   help="seeded: fraction of the image budget spent distilling the seeded poses into the encoder "
+                        "before joint amortized training (default 0.6)")
     p.add_argument("--batch-size", "-b", type=int, default=32, help="global batch size in images (default 32)")
     p.add_argument("--pose-only-images", type=int, default=100_000,
-                   help="images of the pose-only phase (z ignored, sampled) before joint training (default 100000)")
+                   help="amortized: images of the pose-only phase (z ignored, sampled) before joint training "
+                        "(default 100000)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant (default, as in cryoFIRE) or cosine: 5%% warm-up then cosine decay over the run")
@@ -62,7 +72,8 @@ def config_from_args(args: argparse.Namespace):
 
     cfg = TrainConfig(particles=str(args.particles), outdir=str(args.outdir), ctf=args.ctf, datadir=args.datadir,
                       D=args.box, zdim=args.zdim, num_images=args.num_images, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
+                      batch_size=args.batch_size, schedule=args.schedule,
+                      distill_fraction=args.distill_fraction, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
                       device=args.device,
                       pose_only_images=args.pose_only_images, beta=args.beta, sym_loss=not args.no_sym_loss,
                       freq_start=args.freq_start, freq_add_every=args.freq_add_every, freq_max=args.freq_max,
@@ -107,6 +118,10 @@ def main(args: argparse.Namespace) -> int:
                     bar = tqdm(total=trainer.images_total, initial=trainer.images_seen, unit="img", dynamic_ncols=True)
                 print(f"training on {ev.n_train} particles ({ev.n_val} held out), box {trainer.D}, "
                       f"device {trainer.device}", file=sys.stderr)
+            elif isinstance(ev, Step) and ev.phase == "seed":
+                if bar is not None:   # no training images yet: show the seeding progress on the bar
+                    bar.set_description(f"seed step {ev.step}", refresh=False)
+                    bar.set_postfix(sigma2=f"{ev.loss:.4g}", r=ev.mask_radius, phase="seed")
             elif isinstance(ev, Step):
                 if bar is not None:
                     bar.update(ev.images_seen - bar.n)

@@ -52,6 +52,20 @@ class TrainConfig:
                                          # images_total; a pure function of images seen, so resume is exact)
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
+    # schedule: "seeded" (default) = explicit ab initio seeding (cryofire_app.reconstruct) on the training split, then
+    # "distill" (encoder supervised on the seeded poses, decoder trained with those poses fixed) for
+    # distill_fraction of the images, then the amortized "joint" phase; "amortized" = the paper's pure cryoFIRE
+    # schedule (pose-only phase, frequency marching, symmetric loss). pose_only_images/freq_start/freq_add_every and
+    # sym_loss apply to "amortized" only; "seeded" trains at a fixed radius freq_max (on CPU capped by default to
+    # SEEDED_CPU_FREQ_MAX px, chosen at setup and saved in config.json) and uses seeded_sym_loss.
+    schedule: str = "seeded"
+    distill_fraction: float = 0.6        # seeded: share of images_total spent in the distill phase
+    distill_rot_weight: float = 1.0      # seeded distill: weight of |R_enc - R_seed|_F^2 (chordal, 0..8)
+    distill_trans_weight: float = 0.05   # seeded distill: weight of |t_enc - t_seed|^2 (pixels^2 of box D)
+    distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
+    seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
+    seeded_joint_lr_scale: float = 0.1   # seeded joint phase: lr * this (measured: lr 1e-3 undoes the distilled poses)
+    seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
     pose_only_images: int = 100_000      # pose-only phase length in images (z ignored, sampled)
     std_z_init: float = 3.0              # std of the random z fed to the decoder in the pose-only phase
     beta: float = 0.0                    # KL weight (variational encoder only); KL / Dl^2 as in the original

@@ -17,6 +17,7 @@ matches one process on the same global batch. Rank 0 writes all files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -44,6 +45,12 @@ from cryofire_app.training.losses import kl_normal, symmetric_min
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+SCHEDULES = ("seeded", "amortized")
+# seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
+# of the training box). Measured (3x256 decoder, 64 features, 2 shared cores): the decoder costs ~0.13 ms per lattice
+# point per image (forward + backward), so r = 32 at box 64 is ~400 ms/image and r = 12 ~55 ms/image; 12 px at box 64
+# (10.7 A at 2.67 A/px in issue 5's set) keeps the seed's resolution range without making the MLP the bottleneck.
+SEEDED_CPU_FREQ_MAX = 12
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,7 +73,10 @@ def build_model(cfg: TrainConfig, D: int) -> CryoFIRE:
 
 
 def mask_radius_at(cfg: TrainConfig, D: int, images_seen: int) -> int:
+    """Frequency-mask radius (px): marching for "amortized"; fixed at freq_max (or D//2) for "seeded"."""
     rmax = D // 2 if cfg.freq_max is None else min(cfg.freq_max, D // 2)
+    if cfg.schedule == "seeded":
+        return int(rmax)
     return int(min(cfg.freq_start + images_seen // max(cfg.freq_add_every, 1), rmax))
 
 
@@ -171,6 +181,10 @@ class Trainer:
             if cfg.num_images is not None or cfg.epochs is not None:   # a new length replaces the old one
                 saved.num_images, saved.epochs = cfg.num_images, cfg.epochs
             self.config = cfg = saved
+        if cfg.schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {cfg.schedule!r} (use {' or '.join(SCHEDULES)})")
+        if cfg.schedule == "seeded" and cfg.freq_max is None and self.device.type == "cpu":
+            cfg.freq_max = SEEDED_CPU_FREQ_MAX
         self.data = self._load_data()
         D = self.data.D
         self.D, self.Dl = D, D + 1
@@ -206,6 +220,8 @@ class Trainer:
         self.prev_val: dict | None = None
         self.next_ckpt = cfg.checkpoint_every
         self.next_latents = cfg.latents_every
+        self.seed_done = False
+        self.seed: dict | None = None
         if ck is not None:
             self.model.load_state_dict(ck["model"])
             self.optim.load_state_dict(ck["optimizer"])
@@ -216,6 +232,9 @@ class Trainer:
             self.prev_val = ck.get("prev_val")
             self.next_ckpt = int(ck["next_ckpt"])
             self.next_latents = int(ck["next_latents"])
+            self.seed_done = bool(ck.get("seed_done", False))
+            if self.seed_done:
+                self.seed = self._load_seed()
         self.ddp = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -253,7 +272,22 @@ class Trainer:
 
     @property
     def phase(self) -> str:
-        return "pose_only" if self.images_seen < self.config.pose_only_images else "joint"
+        """amortized: "pose_only" then "joint"; seeded: "seed", "distill", then "joint"."""
+        cfg = self.config
+        if cfg.schedule == "seeded":
+            if not self.seed_done:
+                return "seed"
+            return "distill" if self.images_seen < self.distill_images else "joint"
+        return "pose_only" if self.images_seen < cfg.pose_only_images else "joint"
+
+    @property
+    def distill_images(self) -> int:
+        return int(round(self.config.distill_fraction * self.images_total))
+
+    @property
+    def sym(self) -> bool:
+        """Symmetric loss in the current schedule."""
+        return self.config.sym_loss if self.config.schedule == "amortized" else self.config.seeded_sym_loss
 
     def _allreduce_mean(self, x: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -274,9 +308,10 @@ class Trainer:
     def train_step(self, b) -> float:
         """One step on the local rows of a global batch; returns the global mean loss (nan/inf: nothing updated)."""
         cfg = self.config
-        pose_only = self.images_seen < cfg.pose_only_images
+        pose_only = self.phase == "pose_only"
+        sym = self.sym
         mp = self.mask(mask_radius_at(cfg, self.D, self.images_seen))
-        S = 2 if cfg.sym_loss else 1
+        S = 2 if sym else 1
         y_real = b.y_real.to(self.device, non_blocking=True) * self.sign
         Y = b.Y.to(self.device, non_blocking=True) * self.sign
         ctf = b.ctf.to(self.device) if b.ctf is not None else None
@@ -284,10 +319,12 @@ class Trainer:
         eps = torch.randn(S, self.batch, max(cfg.zdim, 1), generator=self.gen)[:, self.rank::self.world, : cfg.zdim]
         eps = eps.reshape(S * n, cfg.zdim).to(self.device)
         lr = lr_at(cfg, self.images_seen, self.images_total)
+        if cfg.schedule == "seeded":   # fine-tuning of the distilled model
+            lr *= cfg.seeded_joint_lr_scale
         for grp in self.optim.param_groups:
             grp["lr"] = lr
         self.model.train()
-        err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, cfg.sym_loss)
+        err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, sym)
         loss, branch = symmetric_min(err)
         rows = branch * n + torch.arange(n, device=branch.device)
         if cfg.encoder.variational and not pose_only and cfg.beta > 0 and cfg.zdim > 0:
@@ -314,11 +351,183 @@ class Trainer:
             self.run_seen[b.pos] = True
         return gloss
 
+    def distill_step(self, b) -> float:
+        """Seeded "distill" step: encoder supervised on the seeded poses (chordal |R - R_seed|_F^2, translation in px,
+        z_0 on the standardized seed state score) and decoder fit with the seeded poses fixed (no mirror branch)."""
+        cfg = self.config
+        sd = self.seed
+        mp = self.mask(mask_radius_at(cfg, self.D, self.images_seen))
+        y_real = b.y_real.to(self.device, non_blocking=True) * self.sign
+        Y = b.Y.to(self.device, non_blocking=True) * self.sign
+        ctf = b.ctf.to(self.device) if b.ctf is not None else None
+        pos = torch.as_tensor(b.pos)
+        R_s = sd["rot_t"][pos].to(self.device)
+        t_s = sd["trans_t"][pos].to(self.device)
+        has = sd["has_t"][pos].to(self.device).float()
+        lr = lr_at(cfg, self.images_seen, self.images_total)
+        for grp in self.optim.param_groups:
+            grp["lr"] = lr
+        self.model.train()
+        self.optim.zero_grad(set_to_none=True)
+        # the encoder/decoder are called outside the DDP wrapper here: no DDP sync, gradients averaged below
+        with self.ddp.no_sync() if self.world > 1 else contextlib.nullcontext():
+            loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp)
+            gloss = float(self._allreduce_mean(loss.detach()))
+            if not math.isfinite(gloss):
+                return gloss
+            loss.backward()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        self.optim.step()
+        return gloss
+
+    def _distill_loss(self, y_real, Y, ctf, pos, R_s, t_s, has, mp) -> torch.Tensor:
+        cfg, sd = self.config, self.seed
+        enc = self.model.encoder(y_real)
+        z = enc["z_mu"]
+        if "z_logvar" in enc:
+            eps = torch.randn(self.batch, max(cfg.zdim, 1), generator=self.gen)[self.rank::self.world, : cfg.zdim]
+            z = z + eps.to(self.device) * torch.exp(0.5 * enc["z_logvar"])
+        err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
+        nh = has.sum().clamp(min=1.0)
+        recon = (err * has).sum() / nh
+        rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
+        tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
+        loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
+        if cfg.zdim > 0 and sd.get("score_t") is not None and cfg.distill_z_weight > 0:
+            tgt = sd["score_t"][pos].to(self.device)
+            loss = loss + cfg.distill_z_weight * (((enc["z_mu"][:, 0] - tgt) ** 2) * has).sum() / nh
+        if cfg.encoder.variational and cfg.beta > 0 and cfg.zdim > 0:
+            loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
+        with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
+            p = pos.numpy()
+            self.run_rot[p] = enc["rot"].detach().float().cpu().numpy()
+            self.run_trans[p] = enc["trans"].detach().float().cpu().numpy()
+            self.run_z[p] = enc["z_mu"].detach().float().cpu().numpy()
+            self.run_seen[p] = True
+        return loss
+
+    # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
+    def _seed_images(self) -> np.ndarray:
+        """Training-split images at the training box (Fourier crop of the raw stack, no window, raw data sign)."""
+        from cryofire_app.physics.fft import fourier_resize
+
+        out = np.empty((len(self.train_pos), self.D, self.D), np.float32)
+        for i in range(0, len(self.train_pos), 512):
+            raw = torch.as_tensor(np.asarray(self.data.images[self.train_pos[i:i + 512]], dtype=np.float32))
+            if self.D != self.data.D0:
+                raw = fourier_resize(raw, self.D).float()
+            out[i:i + 512] = raw.numpy()
+        return out
+
+    @property
+    def seed_path(self) -> Path:
+        return self.outdir / "checkpoints" / "seed.npz"
+
+    def _seed_arrays(self, pos, rot, trans, score) -> dict:
+        """Full-size (N) torch lookups of the seed's per-particle results (identity/zero where not seeded)."""
+        N = self.data.N
+        R = np.tile(np.eye(3, dtype=np.float32), (N, 1, 1))
+        T = np.zeros((N, 2), np.float32)
+        has = np.zeros(N, bool)
+        R[pos], T[pos], has[pos] = rot, trans, True
+        out = {"rot_t": torch.as_tensor(R), "trans_t": torch.as_tensor(T), "has_t": torch.as_tensor(has),
+               "score_t": None}
+        if score is not None and len(score) == len(pos) and np.all(np.isfinite(score)):
+            sc = np.zeros(N, np.float32)
+            s = np.asarray(score, np.float64)
+            sc[pos] = ((s - np.median(s)) / (s.std() + 1e-12)).astype(np.float32)
+            out["score_t"] = torch.as_tensor(sc)
+        return out
+
+    def _load_seed(self) -> dict:
+        path = self.seed_path
+        if not path.is_file():
+            raise InputError("the checkpoint says the seeding stage is done but its results are missing", path)
+        with np.load(path) as f:
+            d = {k: f[k] for k in f.files}
+        score = d["state_score"] if d["state_score"].size else None
+        out = dict(d, **self._seed_arrays(d["pos"], d["rot"], d["trans"], score))
+        return out
+
+    def _run_seed(self, t0: float) -> Iterator:
+        """Run reconstruct.iter_seed_abinit on the training split; forward progress as Message / Step("seed")."""
+        from cryofire_app.reconstruct import SeedConfig, iter_seed_abinit
+
+        cfg = self.config
+        try:
+            scfg = SeedConfig(**cfg.seed_config)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"bad seed_config {cfg.seed_config!r}: {exc}") from exc
+        yield self._emit(Message("info", f"seeding: ab initio pose search and state classification on the "
+                                         f"{len(self.train_pos)} training particles at box {self.D}"))
+        imgs = self._seed_images()
+        ctf = self.data.ctf.numpy() if self.data.ctf is not None else None
+        ctf = ctf[self.train_pos] if ctf is not None else None
+        gen = iter_seed_abinit(imgs, ctf, scfg, device=self.device)
+        stage, k, loss, radius = None, 0, float("nan"), 0
+        while True:
+            while not self._go.wait(0.1):
+                pass
+            if self._stop.is_set():
+                gen.close()
+                return
+            try:
+                e = next(gen)
+            except StopIteration as stop:
+                res = stop.value
+                break
+            if e.stage != stage:
+                stage = e.stage
+                yield self._emit(Message("info", f"seed {e.stage}: {e.message}"))
+            m = e.metrics
+            if "sigma2" in m:
+                loss = float(m["sigma2"])
+            if "radius" in m:
+                box = int(m.get("box", scfg.box_global if e.stage == "abinit" else self.D))
+                radius = int(round(float(m["radius"]) * self.D / max(box, 1)))
+            k += 1
+            if math.isfinite(loss):
+                yield self._emit(Step(k, 0, loss, radius, "seed", time.time() - t0, self.images_total))
+        sgn = int(res.history.get("density_sign", 1))
+        score = res.state_score if res.state_score is not None else np.zeros(0, np.float32)
+        state = res.state if res.state is not None else np.zeros(0, np.int64)
+        arrays = dict(pos=self.train_pos.astype(np.int64), rot=res.rot.astype(np.float32),
+                      trans=res.trans_px.astype(np.float32), state=state.astype(np.int64),
+                      state_score=score.astype(np.float32), volume=(sgn * res.volume).astype(np.float32),
+                      density_sign=np.int64(sgn), wall_s=np.float64(res.history.get("wall_s", float("nan"))))
+        if self.rank == 0:
+            atomic_save_npz(self.seed_path, **arrays)
+        self.seed = dict(arrays, **self._seed_arrays(arrays["pos"], arrays["rot"], arrays["trans"],
+                                                     score if score.size else None))
+        # the seed's map has the sign `sgn` on the raw data; the trainer models sign * data = C * V with V > 0
+        if cfg.invert_data == "auto":
+            self.sign = float(sgn)
+            self.contrast_checked = True
+            yield self._emit(Message("info", f"data sign from the seed's map: {'inverting' if sgn < 0 else 'keeping'} "
+                                             "the data (particles " + ("white" if sgn < 0 else "black") + ")"))
+        elif self.sign != sgn:
+            yield self._emit(Message("warning", f"--invert-data {cfg.invert_data} disagrees with the seed's map (density "
+                                                f"sign {sgn:+d} on the raw data): the map will come out negative"))
+        self.seed_done = True
+        sizes = "" if not state.size else f"; state sizes {np.bincount(state).tolist()}"
+        yield self._emit(Message("info", f"seed done in {arrays['wall_s']:.0f} s{sizes}; distilling into the encoder "
+                                         f"for {self.distill_images} images at radius "
+                                         f"{mask_radius_at(cfg, self.D, 0)} px"))
+        if self.rank == 0:
+            self.save_checkpoint(numbered=False)
+        self._barrier()
+
     # ---- evaluation, contrast, checkpoints ---------------------------------------------------------------------
     def predict(self, pos: np.ndarray, radius: int | None = None):
         return predict(self.model, self.data, pos, sign=self.sign, radius=radius, select="decoder",
-                       batch=self.config.eval_batch_size, device=self.device, use_z=self.phase == "joint",
-                       sym=self.config.sym_loss)
+                       batch=self.config.eval_batch_size, device=self.device,
+                       use_z=self.phase not in ("pose_only", "seed"), sym=self.sym)
 
     def validate(self) -> tuple[float, float | None, float | None]:
         """Validation loss at the current mask radius and the pose / z change since the previous call."""
@@ -378,7 +587,7 @@ class Trainer:
             "sigma_real": self.data.prep.sigma_real, "sigma_ht": self.data.prep.sigma_ht, "data_sign": self.sign,
             "contrast_checked": self.contrast_checked, "train_pos": torch.as_tensor(self.train_pos),
             "val_pos": torch.as_tensor(self.val_pos), "prev_val": self.prev_val, "next_ckpt": self.next_ckpt,
-            "next_latents": self.next_latents,
+            "next_latents": self.next_latents, "schedule": cfg.schedule, "seed_done": self.seed_done,
         }
 
     def save_checkpoint(self, numbered: bool = True) -> Path:
@@ -428,6 +637,12 @@ class Trainer:
                         z=pr.z.astype(np.float32), rot=pr.rot.astype(np.float32),
                         trans=pr.trans.astype(np.float32), branch=pr.branch.astype(np.int8), val=split,
                         images_seen=np.int64(self.images_seen), D=np.int64(self.D), apix=np.float64(self.data.apix))
+        if self.seed is not None:   # the seed's own per-particle poses (training split), for comparison
+            from cryofire_app.io import write_ind_pkl
+
+            write_pose_pkl(self.outdir / "seed_pose.pkl", self.seed["rot"].astype(np.float32),
+                           (self.seed["trans"] / self.D).astype(np.float32))
+            write_ind_pkl(self.outdir / "seed_ind.pkl", self.seed["pos"].astype(np.int64))
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> Iterator:
@@ -444,12 +659,15 @@ class Trainer:
         if self.world > 1:
             yield self._emit(Message("info", f"data-parallel over {self.world} processes "
                                              f"({self.batch // self.world} images each per step)"))
+        stopped = False
+        if self.phase == "seed":
+            yield from self._run_seed(t0)
+            stopped = self._stop.is_set()
         sched = (g[self.rank::self.world] for g in batch_schedule(self.train_pos, self.batch, cfg.seed,
                                                                    self.images_seen))
         pf = Prefetcher(self.data, sched)
-        stopped = False
         try:
-            while self.images_seen < self.images_total:
+            while self.images_seen < self.images_total and not stopped:
                 while not self._go.wait(0.1):
                     pass
                 if self._stop.is_set():
@@ -458,7 +676,7 @@ class Trainer:
                 b = next(pf)
                 radius = mask_radius_at(cfg, self.D, self.images_seen)
                 phase = self.phase
-                loss = self.train_step(b)
+                loss = self.distill_step(b) if phase == "distill" else self.train_step(b)
                 if not math.isfinite(loss):
                     where = (f"last good checkpoint {self.last_checkpoint}" if self.last_checkpoint else
                              "no checkpoint was written yet")
