@@ -39,7 +39,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pose-only-images", type=int, default=100_000,
                    help="amortized: images of the pose-only phase (z ignored, sampled) before joint training "
                         "(default 100000)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default 1e-4 for --schedule amortized as in cryoFIRE, 1e-3 for seeded, "
+                        "whose joint phase runs at a tenth of it)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant (default, as in cryoFIRE) or cosine: 5%% warm-up then cosine decay over the run")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -47,9 +47,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 SCHEDULES = ("seeded", "amortized")
 # seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
-# of the training box). Measured (3x256 decoder, 64 features, 2 shared cores): the decoder costs ~0.13 ms per lattice
-# point per image (forward + backward), so r = 32 at box 64 is ~400 ms/image and r = 12 ~55 ms/image; 12 px at box 64
-# (10.7 A at 2.67 A/px in issue 5's set) keeps the seed's resolution range without making the MLP the bottleneck.
+# of the training box). Measured (decoder forward + backward, 1 thread on the shared 2-core machine, box 64):
+# 3x256: r 32 204 ms/image, r 16 57, r 12 26, r 8 12; 3x128: r 32 65, r 16 6.4, r 12 4.4, r 8 1.1. A cap of 12 px
+# (box 64: 5.3 px = 1/12 cycles/px, about the seed's FSC range on issue 5's set) cuts the default decoder ~8x;
+# a 3x128 decoder (--dec-hidden 128) saves another ~5x.
 SEEDED_CPU_FREQ_MAX = 12
 
 
@@ -185,6 +186,8 @@ class Trainer:
             raise InputError(f"unknown schedule {cfg.schedule!r} (use {' or '.join(SCHEDULES)})")
         if cfg.schedule == "seeded" and cfg.freq_max is None and self.device.type == "cpu":
             cfg.freq_max = SEEDED_CPU_FREQ_MAX
+        if cfg.lr is None:
+            cfg.lr = 1e-3 if cfg.schedule == "seeded" else 1e-4
         self.data = self._load_data()
         D = self.data.D
         self.D, self.Dl = D, D + 1
