@@ -11,6 +11,15 @@ from cryofire_app.commands.gui import DOCKS, launch
 pytestmark = pytest.mark.gui
 
 
+def _amortized_schedule() -> dict:
+    """The plain amortized schedule when the engine also offers slower ones (GUI plumbing, not convergence)."""
+    import dataclasses
+
+    from cryofire_app.training.config import TrainConfig
+
+    return {"schedule": "amortized"} if "schedule" in {f.name for f in dataclasses.fields(TrainConfig)} else {}
+
+
 @pytest.fixture
 def small_sample(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -47,7 +56,8 @@ def test_sample_data_fills_train_dock(make_napari_viewer, small_sample):
 
 def test_launcher_demo_starts_training(make_napari_viewer, qtbot, small_sample):
     viewer, docks = launch(demo=True, demo_images=100_000, viewer=make_napari_viewer(), batch_size=16,
-                           num_threads=1, latents_every=160, checkpoint_every=100_000, val_max=16)
+                           num_threads=1, latents_every=160, checkpoint_every=100_000, val_max=16,
+                           **_amortized_schedule())
     assert set(docks) == set(DOCKS)
     train, loss = docks["Train"], docks["Loss"]
     assert train.running and "sample particles" in viewer.layers

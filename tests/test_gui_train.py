@@ -22,6 +22,20 @@ N = 240
 TINY = dict(batch_size=16, num_threads=1, latents_subset=200, val_max=16, norm_sample=100)
 
 
+def _amortized_schedule() -> dict:
+    """These tests exercise the GUI plumbing, not convergence: use the plain amortized (cryoFIRE) schedule when the
+    engine offers other, slower ones (an ab initio seeding stage takes minutes before the first training step)."""
+    import dataclasses
+
+    from cryofire_app.training.config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {"schedule": "amortized"} if "schedule" in names else {}
+
+
+TINY.update(_amortized_schedule())
+
+
 @pytest.fixture(scope="module")
 def tiny_stack(tmp_path_factory) -> Path:
     """Two-state particles simulated from the bundled ribosome map (the plugin's sample data, at box 32)."""
@@ -59,11 +73,14 @@ class Heartbeat:
         self.last = None
         self.max_gap = 0.0
         self.ticks = 0
+        self.long: list[int] = []  # gaps over 50 ms, in ms
 
     def _tick(self):
         now = time.perf_counter()
         if self.last is not None:
             self.max_gap = max(self.max_gap, now - self.last)
+            if now - self.last > 0.05:
+                self.long.append(round(1000 * (now - self.last)))
         self.last = now
         self.ticks += 1
 
@@ -77,6 +94,9 @@ class Heartbeat:
 
 def test_train_dock_start_watch_stop(make_napari_viewer, qtbot, tmp_path, tiny_stack):
     viewer, docks = _docks(make_napari_viewer, show=True)
+    # a laptop-sized window: with software OpenGL (llvmpipe) every repaint re-composes the whole window on the CPU,
+    # so the cost of a plot update grows with the window area (a GPU composes in well under a millisecond)
+    viewer.window.resize(1000, 700)
     train, loss, latent = docks["Train"], docks["Loss"], docks["Latent space"]
     outdir = tmp_path / "run"
     train.set_particles(tiny_stack, outdir=outdir)
@@ -95,7 +115,7 @@ def test_train_dock_start_watch_stop(make_napari_viewer, qtbot, tmp_path, tiny_s
     beat.stop()
     assert loss.redraw_count >= 2 and beat.ticks > 50
     # the one timing assertion the issue asks for: the GUI thread never blocks for 100 ms while training runs
-    assert beat.max_gap < 0.100, f"event loop blocked for {1000 * beat.max_gap:.0f} ms"
+    assert beat.max_gap < 0.100, f"event loop blocked for {1000 * beat.max_gap:.0f} ms (gaps > 50 ms: {beat.long})"
     train.stop()
     qtbot.waitUntil(lambda: not train.running, timeout=60_000)
     assert train.failed_message is None
