@@ -157,6 +157,7 @@ class LatentWidget(QWidget):
         mode_row.addStretch(1)
 
         self.scatter = ScatterCanvas(self)
+        self.scatter.setMinimumHeight(280)  # stacked docks must not squeeze the plot away
         self.scatter.picked.connect(self.on_pick)
         self.scatter.selection_changed.connect(self._on_selection)
         self.clear_btn.clicked.connect(self.scatter.clear_selection)

@@ -88,6 +88,7 @@ class LossWidget(QWidget):
         self.pose_label.setVisible(False)
         self.plot.addItem(self.pose_label)
 
+        self.plot.setMinimumHeight(160)
         self.mask_plot = pg.PlotWidget(background="w")
         self.mask_plot.setLabel("left", "mask r (px)")
         self.mask_plot.setLabel("bottom", "images seen")

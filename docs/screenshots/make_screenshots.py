@@ -15,7 +15,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000) -> None:
+def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2000, box: int = 64) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -25,8 +25,8 @@ def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000) -> None:
     from cryofire_app.training.trainer import Trainer
 
     work = Path(work)
-    data = simulate_sample(work / "sample", n=2000, box=64)
-    run = work / "run"
+    data = simulate_sample(work / f"sample{box}", n=n, box=box)
+    run = work / f"run{box}"
     if not (run / "latents.npz").is_file():
         cfg = TrainConfig(particles=str(data / "particles.star"), outdir=str(run), num_images=images,
                           pose_only_images=images // 3, batch_size=32, checkpoint_every=images // 2,
@@ -84,4 +84,6 @@ def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # optional: images particles box (defaults 4000 2000 64; a loaded 2-core CPU needs ~8 min for the default)
+    main(images=int(sys.argv[1]) if len(sys.argv) > 1 else 4000, n=int(sys.argv[2]) if len(sys.argv) > 2 else 2000,
+         box=int(sys.argv[3]) if len(sys.argv) > 3 else 64)
