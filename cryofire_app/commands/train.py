@@ -48,10 +48,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTDIR from checkpoints/last.pt")
     p.add_argument("--checkpoint-every", type=int, default=20_000, help="images between checkpoints (default 20000)")
-    p.add_argument("--freq-start", type=int, default=4, help="initial frequency-mask radius in pixels (default 4)")
+    p.add_argument("--freq-start", type=int, default=4, help="amortized: initial frequency-mask radius in pixels (default 4)")
     p.add_argument("--freq-add-every", type=int, default=10_000,
-                   help="images per +1 pixel of the frequency-mask radius (default 10000)")
-    p.add_argument("--freq-max", type=int, default=None, help="largest mask radius in pixels (default D/2)")
+                   help="amortized: images per +1 pixel of the frequency-mask radius (default 10000)")
+    p.add_argument("--freq-max", type=int, default=None, help="largest mask radius in pixels (default D/2; seeded on CPU: 12, "
+                        "the fixed radius of its distill/joint phases)")
     p.add_argument("--invert-data", choices=("auto", "yes", "no"), default="auto",
                    help="multiply the images by -1: auto (when the consensus density comes out negative, checked "
                         "early and logged), yes, no (default auto)")
@@ -64,7 +65,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pe-dim", type=int, default=None, help="random Fourier features of the decoder (default 64)")
     p.add_argument("--variational", action="store_true", help="variational z (KL weight --beta)")
     p.add_argument("--beta", type=float, default=0.0, help="KL weight for --variational (default 0)")
-    p.add_argument("--no-sym-loss", action="store_true", help="disable the symmetric (mirror) loss")
+    p.add_argument("--no-sym-loss", action="store_true", help="amortized: disable the symmetric (mirror) loss (the seeded schedule "
+                        "trains without it: its seeded poses are unmirrored)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -126,6 +128,8 @@ def main(args: argparse.Namespace) -> int:
                     bar.set_postfix(sigma2=f"{ev.loss:.4g}", r=ev.mask_radius, phase="seed")
             elif isinstance(ev, Step):
                 if bar is not None:
+                    if bar.desc:
+                        bar.set_description("", refresh=False)
                     bar.update(ev.images_seen - bar.n)
                     if ev.step % 10 == 0:
                         bar.set_postfix(loss=f"{ev.loss:.4g}", r=ev.mask_radius, phase=ev.phase, refresh=False)
