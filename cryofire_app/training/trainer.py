@@ -396,9 +396,11 @@ class Trainer:
         if "z_logvar" in enc:
             eps = torch.randn(self.batch, max(cfg.zdim, 1), generator=self.gen)[self.rank::self.world, : cfg.zdim]
             z = z + eps.to(self.device) * torch.exp(0.5 * enc["z_logvar"])
-        err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
         nh = has.sum().clamp(min=1.0)
-        recon = (err * has).sum() / nh
+        recon = y_real.new_zeros(())
+        if self.step % max(cfg.distill_decoder_every, 1) == 0:   # the decoder with the seeded poses fixed
+            err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
+            recon = (err * has).sum() / nh
         rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
         tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
         loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
