@@ -39,7 +39,7 @@ def test_loss_stream_and_markers(qtbot):
     _, r = w.mask_curve.getData()
     assert r[0] == 4 and r[-1] == 4 + 96
     w.log_box.setChecked(True)
-    assert w.plot.getPlotItem().ctrl.logYCheck.isChecked()
+    assert w.plot.log_y
     w.clear()
     assert w.n_points == 0
 

@@ -1,21 +1,21 @@
-"""Loss dock: the training loss streaming live (pyqtgraph).
+"""Loss dock: the training loss streaming live (a light QPainter plot, gui/lineplot.py).
 
 x axis: images seen. Top: loss per step (grey) and an exponential moving average (blue), validation loss at
 checkpoints (orange dots), the pose-only phase shaded. Bottom: the frequency-marching mask radius (lattice pixels).
 Events are appended to numpy buffers in O(1); the curves are redrawn by a timer at most `REDRAW_MS` apart, so the
-GUI-thread cost per event is microseconds and per redraw ~1 ms of data update (pyqtgraph, clip-to-view + peak
-downsampling) plus the repaint (~25 ms here with software rendering; a full-window OpenGL composition on llvmpipe
-adds 20-80 ms, which is why redraws are rate-limited rather than done per event).
+GUI-thread cost per event is microseconds and per redraw ~1 ms of data update plus one QPainter pass over curves
+peak-decimated to the widget's pixel columns (see lineplot.py for why this is not pyqtgraph: its Python-heavy
+painting stretched to ~110 ms per repaint while the training thread competed for the GIL).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import pyqtgraph as pg
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
+from cryofire_app.gui.lineplot import LinePlot
 from cryofire_app.gui.session import get_session, stable_label
 
 
@@ -61,40 +61,21 @@ class LossWidget(QWidget):
     def __init__(self, napari_viewer: Any = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        pg.setConfigOptions(antialias=False)
         self._steps = _Buffer(4)  # images_seen, loss, mask_radius, pose_only(0/1)
         self._val = _Buffer(2)  # images_seen, val_loss
         self._smooth_cache = (0, np.empty(0))
         self._dirty = False
         self.redraw_count = 0
 
-        self.plot = pg.PlotWidget(background="w")
-        self.plot.setLabel("left", "loss")
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.addLegend(offset=(-10, 10))
-        pi = self.plot.getPlotItem()
-        pi.setClipToView(True)
-        pi.setDownsampling(auto=True, mode="peak")
-        self.raw_curve = self.plot.plot(pen=pg.mkPen((160, 160, 160), width=1), name="per step")
-        self.smooth_curve = self.plot.plot(pen=pg.mkPen((31, 119, 180), width=2), name="smoothed")
-        self.val_curve = self.plot.plot(pen=None, symbol="o", symbolSize=7, symbolBrush=(255, 127, 14),
-                                        name="validation")
-        self.pose_region = pg.LinearRegionItem(values=(0, 0), movable=False,
-                                               brush=pg.mkBrush(255, 200, 0, 50), pen=pg.mkPen(None))
-        self.pose_region.setZValue(-10)
-        self.pose_region.setVisible(False)
-        self.plot.addItem(self.pose_region)
-        self.pose_label = pg.TextItem("pose-only", color=(150, 110, 0), anchor=(0, 0))
-        self.pose_label.setVisible(False)
-        self.plot.addItem(self.pose_label)
-
+        self.plot = LinePlot(y_label="loss")
+        self.pose_region = self.plot.add_region((255, 200, 0, 60), label="pose-only")
+        self.raw_curve = self.plot.add_series((160, 160, 160), 1.0, name="per step")
+        self.smooth_curve = self.plot.add_series((31, 119, 180), 2.0, name="smoothed")
+        self.val_curve = self.plot.add_series((255, 127, 14), marker=True, name="validation")
         self.plot.setMinimumHeight(160)
-        self.mask_plot = pg.PlotWidget(background="w")
-        self.mask_plot.setLabel("left", "mask r (px)")
-        self.mask_plot.setLabel("bottom", "images seen")
+        self.mask_plot = LinePlot(y_label="mask r (px)", x_label="images seen")
         self.mask_plot.setMaximumHeight(130)
-        self.mask_plot.setXLink(self.plot)
-        self.mask_curve = self.mask_plot.plot(pen=pg.mkPen((44, 160, 44), width=2), stepMode=None)
+        self.mask_curve = self.mask_plot.add_series((44, 160, 44), 2.0)
 
         self.log_box = QCheckBox("log scale")
         self.log_box.setToolTip("Show the loss on a logarithmic axis")
@@ -215,11 +196,10 @@ class LossWidget(QWidget):
             end = float(x[np.flatnonzero(pose)[-1]])
             self.pose_region.setRegion((0.0, end))
             self.pose_region.setVisible(True)
-            self.pose_label.setVisible(True)
-            self.pose_label.setPos(0.0, float(np.nanmax(loss[ok])) if ok.any() else 0.0)
         else:
             self.pose_region.setVisible(False)
-            self.pose_label.setVisible(False)
+        # both panels share the x axis (images seen)
+        self.mask_plot.x_range = self.plot.data_x_range()
         if len(x):
             self.status.setText(f"{int(x[-1]):,} images · loss {loss[-1]:.4g} · mask r {radius[-1]:.1f} px"
                                 + (" · pose-only phase" if pose[-1] else ""))

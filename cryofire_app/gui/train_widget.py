@@ -10,6 +10,8 @@ stop between steps: it writes a checkpoint and the final outputs first, so nothi
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import logging
 import time
 from pathlib import Path
@@ -157,7 +159,10 @@ class TrainWidget(QWidget):
                           datadir=self._path_or_none(self.datadir.value), D=int(self.box.value) or None,
                           zdim=int(self.zdim.value), num_images=int(self.num_images.value),
                           batch_size=int(self.batch.value), pose_only_images=int(self.pose_only.value),
-                          device=str(self.device.value), seed=int(self.seed.value))
+                          device=str(self.device.value), seed=int(self.seed.value),
+                          # training on the CPU leaves one core to the GUI thread (and the software GL renderer):
+                          # with every core busy in torch's thread pool the event loop stalls for 100+ ms at a time
+                          num_threads=max(1, (os.cpu_count() or 1) - 1))
         for k, v in overrides.items():
             if not any(f.name == k for f in dataclasses.fields(cfg)):
                 raise ValueError(f"unknown training setting {k!r}")
@@ -194,6 +199,9 @@ class TrainWidget(QWidget):
         self.outdir = Path(cfg.outdir)
         self.failed_message = None
         self.events_seen = 0
+        # the training thread runs Python between torch calls; hand the GIL back to the GUI thread sooner than the
+        # default 5 ms so that plot repaints (many short Python calls) are not stretched by GIL waits
+        sys.setswitchinterval(0.0005)
         self.trainer = None
         if self.session is not None:
             self.session.begin()

@@ -40,6 +40,15 @@ class _Job:
     on_error: Callable[[BaseException], None] | None
 
 
+def qt_deleted(obj: QObject) -> bool:
+    """True when the C++ side of a Qt object is gone (its Python wrapper then raises RuntimeError on any call)."""
+    try:
+        obj.objectName()
+        return False
+    except RuntimeError:
+        return True
+
+
 class LatestOnly(QObject):
     busy_changed = Signal(bool)
     delivered = Signal(int)  # generation of the job whose result was applied
@@ -83,6 +92,8 @@ class LatestOnly(QObject):
         worker.start()
 
     def _returned(self, job: _Job, result: Any) -> None:
+        if qt_deleted(self):
+            return  # the owning widget (our Qt parent) was closed while the job ran: nobody to deliver to
         if job.gen != self._gen:
             self.dropped += 1
             return
@@ -90,12 +101,14 @@ class LatestOnly(QObject):
         self.delivered.emit(job.gen)
 
     def _errored(self, job: _Job, exc: BaseException) -> None:
-        if job.gen != self._gen:
+        if qt_deleted(self) or job.gen != self._gen:
             return
         if job.on_error is not None:
             job.on_error(exc)
 
     def _next(self) -> None:
+        if qt_deleted(self):
+            return
         self._running = None
         self._worker = None
         job, self._pending = self._pending, None
