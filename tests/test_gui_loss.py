@@ -56,3 +56,16 @@ def test_incremental_smoothing_matches_full():
         np.testing.assert_allclose(w.smooth_curve.getData()[1], ema(vals, w.smooth_spin.value()))
     finally:
         w.close()
+
+
+def test_seed_steps_go_to_the_status_line_not_the_curve(qtbot):
+    w = LossWidget()
+    qtbot.addWidget(w)
+    for k in range(1, 6):
+        w.add_step(Step(step=k, images_seen=0, loss=0.5, mask_radius=4, phase="seed", elapsed_s=k, images_total=1000))
+    assert w.n_points == 0 and w.seed_steps == 5
+    assert "seeding" in w.status.text() and "step 5" in w.status.text()
+    w.add_step(Step(step=6, images_seen=32, loss=1.0, mask_radius=4, phase="distill", elapsed_s=6, images_total=1000))
+    w._dirty = True
+    w.redraw()
+    assert w.n_points == 1 and list(w.raw_curve.getData()[0]) == [32]

@@ -66,6 +66,7 @@ class LossWidget(QWidget):
         self._smooth_cache = (0, np.empty(0))
         self._dirty = False
         self.redraw_count = 0
+        self.seed_steps = 0
 
         self.plot = LinePlot(y_label="loss")
         self.pose_region = self.plot.add_region((255, 200, 0, 60), label="pose-only")
@@ -113,7 +114,14 @@ class LossWidget(QWidget):
 
     # ---- data in ---------------------------------------------------------------------------------------------
     def add_step(self, ev: Any) -> None:
-        """Append one Step event (images_seen, loss, mask_radius, phase)."""
+        """Append one Step event (images_seen, loss, mask_radius, phase).
+
+        Steps of the ab initio seed (phase "seed") report a noise variance against search steps, not a loss against
+        images seen: they are shown in the status line, not on the loss curve."""
+        if str(getattr(ev, "phase", "")) == "seed":
+            self.seed_steps += 1
+            self.status.setText(f"seeding (ab initio pose search): step {ev.step} · noise variance {ev.loss:.4g}")
+            return
         pose_only = 1.0 if str(getattr(ev, "phase", "")).lower().startswith("pose") else 0.0
         self._steps.append((float(ev.images_seen), float(ev.loss), float(ev.mask_radius), pose_only))
         self._dirty = True

@@ -68,6 +68,7 @@ class TrainWidget(QWidget):
         self.failed_message: str | None = None
         self._pbar = None
         self._last_progress = 0.0
+        self._rate_origin: tuple[int, float] | None = None
 
         self.particles = FileEdit(label="particles", mode="r", filter=PARTICLE_FILTER,
                                   tooltip="Particle images: an .mrcs/.mrc stack, a .txt list of stacks, a RELION "
@@ -199,6 +200,7 @@ class TrainWidget(QWidget):
         self.outdir = Path(cfg.outdir)
         self.failed_message = None
         self.events_seen = 0
+        self._rate_origin = None
         # the training thread runs Python between torch calls; hand the GIL back to the GUI thread sooner than the
         # default 5 ms so that plot repaints (many short Python calls) are not stretched by GIL waits
         sys.setswitchinterval(0.0005)
@@ -276,6 +278,15 @@ class TrainWidget(QWidget):
         from napari.utils import progress
 
         now = time.monotonic()
+        if ev.phase == "seed":
+            # the ab initio seed (seeded schedule) counts search steps, not images: say what runs, no image bar yet
+            if now - self._last_progress >= PROGRESS_MIN_INTERVAL_S:
+                self._last_progress = now
+                self.status.value = (f"seeding: ab initio pose search, step {ev.step} · "
+                                     f"{_fmt_time(ev.elapsed_s)} elapsed")
+            return
+        if self._rate_origin is None or self._rate_origin[0] > ev.images_seen:
+            self._rate_origin = (int(ev.images_seen), float(ev.elapsed_s))  # rate from the first image step on
         if self._pbar is None:
             self._pbar = progress(total=int(ev.images_total), desc="cryoFIRE training")
         elif now - self._last_progress < PROGRESS_MIN_INTERVAL_S:
@@ -283,7 +294,8 @@ class TrainWidget(QWidget):
         self._last_progress = now
         done = min(int(ev.images_seen), int(ev.images_total))
         self._pbar.update(done - self._pbar.n)
-        rate = ev.images_seen / max(ev.elapsed_s, 1e-9)
+        n0, t0 = self._rate_origin
+        rate = (ev.images_seen - n0) / max(ev.elapsed_s - t0, 1e-9)
         left = max(ev.images_total - ev.images_seen, 0) / max(rate, 1e-9)
         self._pbar.set_description(f"cryoFIRE training ({_fmt_time(left)} left)")
         self.status.value = (f"{ev.images_seen:,}/{ev.images_total:,} images · {rate:.0f} img/s · "
