@@ -134,33 +134,26 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._work, name="cryofire-prefetch", daemon=True)
         self._thread.start()
 
+    def _put(self, item) -> None:
+        """Put `item`, waiting for room, unless close() is called meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def _work(self) -> None:
         try:
             for pos in self.schedule:
                 if self._stop.is_set():
                     break
-                item = self.data.load(pos)
-                while not self._stop.is_set():
-                    try:
-                        self.q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._put(self.data.load(pos))
         except BaseException as exc:  # surfaced to the consumer
-            while not self._stop.is_set():
-                try:
-                    self.q.put(exc, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            self._put(exc)
         finally:
             # the end marker must reach the consumer even when the queue is full right now (else it waits forever)
-            while not self._stop.is_set():
-                try:
-                    self.q.put(self._END, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            self._put(self._END)
 
     def __iter__(self) -> "Prefetcher":
         return self
