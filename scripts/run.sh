@@ -66,8 +66,10 @@ case "$mode" in
     if [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DISPLAY:-}" ]; then
       exec "$VENV/bin/cryofire" gui --demo "$@"
     else
-      echo "[cryofire] no display: running the demo pipeline headless into ./cryofire_demo"
-      exec "$VENV/bin/cryofire" demo -o cryofire_demo "$@"
+      out=cryofire_demo
+      [ -e "$out" ] && out="cryofire_demo_$(date +%Y%m%d-%H%M%S)"   # never overwrite an earlier demo's results
+      echo "[cryofire] no display: running the demo pipeline headless into ./$out"
+      exec "$VENV/bin/cryofire" demo -o "$out" "$@"
     fi ;;
   test)
     # pytest-xvfb starts its own Xvfb; GUI tests run on a real Qt (xcb) display.
