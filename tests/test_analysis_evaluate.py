@@ -9,18 +9,11 @@ from scipy.spatial.transform import Rotation
 from cryofire_app.analysis import evaluate as E
 from cryofire_app.analysis import metrics as M
 from cryofire_app.io import write_mrc
+from volumes import blob_volume
 
 
 def _blob_volume(D, seed):
-    rng = np.random.default_rng(seed)
-    c = np.arange(D) - D // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    v = np.zeros((D, D, D))
-    for _ in range(6):
-        p = rng.uniform(-D / 5, D / 5, 3)
-        s = rng.uniform(1.5, 3.0)
-        v += np.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) / (2 * s * s))
-    return v
+    return blob_volume(D, seed)
 
 
 @pytest.mark.parametrize("flipped", [False, True])

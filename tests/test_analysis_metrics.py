@@ -6,6 +6,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from cryofire_app.analysis import metrics as M
+from volumes import blob_volume
 
 
 def _rots(n, seed):
@@ -143,15 +144,7 @@ def test_spearman_sign_free():
 
 
 def _blob_volume(D, seed):
-    rng = np.random.default_rng(seed)
-    c = np.arange(D) - D // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    v = np.zeros((D, D, D))
-    for _ in range(6):
-        p = rng.uniform(-D / 5, D / 5, 3)
-        s = rng.uniform(1.5, 3.5)
-        v += rng.uniform(0.5, 1.5) * np.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) / (2 * s * s))
-    return v
+    return blob_volume(D, seed, sigma=(1.5, 3.5), amplitude=(0.5, 1.5))
 
 
 def test_fsc_identity_and_noise():
