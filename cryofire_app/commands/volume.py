@@ -4,10 +4,15 @@ OUT ending in .mrc: one volume is written there; several become OUT_000.mrc, OUT
 Otherwise OUT is a folder receiving vol_000.mrc, ... and z_values.txt. Maps are real space at the training box, with
 its voxel size (Angstrom); other box sizes are refused (the decoder is tied to the training lattice).
 
+The hand of an ab initio map is not determined by the data: if a map comes out mirrored (compared with a known
+structure, or with secondary-structure handedness at high resolution), --flip-hand writes the mirror images
+(z -> -z about the centre voxel; poses that go with them: F R F, F = diag(1, 1, -1), see analysis/hand.py).
+
 examples:
   cryofire volume run1 --z "0,0,0,0,0,0,0,0" -o mean.mrc
   cryofire volume run1 --z "1,0,0,0,0,0,0,0; -1,0,0,0,0,0,0,0" -o two/
   cryofire volume run1 --pc 1 --range -2,2 --n 10 -o pc1/
+  cryofire volume run1 --pc 1 --n 10 -o pc1_flipped/ --flip-hand
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output .mrc file or folder")
     p.add_argument("--box", type=int, default=None,
                    help="box of the output maps in pixels; only the training box is possible (default: it)")
+    p.add_argument("--flip-hand", action="store_true",
+                   help="write the mirrored maps (the other hand; ab initio cannot tell which hand is right)")
     # let `--range -2,2` through: argparse would otherwise read "-2,2" as an option name
     if hasattr(p, "_negative_number_matcher"):
         p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+,\s*-?[\d.]+$")
@@ -53,6 +60,7 @@ def _parse_range(text: str | None) -> tuple[float | None, float | None]:
 
 def main(args: argparse.Namespace) -> int:
     from cryofire_app.analysis import latent
+    from cryofire_app.analysis.hand import mirror_volume
     from cryofire_app.analysis.run import Run
     from cryofire_app.io import write_mrc
 
@@ -103,9 +111,11 @@ def main(args: argparse.Namespace) -> int:
         ztxt = out / "z_values.txt"
     apix = float(run.apix)
     for p, zz in zip(paths, zs):
-        write_mrc(p, run.decode(zz[None])[0], apix=apix)
-    np.savetxt(ztxt, zs, fmt="%.6f", header="; ".join(labels))
-    print(f"wrote {len(paths)} volume(s), box {run.D}, {apix:.3f} A/px: " +
+        vol = run.decode(zz[None])[0]
+        write_mrc(p, mirror_volume(vol) if args.flip_hand else vol, apix=apix)
+    hand_note = " (hand flipped)" if args.flip_hand else ""
+    np.savetxt(ztxt, zs, fmt="%.6f", header="; ".join(labels) + hand_note)
+    print(f"wrote {len(paths)} volume(s){hand_note}, box {run.D}, {apix:.3f} A/px: " +
           (str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/{paths[0].name} .. {paths[-1].name}"))
     print(f"  z values: {ztxt}")
     return 0
