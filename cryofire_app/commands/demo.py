@@ -4,7 +4,12 @@
 2. train cryoFIRE on it for a fixed budget of images or wall-clock minutes (whichever ends first)
 3. analyze: PCA/k-means of z, volumes at the 2 cluster centres and along PC1, plots
 4. evaluate against the simulation's ground truth (pose errors, state confusion, FSC) -> eval.json
-and print where everything is. Open the maps in ChimeraX/napari next to data/gt_state_0.mrc and gt_state_1.mrc.
+5. hand: ab initio cannot know the hand of its map (a mirrored map with mirrored poses explains the same images);
+   the demo knows the truth, so it takes the hand from the pose alignment against the simulated poses (cross-checked
+   against the simulated map, analysis/hand.py) and writes the consensus and state maps in the correct hand -> maps/,
+   plus demo_summary.json with the hand decision and the headline numbers
+and print where everything is. Open maps/ in ChimeraX/napari next to data/gt_state_0.mrc and gt_state_1.mrc
+(maps/*_gt_frame.mrc are also rotated into the simulation's frame, to overlay them directly).
 
 example:  cryofire demo -o demo_out            (a few minutes on 2 CPU cores)
 """
@@ -29,14 +34,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget for training (default 5)")
     p.add_argument("--num-images", type=int, default=200_000,
                    help="training budget in images, if reached before --minutes (default 200000)")
-    p.add_argument("--pose-only-fraction", type=float, default=0.4,
-                   help="fraction of the budget spent in the pose-only phase before z is used (default 0.4)")
+    p.add_argument("--pose-only-fraction", type=float, default=None,
+                   help="--schedule amortized only: fraction of the budget spent in the pose-only phase before z is "
+                        "used (default 0.4); the seeded schedule has no pose-only phase (see --distill-fraction)")
+    p.add_argument("--distill-fraction", type=float, default=None,
+                   help="seeded schedule only: fraction of the budget spent distilling the ab initio seed's poses "
+                        "into the encoder before the joint fine-tune (default 0.85)")
     p.add_argument("--zdim", type=int, default=2, help="latent dimension (default 2)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--schedule", default=None,
-                   help="training schedule passed to the trainer (e.g. amortized = the paper's pure cryoFIRE loop; "
-                        "default: the trainer's default)")
+    p.add_argument("--schedule", default=None, choices=("seeded", "amortized"),
+                   help="training schedule: seeded (the trainer's default: ab initio seed, distill, joint fine-tune) "
+                        "or amortized (the paper's pure cryoFIRE loop; needs far more images than a demo has)")
 
 
 def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -> float:
@@ -90,9 +99,51 @@ def seeded_demo_settings(cfg, args: argparse.Namespace) -> None:
     cfg.decoder.hidden = 128
     cfg.freq_max = min(12, box // 2)
     cfg.lr = 1e-3
-    cfg.distill_fraction = 0.85
+    cfg.distill_fraction = 0.85 if args.distill_fraction is None else float(args.distill_fraction)
     cfg.num_images = int(min(args.num_images, 40 * args.n))
     cfg.checkpoint_every = max(1000, cfg.num_images // 4)
+
+
+def write_handed_maps(out: Path, run, res: dict, gt_maps: list, kmeans_dir: Path | None) -> dict:
+    """Step 5: the consensus map (decoded at the mean z) and the state maps (k-means centres) in the hand of the
+    simulation, and the run's poses to match; also the maps rotated into the simulation's frame. Returns the
+    summary's hand section (decision by the pose alignment against the ground truth, cross-check by the maps)."""
+    import numpy as np
+
+    from cryofire_app.analysis import hand, metrics
+    from cryofire_app.io import read_mrc, write_mrc, write_pose_pkl
+
+    maps_dir = out / "maps"
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    al = res["alignment"]
+    by_poses = hand.hand_from_alignment(al)
+    flip = by_poses == "flipped"
+    alignment = metrics.RotationAlignment(np.asarray(al["A"]), bool(al["flipped"]), float(al["score"]))
+    apix = float(run.apix)
+    z = np.asarray(run.z, np.float32)
+    vols = {"consensus": run.decode(z.mean(0, keepdims=True) if z.size else None)[0]}
+    for p in sorted(kmeans_dir.glob("vol_*.mrc")) if kmeans_dir is not None else []:
+        vols[f"state_{int(p.stem.split('_')[1])}"] = read_mrc(p)[0]
+    # the density sign follows the particles' contrast convention; evaluate() compared like with like
+    sign = -1.0 if any(m.get("density_sign_inverted") for m in res.get("fsc", {}).get("maps", [])) else 1.0
+    by_map = hand.hand_against_reference(sign * vols["consensus"], gt_maps[0])
+    files = {}
+    for name, vol in vols.items():
+        p = maps_dir / f"{name}.mrc"
+        write_mrc(p, hand.mirror_volume(vol) if flip else vol, apix=apix)
+        g = maps_dir / f"{name}_gt_frame.mrc"
+        write_mrc(g, metrics.align_volume_to_gt(vol, alignment, gt=sign * gt_maps[0]), apix=apix)
+        files[name] = str(p.resolve())
+        files[f"{name}_gt_frame"] = str(g.resolve())
+    rot = np.asarray(run.rot, np.float64)
+    write_pose_pkl(maps_dir / "pose.pkl", (hand.mirror_rotations(rot) if flip else rot).astype(np.float32),
+                   (np.asarray(run.trans, np.float64) / run.D).astype(np.float32))
+    files["poses"] = str((maps_dir / "pose.pkl").resolve())
+    return {"hand": hand.HAND_NOTE_FLIPPED if flip else hand.HAND_NOTE_CORRECT,
+            "hand_from_poses": by_poses, "hand_pose_alignment_scores": al.get("scores", {}),
+            "hand_from_map": by_map.to_dict(), "maps_mirrored": flip, "maps": files,
+            "maps_note": "maps/<name>.mrc: the run's frame in the correct hand (maps/pose.pkl matches them); "
+                         "maps/<name>_gt_frame.mrc: rotated and shifted onto the simulated map"}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -111,13 +162,23 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--box must be an even number >= 16, got {args.box}")
     if args.n < 200:
         raise InputError("--n must be at least 200")
+    schedule = args.schedule or TrainConfig().schedule
+    if schedule == "seeded" and args.pose_only_fraction is not None:
+        raise InputError("--pose-only-fraction applies to --schedule amortized only (the seeded schedule has no "
+                         "pose-only phase; its counterpart is --distill-fraction)")
+    if schedule == "amortized" and args.distill_fraction is not None:
+        raise InputError("--distill-fraction applies to the seeded schedule only")
+    for name in ("pose_only_fraction", "distill_fraction"):
+        v = getattr(args, name)
+        if v is not None and not 0 <= v < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
     out = Path(args.out)
     if (out / "run" / "checkpoints" / "last.pt").exists():
         raise InputError("already holds a demo run; choose another -o", out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
-    print(f"[1/4] simulating {args.n} particles, box {args.box}, SNR {args.snr}, two states ...", flush=True)
+    print(f"[1/5] simulating {args.n} particles, box {args.box}, SNR {args.snr}, two states ...", flush=True)
     sim_cfg = demo_config(out / "data", n=args.n, box=args.box, snr=args.snr, seed=args.seed)
     sim_cfg.overwrite = True
     sim = simulate(sim_cfg)
@@ -125,26 +186,24 @@ def main(args: argparse.Namespace) -> int:
 
     budget_s = 60.0 * args.minutes
     particles = str((out / "data" / "particles.star").resolve())
-    rate = _images_per_second(particles, out / "calibration", args)
-    n_img = int(min(args.num_images, max(2000, 0.9 * budget_s * rate)))
-    print(f"      measured {1e3 / rate:.1f} ms/image: planning {n_img} training images", flush=True)
-    cfg = TrainConfig(particles=particles, outdir=str(out / "run"),
+    n_img = int(args.num_images)
+    if schedule == "amortized":  # plan the image budget from the measured speed (seeded: a fixed number of passes)
+        rate = _images_per_second(particles, out / "calibration", args)
+        n_img = int(min(args.num_images, max(2000, 0.9 * budget_s * rate)))
+        print(f"      measured {1e3 / rate:.1f} ms/image: planning {n_img} training images", flush=True)
+    pose_only = 0.4 if args.pose_only_fraction is None else args.pose_only_fraction
+    cfg = TrainConfig(particles=particles, outdir=str(out / "run"), schedule=schedule,
                       zdim=args.zdim, num_images=n_img, batch_size=32, seed=args.seed, device="cpu",
-                      pose_only_images=int(args.pose_only_fraction * n_img), freq_start=4,
+                      pose_only_images=int(pose_only * n_img), freq_start=4,
                       freq_add_every=max(1, int(0.6 * n_img / max(1, args.box // 2 - 4))),
                       checkpoint_every=max(1000, n_img // 4), num_threads=args.threads,
                       invert_data="yes")  # the simulator writes RELION-convention (inverted) images
-    if args.schedule is not None:
-        import dataclasses
-
-        if "schedule" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise InputError("--schedule: this version of the trainer has a single schedule")
-        cfg.schedule = args.schedule
-    if cfg.schedule == "seeded":
+    if schedule == "seeded":
         seeded_demo_settings(cfg, args)
         n_img = cfg.num_images
-    first = "ab initio seed, then distill" if cfg.schedule == "seeded" else "pose-only phase first"
-    print(f"[2/4] training (at most {args.minutes:g} min or {n_img} images; {first}) ...", flush=True)
+    first = "ab initio seed, then distill" if schedule == "seeded" else "pose-only phase first"
+    print(f"[2/5] training (at most {args.minutes:g} min or {n_img} images; {schedule} schedule: {first}) ...",
+          flush=True)
     trainer = Trainer(cfg)
     t0 = time.time()
     last_print = 0.0
@@ -156,11 +215,12 @@ def main(args: argparse.Namespace) -> int:
             el = time.time() - t0
             if el - last_print > 15:
                 last_print = el
-                print(f"      {ev.images_seen:7d} images  {el:5.0f} s  loss {ev.loss:.4g}  radius {ev.mask_radius} px"
-                      f"  {ev.phase}", flush=True)
-            if el > budget_s and not stopping:
+                what = f"seed step {ev.step}" if ev.phase == "seed" else f"{ev.images_seen:7d} images"
+                print(f"      {what}  {el:5.0f} s  loss {ev.loss:.4g}  radius {ev.mask_radius} px  {ev.phase}",
+                      flush=True)
+            # a time-capped run ends as a shorter run; the seed (no model yet) always completes
+            if el > budget_s and not stopping and ev.phase != "seed":
                 stopping = True
-                # a time-capped run ends as a shorter run: the pose-only phase must have ended for z to mean anything
                 trainer.request_stop()
         elif isinstance(ev, Checkpoint):
             pc = "" if ev.pose_change_deg is None else f", poses moved {ev.pose_change_deg:.1f} deg"
@@ -172,16 +232,17 @@ def main(args: argparse.Namespace) -> int:
             return 1
         elif isinstance(ev, Finished):
             print(f"      finished after {ev.images_seen} images in {time.time() - t0:.0f} s")
+    t_train = time.time() - t0
 
-    if cfg.schedule == "amortized" and trainer.images_seen < cfg.pose_only_images:
+    if schedule == "amortized" and trainer.images_seen < cfg.pose_only_images:
         print(f"      warning: training stopped in the pose-only phase ({trainer.images_seen} of "
               f"{cfg.pose_only_images} images): z is not trained yet, so the two states cannot separate. "
               "Give it more --minutes.")
-    print("[3/4] analyzing the latent space and decoding volumes ...", flush=True)
+    print("[3/5] analyzing the latent space and decoding volumes ...", flush=True)
     an_dir = out / "analysis"
     summary = analyze(out / "run", k=2, out=an_dir, pcs=[1], n=5)
 
-    print("[4/4] comparing with the ground truth ...", flush=True)
+    print("[4/5] comparing with the ground truth ...", flush=True)
     run = Run(out / "run")
     gt_rot, gt_trans = read_pose_pkl(out / "data" / "poses.pkl")
     labels = np.load(out / "data" / "labels.npy")
@@ -194,15 +255,49 @@ def main(args: argparse.Namespace) -> int:
         print(f"      {name:28s} {val}")
     print(f"      (chance level: rotation median ~90 deg, confusion {min(labels.mean(), 1 - labels.mean()):.2f})")
 
+    print("[5/5] hand: deciding it against the simulated ground truth and writing the maps ...", flush=True)
     k = summary["kmeans"]["k"] if "kmeans" in summary else None
-    print(f"\ndone in {time.time() - t_start:.0f} s. Results in {out.resolve()}:")
+    hand = write_handed_maps(out, run, res, maps, an_dir / f"kmeans{k}" if k else None)
+    hm = hand["hand_from_map"]
+    print(f"      hand: {hand['hand']}")
+    print(f"      (pose alignment against the simulated poses: {hand['hand_from_poses']}; map check against the "
+          f"simulated map: {hm['hand']}, correlation {hm['cc_correct']:.2f} as is vs {hm['cc_flipped']:.2f} "
+          "mirrored)")
+    if hm["hand"] != "undetermined" and hm["hand"] != hand["hand_from_poses"]:
+        print("      warning: the map check disagrees with the pose alignment; the maps follow the poses")
+    wall = time.time() - t_start
+    demo_summary = {
+        "hand": hand["hand"],
+        "schedule": schedule, "n_images": int(args.n), "box": int(args.box), "snr": float(args.snr),
+        "train_images_seen": int(run.images_seen), "train_s": t_train, "wall_s_total": wall,
+        "rot_view_median_deg": res.get("rot_view_median_deg"), "rot_view_mean_deg": res.get("rot_view_mean_deg"),
+        "confusion": res.get("confusion"), "trans_median_px": res.get("trans_median_px"),
+        "res_major_0.5_A": res.get("res_major_0.5_A"), "res_minor_0.5_A": res.get("res_minor_0.5_A"),
+        "res_major_0.143_A": res.get("res_major_0.143_A"), "res_minor_0.143_A": res.get("res_minor_0.143_A"),
+        "apix_A": float(run.apix), **{k2: v for k2, v in hand.items() if k2 != "hand"},
+    }
+    write_json(out / "demo_summary.json", demo_summary)
+
+    def fmt(v, f):
+        return "-" if v is None else f.format(v)
+
+    print(f"\ndone in {wall:.0f} s (training {t_train:.0f} s). Summary:")
+    print(f"  median view-direction error   {fmt(res.get('rot_view_median_deg'), '{:.2f}')} deg  (chance ~90)")
+    print(f"  state confusion (PC1)         {fmt(res.get('confusion'), '{:.1%}')}  (chance "
+          f"{min(labels.mean(), 1 - labels.mean()):.0%})")
+    print(f"  FSC 0.5 vs simulated maps     {fmt(res.get('res_major_0.5_A'), '{:.1f}')} A (major state), "
+          f"{fmt(res.get('res_minor_0.5_A'), '{:.1f}')} A (minor); Nyquist {2 * run.apix:.1f} A")
+    print(f"  hand                          {hand['hand']}")
+    print(f"Results in {out.resolve()}:")
+    print(f"  maps, correct hand:        {(out / 'maps').resolve()}/consensus.mrc, " +
+          ", ".join(f"{n}.mrc" for n in hand["maps"] if n.startswith("state_") and not n.endswith("frame")) +
+          " (+ *_gt_frame.mrc overlaid on the simulation, pose.pkl)")
     if k:
-        vols = sorted(p.name for p in (an_dir / f"kmeans{k}").glob("vol_*.mrc"))
-        print(f"  maps of the {k} cluster(s):  {an_dir.resolve()}/kmeans{k}/{', '.join(vols)} "
-              f"(sizes {summary['kmeans']['sizes']})")
-        print(f"  maps along PC1:            {an_dir.resolve()}/pc1/vol_000.mrc .. vol_004.mrc")
+        print(f"  k-means maps (run's hand): {an_dir.resolve()}/kmeans{k}/ (sizes {summary['kmeans']['sizes']})")
+        print(f"  maps along PC1:            {an_dir.resolve()}/pc1/vol_000.mrc .. vol_004.mrc (run's hand)")
     print(f"  ground-truth maps:         {(out / 'data').resolve()}/gt_state_0.mrc, gt_state_1.mrc")
     print(f"  plots:                     {an_dir.resolve()}/loss.png, pc_scatter.png, views.png")
-    print(f"  evaluation:                {(out / 'eval.json').resolve()}")
-    print(f"  trained run:               {(out / 'run').resolve()}  (cryofire analyze/volume/eval work on it)")
+    print(f"  evaluation:                {(out / 'eval.json').resolve()}, {(out / 'demo_summary.json').resolve()}")
+    print(f"  trained run:               {(out / 'run').resolve()}  (cryofire analyze/volume/eval work on it; "
+          f"`cryofire volume ... --flip-hand` mirrors)")
     return 0
