@@ -61,6 +61,7 @@ def test_launcher_demo_starts_training(make_napari_viewer, qtbot, small_sample):
     assert set(docks) == set(DOCKS)
     train, loss = docks["Train"], docks["Loss"]
     assert train.running and "sample particles" in viewer.layers
+    assert train.schedule.value == "amortized"  # the form shows the schedule that runs (overridden here)
     qtbot.waitUntil(lambda: loss.n_points >= 2, timeout=60_000)
     train.stop()
     qtbot.waitUntil(lambda: not train.running, timeout=60_000)
@@ -71,3 +72,18 @@ def test_launcher_demo_starts_training(make_napari_viewer, qtbot, small_sample):
 def test_cli_gui_arguments():
     args = build_parser().parse_args(["gui", "--demo", "--run", "out", "a.mrc"])
     assert args.demo and args.run == "out" and args.files == ["a.mrc"] and callable(args._run)
+
+
+def test_gui_demo_trains_like_the_measured_cli_demo():
+    """`cryofire gui --demo` = the data and seeded settings of `cryofire demo` (measured to converge in minutes)."""
+    from cryofire_app.commands.demo import seeded_demo_overrides
+    from cryofire_app.commands.gui import DEMO_SETTINGS, demo_train_settings
+
+    demo = build_parser().parse_args(["demo", "-o", "x"])
+    assert (sample.SAMPLE_N, sample.SAMPLE_BOX, sample.SAMPLE_SNR) == (demo.n, demo.box, demo.snr)
+    s = demo_train_settings(sample.SAMPLE_N, sample.SAMPLE_BOX)
+    assert s["schedule"] == "seeded" and s["num_images"] == 40 * sample.SAMPLE_N
+    ref = seeded_demo_overrides(demo.n, demo.box, seed=demo.seed, num_images=demo.num_images)
+    assert {k: v for k, v in s.items() if k not in DEMO_SETTINGS} == ref
+    assert s["zdim"] == demo.zdim
+    assert demo_train_settings(sample.SAMPLE_N, sample.SAMPLE_BOX, num_images=5000)["num_images"] == 5000

@@ -31,7 +31,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=3000, help="simulated particles (default 3000)")
     p.add_argument("--box", type=int, default=64, help="image box in pixels (even; default 64)")
     p.add_argument("--snr", type=float, default=1.0, help="signal-to-noise ratio of the images (default 1.0)")
-    p.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget for training (default 5)")
+    p.add_argument("--minutes", type=float, default=5.0,
+                   help="wall-clock budget for training after the ab initio seed (the seed always completes: ~1-2 "
+                        "min on 2 free cores, its own time is reported); default 5")
     p.add_argument("--num-images", type=int, default=200_000,
                    help="training budget in images, if reached before --minutes (default 200000)")
     p.add_argument("--pose-only-fraction", type=float, default=None,
@@ -83,25 +85,36 @@ def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -
     return max((i1 - i0) / max(t1 - t0, 1e-6), 1e-3)
 
 
+def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | None = None) -> dict:
+    """TrainConfig fields of the seeded schedule at demo size (shared by `cryofire demo` and `cryofire gui --demo`).
+
+    Measured on 2 shared CPU cores (see tests/test_train_seeded.py): a light seed (two starts, 12 rounds on <= 2000
+    particles at box 16, local refinement up to the demo box; ~1 min), a narrow CNN that distils in ~600 steps of 32
+    (lr 1e-3), a 3x128 decoder at radius <= 12 px (~6x cheaper per image than 3x256), and 40 passes over the
+    particles, most of them distilling. Box 64 / 3,000 images / SNR 1: 3.1 deg median view error and 2.3 % state
+    confusion in 312 s; box 32 / 2,000 images stayed at 26 deg / 48 % (too few pixels for the seed search).
+    """
+    from cryofire_app.training.config import DecoderConfig, EncoderConfig
+
+    budget = 40 * int(n) if num_images is None else int(min(num_images, 40 * int(n)))
+    return dict(
+        schedule="seeded",
+        seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_subset=2000, n_restarts=2, iters_global=12,
+                         max_shift_px=2.0, box_search=16, iters_search=2,
+                         boxes_local=sorted({min(b, box) for b in (16, 24, box)}), iters_local=1,
+                         box_hetero=min(32, box), iters_hetero=8, iters_als=8, seed=int(seed)),
+        encoder=EncoderConfig(channels=(8, 16, 32, 64), hidden=256),
+        decoder=DecoderConfig(hidden=128),
+        freq_max=min(12, box // 2), lr=1e-3, distill_fraction=0.85,
+        num_images=budget, checkpoint_every=max(1000, budget // 4))
+
+
 def seeded_demo_settings(cfg, args: argparse.Namespace) -> None:
-    """The seeded schedule at demo size (measured on 2 shared CPU cores, see tests/test_train_seeded.py): a light seed
-    (two starts, 12 rounds on <= 1000 particles at box 16, local refinement up to the demo box; ~1 min for the default
-    2000 images; 10-25 deg median view error at SNR 1, where one start and 8 rounds end at 54 deg), a narrow CNN that
-    distils in ~600 steps of 32 (lr 1e-3), a 3x128 decoder at radius <= 12 px (~6x cheaper per image than 3x256),
-    and 40 passes over the particles, most of them distilling (measured: default demo 206 s on one thread, encoder
-    poses 26.5 deg = the seed's 24 deg on the training split, 51 deg held out; 12 passes left the encoder at 79 deg)."""
-    box = args.box
-    cfg.seed_config = dict(box_global=16, radius_global=[4.0, 5.0], n_subset=2000, n_restarts=2, iters_global=12,
-                           max_shift_px=2.0, box_search=16, iters_search=2,
-                           boxes_local=sorted({min(b, box) for b in (16, 24, box)}), iters_local=1,
-                           box_hetero=min(32, box), iters_hetero=8, iters_als=8, seed=args.seed)
-    cfg.encoder.channels, cfg.encoder.hidden = (8, 16, 32, 64), 256
-    cfg.decoder.hidden = 128
-    cfg.freq_max = min(12, box // 2)
-    cfg.lr = 1e-3
-    cfg.distill_fraction = 0.85 if args.distill_fraction is None else float(args.distill_fraction)
-    cfg.num_images = int(min(args.num_images, 40 * args.n))
-    cfg.checkpoint_every = max(1000, cfg.num_images // 4)
+    """Apply :func:`seeded_demo_overrides` to `cfg` (--distill-fraction, when given, replaces its 0.85)."""
+    for k, v in seeded_demo_overrides(args.n, args.box, args.seed, args.num_images).items():
+        setattr(cfg, k, v)
+    if args.distill_fraction is not None:
+        cfg.distill_fraction = float(args.distill_fraction)
 
 
 def write_handed_maps(out: Path, run, res: dict, gt_maps: list, kmeans_dir: Path | None) -> dict:
@@ -206,6 +219,8 @@ def main(args: argparse.Namespace) -> int:
           flush=True)
     trainer = Trainer(cfg)
     t0 = time.time()
+    t_budget = None  # the budget clock starts with the first training step on images (after a seed)
+    t_seed = 0.0
     last_print = 0.0
     stopping = False
     for ev in trainer.run():
@@ -219,7 +234,10 @@ def main(args: argparse.Namespace) -> int:
                 print(f"      {what}  {el:5.0f} s  loss {ev.loss:.4g}  radius {ev.mask_radius} px  {ev.phase}",
                       flush=True)
             # a time-capped run ends as a shorter run; the seed (no model yet) always completes
-            if el > budget_s and not stopping and ev.phase != "seed":
+            if ev.phase != "seed" and t_budget is None:
+                t_budget = time.time()
+                t_seed = t_budget - t0 if schedule == "seeded" else 0.0
+            if t_budget is not None and time.time() - t_budget > budget_s and not stopping:
                 stopping = True
                 trainer.request_stop()
         elif isinstance(ev, Checkpoint):
@@ -269,7 +287,7 @@ def main(args: argparse.Namespace) -> int:
     demo_summary = {
         "hand": hand["hand"],
         "schedule": schedule, "n_images": int(args.n), "box": int(args.box), "snr": float(args.snr),
-        "train_images_seen": int(run.images_seen), "train_s": t_train, "wall_s_total": wall,
+        "train_images_seen": int(run.images_seen), "train_s": t_train, "seed_s": t_seed, "wall_s_total": wall,
         "rot_view_median_deg": res.get("rot_view_median_deg"), "rot_view_mean_deg": res.get("rot_view_mean_deg"),
         "confusion": res.get("confusion"), "trans_median_px": res.get("trans_median_px"),
         "res_major_0.5_A": res.get("res_major_0.5_A"), "res_minor_0.5_A": res.get("res_minor_0.5_A"),
@@ -281,7 +299,8 @@ def main(args: argparse.Namespace) -> int:
     def fmt(v, f):
         return "-" if v is None else f.format(v)
 
-    print(f"\ndone in {wall:.0f} s (training {t_train:.0f} s). Summary:")
+    print(f"\ndone in {wall:.0f} s (training {t_train:.0f} s" +
+          (f", of which the ab initio seed {t_seed:.0f} s" if t_seed else "") + "). Summary:")
     print(f"  median view-direction error   {fmt(res.get('rot_view_median_deg'), '{:.2f}')} deg  (chance ~90)")
     print(f"  state confusion (PC1)         {fmt(res.get('confusion'), '{:.1%}')}  (chance "
           f"{min(labels.mean(), 1 - labels.mean()):.0%})")
