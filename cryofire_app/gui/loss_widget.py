@@ -6,6 +6,11 @@ Events are appended to numpy buffers in O(1); the curves are redrawn by a timer 
 GUI-thread cost per event is microseconds and per redraw ~1 ms of data update plus one QPainter pass over curves
 peak-decimated to the widget's pixel columns (see lineplot.py for why this is not pyqtgraph: its Python-heavy
 painting stretched to ~110 ms per repaint while the training thread competed for the GIL).
+
+The seeded schedule starts with an ab initio seed that sees no training image for minutes (its Step events count
+search rounds, its loss is a noise variance in its own units): a seed row shows its stage (from the trainer's
+"seed <stage>: ..." messages) as a bar over the stages, the search round, the noise variance and a running clock,
+so the dock visibly moves while the loss curve is still empty.
 """
 from __future__ import annotations
 
@@ -13,10 +18,10 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QProgressBar, QSpinBox, QVBoxLayout, QWidget
 
 from cryofire_app.gui.lineplot import LinePlot
-from cryofire_app.gui.session import get_session, stable_label
+from cryofire_app.gui.session import SEED_STAGE_NAMES, SEED_STAGES, get_session, seed_stage, stable_label
 
 
 REDRAW_MS = 500
@@ -67,6 +72,10 @@ class LossWidget(QWidget):
         self._dirty = False
         self.redraw_count = 0
         self.seed_steps = 0
+        self.seed_stage: str | None = None   # current seed stage while seeding, else None
+        self.seed_done = False
+        self._seed_t0: float | None = None   # time.monotonic() when the seed began
+        self._seed_last = ""                 # round / noise-variance part of the seed text
 
         self.plot = LinePlot(y_label="loss")
         self.pose_region = self.plot.add_region((255, 200, 0, 60), label="pose-only")
@@ -88,6 +97,15 @@ class LossWidget(QWidget):
         self.smooth_spin.valueChanged.connect(self._invalidate_smooth)
         self.status = QLabel("no training yet")
         stable_label(self.status)
+        self.seed_bar = QProgressBar()
+        self.seed_bar.setRange(0, len(SEED_STAGES) - 1)
+        self.seed_bar.setFormat("ab initio seed: stage %v of %m")
+        self.seed_bar.setToolTip("Seeded schedule: explicit ab initio pose search and two-state classification "
+                                 "before the first training image (minutes on a CPU)")
+        self.seed_label = QLabel("")
+        stable_label(self.seed_label)
+        self.seed_bar.setVisible(False)
+        self.seed_label.setVisible(False)
 
         row = QHBoxLayout()
         row.addWidget(self.log_box)
@@ -98,6 +116,8 @@ class LossWidget(QWidget):
         lay.addLayout(row)
         lay.addWidget(self.plot, 3)
         lay.addWidget(self.mask_plot, 1)
+        lay.addWidget(self.seed_bar)
+        lay.addWidget(self.seed_label)
         lay.addWidget(self.status)
 
         self._timer = QTimer(self)
@@ -109,6 +129,7 @@ class LossWidget(QWidget):
             sess = get_session(napari_viewer)
             sess.step.connect(self.add_step)
             sess.checkpoint.connect(self.add_checkpoint)
+            sess.message.connect(self.add_message)
             sess.reset.connect(self.clear)
             sess.run_opened.connect(self.load_run_log)
 
@@ -120,11 +141,62 @@ class LossWidget(QWidget):
         images seen: they are shown in the status line, not on the loss curve."""
         if str(getattr(ev, "phase", "")) == "seed":
             self.seed_steps += 1
-            self.status.setText(f"seeding (ab initio pose search): step {ev.step} · noise variance {ev.loss:.4g}")
+            if self.seed_stage is None and not self.seed_done:  # no stage message seen: still say what runs
+                self._seed_begin("abinit")
+            self._seed_last = f"round {ev.step} · noise variance {ev.loss:.4g}"
+            self._seed_text()
             return
+        if self.seed_stage is not None:  # the first training step: the seed is over
+            self._seed_end()
         pose_only = 1.0 if str(getattr(ev, "phase", "")).lower().startswith("pose") else 0.0
         self._steps.append((float(ev.images_seen), float(ev.loss), float(ev.mask_radius), pose_only))
         self._dirty = True
+
+    def add_message(self, ev: Any) -> None:
+        """A trainer Message: seed stage changes drive the seed row."""
+        st = seed_stage(getattr(ev, "text", ""))
+        if st is None:
+            return
+        if st == "end":
+            self._seed_end()
+        else:
+            self._seed_begin("prepare" if st == "start" else st)
+
+    def _seed_begin(self, stage: str) -> None:
+        import time
+
+        if self._seed_t0 is None:
+            self._seed_t0 = time.monotonic()
+        self.seed_stage = stage
+        self.seed_done = False
+        self.seed_bar.setValue(SEED_STAGES.index(stage) if stage in SEED_STAGES else 0)
+        self.seed_bar.setVisible(True)
+        self.seed_label.setVisible(True)
+        self._seed_text()
+
+    def _seed_end(self) -> None:
+        import time
+
+        el = 0.0 if self._seed_t0 is None else time.monotonic() - self._seed_t0
+        self.seed_stage = None
+        self.seed_done = True
+        self.seed_bar.setValue(self.seed_bar.maximum())
+        self.seed_bar.setVisible(False)
+        self.seed_label.setText(f"ab initio seed done in {_fmt_s(el)}; distilling its poses into the encoder")
+        self.seed_label.setVisible(True)
+
+    def _seed_text(self) -> None:
+        """Seed row text: stage, last round, elapsed time (refreshed by the redraw timer too)."""
+        import time
+
+        if self.seed_stage is None:
+            return
+        el = 0.0 if self._seed_t0 is None else time.monotonic() - self._seed_t0
+        name = SEED_STAGE_NAMES.get(self.seed_stage, self.seed_stage)
+        txt = f"seeding: {name}" + (f" · {self._seed_last}" if self._seed_last else "") + f" · {_fmt_s(el)}"
+        if txt != self.seed_label.text():
+            self.seed_label.setText(txt)
+            self.status.setText("ab initio seed running: no training images yet (the loss curve starts after it)")
 
     def add_checkpoint(self, ev: Any) -> None:
         val = getattr(ev, "val_loss", None)
@@ -142,6 +214,7 @@ class LossWidget(QWidget):
         path = Path(getattr(run, "outdir", "")) / "log.jsonl"
         if not path.is_file():
             return
+        seed_rounds, seed_s = 0, 0.0
         with open(path) as fh:
             for line in fh:
                 try:
@@ -150,12 +223,22 @@ class LossWidget(QWidget):
                     continue  # a running job may have a half-written last line
                 kind = rec.get("event") or rec.get("type") or rec.get("kind")
                 if kind == "Step" and "loss" in rec:
+                    if rec.get("phase") == "seed":  # a finished seed: summarised below, no live clock
+                        seed_rounds, seed_s = seed_rounds + 1, float(rec.get("elapsed_s", 0.0))
+                        continue
                     self.add_step(SimpleNamespace(**rec))
                 elif kind == "Checkpoint":
                     self.add_checkpoint(SimpleNamespace(**rec))
+        if seed_rounds:
+            self.seed_steps = seed_rounds
+            self.seed_label.setText(f"ab initio seed: {seed_rounds} search rounds, {_fmt_s(seed_s)}")
+            self.seed_label.setVisible(True)
         self.redraw()
 
     def clear(self) -> None:
+        self.seed_stage, self.seed_done, self._seed_t0, self._seed_last = None, False, None, ""
+        self.seed_bar.setVisible(False)
+        self.seed_label.setVisible(False)
         self._steps.clear()
         self._val.clear()
         self._smooth_cache = (0, np.empty(0))
@@ -187,6 +270,8 @@ class LossWidget(QWidget):
         return out
 
     def redraw(self) -> None:
+        if self.seed_stage is not None:
+            self._seed_text()  # the clock runs between the seed's (sometimes minutes-apart) events
         if not self._dirty:
             return
         self._dirty = False
@@ -215,3 +300,8 @@ class LossWidget(QWidget):
     @property
     def n_points(self) -> int:
         return self._steps.n
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"

@@ -71,6 +71,7 @@ class Session(QObject):
     step = Signal(object)  # training Step event
     checkpoint = Signal(object)  # training Checkpoint event
     finished = Signal(object)  # training Finished event, or None after a failure
+    message = Signal(object)  # training Message event (seed stage changes among them)
     latents_changed = Signal(object)  # LatentSet
     decoder_changed = Signal(object)  # DecoderSource | None
     labels_changed = Signal(object)  # (labels array, name) or None
@@ -122,9 +123,32 @@ class Session(QObject):
                                        images_seen=int(ev.images_seen)))
         elif kind == "Checkpoint":
             self.checkpoint.emit(ev)
+        elif kind == "Message":
+            self.message.emit(ev)
         elif kind in ("Finished", "Failed"):
             self.state.training = False
             self.finished.emit(ev)
+
+
+SEED_STAGES = ("prepare", "abinit", "global", "local", "hetero", "done")
+SEED_STAGE_NAMES = {"prepare": "preparing the images", "abinit": "ab initio EM at a small box",
+                    "global": "exhaustive pose search", "local": "local pose refinement, growing box",
+                    "hetero": "two-state classification", "done": "finishing"}
+
+
+def seed_stage(text: str) -> str | None:
+    """The seed stage a trainer Message announces ("seed <stage>: ..." -> stage), "start" for the opening
+    "seeding: ..." message, "end" for the trainer's "seed done in ..." (the distill phase follows); None for other
+    messages."""
+    text = str(text)
+    if text.startswith("seeding:"):
+        return "start"
+    if text.startswith("seed done in"):  # the trainer's closing message ("seed done: ..." is the seed's last stage)
+        return "end"
+    if text.startswith("seed "):
+        stage = text[5:].split(":", 1)[0].strip()
+        return stage if stage in SEED_STAGES else None
+    return None
 
 
 def stable_label(label) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from cryofire_app.gui.session import get_session, stable_label
+from cryofire_app.gui.session import SEED_STAGE_NAMES, get_session, seed_stage, stable_label
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class TrainWidget(QWidget):
         import cryofire_app.analysis.run  # noqa: F401
         import cryofire_app.training.trainer  # noqa: F401
         from cryofire_app.training.config import TrainConfig
+        from cryofire_app.training.trainer import SCHEDULES
 
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer) if napari_viewer is not None else None
@@ -69,6 +70,7 @@ class TrainWidget(QWidget):
         self._pbar = None
         self._last_progress = 0.0
         self._rate_origin: tuple[int, float] | None = None
+        self._seed_stage: str | None = None
 
         self.particles = FileEdit(label="particles", mode="r", filter=PARTICLE_FILTER,
                                   tooltip="Particle images: an .mrcs/.mrc stack, a .txt list of stacks, a RELION "
@@ -80,6 +82,12 @@ class TrainWidget(QWidget):
                                 tooltip="Folder the .star/.cs image paths are relative to (empty: next to it)")
         self.outdir_edit = FileEdit(label="output folder", mode="d", value="",
                                     tooltip="Where checkpoints, log.jsonl, pose.pkl, z.pkl and latents.npz go")
+        self.schedule = ComboBox(label="schedule", choices=list(SCHEDULES), value=d.schedule,
+                                 tooltip="seeded (default): an explicit ab initio pose search and two-state "
+                                         "classification (minutes on a CPU, before any training image), distilled "
+                                         "into the encoder, then a joint fine-tune: converges on a laptop CPU.\n"
+                                         "amortized: the paper's pure cryoFIRE schedule (pose-only phase, frequency "
+                                         "marching); needs on the order of a million images (a GPU).")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value=d.device,
                                tooltip="auto: a CUDA GPU when torch sees one, else the CPU")
         self.box = SpinBox(label="box (px)", value=0, min=0, max=1024, step=2,
@@ -91,8 +99,9 @@ class TrainWidget(QWidget):
                                   step=1000, tooltip="Total particle images to see (about epochs x particles). "
                                                      "The paper needed ~1.5 million on a GPU.")
         self.pose_only = SpinBox(label="pose-only images", value=d.pose_only_images, min=0, max=10**9, step=1000,
-                                 tooltip="Images in the first, pose-only phase (z ignored): the encoder learns poses "
-                                         "against a consensus volume before heterogeneity is switched on")
+                                 tooltip="amortized schedule only: images in the first, pose-only phase (z ignored): "
+                                         "the encoder learns poses against a consensus volume before heterogeneity "
+                                         "is switched on. The seeded schedule has no such phase.")
         self.batch = SpinBox(label="batch size", value=d.batch_size, min=1, max=4096,
                              tooltip="Images per optimisation step")
         self.seed = SpinBox(label="seed", value=d.seed, min=0, max=2**31 - 1, tooltip="Random seed (reproducible "
@@ -105,9 +114,12 @@ class TrainWidget(QWidget):
         stable_label(self.status.native)
         buttons = Container(widgets=[self.start_btn, self.pause_btn, self.stop_btn], layout="horizontal",
                             labels=False)
-        self.form = Container(widgets=[self.particles, self.ctf, self.datadir, self.outdir_edit, self.device,
+        self.form = Container(widgets=[self.particles, self.ctf, self.datadir, self.outdir_edit, self.schedule,
+                                       self.device,
                                        self.box, self.zdim, self.num_images, self.pose_only, self.batch, self.seed,
                                        buttons, self.status])
+        self.schedule.changed.connect(self._on_schedule)
+        self._on_schedule(self.schedule.value)
         self.start_btn.changed.connect(self.start)
         self.pause_btn.changed.connect(self.toggle_pause)
         self.stop_btn.changed.connect(self.stop)
@@ -142,6 +154,10 @@ class TrainWidget(QWidget):
         self.status.value = f"ready: {Path(particles).name}"
         return True
 
+    def _on_schedule(self, value: str) -> None:
+        """The pose-only length means something only to the amortized schedule."""
+        self.pose_only.enabled = str(value) == "amortized"
+
     # ---- helpers -------------------------------------------------------------------------------------------------
     @staticmethod
     def _path_or_none(v) -> str | None:
@@ -160,7 +176,8 @@ class TrainWidget(QWidget):
                           datadir=self._path_or_none(self.datadir.value), D=int(self.box.value) or None,
                           zdim=int(self.zdim.value), num_images=int(self.num_images.value),
                           batch_size=int(self.batch.value), pose_only_images=int(self.pose_only.value),
-                          device=str(self.device.value), seed=int(self.seed.value),
+                          schedule=str(self.schedule.value), device=str(self.device.value),
+                          seed=int(self.seed.value),
                           # training on the CPU leaves one core to the GUI thread (and the software GL renderer):
                           # with every core busy in torch's thread pool the event loop stalls for 100+ ms at a time
                           num_threads=max(1, (os.cpu_count() or 1) - 1))
@@ -201,6 +218,7 @@ class TrainWidget(QWidget):
         self.failed_message = None
         self.events_seen = 0
         self._rate_origin = None
+        self._seed_stage = None
         # the training thread runs Python between torch calls; hand the GIL back to the GUI thread sooner than the
         # default 5 ms so that plot repaints (many short Python calls) are not stretched by GIL waits
         sys.setswitchinterval(0.0005)
@@ -263,6 +281,15 @@ class TrainWidget(QWidget):
         elif kind == "Checkpoint":
             self._on_checkpoint(ev)
         elif kind == "Message":
+            st = seed_stage(ev.text)
+            if st is not None:
+                # seed stage changes go to the status line and the Loss dock's seed row, not to pop-ups
+                self._seed_stage = None if st == "end" else ("prepare" if st == "start" else st)
+                if self._seed_stage is not None:
+                    self.status.value = f"seeding: {SEED_STAGE_NAMES.get(self._seed_stage, self._seed_stage)} …"
+                else:
+                    self.status.value = "seed done: distilling its poses into the encoder …"
+                return
             {"error": show_error, "warning": show_warning}.get(ev.level, show_info)(f"cryoFIRE: {ev.text}")
         elif kind == "Failed":
             self.failed_message = ev.message
@@ -282,8 +309,8 @@ class TrainWidget(QWidget):
             # the ab initio seed (seeded schedule) counts search steps, not images: say what runs, no image bar yet
             if now - self._last_progress >= PROGRESS_MIN_INTERVAL_S:
                 self._last_progress = now
-                self.status.value = (f"seeding: ab initio pose search, step {ev.step} · "
-                                     f"{_fmt_time(ev.elapsed_s)} elapsed")
+                name = SEED_STAGE_NAMES.get(self._seed_stage or "", "ab initio pose search")
+                self.status.value = f"seeding: {name}, round {ev.step} · {_fmt_time(ev.elapsed_s)} elapsed"
             return
         if self._rate_origin is None or self._rate_origin[0] > ev.images_seen:
             self._rate_origin = (int(ev.images_seen), float(ev.elapsed_s))  # rate from the first image step on
