@@ -56,3 +56,18 @@ def open_run_for(outdir: Any) -> Any:
     if outdir is None or not (Path(outdir) / "config.json").is_file():
         return None
     return Run(outdir)
+
+
+def mirror_volumes(vols: np.ndarray) -> np.ndarray:
+    """Volumes (..., D, D, D) in the other hand, via `cryofire_app.analysis.hand.mirror_volume` (z -> -z about the
+    centre voxel, the convention of analysis.metrics.FLIP)."""
+    from cryofire_app.analysis.hand import mirror_volume
+
+    return mirror_volume(vols)
+
+
+def mirror_rotations(rot: np.ndarray) -> np.ndarray:
+    """Poses (n, 3, 3) that go with `mirror_volumes` (F R F), via `cryofire_app.analysis.hand.mirror_rotations`."""
+    from cryofire_app.analysis.hand import mirror_rotations as _mirror
+
+    return _mirror(rot)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                             QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from cryofire_app.gui import engine_api
@@ -100,10 +100,17 @@ def _preimport() -> None:
             _THREADPOOLS = ThreadpoolController()
 
 
-def decode_job(decoder: DecoderSource, z: np.ndarray, level_sigma: float, mode: str):
-    """Worker-thread job: decode volumes at z (n, d) and prepare them for display."""
+def decode_job(decoder: DecoderSource, z: np.ndarray, level_sigma: float, mode: str, flip_hand: bool = False):
+    """Worker-thread job: decode volumes at z (n, d), mirror them when `flip_hand`, and prepare them for display."""
     vols = decoder.decode(np.asarray(z, np.float32))
+    if flip_hand:
+        vols = engine_api.mirror_volumes(vols)
     return prepare(vols, level_sigma, mode)
+
+
+def flip_job(vols: np.ndarray, level_sigma: float, mode: str):
+    """Worker-thread job: the shown volume(s) in the other hand, prepared for display."""
+    return prepare(engine_api.mirror_volumes(np.asarray(vols, np.float32)), level_sigma, mode)
 
 
 class LatentWidget(QWidget):
@@ -173,6 +180,11 @@ class LatentWidget(QWidget):
         self.render_combo.addItems(["auto", "mesh (CPU)", "iso (GPU)"])
         self.render_combo.setToolTip("mesh: marching-cubes surface, fast without a GPU; iso: volume ray casting "
                                      "(Image layer, rendering='iso'), for a GPU. auto picks by the OpenGL renderer.")
+        self.flip_box = QCheckBox("flip hand")
+        self.flip_box.setToolTip("Show (and save) the mirror image of the decoded volumes. Ab initio cannot tell a "
+                                 "map from its mirror image: flip when the map has the wrong hand compared with a "
+                                 "known structure. Exported particle poses are mirrored to match (F R F).")
+        self.flip_box.toggled.connect(self._on_flip_hand)
         self.save_btn = QPushButton("Save map…")
         self.save_btn.setToolTip("Write the shown volume as an MRC file with its voxel size")
         self.save_btn.clicked.connect(self._save_dialog)
@@ -211,6 +223,7 @@ class LatentWidget(QWidget):
         vol_row.addWidget(QLabel("iso σ"))
         vol_row.addWidget(self.iso_spin)
         vol_row.addWidget(self.render_combo)
+        vol_row.addWidget(self.flip_box)
         vol_row.addWidget(self.save_btn)
         traj_row = QHBoxLayout()
         traj_row.addWidget(QLabel("PC"))
@@ -335,9 +348,11 @@ class LatentWidget(QWidget):
         self.picked_row = row
         z = self.latents.z[row:row + 1]
         pidx = int(self.latents.index[row])
-        meta = {"z": z[0].tolist(), "particle_index": pidx, "source": str(dec.outdir or dec.label)}
+        flip = self.flip_hand
+        meta = {"z": z[0].tolist(), "particle_index": pidx, "source": str(dec.outdir or dec.label),
+                "hand_flipped": flip}
         self.status.setText(f"decoding particle {pidx} …")
-        self._decoder_jobs.submit(decode_job, dec, z, float(self.iso_spin.value()), self.render_mode(),
+        self._decoder_jobs.submit(decode_job, dec, z, float(self.iso_spin.value()), self.render_mode(), flip,
                                   on_result=lambda prep, meta=meta, dec=dec: self._show(prep, dec, meta, False),
                                   on_error=self._job_failed)
 
@@ -352,19 +367,49 @@ class LatentWidget(QWidget):
         if dec is None:
             return
         zs = self.trajectory_z()
-        meta = {"z": zs.tolist(), "pc": int(self.pc_spin.value()), "source": str(dec.outdir or dec.label)}
+        flip = self.flip_hand
+        meta = {"z": zs.tolist(), "pc": int(self.pc_spin.value()), "source": str(dec.outdir or dec.label),
+                "hand_flipped": flip}
         self.status.setText(f"decoding {len(zs)} volumes along PC{self.pc_spin.value()} …")
-        self._decoder_jobs.submit(decode_job, dec, zs, float(self.iso_spin.value()), self.render_mode(),
+        self._decoder_jobs.submit(decode_job, dec, zs, float(self.iso_spin.value()), self.render_mode(), flip,
                                   on_result=lambda prep, meta=meta, dec=dec: self._show(prep, dec, meta, True),
                                   on_error=self._job_failed)
 
     def _show(self, prep, dec: DecoderSource, meta: dict, trajectory: bool) -> None:
+        if bool(meta.get("hand_flipped")) != self.flip_hand:  # the box was toggled while decoding: follow it
+            prep = prepare(engine_api.mirror_volumes(prep.vols), float(self.iso_spin.value()), prep.mode)
+            meta = dict(meta, hand_flipped=self.flip_hand)
         self.display.show(prep, dec.apix, trajectory=trajectory, metadata=meta)
+        hand = " (hand flipped)" if meta.get("hand_flipped") else ""
         if trajectory:
-            self.status.setText(f"PC{meta['pc']} trajectory: {len(prep.vols)} volumes (slider: frame)")
+            self.status.setText(f"PC{meta['pc']} trajectory: {len(prep.vols)} volumes (slider: frame){hand}")
         else:
             self.status.setText(f"particle {meta['particle_index']}: volume {prep.vols.shape[1]}^3 at "
-                                f"{dec.apix:.3g} Å/px")
+                                f"{dec.apix:.3g} Å/px{hand}")
+
+    @property
+    def flip_hand(self) -> bool:
+        return bool(self.flip_box.isChecked())
+
+    def _on_flip_hand(self, on: bool) -> None:
+        """Mirror the volume(s) already shown (a worker meshes them), so the layers always match the box."""
+        from cryofire_app.gui.volume_display import TRAJECTORY_LAYER, VOLUME_LAYER
+
+        for name, traj in ((VOLUME_LAYER, False), (TRAJECTORY_LAYER, True)):
+            layer = next((ly for ly in self.viewer.layers if ly.name == name), None) if self.viewer else None
+            if layer is None or bool(layer.metadata.get("hand_flipped")) == bool(on):
+                continue
+            vols = np.asarray(layer.metadata["volume"])
+            apix = float(layer.metadata["apix"])
+            meta = {k: v for k, v in layer.metadata.items() if k not in ("volume", "iso_level")}
+            meta["hand_flipped"] = bool(on)
+            mode = "iso" if hasattr(layer, "iso_threshold") else "mesh"
+            jobs = self._remesh_jobs.setdefault(name, LatestOnly(self))
+            jobs.submit(flip_job, vols, float(self.iso_spin.value()), mode,
+                        on_result=lambda prep, a=apix, m=meta, t=traj: self.display.show(
+                            prep, a, trajectory=t, metadata=m),
+                        on_error=self._job_failed)
+        self.status.setText("hand flipped: volumes are shown mirrored" if on else "hand as reconstructed")
 
     def _job_failed(self, exc: BaseException) -> None:
         self.status.setText(f"failed: {exc}")
@@ -428,7 +473,8 @@ class LatentWidget(QWidget):
         """Write the selection via the engine on a worker thread; `exported` is emitted with the written paths.
 
         Files: <prefix>.ind.pkl, <prefix>.star (original images and CTF, the run's predicted poses, k-means cluster as
-        rlnClassNumber), and <prefix>.cs (if the particles came from a .cs) or <prefix>_index.csv.
+        rlnClassNumber), and <prefix>.cs (if the particles came from a .cs) or <prefix>_index.csv. With "flip hand"
+        checked the poses are mirrored (F R F), so they match the mirrored maps saved from this dock.
         """
         idx = self.selected_indices()
         if len(idx) == 0:
@@ -438,10 +484,14 @@ class LatentWidget(QWidget):
         run = self.session.run if self.session is not None else None
         outdir = self.session.state.outdir if self.session is not None else None
         clusters = self.analysis["clusters"][rows] if self.analysis is not None else None
+        flip = self.flip_hand
 
         def job():
             r = run if run is not None else engine_api.open_run_for(outdir)
-            return engine_api.export_selection(Path(prefix), idx, rot=None if lat.rot is None else lat.rot[rows],
+            rot = None if lat.rot is None else lat.rot[rows]
+            if rot is not None and flip:
+                rot = engine_api.mirror_rotations(rot)
+            return engine_api.export_selection(Path(prefix), idx, rot=rot,
                                                trans=None if lat.trans is None else lat.trans[rows], run=r,
                                                labels=clusters)
 
