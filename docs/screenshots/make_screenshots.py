@@ -3,6 +3,9 @@
 Simulates the plugin's two-state sample, trains briefly with the engine (CPU), then drives a real napari viewer:
 Open run, click a particle in the latent scatter (decoded isosurface), PC1 trajectory, a box selection, and saves
 the window and each dock as PNG next to this file.
+
+`... make_screenshots.py --run DEMO_OUT/run` uses a finished run instead (e.g. the one `cryofire demo` writes); when
+DEMO_OUT/demo_summary.json says the run came out mirrored, "flip hand" is ticked so the pictures show the true hand.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2000, box: int = 64) -> None:
+def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2000, box: int = 64,
+         run_dir: str | None = None) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -25,10 +29,20 @@ def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2
     from cryofire_app.training.trainer import Trainer
 
     work = Path(work)
-    data = simulate_sample(work / f"sample{box}", n=n, box=box)
-    run = work / f"run{box}"
+    flip = False
+    if run_dir is not None:
+        import json
+
+        run = Path(run_dir)
+        particles = Path(TrainConfig.load(run / "config.json").particles)
+        summary = run.parent / "demo_summary.json"
+        flip = summary.is_file() and bool(json.loads(summary.read_text()).get("maps_mirrored"))
+    else:
+        data = simulate_sample(work / f"sample{box}", n=n, box=box)
+        particles = data / "particles.star"
+        run = work / f"run{box}"
     if not (run / "latents.npz").is_file():
-        cfg = TrainConfig(particles=str(data / "particles.star"), outdir=str(run), num_images=images,
+        cfg = TrainConfig(particles=str(particles), outdir=str(run), num_images=images,
                           pose_only_images=images // 3, batch_size=32, checkpoint_every=images // 2,
                           latents_every=images // 4, num_threads=1, freq_add_every=images // 30)
         if hasattr(cfg, "schedule"):
@@ -51,12 +65,13 @@ def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2
             if until is not None and until():
                 return
 
-    docks["Train"].set_particles(data / "particles.star", outdir=run)
+    docks["Train"].set_particles(particles, outdir=run)
     docks["Open run"].open(run)
     latent = docks["Latent space"]
     pump(60, lambda: latent.analysis is not None)
     latent.color_combo.setCurrentText("k-means cluster")
     latent.render_combo.setCurrentText("mesh (CPU)")
+    latent.flip_box.setChecked(flip)
     row = int(np.argsort(latent.scatter.xy[:, 0])[len(latent.scatter.xy) // 2])
     latent.scatter.mark(row)
     latent.on_pick(row)
@@ -84,6 +99,10 @@ def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2
 
 
 if __name__ == "__main__":
-    # optional: images particles box (defaults 4000 2000 64; a loaded 2-core CPU needs ~8 min for the default)
-    main(images=int(sys.argv[1]) if len(sys.argv) > 1 else 4000, n=int(sys.argv[2]) if len(sys.argv) > 2 else 2000,
-         box=int(sys.argv[3]) if len(sys.argv) > 3 else 64)
+    # optional: images particles box (defaults 4000 2000 64; a loaded 2-core CPU needs ~8 min for the default),
+    # or --run RUN_FOLDER
+    if len(sys.argv) > 2 and sys.argv[1] == "--run":
+        main(run_dir=sys.argv[2])
+    else:
+        main(images=int(sys.argv[1]) if len(sys.argv) > 1 else 4000,
+             n=int(sys.argv[2]) if len(sys.argv) > 2 else 2000, box=int(sys.argv[3]) if len(sys.argv) > 3 else 64)
