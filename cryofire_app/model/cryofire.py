@@ -10,12 +10,13 @@ Hartley lattice. A pose (R', t') predicted on branch 1 corresponds to (diag(-1, 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from cryofire_app.model.decoder import HartleyDecoder
+from cryofire_app.model.decoder import FeatureGridDecoder, HartleyDecoder
 from cryofire_app.model.encoder import Encoder
 from cryofire_app.physics.ctf import ctf_from_params
 from cryofire_app.physics.lattice import Lattice
@@ -39,6 +40,9 @@ def compensate_mirror(rot: torch.Tensor, trans: torch.Tensor) -> tuple[torch.Ten
 class MaskPoints:
     """The lattice points inside the current frequency mask, with the gathers both branches need.
 
+    Point order: the M/2 points with flat index below DC first, then their negatives in the same order
+    (point M/2 + j is -point j; the mask is symmetric under k -> -k and excludes DC), so a decoder with
+    `forward_pairs` evaluates the first half only (half-lattice evaluation, see FeatureGridDecoder).
     idx2 (2, M): flat lattice index of Y^(b)(k) for b = 0, 1; neg2 (2, M): index of Y^(b)(-k);
     coords (M, 3) = (kx, ky, 0) and freqs (M, 2) cycles/px of the kept points; ctf_freqs (2M, 2): CTF sample points of
     both branches (branch 1 at (-kx, ky)).
@@ -58,17 +62,47 @@ class MaskPoints:
 
 
 def mask_points(lattice: Lattice, radius: int, device: torch.device | str = "cpu") -> MaskPoints:
-    keep = torch.as_tensor(lattice.circle_mask(radius))
-    idx = torch.nonzero(keep).squeeze(1)
-    neg = torch.as_tensor(lattice.neg_index).long()
-    flip = torch.as_tensor(lattice.flipx_index).long()
+    keep = torch.as_tensor(lattice.circle_mask(radius)).cpu()
+    neg = torch.as_tensor(lattice.neg_index).long().cpu()
+    lo = torch.nonzero(keep[: lattice.dc_index]).squeeze(1)
+    idx = torch.cat([lo, neg[lo]])
+    flip = torch.as_tensor(lattice.flipx_index).long().cpu()
     idx2 = torch.stack([idx, flip[idx]])
     neg2 = torch.stack([neg[idx], flip[neg[idx]]])
-    coords = torch.as_tensor(lattice.coords)[idx].float()
-    freqs = torch.as_tensor(lattice.freqs2d)[idx].float()
+    coords = torch.as_tensor(lattice.coords).cpu()[idx].float()
+    freqs = torch.as_tensor(lattice.freqs2d).cpu()[idx].float()
     ctf_freqs = torch.cat([freqs, freqs * freqs.new_tensor((-1.0, 1.0))])
     return MaskPoints(radius, idx.to(device), idx2.to(device), neg2.to(device), coords.to(device), freqs.to(device),
                       ctf_freqs.to(device))
+
+
+DECODER_ARCHS = ("mlp", "grid")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device | str, precision: str = "fp32"):
+    """Mixed-precision context for the encoder CNN/MLP and the decoder MLP: `fp32` (none), `bf16` (CPU or CUDA) or
+    `fp16` (CUDA only; pair it with a gradient scaler). Poses, slice coordinates, grid sampling, CTF, shifts and the
+    loss stay fp32 inside it (branch_errors and the decoders switch autocast off there)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    dev = torch.device(device)
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+    return torch.autocast(dev.type, dtype=PRECISIONS[precision])
+
+
+def make_decoder(D: int, zdim: int, arch: str = "mlp", generator: torch.Generator | None = None,
+                 **kwargs) -> nn.Module:
+    """`arch="mlp"`: HartleyDecoder (random Fourier features + residual MLP, the original); `"grid"`:
+    FeatureGridDecoder (trilinear feature volume + small MLP). kwargs go to the chosen class."""
+    if arch == "mlp":
+        return HartleyDecoder(D, zdim, generator=generator, **kwargs)
+    if arch == "grid":
+        return FeatureGridDecoder(D, zdim, generator=generator, **kwargs)
+    raise ValueError(f"decoder arch must be one of {DECODER_ARCHS}, got {arch!r}")
 
 
 class CryoFIRE(nn.Module):
@@ -80,7 +114,7 @@ class CryoFIRE(nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.D, self.zdim = D, zdim
         self.encoder = Encoder(D, zdim, **(encoder_kwargs or {}))
-        self.decoder = HartleyDecoder(D, zdim, generator=g, **(decoder_kwargs or {}))
+        self.decoder = make_decoder(D, zdim, generator=g, **(decoder_kwargs or {}))
 
     # ---- pieces -------------------------------------------------------------------------------------------------
     def encode_branches(self, y_real: torch.Tensor, sym: bool = True) -> dict[str, torch.Tensor]:
@@ -103,15 +137,27 @@ class CryoFIRE(nn.Module):
         B = Y.shape[0]
         S = 2 if sym else 1
         M = mp.M
-        idx2, neg2 = mp.idx2[:S], mp.neg2[:S]
-        Yg = Y[:, idx2.reshape(-1)].view(B, S, M).transpose(0, 1).reshape(S * B, M)
-        Yn = Y[:, neg2.reshape(-1)].view(B, S, M).transpose(0, 1).reshape(S * B, M)
-        target = translate_ht(Yg, Yn, mp.freqs, enc["trans"])
-        V = self.decoder(self.slice_points(enc["rot"], mp), z)
-        if ctf_params is not None:
-            C = ctf_from_params(mp.ctf_freqs[: S * M], ctf_params).view(B, S, M).transpose(0, 1).reshape(S * B, M)
-            V = C * V
-        return ((V - target) ** 2).mean(-1).view(S, B)
+        fp32 = torch.autocast(Y.device.type, enabled=False)   # physics in fp32 even under mixed precision
+        with fp32:
+            idx2, neg2 = mp.idx2[:S], mp.neg2[:S]
+            Yg = Y[:, idx2.reshape(-1)].view(B, S, M).transpose(0, 1).reshape(S * B, M)
+            Yn = Y[:, neg2.reshape(-1)].view(B, S, M).transpose(0, 1).reshape(S * B, M)
+            target = translate_ht(Yg, Yn, mp.freqs, enc["trans"].float())
+            rot = enc["rot"].float()
+            if getattr(self.decoder, "half_lattice", False):   # evaluate k only, get V(k) and V(-k)
+                k = torch.matmul(mp.coords[: M // 2], rot)
+            else:
+                k = torch.matmul(mp.coords, rot)
+        if getattr(self.decoder, "half_lattice", False):
+            V = self.decoder.forward_pairs(k, z)
+        else:
+            V = self.decoder(k, z)
+        with fp32:
+            V = V.float()
+            if ctf_params is not None:
+                C = ctf_from_params(mp.ctf_freqs[: S * M], ctf_params).view(B, S, M).transpose(0, 1)
+                V = C.reshape(S * B, M) * V
+            return ((V - target) ** 2).mean(-1).view(S, B)
 
     def latent(self, enc: dict[str, torch.Tensor], pose_only: bool, eps: torch.Tensor | None,
                std_z_init: float = 3.0) -> torch.Tensor:

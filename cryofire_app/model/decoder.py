@@ -8,23 +8,26 @@ function; the decoder is only meaningful on the training lattice (spacing 1/D).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class ResidualMLP(nn.Module):
     """Linear(in -> h) -> ReLU -> layers x [h -> ReLU(W h + b + h)] -> Linear(h -> 1)."""
 
-    def __init__(self, n_in: int, hidden: int, layers: int):
+    def __init__(self, n_in: int, hidden: int, layers: int, n_out: int = 1):
         super().__init__()
         self.inp = nn.Linear(n_in, hidden)
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
-        self.out = nn.Linear(hidden, 1)
+        self.out = nn.Linear(hidden, n_out)
 
     def forward_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """h: first-layer pre-activations (..., hidden) -> (...) for one output, else (..., n_out)."""
         h = torch.relu(h)
         for lin in self.blocks:
             h = torch.relu(lin(h) + h)
-        return self.out(h).squeeze(-1)
+        out = self.out(h)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
 class HartleyDecoder(nn.Module):
@@ -44,8 +47,9 @@ class HartleyDecoder(nn.Module):
         The first layer is split into its PE part and its z part, so z costs one (B, d) x (d, h) product per image
         instead of being concatenated to every point.
         """
-        ph = (k @ self.omega.T) * self.pe_scale                      # (B, M, p)
-        feats = torch.cat([torch.sin(ph), torch.cos(ph)], dim=-1)   # (B, M, 2p)
+        with torch.autocast(k.device.type, enabled=False):          # phases need fp32 under mixed precision
+            ph = (k.float() @ self.omega.T) * self.pe_scale          # (B, M, p)
+            feats = torch.cat([torch.sin(ph), torch.cos(ph)], dim=-1)   # (B, M, 2p)
         w = self.mlp.inp.weight
         h = feats @ w[:, : 2 * self.pe_dim].T                        # (B, M, h)
         bias = self.mlp.inp.bias
@@ -56,7 +60,7 @@ class HartleyDecoder(nn.Module):
             h = h + bias[:, None, :]
         else:
             h = h + bias
-        return self.mlp.forward_from_hidden(h)
+        return self.mlp.forward_from_hidden(h).float()
 
 
 class GridDecoder(nn.Module):
@@ -85,3 +89,100 @@ class GridDecoder(nn.Module):
         from cryofire_app.physics.projector import slice_ht_volume
 
         return slice_ht_volume(self.vol_ht, k)
+
+
+class FeatureGridDecoder(nn.Module):
+    """Feature-grid Hartley decoder V(k, z) = MLP([trilinear(features, k), z]) -> one real Hartley coefficient.
+
+    A learnable feature volume `grid (1, C, G, G, G)` (axes kz, ky, kx) covers k in [-1/2, 1/2]^3 cycles/px with node
+    j at -1/2 + j/(G-1); the default G = D + 1 puts the nodes exactly on the training box's Hartley lattice (spacing
+    1/D). It is sampled trilinearly at the slice points (differentiable in the features and in k, so poses get
+    gradients), z is concatenated (as a per-image bias of the first layer) and a small residual MLP maps the C + d
+    inputs to the coefficient. Per point this costs ~8C reads plus a (C + h + layers h^2)-wide MLP instead of the
+    PE decoder's 2p + layers * 256^2, and it stores no (points x 256) activations.
+
+    `grid_scale`: the features are `raw * grid_scale` with `raw` the parameter, so an optimizer step moves a feature by
+    ~lr * grid_scale (Adam steps ~lr in raw units); the grid nodes see few samples each and need the larger step.
+    Points outside the cube read zero features. The last layer is `mlp.out` like HartleyDecoder's (the trainer's
+    contrast fix negates it).
+
+    Half-lattice evaluation (`half_lattice=True`, default). The Hartley coefficient of a real volume is H = Re F - Im F
+    with F(-q) = conj F(q). The network gives F on the half-space U = {qz > 0} (ties on qz = 0 broken by qy, then qx):
+    at u in U it outputs (a, b) = (Re F(u), Im F(u)). For any q let s = +1 if q in U else -1 and u = s q; then
+    F(q) = a(u) + i s b(u) and H(q) = a(u) - s b(u). Any real H is representable (a = even part, -s b = odd part).
+    A slice point k and its negative -k map to the same u with opposite s, so `forward_pairs` evaluates the network
+    once for the pair: H(kR) = a - s b and H(-kR) = a + s b. CryoFIRE.branch_errors uses it with MaskPoints' order
+    [half, -half]: half the decoder work per image. (The representation may be discontinuous across qz = 0, where
+    both sides have their own nodes, as in cryoDRGN's half-space decoders.)
+    """
+
+    def __init__(self, D: int, zdim: int = 8, channels: int = 8, grid_size: int | None = None, hidden: int = 32,
+                 layers: int = 1, grid_scale: float = 30.0, init_std: float = 0.1, half_lattice: bool = True,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.half_lattice = bool(half_lattice)
+        G = int(grid_size or D + 1)
+        if G < 2:
+            raise ValueError(f"grid_size must be >= 2, got {G}")
+        self.D, self.zdim, self.channels, self.grid_size = D, zdim, channels, G
+        self.register_buffer("train_D", torch.tensor(D))
+        self.register_buffer("grid_scale", torch.tensor(float(grid_scale)))
+        raw = torch.randn(1, channels, G, G, G, generator=generator) * (init_std / grid_scale)
+        self.grid = nn.Parameter(raw)
+        self.mlp = ResidualMLP(channels + zdim, hidden, layers, 2 if self.half_lattice else 1)
+
+    def features(self, k: torch.Tensor) -> torch.Tensor:
+        """k (B, M, 3) cycles/px -> trilinear samples of the raw grid (B*M, C) (a transposed view; times grid_scale
+        they are the features)."""
+        B, M, _ = k.shape
+        with torch.autocast(k.device.type, enabled=False):           # coordinates and sampling stay fp32
+            grid = (2 * k).float().reshape(1, 1, B, M, 3)              # [-1/2, 1/2] -> [-1, 1], corners on nodes
+            f = F.grid_sample(self.grid, grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=True)                      # (1, C, 1, B, M)
+        return f.reshape(self.channels, B * M).t()
+
+    @staticmethod
+    def half_space_sign(k: torch.Tensor) -> torch.Tensor:
+        """(..., 3) -> (...) +1 where k is in U (kz > 0; on kz = 0: ky > 0; on ky = kz = 0: kx >= 0), else -1.
+        Odd: sign(-k) = -sign(k) for every k != 0."""
+        s = torch.sign(k[..., 2])
+        tie = s == 0
+        if bool(tie.any()):   # on the plane kz = 0 (e.g. unrotated lattices): ky decides, then kx
+            kx, ky = k[..., 0], k[..., 1]
+            s2 = torch.sign(ky)
+            s2 = torch.where(s2 == 0, torch.where(kx >= 0, 1.0, -1.0).to(k.dtype), s2)
+            s = torch.where(tie, s2, s)
+        return s
+
+    def forward(self, k: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """k: (B, M, 3) cycles/px; z: (B, d) or None (zeros). Returns (B, M)."""
+        if not self.half_lattice:
+            return self._net(k, z)
+        s = self.half_space_sign(k)
+        ab = self._net(k * s[..., None], z)
+        return ab[..., 0] - s * ab[..., 1]
+
+    def forward_pairs(self, k: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """k: (B, Mh, 3) -> (B, 2 Mh) = [H(k), H(-k)] with one network evaluation per pair (half_lattice only)."""
+        if not self.half_lattice:
+            return self._net(torch.cat([k, -k], 1), z)
+        s = self.half_space_sign(k)
+        ab = self._net(k * s[..., None], z)
+        a, sb = ab[..., 0], s * ab[..., 1]
+        return torch.cat([a - sb, a + sb], 1)
+
+    def _net(self, k: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """(B, M, 3) -> MLP output (B, M) or (B, M, 2)."""
+        B, M, _ = k.shape
+        w = self.mlp.inp.weight
+        C = self.channels
+        # features = raw grid samples * grid_scale; the scale is folded into the (h, C) weight (same function and
+        # gradients, no pass over the whole grid)
+        h = (self.features(k) @ (w[:, :C] * self.grid_scale).T).view(B, M, -1)   # (B, M, h)
+        bias = self.mlp.inp.bias
+        if self.zdim > 0 and z is not None:
+            bias = bias + z @ w[:, C:].T                               # (B, h): z concatenated to every point
+            h = h + bias[:, None, :]
+        else:
+            h = h + bias
+        return self.mlp.forward_from_hidden(h).float()

@@ -9,6 +9,7 @@ Input `(B, D, D)` images `[row, col]`. Outputs:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cryofire_app.physics.rotations import r6_to_matrix
@@ -32,14 +33,28 @@ class ConvBlock(nn.Sequential):
         )
 
 
+STEMS = ("conv", "unshuffle")
+
+
 class Encoder(nn.Module):
+    """CNN -> MLP -> heads. `stem="conv"`: the blocks start on the (1, D, D) image (the original); `"unshuffle"`:
+    the image is first rearranged losslessly into 4 half-resolution channels (pixel_unshuffle: channel 2*dy + dx
+    holds pixels [2i + dy, 2j + dx]), so the first block runs at D/2 (~5x fewer FLOPs at box 64 with the default
+    widths, no pixel discarded). `channels_last`: NHWC memory format for the convolutions (faster with oneDNN on CPU
+    and tensor cores on GPU; same math)."""
+
     def __init__(self, D: int, zdim: int = 8, channels: tuple[int, ...] = (16, 32, 64, 128, 128),
-                 final_size: int = 4, hidden: int = 256, variational: bool = False):
+                 final_size: int = 4, hidden: int = 256, variational: bool = False, stem: str = "conv",
+                 channels_last: bool = False):
         super().__init__()
         if D % 2:
             raise ValueError(f"encoder box must be even, got {D}")
-        self.D, self.zdim, self.variational = D, zdim, variational
+        if stem not in STEMS:
+            raise ValueError(f"encoder stem must be one of {STEMS}, got {stem!r}")
+        self.D, self.zdim, self.variational, self.stem = D, zdim, variational, stem
         blocks, c_in, size = [], 1, D
+        if stem == "unshuffle":
+            c_in, size = 4, D // 2
         for c in channels:
             if size <= final_size or size % 2:
                 break
@@ -52,14 +67,28 @@ class Encoder(nn.Module):
         self.rot_head = nn.Linear(hidden, 6)
         self.trans_head = nn.Linear(hidden, 2)
         self.z_head = nn.Linear(hidden, 2 * zdim if variational else zdim) if zdim > 0 else None
+        self.channels_last = False
+        self.set_channels_last(channels_last)
+
+    def set_channels_last(self, on: bool = True) -> "Encoder":
+        """Switch the CNN's weights (and its inputs from now on) to NHWC (True) or NCHW (False)."""
+        self.channels_last = bool(on)
+        self.cnn.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, D, D) real-space images. Returns dict rot, trans, z_mu, [z_logvar]."""
-        h = self.cnn(x.unsqueeze(1)).flatten(1)
+        x = x.unsqueeze(1)
+        if self.stem == "unshuffle":
+            x = F.pixel_unshuffle(x, 2)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = self.cnn(x).flatten(1)
         h = self.mlp(h)
-        out = {"rot": r6_to_matrix(self.rot_head(h)), "trans": self.trans_head(h)}
+        # heads may run in reduced precision under autocast; the pose and z leave in fp32
+        out = {"rot": r6_to_matrix(self.rot_head(h).float()), "trans": self.trans_head(h).float()}
         if self.z_head is not None:
-            zz = self.z_head(h)
+            zz = self.z_head(h).float()
             if self.variational:
                 out["z_mu"], out["z_logvar"] = zz[:, : self.zdim], zz[:, self.zdim:]
             else:

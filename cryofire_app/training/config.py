@@ -24,16 +24,30 @@ class EncoderConfig:
     final_size: int = 4
     hidden: int = 256
     variational: bool = False
+    stem: str = "conv"        # conv (original: first block at full resolution) | unshuffle (2x2 pixel_unshuffle first)
 
 
 @dataclass
 class DecoderConfig:
-    """Implicit Hartley decoder V(k, z): random Fourier features of k (cycles/px), z concatenated, residual MLP."""
+    """Hartley decoder V(k, z) (k in cycles/px of the training box).
 
+    `arch="mlp"` (the original, default): random Fourier features of k, z concatenated, residual MLP (pe_dim,
+    feat_sigma, hidden, layers). `arch="grid"`: a learnable (grid_channels, G, G, G) feature volume sampled
+    trilinearly at k (G = grid_size, default D + 1: nodes on the Hartley lattice), z concatenated, a small residual
+    MLP (grid_hidden wide, grid_layers blocks); ~30x fewer FLOPs per point than the 3x256 MLP (model/decoder.py).
+    """
+
+    arch: str = "mlp"         # mlp | grid
     pe_dim: int = 64          # number of random 3D frequency vectors (features = 2 * pe_dim)
     feat_sigma: float = 0.5   # std of the random frequencies, before the scale D//2
     hidden: int = 256
     layers: int = 3           # residual blocks
+    grid_channels: int = 8    # grid: features per node
+    grid_size: int | None = None   # grid: nodes per axis (None: D + 1)
+    grid_hidden: int = 32     # grid: MLP width
+    grid_layers: int = 1      # grid: residual blocks
+    grid_scale: float = 30.0  # grid: feature = parameter * grid_scale (a larger optimizer step for the grid)
+    grid_half_lattice: bool = True  # grid: evaluate each (k, -k) pair once (F(-k) = conj F(k), H = Re F - Im F)
 
 
 @dataclass
@@ -90,6 +104,13 @@ class TrainConfig:
     invert_data: str = "auto"            # auto | yes | no   (auto: invert when the consensus density is negative)
     contrast_check_images: int = 5_000   # images seen before the automatic contrast check
     num_threads: int | None = None       # torch intra-op threads (None: leave torch's default)
+    # speed (issue 6): precision of the training/inference forward passes under torch.autocast: fp32 | bf16 | fp16
+    # (fp16 only on CUDA, with a gradient scaler; bf16 runs on CPU too but is only fast with AVX512-BF16/AMX);
+    # channels_last: NHWC encoder convolutions (None: on); compile: torch.compile the encoder and decoder (off;
+    # first steps pay the compile time, worth it on a GPU)
+    precision: str = "fp32"
+    channels_last: bool | None = None
+    compile: bool = False
     eval_batch_size: int = 256
     select_radius: int = 8               # frequency radius (px) of the decoder check that picks the branch at eval
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

@@ -38,8 +38,11 @@ class Preprocessor:
             x = fourier_resize(x, self.D).float()
         return x * self.window
 
-    def __call__(self, raw: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, raw: np.ndarray | torch.Tensor, with_Y: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """with_Y=False skips the Hartley transform (encoder-only inference needs y_real only); Y is then None."""
         xw = self.windowed(raw)
+        if not with_Y:
+            return (xw / self.sigma_real).float(), None
         Y = symmetrize_ht(ht2_center(xw)).reshape(xw.shape[0], -1)
         return (xw / self.sigma_real).float(), (Y / self.sigma_ht).float()
 
@@ -74,7 +77,7 @@ def ctf_for_box(ctf: np.ndarray | None, D: int) -> torch.Tensor | None:
 class Batch:
     pos: np.ndarray               # (n,) positions in the ParticleSet (0..N-1)
     y_real: torch.Tensor          # (n, D, D)
-    Y: torch.Tensor               # (n, Dl*Dl)
+    Y: torch.Tensor | None        # (n, Dl*Dl); None when loaded with with_Y=False
     ctf: torch.Tensor | None      # (n, 9)
 
 
@@ -96,12 +99,12 @@ class ParticleData:
             apix0 = float(particles.ctf[0, 0] * particles.ctf[0, 1] / self.D0)
         self.apix = float(apix0) * self.D0 / self.D if apix0 else 1.0
 
-    def load(self, pos: np.ndarray) -> Batch:
+    def load(self, pos: np.ndarray, with_Y: bool = True) -> Batch:
         pos = np.asarray(pos, dtype=np.int64)
         order = np.argsort(pos, kind="stable")
         raw = np.empty((len(pos), self.D0, self.D0), dtype=np.float32)
         raw[order] = self.images[pos[order]]           # sorted reads are friendlier to the memory map
-        y_real, Y = self.prep(raw)
+        y_real, Y = self.prep(raw, with_Y)
         ctf = self.ctf[torch.as_tensor(pos)] if self.ctf is not None else None
         return Batch(pos, y_real, Y, ctf)
 
@@ -127,8 +130,8 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, data: ParticleData, schedule: Iterator[np.ndarray], depth: int = 3):
-        self.data, self.schedule = data, schedule
+    def __init__(self, data: ParticleData, schedule: Iterator[np.ndarray], depth: int = 3, with_Y: bool = True):
+        self.data, self.schedule, self.with_Y = data, schedule, with_Y
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="cryofire-prefetch", daemon=True)
@@ -148,7 +151,7 @@ class Prefetcher:
             for pos in self.schedule:
                 if self._stop.is_set():
                     break
-                self._put(self.data.load(pos))
+                self._put(self.data.load(pos, self.with_Y))
         except BaseException as exc:  # surfaced to the consumer
             self._put(exc)
         finally:

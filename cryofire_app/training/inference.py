@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, compensate_mirror, mask_points
+from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, autocast_context, compensate_mirror, mask_points
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.training.dataset import Batch, ParticleData
 
@@ -27,21 +27,25 @@ class Predictions:
     loss: np.ndarray       # (n,) min-branch error (nan with select="encoder")
 
 
-def _prefetched(data: ParticleData, pos: np.ndarray, batch: int):
+def _prefetched(data: ParticleData, pos: np.ndarray, batch: int, with_Y: bool = True):
     from cryofire_app.training.dataset import Prefetcher
 
     chunks = iter([pos[i:i + batch] for i in range(0, len(pos), batch)])
-    pf = Prefetcher(data, chunks, depth=2)
+    pf = Prefetcher(data, chunks, depth=2, with_Y=with_Y)
     try:
         yield from pf
     finally:
         pf.close()
 
 
-@torch.no_grad()
 def predict_batch(model: CryoFIRE, b: Batch, sign: float, mp: MaskPoints | None, device: torch.device,
-                  use_z: bool = True, sym: bool = True) -> dict[str, torch.Tensor]:
+                  use_z: bool = True, sym: bool = True, precision: str = "fp32") -> dict[str, torch.Tensor]:
     """Eval-mode prediction for one batch. With mp None (encoder-only) branch 0 is kept."""
+    with torch.inference_mode(), autocast_context(device, precision):
+        return _predict_batch(model, b, sign, mp, device, use_z, sym)
+
+
+def _predict_batch(model, b, sign, mp, device, use_z, sym) -> dict[str, torch.Tensor]:
     y_real = b.y_real.to(device) * sign
     n = y_real.shape[0]
     if mp is None or not sym:
@@ -71,11 +75,11 @@ def predict_batch(model: CryoFIRE, b: Batch, sign: float, mp: MaskPoints | None,
     return {"rot": rot, "trans": trans, "z": zz, "branch": branch, "loss": loss}
 
 
-@torch.no_grad()
 def predict(model: CryoFIRE, data: ParticleData, pos: np.ndarray, sign: float = 1.0, radius: int | None = None,
             select: str = "decoder", batch: int = 256, device: torch.device | str = "cpu", use_z: bool = True,
-            sym: bool = True) -> Predictions:
-    """Predictions for the particles at `pos` (eval mode, batched, data loaded in a background thread)."""
+            sym: bool = True, precision: str = "fp32") -> Predictions:
+    """Predictions for the particles at `pos` (eval mode, batched, data loaded in a background thread; encoder-only
+    selection loads no Hartley transforms). `precision`: autocast of the networks (see model.autocast_context)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -86,8 +90,8 @@ def predict(model: CryoFIRE, data: ParticleData, pos: np.ndarray, sign: float = 
     elif select != "encoder":
         raise ValueError(f"select must be 'decoder' or 'encoder', got {select!r}")
     parts: dict[str, list] = {k: [] for k in ("rot", "trans", "z", "branch", "loss")}
-    for b in _prefetched(data, np.asarray(pos, dtype=np.int64), batch):
-        out = predict_batch(model, b, sign, mp, device, use_z, sym)
+    for b in _prefetched(data, np.asarray(pos, dtype=np.int64), batch, with_Y=mp is not None):
+        out = predict_batch(model, b, sign, mp, device, use_z, sym, precision)
         for k in parts:
             parts[k].append(out[k].float().cpu() if k != "branch" else out[k].cpu())
     model.train(was_training)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from cryofire_app.io.errors import InputError
-from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, compensate_mirror, mask_points
+from cryofire_app.model.cryofire import (PRECISIONS, CryoFIRE, MaskPoints, autocast_context, compensate_mirror,
+                                         mask_points)
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
@@ -66,11 +67,24 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(cfg: TrainConfig, D: int) -> CryoFIRE:
     enc = dict(channels=tuple(cfg.encoder.channels), final_size=cfg.encoder.final_size, hidden=cfg.encoder.hidden,
-               variational=cfg.encoder.variational)
-    dec = dict(pe_dim=cfg.decoder.pe_dim, feat_sigma=cfg.decoder.feat_sigma, hidden=cfg.decoder.hidden,
-               layers=cfg.decoder.layers)
+               variational=cfg.encoder.variational, stem=cfg.encoder.stem,
+               channels_last=cfg.channels_last is None or bool(cfg.channels_last))
+    dc = cfg.decoder
+    if dc.arch == "mlp":
+        dec = dict(arch="mlp", pe_dim=dc.pe_dim, feat_sigma=dc.feat_sigma, hidden=dc.hidden, layers=dc.layers)
+    elif dc.arch == "grid":
+        dec = dict(arch="grid", channels=dc.grid_channels, grid_size=dc.grid_size, hidden=dc.grid_hidden,
+                   layers=dc.grid_layers, grid_scale=dc.grid_scale, half_lattice=dc.grid_half_lattice)
+    else:
+        raise InputError(f"unknown decoder arch {dc.arch!r} (mlp or grid)")
+    if cfg.precision not in PRECISIONS:
+        raise InputError(f"unknown precision {cfg.precision!r} (use {', '.join(PRECISIONS)})")
     torch.manual_seed(cfg.seed)
-    return CryoFIRE(D, cfg.zdim, enc, dec, seed=cfg.seed)
+    model = CryoFIRE(D, cfg.zdim, enc, dec, seed=cfg.seed)
+    if cfg.compile:   # in place: parameter names (checkpoints) stay the same
+        model.encoder.compile()
+        model.decoder.compile(dynamic=True)   # the point count changes with the mask radius
+    return model
 
 
 def mask_radius_at(cfg: TrainConfig, D: int, images_seen: int) -> int:
@@ -327,7 +341,8 @@ class Trainer:
         for grp in self.optim.param_groups:
             grp["lr"] = lr
         self.model.train()
-        err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, sym)
+        with self._autocast():
+            err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, sym)
         loss, branch = symmetric_min(err)
         rows = branch * n + torch.arange(n, device=branch.device)
         if cfg.encoder.variational and not pose_only and cfg.beta > 0 and cfg.zdim > 0:
@@ -338,8 +353,14 @@ class Trainer:
             self.optim.zero_grad(set_to_none=True)
             return gloss
         self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
+        scaler = self._grad_scaler()
+        if scaler is not None:   # fp16: scaled loss, steps with inf/nan gradients are skipped by the scaler
+            scaler.scale(loss).backward()
+            scaler.step(self.optim)
+            scaler.update()
+        else:
+            loss.backward()
+            self.optim.step()
         with torch.no_grad():  # activated-path bookkeeping (compensated), for Latents snapshots
             rot, trans = enc["rot"].detach(), enc["trans"].detach()
             if S == 2:
@@ -353,6 +374,21 @@ class Trainer:
             self.run_z[b.pos] = z.float().cpu().numpy()
             self.run_seen[b.pos] = True
         return gloss
+
+    def _autocast(self):
+        """Mixed-precision context of TrainConfig.precision (fp32: none)."""
+        try:
+            return autocast_context(self.device, self.config.precision)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+
+    def _grad_scaler(self):
+        """torch.amp.GradScaler for fp16 (created on first use), else None."""
+        if self.config.precision != "fp16":
+            return None
+        if getattr(self, "_scaler", None) is None:
+            self._scaler = torch.amp.GradScaler(self.device.type)
+        return self._scaler
 
     def distill_step(self, b) -> float:
         """Seeded "distill" step: encoder supervised on the seeded poses (chordal |R - R_seed|_F^2, translation in px,
