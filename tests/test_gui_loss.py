@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cryofire_app.gui.loss_widget import LossWidget, ema
-from cryofire_app.training.events import Checkpoint, Step
+from cryofire_app.training.events import Checkpoint, Message, Step
 
 pytestmark = pytest.mark.gui
 
@@ -64,7 +64,15 @@ def test_seed_steps_go_to_the_status_line_not_the_curve(qtbot):
     for k in range(1, 6):
         w.add_step(Step(step=k, images_seen=0, loss=0.5, mask_radius=4, phase="seed", elapsed_s=k, images_total=1000))
     assert w.n_points == 0 and w.seed_steps == 5
-    assert "seeding" in w.status.text() and "step 5" in w.status.text()
+    assert "seed" in w.status.text() and not w.seed_bar.isHidden()
+    assert w.seed_label.text().startswith("seeding: ") and "round 5" in w.seed_label.text()
+    # the trainer's stage messages move the stage bar; its closing message ends the seed row
+    w.add_message(Message("info", "seed global: exhaustive search"))
+    assert w.seed_stage == "global" and w.seed_bar.value() == 2 and "exhaustive pose search" in w.seed_label.text()
+    w.add_message(Message("info", "seed done: done in 3 s; density sign -1; hand undetermined"))
+    assert w.seed_stage == "done"  # the seed's last stage, not yet the end
+    w.add_message(Message("info", "seed done in 3 s; distilling into the encoder"))
+    assert w.seed_stage is None and w.seed_bar.isHidden() and w.seed_label.text().startswith("ab initio seed done")
     w.add_step(Step(step=6, images_seen=32, loss=1.0, mask_radius=4, phase="distill", elapsed_s=6, images_total=1000))
     w._dirty = True
     w.redraw()
