@@ -48,6 +48,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTDIR from checkpoints/last.pt")
     p.add_argument("--checkpoint-every", type=int, default=20_000, help="images between checkpoints (default 20000)")
+    p.add_argument("--keep-checkpoints", type=int, default=3,
+                   help="numbered checkpoints kept besides last.pt, oldest deleted first (default 3)")
     p.add_argument("--freq-start", type=int, default=4, help="amortized: initial frequency-mask radius in pixels (default 4)")
     p.add_argument("--freq-add-every", type=int, default=10_000,
                    help="amortized: images per +1 pixel of the frequency-mask radius (default 10000)")
@@ -82,7 +84,8 @@ def config_from_args(args: argparse.Namespace):
                       pose_only_images=args.pose_only_images, beta=args.beta, sym_loss=not args.no_sym_loss,
                       freq_start=args.freq_start, freq_add_every=args.freq_add_every, freq_max=args.freq_max,
                       invert_data=args.invert_data, val_fraction=args.val_fraction,
-                      checkpoint_every=args.checkpoint_every, num_threads=args.threads)
+                      checkpoint_every=args.checkpoint_every, num_threads=args.threads,
+                      keep_checkpoints=args.keep_checkpoints)
     if args.box is not None and (args.box < 8 or args.box % 2):
         raise InputError(f"-D/--box must be an even number >= 8, got {args.box}")
     if args.enc_channels:
