@@ -128,10 +128,13 @@ def convergence(run_dir: Path, train_dir: Path, test_dir: Path, threads: int) ->
         gt_rot = read_pose_pkl(train_dir / "poses.pkl")[0]
         labels = np.load(train_dir / "labels.npy")
         with np.load(seed) as f:
-            pos, rot, score = f["pos"], f["rot"], f["state_score"]
+            pos, rot, score, state = f["pos"], f["rot"], f["state_score"], f["state"]
             wall = float(f["wall_s"])
         pt = {"what": "seed (training split)", "images_seen": 0, "elapsed_s": wall,
               **_errors(rot, score[:, None] if score.size else None, gt_rot[pos], labels[pos])}
+        if state.size:   # the seed's own hard labels (no threshold chosen with the ground truth)
+            e = float(np.mean(state != labels[pos]))
+            pt["confusion_labels"] = min(e, 1 - e)
         curve.append(pt)
     gt_rot = read_pose_pkl(test_dir / "poses.pkl")[0]
     labels = np.load(test_dir / "labels.npy")
@@ -182,11 +185,12 @@ def markdown(res: dict, meta: dict) -> str:
     if res.get("curve"):
         lines += ["", "Convergence (seed: its own poses/states on the training split; checkpoints: encoder-only "
                   "predictions on the held-out test split; confusion from thresholds on PC1 of z / the seed's state "
-                  "score):", "", "| what | images seen | wall time | view median (deg) | confusion | val loss |",
-                  "|---|---|---|---|---|---|"]
+                  "score):", "", "| what | images seen | wall time | view median (deg) | confusion | own labels | val loss |",
+                  "|---|---|---|---|---|---|---|"]
         for p in res["curve"]:
             lines.append(f"| {p['what']} | {p['images_seen']:,} | {p['elapsed_s'] / 60:.1f} min | "
                          f"{p['view_median_deg']:.2f} | {p.get('confusion_pc1', float('nan')):.4f} | "
+                         f"{p.get('confusion_labels', float('nan')):.4f} | "
                          f"{p.get('val_loss', float('nan')):.4f} |")
     return "\n".join(lines) + "\n"
 
