@@ -161,3 +161,25 @@ def test_eval_against_own_predictions_and_infer_folder(tiny_run, capsys):
     assert cli(["eval", str(tiny_run / "nowhere"), "--gt-poses", str(run_dir / "pose.pkl"), "-o",
                 str(tiny_run / "x.json")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_analyze_flip_hand_mirrors_maps_and_poses(tiny_run):
+    """--flip-hand: every map is the mirror image of the unflipped one and the STAR poses are F R F (analysis.hand)."""
+    from cryofire_app.analysis.hand import mirror_rotations, mirror_volume
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.io import read_mrc
+    from cryofire_app.io.particles import load_particles
+
+    out = tiny_run / "an_flip"
+    assert cli(["analyze", str(tiny_run / "run"), "-k", "2", "--n", "2", "--pcs", "1", "-o", str(out),
+                "--flip-hand"]) == 0
+    run = Run(tiny_run / "run")
+    centers = np.loadtxt(out / "kmeans2" / "centers.txt", ndmin=2).astype(np.float32)
+    plain = run.decode(centers[:1])[0]
+    flipped, _ = read_mrc(out / "kmeans2" / "vol_000.mrc")
+    scale = float(np.abs(plain).max())
+    assert np.abs(flipped - mirror_volume(plain)).max() < 1e-4 * scale
+    assert np.abs(flipped - plain).max() > 0.05 * scale   # a real mirror, not the same map
+    back = load_particles(out / "particles.star")
+    assert np.allclose(back.rots, mirror_rotations(run.rot), atol=1e-4)
+    assert not np.allclose(back.rots, run.rot, atol=1e-2)

@@ -97,7 +97,9 @@ class KMeansResult:
 
 
 def kmeans(z, k: int, seed: int = 0) -> KMeansResult:
-    """k-means of z (scikit-learn, 10 restarts); clusters renumbered by decreasing size, so 0 is the largest."""
+    """k-means of z (scikit-learn, 10 restarts); clusters renumbered by decreasing size, so 0 is the largest. The
+    centres are the means of the returned clusters' z (scikit-learn's centres can trail its final labels by one
+    update when it stops on its tolerance)."""
     from sklearn.cluster import KMeans
 
     z = _as_z(z)
@@ -113,7 +115,8 @@ def kmeans(z, k: int, seed: int = 0) -> KMeansResult:
     remap = np.empty(k, dtype=np.int64)
     remap[order] = np.arange(k)
     labels = remap[km.labels_]
-    centers = km.cluster_centers_[order]
+    centers = np.stack([z[labels == j].mean(0) if sizes[order][j] else km.cluster_centers_[order][j]
+                        for j in range(k)])
     idx, _ = nearest_points(z, centers)
     return KMeansResult(labels=labels, centers=centers.astype(np.float32), center_index=idx, sizes=sizes[order])
 

@@ -35,9 +35,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-volumes", action="store_true", help="skip volume decoding (plots and tables only)")
     p.add_argument("--no-star", action="store_true", help="do not write particles.star")
     p.add_argument("--seed", type=int, default=0, help="k-means random seed (default 0)")
+    p.add_argument("--flip-hand", action="store_true",
+                   help="write the mirror images of the maps and the matching poses in particles.star (the hand of "
+                        "an ab initio run is not determined by the data; see `cryofire volume --flip-hand`)")
 
 
-def _write_volumes(run, zs: np.ndarray, folder: Path, apix: float) -> list[str]:
+def _write_volumes(run, zs: np.ndarray, folder: Path, apix: float, flip_hand: bool = False) -> list[str]:
+    from cryofire_app.analysis.hand import mirror_volume
     from cryofire_app.io import write_mrc
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,14 +49,14 @@ def _write_volumes(run, zs: np.ndarray, folder: Path, apix: float) -> list[str]:
     for i, z in enumerate(zs):
         vol = run.decode(z[None] if z.size else None)[0]
         p = folder / f"vol_{i:03d}.mrc"
-        write_mrc(p, vol, apix=apix)
+        write_mrc(p, mirror_volume(vol) if flip_hand else vol, apix=apix)
         paths.append(str(p))
     return paths
 
 
 def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: list[int] | None = (1, 2),
             n: int = 10, on_data: bool = False, volumes: bool = True, star: bool = True, seed: int = 0,
-            run=None) -> dict:
+            run=None, flip_hand: bool = False) -> dict:
     """The work of `cryofire analyze`; returns the summary (also written to DIR/summary.json)."""
     from cryofire_app.analysis import latent, plots
     from cryofire_app.analysis.evaluate import write_json
@@ -77,7 +81,7 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
     labels = None
     if z.shape[1] == 0:
         if volumes:
-            files["volume"] = _write_volumes(run, np.zeros((1, 0), np.float32), out, apix)
+            files["volume"] = _write_volumes(run, np.zeros((1, 0), np.float32), out, apix, flip_hand)
     else:
         n_distinct = len(np.unique(z, axis=0))
         if n_distinct < k:
@@ -100,7 +104,7 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
             lp.scores, out / "pc_scatter.png", labels=labels, centers=lp.pca.transform(centers),
             explained=lp.explained_variance_ratio, title=f"z: PCA, k-means k={k}"))
         if volumes:
-            files["kmeans_volumes"] = _write_volumes(run, centers, kdir, apix)
+            files["kmeans_volumes"] = _write_volumes(run, centers, kdir, apix, flip_hand)
         for pc in pcs or []:
             if pc > lp.n_components:
                 log.warning("PC%d skipped: z has %d principal components", pc, lp.n_components)
@@ -111,12 +115,14 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
             np.savetxt(pdir / "z_values.txt", zs, fmt="%.6f", header=f"PC{pc} coordinates: " +
                        " ".join(f"{v:.4f}" for v in t))
             if volumes:
-                files[f"pc{pc}_volumes"] = _write_volumes(run, zs, pdir, apix)
+                files[f"pc{pc}_volumes"] = _write_volumes(run, zs, pdir, apix, flip_hand)
     if star:
+        from cryofire_app.analysis.hand import mirror_rotations
         from cryofire_app.analysis.selection import export_selection
 
         try:
-            written = export_selection(out / "particles", run.index, rot=run.rot, trans=run.trans, run=run,
+            rot = mirror_rotations(run.rot) if flip_hand else run.rot
+            written = export_selection(out / "particles", run.index, rot=rot, trans=run.trans, run=run,
                                        labels=labels)
             files["particles_star"] = [str(p) for p in written]
         except InputError as exc:
@@ -135,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
     if args.k < 1 or args.n < 1:
         raise InputError("-k and --n must be at least 1")
     s = analyze(args.outdir, k=args.k, out=args.out, pcs=pcs, n=args.n, on_data=args.on_data,
-                volumes=not args.no_volumes, star=not args.no_star, seed=args.seed)
+                volumes=not args.no_volumes, star=not args.no_star, seed=args.seed, flip_hand=args.flip_hand)
     out = Path(args.out) if args.out else Path(args.outdir) / "analyze"
     print(f"analyzed {s['n_particles']} particles (zdim {s['zdim']}, box {s['D']}, {s['apix']:.3f} A/px) -> {out}")
     if "kmeans" in s:
