@@ -149,7 +149,7 @@ class CryoFIRE(nn.Module):
             else:
                 k = torch.matmul(mp.coords, rot)
         if getattr(self.decoder, "half_lattice", False):
-            V = self.decoder.forward_pairs(k, z)
+            V = self.decoder(k, z, pairs=True)
         else:
             V = self.decoder(k, z)
         with fp32:

@@ -182,15 +182,20 @@ class FeatureGridDecoder(nn.Module):
         Odd: sign(-k) = -sign(k) for every k != 0."""
         s = torch.sign(k[..., 2])
         tie = s == 0
-        if bool(tie.any()):   # on the plane kz = 0 (e.g. unrotated lattices): ky decides, then kx
+        # on the plane kz = 0 (e.g. unrotated lattices) ky decides, then kx; the eager path skips this when no point
+        # is on the plane (rotated slices), the compiled path is branch-free (no graph break)
+        if torch.compiler.is_compiling() or bool(tie.any()):
             kx, ky = k[..., 0], k[..., 1]
             s2 = torch.sign(ky)
             s2 = torch.where(s2 == 0, torch.where(kx >= 0, 1.0, -1.0).to(k.dtype), s2)
             s = torch.where(tie, s2, s)
         return s
 
-    def forward(self, k: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """k: (B, M, 3) cycles/px; z: (B, d) or None (zeros). Returns (B, M)."""
+    def forward(self, k: torch.Tensor, z: torch.Tensor | None = None, pairs: bool = False) -> torch.Tensor:
+        """k: (B, M, 3) cycles/px; z: (B, d) or None (zeros). Returns (B, M), or with pairs=True (B, 2M) =
+        `forward_pairs(k, z)` (through __call__, so an in-place torch.compile of the module covers it)."""
+        if pairs:
+            return self.forward_pairs(k, z)
         if not self.half_lattice:
             return self._net(k, z)[0]
         s = self.half_space_sign(k)
