@@ -32,7 +32,8 @@ process and its children sampled every 0.2 s (cryoDRGN's data-loader workers are
     OMP_NUM_THREADS=2 python benchmarks/cryodrgn_compare.py [--n 5000] [--box 64] [--hps-images 16] [--ours short]
         [--venv PATH] [--device cpu|cuda] [--workdir DIR] [--skip-install]
 
-Needs PyPI access (step 1) and takes ~25-30 min on 2 loaded cores with the defaults. Not part of the test suite.
+Needs PyPI access (step 1); with the defaults it took 38 min on 2 cores at load average 5-8 (other jobs). Not part
+of the test suite (only its pure helpers are: tests/test_cryodrgn_compare_helpers.py).
 """
 from __future__ import annotations
 
