@@ -106,7 +106,7 @@ class TrainConfig:
     num_threads: int | None = None       # torch intra-op threads (None: leave torch's default)
     # speed (issue 6): precision of the training/inference forward passes under torch.autocast: fp32 | bf16 | fp16
     # (fp16 only on CUDA, with a gradient scaler; bf16 runs on CPU too but is only fast with AVX512-BF16/AMX);
-    # channels_last: NHWC encoder convolutions (None: on); compile: torch.compile the encoder and decoder (off;
+    # channels_last: NHWC encoder convolutions (None: on with CUDA, off on the CPU); compile: torch.compile the encoder and decoder (off;
     # first steps pay the compile time, worth it on a GPU)
     precision: str = "fp32"
     channels_last: bool | None = None
