@@ -310,7 +310,8 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
         rot, trans = r_new, t_new * (D / dr)
         sigma2 = residual_sigma2(s_new, data)
         history["research_moved_fraction"] = moved
-        yield ev("global", cfg.iters_search + 1, cfg.iters_search + 1, f"re-search of {N} particles at box {dr}, "
+        # reported as part of the refinement stage ("local"), so the stages a progress display shows only advance
+        yield ev("local", n_local, n_local, f"exhaustive re-search of {N} particles at box {dr}, "
                  f"radius {r_cur:.1f} px with the refined map: {100 * moved:.1f} % moved to another basin",
                  {"sigma2": sigma2, "radius": r_cur, "box": dr, "moved_fraction": moved},
                  rot=rot.numpy(), trans_px=trans.numpy())
