@@ -160,6 +160,25 @@ def test_cli_train_and_infer(data, tmp_path):
     assert main(["train", str(tmp_path / "missing.mrcs"), "-o", str(tmp_path / "x")]) == 2
 
 
+def test_cli_fast_preset_and_precision_options(data, tmp_path):
+    """--fast selects the grid decoder and the unshuffle stem (saved in config.json, the run trains and infers);
+    --precision bf16 runs on the CPU; fp16 on the CPU is refused with exit status 2."""
+    import json
+
+    from cryofire_app.cli import main
+
+    out = tmp_path / "fast"
+    base = [str(data.mrcs), "--ctf", str(data.ctf_pkl), "-D", "16", "--zdim", "2", "--num-images", "64",
+            "--batch-size", "16", "--pose-only-images", "32", "--device", "cpu", "--schedule", "amortized", "--quiet"]
+    assert main(["train", *base, "-o", str(out), "--fast", "--precision", "bf16"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["decoder"]["arch"] == "grid" and cfg["encoder"]["stem"] == "unshuffle" and cfg["precision"] == "bf16"
+    pred = tmp_path / "pred_fast"
+    assert main(["infer", str(out), str(data.mrcs), "--ctf", str(data.ctf_pkl), "-o", str(pred)]) == 0
+    assert read_pose_pkl(pred / "pose.pkl")[0].shape == (96, 3, 3)
+    assert main(["train", *base, "-o", str(tmp_path / "fp16"), "--precision", "fp16"]) == 2
+
+
 @pytest.mark.parametrize("invert", [False, True])
 def test_inverted_contrast_is_detected_and_fixed(data, tmp_path, invert):
     from cryofire_app.io import MrcStackWriter

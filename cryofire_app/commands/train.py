@@ -65,6 +65,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dec-hidden", type=int, default=None, help="decoder MLP width (default 256)")
     p.add_argument("--dec-layers", type=int, default=None, help="decoder residual blocks (default 3)")
     p.add_argument("--pe-dim", type=int, default=None, help="random Fourier features of the decoder (default 64)")
+    p.add_argument("--dec-arch", choices=("mlp", "grid"), default="mlp",
+                   help="decoder: mlp (the original: Fourier features + residual MLP, default) or grid (a learnable "
+                        "feature volume sampled at each lattice point + a 32-wide MLP, each (k, -k) pair evaluated "
+                        "once; ~55x cheaper per image at box 64 full radius, benchmarks/results/throughput-*)")
+    p.add_argument("--enc-stem", choices=("conv", "unshuffle"), default="conv",
+                   help="encoder stem: conv (the original, default) or unshuffle (lossless 2x2 pixel_unshuffle before "
+                        "the first block: ~5x fewer encoder FLOPs at box 64)")
+    p.add_argument("--fast", action="store_true",
+                   help="the measured fast preset: --dec-arch grid --enc-stem unshuffle (issue 6's targets on 2 CPU "
+                        "cores; not yet the default: its full accuracy benchmark is pending)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast precision of the networks (fp16 needs CUDA; physics and loss stay fp32; default fp32)")
+    p.add_argument("--channels-last", choices=("auto", "yes", "no"), default="auto",
+                   help="NHWC encoder convolutions: auto = on with CUDA only (default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (worth it on a GPU; slow start)")
     p.add_argument("--variational", action="store_true", help="variational z (KL weight --beta)")
     p.add_argument("--beta", type=float, default=0.0, help="KL weight for --variational (default 0)")
     p.add_argument("--no-sym-loss", action="store_true", help="amortized: disable the symmetric (mirror) loss (the seeded schedule "
@@ -100,6 +115,13 @@ def config_from_args(args: argparse.Namespace):
         cfg.decoder.layers = args.dec_layers
     if args.pe_dim:
         cfg.decoder.pe_dim = args.pe_dim
+    cfg.decoder.arch = "grid" if args.fast else args.dec_arch
+    cfg.encoder.stem = "unshuffle" if args.fast else args.enc_stem
+    if args.precision == "fp16" and args.device == "cpu":
+        raise InputError("--precision fp16 needs a CUDA device (use bf16 on the CPU)")
+    cfg.precision = args.precision
+    cfg.channels_last = {"auto": None, "yes": True, "no": False}[args.channels_last]
+    cfg.compile = bool(args.compile)
     return cfg
 
 
