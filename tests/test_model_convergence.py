@@ -40,11 +40,14 @@ def _data(D: int, n: int, seed: int, max_shift: float = 0.0):
     return vol, rot, t, torch.as_tensor(ctf), img / s_real, Y / s_ht, s_ht
 
 
-def test_decoder_with_ground_truth_poses_recovers_the_map():
+@pytest.mark.parametrize("dec", [dict(pe_dim=64, hidden=64, layers=2), dict(arch="grid")], ids=["mlp", "grid"])
+def test_decoder_with_ground_truth_poses_recovers_the_map(dec):
+    """Staged test 1, for the original MLP decoder and the feature-grid one (decoder.arch = "grid"). Measured when
+    written: MLP correlation 0.998, FSC=0.5 at 2.29 px; grid 0.997, 2.29 px."""
     torch.manual_seed(0)
     D, n = 16, 1500
     vol, rot, t, ctf, _, Y, s_ht = _data(D, n, seed=3, max_shift=2.0)
-    model = CryoFIRE(D, 0, dict(channels=(8,)), dict(pe_dim=64, hidden=64, layers=2))
+    model = CryoFIRE(D, 0, dict(channels=(8,)), dec)
     mp = mask_points(Lattice(D), D // 2)
     opt = torch.optim.Adam(model.decoder.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -60,7 +63,7 @@ def test_decoder_with_ground_truth_poses_recovers_the_map():
     corr = float(np.corrcoef(rec.ravel(), truth.ravel())[0, 1])
     freq, curve = metrics.fsc(rec, truth)
     res = metrics.fsc_resolution_px(freq, curve, 0.5)
-    print(f"decoder with GT poses: correlation {corr:.3f}, FSC=0.5 at {res:.2f} px")
+    print(f"{dec.get('arch', 'mlp')} decoder with GT poses: correlation {corr:.4f}, FSC=0.5 at {res:.2f} px")
     assert corr > 0.95
     assert res < 3.0          # FSC >= 0.5 out to at least 1/3 cycles/px (Nyquist is 2 px)
 
