@@ -29,3 +29,16 @@ def _seed_and_threads():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (small tensors: faster than two, and no oversubscription of a shared
+    machine); the previous count is restored afterwards. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,13 +19,7 @@ from cryofire_app.training.inference import predict_batch
 from test_train_data import blob_volume, ctf_rows, simulate_images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster than two and avoids oversubscribing a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(D: int, n: int, seed: int, max_shift: float = 0.0):

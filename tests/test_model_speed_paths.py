@@ -18,12 +18,7 @@ from cryofire_app.training.inference import predict
 from test_train_data import ctf_rows, make_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mask_points_are_ordered_as_half_then_negatives():
