@@ -93,7 +93,9 @@ def test_seeded_resume_skips_the_seed(tmp_path):
     sim = tmp_path / "sim"
     simulate(SimulationConfig(outdir=str(sim), n=200, volumes=two_state_maps(), apix=DEMO_MAP_APIX, box=16,
                               snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
-    small = dict(num_images=128, batch_size=16, seed_config=dict(box_global=16, radius_global=[4.0, 5.0],
+    # seed_agreement_deg 180: this tiny encoder cannot reproduce the seed's poses in 128 images; the joint phase
+    # is opened unconditionally so that the resume path through distill -> joint is what is tested here
+    small = dict(num_images=128, batch_size=16, seed_agreement_deg=180.0, seed_config=dict(box_global=16, radius_global=[4.0, 5.0],
                  n_restarts=1, iters_global=2, max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16],
                  iters_local=1, box_hetero=16, iters_hetero=1, iters_als=1, seed=0))
     cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", **small)
@@ -111,3 +113,29 @@ def test_seeded_resume_skips_the_seed(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "seed.npz").stat().st_mtime_ns == mtime
     assert isinstance(evs[-1], Finished) and evs[-1].images_seen == 128 and tr2.sign == -1.0
     assert any(isinstance(e, Checkpoint) for e in evs)
+
+
+def test_seeded_outputs_keep_the_seed_poses_when_the_encoder_has_not_learned_them(tmp_path):
+    """Default gate (seed_agreement_deg 10): 128 images cannot teach the encoder the seed's poses, so the run stays in
+    the distill phase (no joint training on the encoder's poses), says so, and pose.pkl holds the seed's poses."""
+    torch.set_num_threads(1)
+    sim = tmp_path / "sim"
+    simulate(SimulationConfig(outdir=str(sim), n=200, volumes=two_state_maps(), apix=DEMO_MAP_APIX, box=16,
+                              snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
+    cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", num_images=128, batch_size=16,
+                        seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
+                                         max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16],
+                                         iters_local=1, box_hetero=16, iters_als=1, seed=0))
+    tr = Trainer(cfg)
+    evs = list(tr.run())
+    phases = {e.phase for e in evs if isinstance(e, Step)}
+    assert "joint" not in phases and "distill" in phases
+    texts = [e.text for e in evs if isinstance(e, Message)]
+    assert any("distilling goes on" in t for t in texts)
+    assert any(t.startswith("outputs: the seed's poses") for t in texts)
+    assert tr.agreement_deg is not None and tr.agreement_deg > cfg.seed_agreement_deg
+    rot, _ = read_pose_pkl(tmp_path / "run" / "pose.pkl")
+    seed_rot, _ = read_pose_pkl(tmp_path / "run" / "seed_pose.pkl")
+    ind = read_ind_pkl(tmp_path / "run" / "seed_ind.pkl")
+    assert np.allclose(rot[ind], seed_rot, atol=1e-6)
+    assert not np.allclose(rot, np.broadcast_to(np.eye(3), rot.shape), atol=1e-3)

@@ -75,6 +75,11 @@ class TrainConfig:
     # SEEDED_CPU_FREQ_MAX px, chosen at setup and saved in config.json) and uses seeded_sym_loss.
     schedule: str = "seeded"
     distill_fraction: float = 0.6        # seeded: share of images_total spent in the distill phase
+    seed_agreement_deg: float = 10.0     # seeded: the joint phase starts only once the encoder's poses agree with the
+                                         # seed's to this median angle (training split sample); until then distilling
+                                         # goes on, and if it never does the outputs keep the seed's poses (measured at
+                                         # SNR 0.1: 20k images leave the encoder at chance, joint training from its
+                                         # poses then blurred the map to FSC 12.8 px and output chance poses)
     distill_rot_weight: float = 1.0      # seeded distill: weight of |R_enc - R_seed|_F^2 (chordal, 0..8)
     distill_trans_weight: float = 0.05   # seeded distill: weight of |t_enc - t_seed|^2 (pixels^2 of box D)
     distill_decoder_every: int = 4       # seeded distill: fit the decoder on every k-th step only (encoder steps are

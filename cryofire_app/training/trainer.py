@@ -246,6 +246,9 @@ class Trainer:
         self.next_ckpt = cfg.checkpoint_every
         self.next_latents = cfg.latents_every
         self.seed_done = False
+        self.joint_ok = False          # seeded: the encoder has reproduced the seed's poses (see seed_agreement_deg)
+        self.agreement_deg: float | None = None
+        self.next_agreement = 0
         self.seed: dict | None = None
         if ck is not None:
             self.model.load_state_dict(ck["model"])
@@ -258,6 +261,9 @@ class Trainer:
             self.next_ckpt = int(ck["next_ckpt"])
             self.next_latents = int(ck["next_latents"])
             self.seed_done = bool(ck.get("seed_done", False))
+            self.joint_ok = bool(ck.get("joint_ok", True))
+            self.agreement_deg = ck.get("agreement_deg")
+            self.next_agreement = int(ck.get("next_agreement", 0))
             if self.seed_done:
                 self.seed = self._load_seed()
         self.ddp = self.model
@@ -302,7 +308,7 @@ class Trainer:
         if cfg.schedule == "seeded":
             if not self.seed_done:
                 return "seed"
-            return "distill" if self.images_seen < self.distill_images else "joint"
+            return "distill" if self.images_seen < self.distill_images or not self.joint_ok else "joint"
         return "pose_only" if self.images_seen < cfg.pose_only_images else "joint"
 
     @property
@@ -637,6 +643,7 @@ class Trainer:
             "contrast_checked": self.contrast_checked, "train_pos": torch.as_tensor(self.train_pos),
             "val_pos": torch.as_tensor(self.val_pos), "prev_val": self.prev_val, "next_ckpt": self.next_ckpt,
             "next_latents": self.next_latents, "schedule": cfg.schedule, "seed_done": self.seed_done,
+            "joint_ok": self.joint_ok, "agreement_deg": self.agreement_deg, "next_agreement": self.next_agreement,
         }
 
     def save_checkpoint(self, numbered: bool = True) -> Path:
@@ -670,6 +677,30 @@ class Trainer:
         return Latents(self.images_seen, self.data.particles.index[pos].astype(np.int64), self.run_z[pos].copy(),
                        self.run_rot[pos].copy(), self.run_trans[pos].copy())
 
+    def encoder_agreement_deg(self, n: int = 512) -> float:
+        """Median angle (degrees) between the encoder's poses and the seed's on up to ``n`` seeded training particles
+        (no ground truth needed; the encoder is distilled on exactly these poses, no mirror branch)."""
+        pos = self.seed["pos"]
+        sample = pos[np.unique(np.linspace(0, len(pos) - 1, min(n, len(pos))).astype(np.int64))]
+        pr = predict(self.model, self.data, sample, sign=self.sign, select="encoder",
+                     batch=self.config.eval_batch_size, device=self.device, use_z=True, sym=False)
+        ang = geodesic_angle(torch.as_tensor(pr.rot, dtype=torch.float64),
+                             self.seed["rot_t"][torch.as_tensor(sample)].double())
+        return float(ang.median())
+
+    def _check_agreement(self) -> Message:
+        """Seeded: start the joint phase once the encoder reproduces the seed's poses; else keep distilling."""
+        cfg = self.config
+        self.agreement_deg = self.encoder_agreement_deg()
+        self.next_agreement = self.images_seen + max(cfg.checkpoint_every // 4, 1000)
+        if self.agreement_deg <= cfg.seed_agreement_deg:
+            self.joint_ok = True
+            return Message("info", f"encoder agrees with the seed's poses (median {self.agreement_deg:.1f} deg): "
+                                   "joint amortized training starts")
+        return Message("info", f"encoder still {self.agreement_deg:.1f} deg from the seed's poses (median; joint "
+                               f"training starts below {cfg.seed_agreement_deg:g}): distilling goes on, the decoder "
+                               "keeps training on the seed's poses")
+
     def write_outputs(self) -> None:
         """Final eval-mode pass over every particle: pose.pkl, z.pkl, latents.npz (rank 0)."""
         from cryofire_app.io import write_pose_pkl, write_z_pkl
@@ -678,6 +709,12 @@ class Trainer:
         allpos = np.arange(self.data.N)
         r = min(cfg.select_radius, mask_radius_at(cfg, self.D, self.images_seen))
         pr = self.predict(allpos, r)
+        if self.seed is not None and not self.joint_ok:
+            # the encoder never reproduced the seed: the seed's poses are the run's answer for the particles it saw
+            p = self.seed["pos"]
+            pr.rot[p] = self.seed["rot"]
+            pr.trans[p] = self.seed["trans"]
+            pr.branch[p] = 0
         write_pose_pkl(self.outdir / "pose.pkl", pr.rot.astype(np.float32), (pr.trans / self.D).astype(np.float32))
         write_z_pkl(self.outdir / "z.pkl", pr.z.astype(np.float32))
         split = np.zeros(self.data.N, np.int8)
@@ -737,6 +774,9 @@ class Trainer:
                 self.step += 1
                 yield self._emit(Step(self.step, self.images_seen, loss, radius, phase, time.time() - t0,
                                       self.images_total))
+                if (cfg.schedule == "seeded" and self.seed is not None and not self.joint_ok
+                        and self.images_seen >= max(self.distill_images, self.next_agreement)):
+                    yield self._emit(self._check_agreement())
                 if not self.contrast_checked and self.images_seen >= cfg.contrast_check_images:
                     yield self._emit(self._check_contrast())
                 if self.images_seen >= self.next_latents:
@@ -757,6 +797,12 @@ class Trainer:
         if stopped:
             yield self._emit(Message("info", f"stop requested at {self.images_seen} images"))
         yield self._emit(self._checkpoint_event())
+        if self.seed is not None and not self.joint_ok:
+            gap = f"{self.agreement_deg:.1f} deg" if self.agreement_deg is not None else "not yet checked"
+            yield self._emit(Message("warning", f"outputs: the seed's poses for the {len(self.seed['pos'])} training "
+                                                f"particles (the encoder's distance to them: {gap}); poses of other "
+                                                "particles, and `cryofire infer`, come from the encoder and are not "
+                                                "reliable yet: train longer, or on a GPU"))
         if self.rank == 0:
             self.write_outputs()
         self._barrier()
