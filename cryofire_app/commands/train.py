@@ -65,12 +65,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dec-hidden", type=int, default=None, help="decoder MLP width (default 256)")
     p.add_argument("--dec-layers", type=int, default=None, help="decoder residual blocks (default 3)")
     p.add_argument("--pe-dim", type=int, default=None, help="random Fourier features of the decoder (default 64)")
-    p.add_argument("--dec-arch", choices=("mlp", "grid"), default="mlp",
-                   help="decoder: mlp (the original: Fourier features + residual MLP, default) or grid (a learnable "
+    p.add_argument("--dec-arch", choices=("mlp", "grid"), default=None,
+                   help="decoder: mlp (the original: Fourier features + residual MLP) or grid (a learnable "
                         "feature volume sampled at each lattice point + a 32-wide MLP, each (k, -k) pair evaluated "
                         "once; ~55x cheaper per image at box 64 full radius, benchmarks/results/throughput-*)")
-    p.add_argument("--enc-stem", choices=("conv", "unshuffle"), default="conv",
-                   help="encoder stem: conv (the original, default) or unshuffle (lossless 2x2 pixel_unshuffle before "
+    p.add_argument("--enc-stem", choices=("conv", "unshuffle"), default=None,
+                   help="encoder stem: conv (the original) or unshuffle (lossless 2x2 pixel_unshuffle before "
                         "the first block: ~5x fewer encoder FLOPs at box 64)")
     p.add_argument("--fast", action="store_true",
                    help="the measured fast preset: --dec-arch grid --enc-stem unshuffle (issue 6's targets on 2 CPU "
@@ -115,8 +115,12 @@ def config_from_args(args: argparse.Namespace):
         cfg.decoder.layers = args.dec_layers
     if args.pe_dim:
         cfg.decoder.pe_dim = args.pe_dim
-    cfg.decoder.arch = "grid" if args.fast else args.dec_arch
-    cfg.encoder.stem = "unshuffle" if args.fast else args.enc_stem
+    if args.fast:
+        cfg.decoder.arch, cfg.encoder.stem = "grid", "unshuffle"
+    if args.dec_arch:
+        cfg.decoder.arch = args.dec_arch
+    if args.enc_stem:
+        cfg.encoder.stem = args.enc_stem
     if args.precision == "fp16" and args.device == "cpu":
         raise InputError("--precision fp16 needs a CUDA device (use bf16 on the CPU)")
     cfg.precision = args.precision
