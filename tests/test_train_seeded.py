@@ -137,10 +137,13 @@ def test_seeded_outputs_keep_the_seed_poses_when_the_encoder_has_not_learned_the
     assert "joint" not in phases and "distill" in phases
     texts = [e.text for e in evs if isinstance(e, Message)]
     assert any("distilling goes on" in t for t in texts)
-    assert any(t.startswith("outputs: the seed's poses") for t in texts)
+    warn = [e for e in evs if isinstance(e, Message) and e.text.startswith("outputs: the seed's pose fits")]
+    assert len(warn) == 1 and warn[0].level == "warning" and "not reliable yet" in warn[0].text
     assert tr.agreement_deg is not None and tr.agreement_deg > cfg.seed_agreement_deg
+    # per particle, pose.pkl keeps the pose the decoder fits better; the decoder was trained on the seed's poses
+    # (briefly: 128 images), so those win for most training particles
     rot, _ = read_pose_pkl(tmp_path / "run" / "pose.pkl")
     seed_rot, _ = read_pose_pkl(tmp_path / "run" / "seed_pose.pkl")
     ind = read_ind_pkl(tmp_path / "run" / "seed_ind.pkl")
-    assert np.allclose(rot[ind], seed_rot, atol=1e-6)
-    assert not np.allclose(rot, np.broadcast_to(np.eye(3), rot.shape), atol=1e-3)
+    same = np.all(np.abs(rot[ind] - seed_rot) < 1e-6, axis=(1, 2))
+    assert same.mean() > 0.5 and tr.seed_pose_fraction == same.mean()

@@ -260,3 +260,15 @@ def test_no_ctf_no_z_no_symmetric_loss(tmp_path):
     assert steps[0].images_seen == 43 and np.isfinite(steps[-1].loss)   # batch clamped to the 43 training images
     run = Run(tmp_path / "run")
     assert run.z.shape == (48, 0) and run.decode(None).shape == (1, D, D, D)
+
+
+def test_configs_saved_before_the_fast_defaults_load_with_the_original_architecture():
+    """config.json / checkpoints written before decoder.arch and encoder.stem existed describe the original model
+    (MLP decoder, conv stem); new configs default to the grid decoder and the unshuffle stem."""
+    from cryofire_app.training.config import TrainConfig
+
+    d = TrainConfig().to_dict()
+    assert d["decoder"]["arch"] == "grid" and d["encoder"]["stem"] == "unshuffle"
+    del d["decoder"]["arch"], d["encoder"]["stem"]
+    old = TrainConfig.from_dict(d)
+    assert old.decoder.arch == "mlp" and old.encoder.stem == "conv"

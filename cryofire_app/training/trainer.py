@@ -249,6 +249,7 @@ class Trainer:
         self.joint_ok = False          # seeded: the encoder has reproduced the seed's poses (see seed_agreement_deg)
         self.agreement_deg: float | None = None
         self.next_agreement = 0
+        self.seed_pose_fraction = 0.0
         self.seed: dict | None = None
         if ck is not None:
             self.model.load_state_dict(ck["model"])
@@ -701,6 +702,30 @@ class Trainer:
                                f"training starts below {cfg.seed_agreement_deg:g}): distilling goes on, the decoder "
                                "keeps training on the seed's poses")
 
+    @torch.no_grad()
+    def _seed_fits_better(self, pos: np.ndarray, pr, radius: int) -> np.ndarray:
+        """(len(pos),) bool: the decoder's error (mask radius ``radius``, the z of ``pr``) is lower at the seed's pose
+        than at the predicted one. ``pr`` holds predictions for every particle (row = position)."""
+        from cryofire_app.model.cryofire import mask_points
+
+        mp = mask_points(self.lattice, radius, self.device)
+        out = np.zeros(len(pos), bool)
+        self.model.eval()
+        bs = self.config.eval_batch_size
+        for i in range(0, len(pos), bs):
+            b = self.data.load(pos[i:i + bs])
+            Y = b.Y.to(self.device) * self.sign
+            ctf = b.ctf.to(self.device) if b.ctf is not None else None
+            z = torch.as_tensor(pr.z[b.pos], device=self.device)
+            errs = []
+            for R, t in ((self.seed["rot_t"][b.pos], self.seed["trans_t"][b.pos]),
+                         (torch.as_tensor(pr.rot[b.pos]), torch.as_tensor(pr.trans[b.pos]))):
+                errs.append(self.model.branch_errors(Y, ctf, {"rot": R.to(self.device), "trans": t.to(self.device)},
+                                                     z, mp, sym=False)[0])
+            out[i:i + len(b.pos)] = (errs[0] <= errs[1]).cpu().numpy()
+        self.model.train()
+        return out
+
     def write_outputs(self) -> None:
         """Final eval-mode pass over every particle: pose.pkl, z.pkl, latents.npz (rank 0)."""
         from cryofire_app.io import write_pose_pkl, write_z_pkl
@@ -709,12 +734,15 @@ class Trainer:
         allpos = np.arange(self.data.N)
         r = min(cfg.select_radius, mask_radius_at(cfg, self.D, self.images_seen))
         pr = self.predict(allpos, r)
-        if self.seed is not None and not self.joint_ok:
-            # the encoder never reproduced the seed: the seed's poses are the run's answer for the particles it saw
-            p = self.seed["pos"]
-            pr.rot[p] = self.seed["rot"]
-            pr.trans[p] = self.seed["trans"]
-            pr.branch[p] = 0
+        if self.seed is not None:
+            # particles the seed saw keep whichever pose the decoder fits better: the seed's (exhaustive search +
+            # local refinement) or the encoder's (label-free; the encoder can drift from or never reach the seed)
+            p, use = self.seed["pos"], self._seed_fits_better(self.seed["pos"], pr, r)
+            q = p[use]
+            pr.rot[q] = self.seed["rot"][use]
+            pr.trans[q] = self.seed["trans"][use]
+            pr.branch[q] = 0
+            self.seed_pose_fraction = float(use.mean()) if len(use) else 0.0
         write_pose_pkl(self.outdir / "pose.pkl", pr.rot.astype(np.float32), (pr.trans / self.D).astype(np.float32))
         write_z_pkl(self.outdir / "z.pkl", pr.z.astype(np.float32))
         split = np.zeros(self.data.N, np.int8)
@@ -797,14 +825,18 @@ class Trainer:
         if stopped:
             yield self._emit(Message("info", f"stop requested at {self.images_seen} images"))
         yield self._emit(self._checkpoint_event())
-        if self.seed is not None and not self.joint_ok:
-            gap = f"{self.agreement_deg:.1f} deg" if self.agreement_deg is not None else "not yet checked"
-            yield self._emit(Message("warning", f"outputs: the seed's poses for the {len(self.seed['pos'])} training "
-                                                f"particles (the encoder's distance to them: {gap}); poses of other "
-                                                "particles, and `cryofire infer`, come from the encoder and are not "
-                                                "reliable yet: train longer, or on a GPU"))
         if self.rank == 0:
             self.write_outputs()
+        if self.seed is not None:
+            gap = f"{self.agreement_deg:.1f} deg" if self.agreement_deg is not None else "not checked"
+            msg = (f"outputs: the seed's pose fits the decoder better for {100 * self.seed_pose_fraction:.0f} % of the "
+                   f"{len(self.seed['pos'])} training particles (kept there; the encoder's elsewhere)")
+            if not self.joint_ok:
+                yield self._emit(Message("warning", msg + f"; the encoder stayed {gap} from the seed's poses, so its "
+                                         "poses for other particles, and `cryofire infer`, are not reliable yet: "
+                                         "train longer, or on a GPU"))
+            else:
+                yield self._emit(Message("info", msg))
         self._barrier()
         yield self._emit(Finished(str(self.outdir), self.images_seen, stopped))
         if self._log is not None:
