@@ -82,6 +82,10 @@ def test_seeded_schedule_from_scratch(tmp_path):
     # the seed's own poses are written beside the encoder's, for the training split
     srot, _ = read_pose_pkl(tmp_path / "run" / "seed_pose.pkl")
     sind = read_ind_pkl(tmp_path / "run" / "seed_ind.pkl")
+    states = np.load(tmp_path / "run" / "seed_states.npz")
+    assert np.array_equal(states["index"], sind) and states["state"].shape == sind.shape
+    e = float(np.mean(states["state"] != labels[sind]))
+    assert min(e, 1 - e) < 0.05          # the seed's own two-state labels, exported beside its poses
     seed_err = metrics.rotation_errors(srot, gt_rot[sind])["rot_view_median_deg"]
     assert seed_err < 5.0
     # the encoder reproduced the seed's poses (label-free check), which is what opened the joint phase

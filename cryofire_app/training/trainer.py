@@ -757,6 +757,10 @@ class Trainer:
             write_pose_pkl(self.outdir / "seed_pose.pkl", self.seed["rot"].astype(np.float32),
                            (self.seed["trans"] / self.D).astype(np.float32))
             write_ind_pkl(self.outdir / "seed_ind.pkl", self.seed["pos"].astype(np.int64))
+            if np.asarray(self.seed["state"]).size:   # the seed's state labels (0 = larger state), rows of seed_ind.pkl
+                atomic_save_npz(self.outdir / "seed_states.npz", index=self.seed["pos"].astype(np.int64),
+                                state=np.asarray(self.seed["state"], np.int64),
+                                state_score=np.asarray(self.seed["state_score"], np.float32))
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> Iterator:
