@@ -265,23 +265,15 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
         for it in range(cfg.iters_local):
             vol, info = _reconstruct(data, rot, trans * (d / D), sigma2, cfg) if k else (vol, info)
             vh = slicing_volume(resize_volume(vol, d))
-            offs = shift_grid(tstep * d / D, tstep * d / D)
-            if H > 1:
-                r_new, t_new, s_new = local_search(vh, data, rot_h, trans_h * (d / D), local_perturbations(step), offs,
-                                                   batch=cfg.batch)
-                H = 1
-            else:
-                r_new, t_new, s_new = local_search(vh, data, rot[:, None], trans[:, None] * (d / D),
-                                                   local_perturbations(step), offs, batch=cfg.batch)
+            cands = (rot_h, trans_h) if H > 1 else (rot[:, None], trans[:, None])   # all hypotheses in round 1
+            H = 1
+            r_new, t_new, sigma2 = _local_round(vh, data, *cands, step, tstep, D, cfg)
             dang = _angle_change(rot, r_new)
-            rot, trans = r_new, t_new * (D / d)
-            sigma2 = residual_sigma2(s_new, data)
+            rot, trans = r_new, t_new
             k += 1
             yield ev("local", k, n_local, f"box {d} radius {r_cur:.1f} px: step {math.degrees(step):.2f} deg, "
                      f"{tstep:.2f} px; median pose change {np.median(dang):.2f} deg",
-                     {"box": d, "radius": r_cur, "step_deg": math.degrees(step), "sigma2": sigma2,
-                      "median_change_deg": float(np.median(dang))},
-                     rot=rot.numpy(), trans_px=trans.numpy())
+                     _local_metrics(d, r_cur, step, sigma2, dang), rot=rot.numpy(), trans_px=trans.numpy())
             step = max(step / 2, math.radians(cfg.min_step_deg))
             tstep = max(tstep / 2, cfg.min_shift_step_px)
         vol, info = _reconstruct(data, rot, trans * (d / D), sigma2, cfg)
@@ -302,13 +294,11 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
         rot_h = torch.cat([rot[:, None], grid[ri]], 1)
         trans_h = torch.cat([trans[:, None] * (dr / D), shifts_r[ti]], 1)
         step = math.radians(spacing) / 2
-        r_new, t_new, s_new = local_search(vh, data, rot_h, trans_h, local_perturbations(step),
-                                           shift_grid(max(cfg.max_shift_px / 2, 1.0) * dr / D,
-                                                      max(cfg.max_shift_px / 2, 1.0) * dr / D), batch=cfg.batch)
+        r_new, t_new, sigma2 = _local_round(vh, data, rot_h, trans_h * (D / dr), step, max(cfg.max_shift_px / 2, 1.0),
+                                            D, cfg)
         dang = _angle_change(rot, r_new)
         moved = float((dang > 2 * math.degrees(step)).mean())
-        rot, trans = r_new, t_new * (D / dr)
-        sigma2 = residual_sigma2(s_new, data)
+        rot, trans = r_new, t_new
         history["research_moved_fraction"] = moved
         # reported as part of the refinement stage ("local"), so the stages a progress display shows only advance
         yield ev("local", n_local, n_local, f"exhaustive re-search of {N} particles at box {dr}, "
@@ -323,16 +313,12 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
             r_cur = _ssnr_radius(info, d_prev, d, cfg, floor=r_cur * d / d_prev)
             data = stage_data(parts, d, r_cur)
             vh = slicing_volume(resize_volume(vol, d))
-            offs = shift_grid(tstep * d / D, tstep * d / D)
-            r_new, t_new, s_new = local_search(vh, data, rot[:, None], trans[:, None] * (d / D),
-                                               local_perturbations(step), offs, batch=cfg.batch)
+            r_new, t_new, sigma2 = _local_round(vh, data, rot[:, None], trans[:, None], step, tstep, D, cfg)
             dang = _angle_change(rot, r_new)
-            rot, trans = r_new, t_new * (D / d)
-            sigma2 = residual_sigma2(s_new, data)
+            rot, trans = r_new, t_new
             yield ev("local", n_local, n_local, f"box {d} radius {r_cur:.1f} px after the re-search: step "
                      f"{math.degrees(step):.2f} deg; median pose change {np.median(dang):.2f} deg",
-                     {"box": d, "radius": r_cur, "step_deg": math.degrees(step), "sigma2": sigma2,
-                      "median_change_deg": float(np.median(dang))}, rot=rot.numpy(), trans_px=trans.numpy())
+                     _local_metrics(d, r_cur, step, sigma2, dang), rot=rot.numpy(), trans_px=trans.numpy())
             vol, info = _reconstruct(data, rot, trans * (d / D), sigma2, cfg)
             d_prev = d
             step = max(step / 2, math.radians(cfg.min_step_deg))
@@ -373,6 +359,21 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     return SeedResult(rot.numpy().astype(np.float32), trans.numpy().astype(np.float32), volume_np.astype(np.float32),
                       None if state is None else np.asarray(state, dtype=np.int64), history,
                       None if state_score is None else np.asarray(state_score, dtype=np.float32), state_vols)
+
+
+def _local_round(vh, data: StageData, rot_h, trans_h, step: float, tstep: float, D: int, cfg: SeedConfig):
+    """One local search round at the stage's box ``data.d``: the best of ``local_perturbations(step)`` (radians)
+    around each hypothesis ``rot_h (n, H, 3, 3)`` times shift offsets of +-``tstep`` around ``trans_h (n, H, 2)``
+    (both shifts in **input-box** px). Returns ``rot (n, 3, 3)``, ``trans (n, 2)`` input-box px, noise variance."""
+    d = data.d
+    r_new, t_new, s_new = local_search(vh, data, rot_h, trans_h * (d / D), local_perturbations(step),
+                                       shift_grid(tstep * d / D, tstep * d / D), batch=cfg.batch)
+    return r_new, t_new * (D / d), residual_sigma2(s_new, data)
+
+
+def _local_metrics(d: int, radius: float, step: float, sigma2: float, dang: np.ndarray) -> dict:
+    return {"box": d, "radius": radius, "step_deg": math.degrees(step), "sigma2": sigma2,
+            "median_change_deg": float(np.median(dang))}
 
 
 def _random_blobs(d: int, data: StageData, cfg: SeedConfig, gen: torch.Generator) -> torch.Tensor:
