@@ -99,10 +99,11 @@ def _errors(rot, z, gt_rot, labels) -> dict:
 
     from cryofire_app.analysis import metrics
 
+    from cryofire_app.analysis.latent import fit_pca
+
     out = {"view_median_deg": metrics.rotation_errors(rot, gt_rot)["rot_view_median_deg"]}
-    if z is not None and z.size and np.ptp(z) > 0:
-        zc = z - z.mean(0)
-        pc1 = zc @ np.linalg.svd(zc, full_matrices=False)[2][0] if zc.ndim == 2 else zc
+    if z is not None and z.size and np.ptp(z) > 0:   # the same PC1 confusion as `cryofire eval`
+        pc1 = fit_pca(z, n_components=1).scores[:, 0]
         out["confusion_pc1"] = metrics.confusion_by_thresholds(pc1, labels)["confusion"]
     return out
 
