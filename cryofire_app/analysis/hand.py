@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-FLIP = np.diag([1.0, 1.0, -1.0])  # the same mirror as metrics.FLIP (not imported: keeps this module torch-free)
-
 HAND_NOTE_FLIPPED = "mirrored by ab initio (undetermined by data); flipped to match the simulated reference"
 HAND_NOTE_CORRECT = "came out in the reference's hand (undetermined by data; the ab initio choice happened to match)"
 
@@ -141,19 +139,10 @@ def _prepare(vol: np.ndarray, box: int, lowpass_px: float | None):
 
 
 def _rotated(vol, rots):
-    """Batched ``out_b(r) = vol(r @ rots_b^T)`` (trilinear, zero outside), rows ``r = (x, y, z)`` about ``D // 2``."""
-    import torch
-    import torch.nn.functional as F
+    """Batched ``out_b(r) = vol(r @ rots_b^T)`` about ``D // 2`` (physics.rotate_volume with a batch of rotations)."""
+    from cryofire_app.physics.projector import rotate_volume
 
-    d = vol.shape[-1]
-    ax = torch.arange(d, dtype=torch.float32) - d // 2
-    zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
-    r = torch.stack([xx, yy, zz], -1).reshape(-1, 3)
-    src = torch.einsum("mi,bji->bmj", r, rots.float()) + d // 2  # (B, M, 3): r @ R^T, in index units (x, y, z)
-    grid = (src / (d - 1) * 2 - 1).reshape(len(rots), d, d, d, 3)
-    out = F.grid_sample(vol[None, None].expand(len(rots), 1, d, d, d), grid, mode="bilinear",
-                        padding_mode="zeros", align_corners=True)
-    return out[:, 0]
+    return rotate_volume(vol.float(), rots.float())
 
 
 def _best_scores(vol, ref_f, rots, max_shift: int, chunk: int = 256):

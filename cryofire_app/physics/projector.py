@@ -136,21 +136,24 @@ def project_real(vol: torch.Tensor, rot: torch.Tensor, oversample: int = 2) -> t
 
 
 def rotate_volume(vol: torch.Tensor, rot: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
-    """Rigid rotation of a real-space volume ``(D, D, D)`` by trilinear resampling.
+    """Rigid rotation of a real-space volume ``(D, D, D)`` by trilinear resampling (zero outside).
 
     The content at volume point ``r0`` (row vector ``(x, y, z)`` in voxels from ``center``, default the centre voxel)
     moves to ``r = (r0 - center) @ rot + center``; i.e. ``out(r) = vol((r - center) @ rot^T + center)``.
+    ``rot`` ``(3, 3)`` gives ``(D, D, D)``; a batch ``(B, 3, 3)`` gives ``(B, D, D, D)`` (one pass of grid_sample).
     """
     d = vol.shape[-1]
     c0 = torch.full((3,), float(d // 2), dtype=vol.dtype, device=vol.device)
     center = c0 if center is None else torch.as_tensor(center, dtype=vol.dtype, device=vol.device)
+    rots = rot.to(vol.dtype).reshape(-1, 3, 3)
     ax = torch.arange(d, dtype=vol.dtype, device=vol.device)
     zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
     r = torch.stack([xx, yy, zz], -1)
-    src = (r - center) @ rot.to(vol.dtype).T + center
+    src = torch.einsum("zyxi,bji->bzyxj", r - center, rots) + center
     grid = src / (d - 1) * 2 - 1
-    out = F.grid_sample(vol[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[0, 0]
+    out = F.grid_sample(vol[None, None].expand(len(rots), 1, d, d, d), grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)[:, 0]
+    return out if rot.dim() == 3 else out[0]
 
 
 __all__ = ["slice_ht_volume", "FourierProjector", "lattice_to_image", "project_fourier", "project_real",
