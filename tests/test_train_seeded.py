@@ -151,3 +151,19 @@ def test_seeded_outputs_keep_the_seed_poses_when_the_encoder_has_not_learned_the
     ind = read_ind_pkl(tmp_path / "run" / "seed_ind.pkl")
     same = np.all(np.abs(rot[ind] - seed_rot) < 1e-6, axis=(1, 2))
     assert same.mean() > 0.5 and tr.seed_pose_fraction == same.mean()
+
+
+def test_seeded_distill_runs_under_bf16_autocast(tmp_path):
+    """--precision applies to the distill phase too (it used to bypass autocast and the grad scaler)."""
+    torch.set_num_threads(1)
+    sim = tmp_path / "sim"
+    simulate(SimulationConfig(outdir=str(sim), n=120, volumes=two_state_maps(), apix=DEMO_MAP_APIX, box=16,
+                              snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
+    cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", num_images=64, batch_size=16, precision="bf16",
+                        seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
+                                         max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16],
+                                         iters_local=1, box_hetero=16, iters_als=1, seed=0, box_research=0))
+    tr = Trainer(cfg)
+    steps = [e for e in tr.run() if isinstance(e, Step) and e.phase == "distill"]
+    assert steps and all(np.isfinite(s.loss) for s in steps)
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())   # autocast: fp32 weights, bf16 compute

@@ -368,14 +368,8 @@ class Trainer:
             self.optim.zero_grad(set_to_none=True)
             return gloss
         self.optim.zero_grad(set_to_none=True)
-        scaler = self._grad_scaler()
-        if scaler is not None:   # fp16: scaled loss, steps with inf/nan gradients are skipped by the scaler
-            scaler.scale(loss).backward()
-            scaler.step(self.optim)
-            scaler.update()
-        else:
-            loss.backward()
-            self.optim.step()
+        self._backward(loss)
+        self._optimizer_step()
         with torch.no_grad():  # activated-path bookkeeping (compensated), for Latents snapshots
             rot, trans = enc["rot"].detach(), enc["trans"].detach()
             if S == 2:
@@ -396,6 +390,20 @@ class Trainer:
             return autocast_context(self.device, self.config.precision)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), scaled for fp16 (the GradScaler of TrainConfig.precision)."""
+        scaler = self._grad_scaler()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def _optimizer_step(self) -> None:
+        """Adam step; with fp16 through the scaler, which skips steps with inf/nan gradients."""
+        scaler = self._grad_scaler()
+        if scaler is not None:
+            scaler.step(self.optim)
+            scaler.update()
+        else:
+            self.optim.step()
 
     def _grad_scaler(self):
         """torch.amp.GradScaler for fp16 (created on first use), else None."""
@@ -425,11 +433,12 @@ class Trainer:
         self.optim.zero_grad(set_to_none=True)
         # the encoder/decoder are called outside the DDP wrapper here: no DDP sync, gradients averaged below
         with self.ddp.no_sync() if self.world > 1 else contextlib.nullcontext():
-            loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp)
+            with self._autocast():   # the same precision as train_step (the physics stays fp32 inside the model)
+                loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp)
             gloss = float(self._allreduce_mean(loss.detach()))
             if not math.isfinite(gloss):
                 return gloss
-            loss.backward()
+            self._backward(loss)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -437,7 +446,7 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
-        self.optim.step()
+        self._optimizer_step()
         return gloss
 
     def _distill_loss(self, y_real, Y, ctf, pos, R_s, t_s, has, mp) -> torch.Tensor:
