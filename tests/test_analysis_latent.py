@@ -67,6 +67,16 @@ def test_kmeans_separates_and_orders_by_size():
     assert np.all(L.fit_pca(flat).explained_variance_ratio == 0)
 
 
+def test_group_centers_are_means_and_nearest_particles():
+    z = np.array([[0.0, 0.0], [2.0, 0.0], [1.2, 0.1], [10.0, 10.0], [12.0, 10.0], [50.0, 50.0]])
+    lab = np.array([0, 0, 0, 1, 1, -1])   # -1: not in any group (ignored)
+    centers, idx = L.group_centers(z, lab, 2)
+    np.testing.assert_allclose(centers, [[3.2 / 3, 0.1 / 3], [11.0, 10.0]], atol=1e-6)
+    assert centers.dtype == np.float32 and idx.tolist() == [2, 3]
+    with pytest.raises(ValueError, match="no points"):
+        L.group_centers(z, lab, 3)
+
+
 def test_nearest_points_and_z_parsing():
     z = np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
     idx, dist = L.nearest_points(z, [[0.9, 1.2], [6, 6]])

@@ -136,6 +136,25 @@ def test_confusion_two_and_three_classes():
     assert M.confusion_by_thresholds(s, l)["confusion"] == pytest.approx(best)
 
 
+def test_label_confusion_matches_labels_whatever_their_numbers():
+    gt = np.array([0] * 60 + [1] * 40)
+    pred = gt.copy()
+    pred[:5] = 1            # 5 of state 0 called 1
+    pred[60:62] = 0         # 2 of state 1 called 0
+    r = M.label_confusion(pred, gt)
+    assert r["confusion"] == pytest.approx(0.07) and r["mapping"] == {0: 0, 1: 1}
+    swapped = M.label_confusion(1 - pred, gt)   # label numbers are arbitrary
+    assert swapped["confusion"] == pytest.approx(0.07) and swapped["mapping"] == {0: 1, 1: 0}
+    # a third predicted class has no true partner: its particles count as wrong
+    three = pred.copy()
+    three[90:] = 7
+    assert M.label_confusion(three, gt)["confusion"] == pytest.approx(0.17)
+    # all in one class: the minority is wrong (not the "best threshold" of a score)
+    assert M.label_confusion(np.zeros(100, int), gt)["confusion"] == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        M.label_confusion(pred[:5], gt)
+
+
 def test_spearman_sign_free():
     x = np.arange(100)
     assert M.spearman(-x ** 3, x) == pytest.approx(1.0)

@@ -101,6 +101,27 @@ def test_mirror_pose_pkl_round_trip(tmp_path):
     np.testing.assert_array_equal(tm, t)
 
 
+def test_pose_arrays_in_either_hand(tmp_path):
+    """The array-level helpers the file-level mirror_pose_pkl (and the demo) use: F R F, translations kept."""
+    from cryofire_app.io import read_pose_pkl
+
+    R = random_rotations(4, generator=torch.Generator().manual_seed(5)).numpy().astype(np.float64)
+    t = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32) * 0.01
+    Rm, tm = hand.mirror_poses(R, t)
+    np.testing.assert_array_equal(Rm, hand.mirror_rotations(R))
+    np.testing.assert_array_equal(tm, t)
+    assert tm is not t and hand.mirror_poses(R)[1] is None
+    hand.write_pose_pkl_in_hand(tmp_path / "kept.pkl", R, t, mirror=False)
+    hand.write_pose_pkl_in_hand(tmp_path / "mirrored.pkl", R, t, mirror=True)
+    rk, tk = read_pose_pkl(tmp_path / "kept.pkl")
+    rm, tm2 = read_pose_pkl(tmp_path / "mirrored.pkl")
+    np.testing.assert_allclose(rk, R, atol=1e-7)
+    np.testing.assert_allclose(rm, hand.mirror_rotations(R), atol=1e-7)
+    assert not np.allclose(rm, rk, atol=1e-3)
+    np.testing.assert_array_equal(tk, t)
+    np.testing.assert_array_equal(tm2, t)
+
+
 @pytest.mark.parametrize("mirrored", [False, True])
 def test_reference_hand_check_on_the_bundled_map(ribosome32, mirrored):
     """Rotated (and shifted, noisy) copy of the bundled map -> 'correct'; its mirror -> 'flipped'."""

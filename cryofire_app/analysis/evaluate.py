@@ -29,14 +29,19 @@ class Predictions:
     D: int | None
     apix: float | None = None
     source: str = ""
+    state: np.ndarray | None = None   # (n,) hard state labels (the seed's, seed_states.npz); -1 = not classified
 
 
 def predictions_from_run(run) -> Predictions:
-    """From an opened ``cryofire_app.analysis.Run`` (final eval pass of a training run)."""
+    """From an opened ``cryofire_app.analysis.Run`` (final eval pass of a training run); ``state`` holds the seed's
+    state labels when the run has seed_states.npz (InputError when that file is malformed)."""
     z = None if run.z is None or np.asarray(run.z).size == 0 else np.asarray(run.z, np.float32)
+    index = np.asarray(run.index, np.int64)
+    seeds = getattr(run, "seed_states", None)
     return Predictions(rot=np.asarray(run.rot, np.float64), trans_px=None if run.trans is None else
-                       np.asarray(run.trans, np.float64), z=z, index=np.asarray(run.index, np.int64),
-                       D=int(run.D), apix=run.apix, source=str(run.outdir) if hasattr(run, "outdir") else "")
+                       np.asarray(run.trans, np.float64), z=z, index=index,
+                       D=int(run.D), apix=run.apix, source=str(run.outdir) if hasattr(run, "outdir") else "",
+                       state=None if seeds is None else seeds.labels_for_rows(len(index)))
 
 
 def predictions_from_pkls(folder: str | Path, D: int | None, ind: np.ndarray | None = None) -> Predictions:
@@ -121,7 +126,11 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
              decode: Callable[[np.ndarray], np.ndarray] | None = None, n_anchors: int = 100) -> dict:
     """Table 1 metrics. ``decode(z (n, d)) -> (n, D, D, D)`` renders volumes for the FSC against ``gt_maps``
     (map ``i`` belongs to the ``i``-th distinct label in sorted order; major = the most frequent ground-truth state,
-    or the first map when no labels are given)."""
+    or the first map when no labels are given).
+
+    With ``gt_labels``: ``confusion`` is that of PC1 of z (best thresholds, metrics.confusion_by_thresholds); when
+    ``pred.state`` holds hard labels (a seeded run's seed_states.npz) also ``confusion_seed_states`` over the
+    ``seed_states_n_images`` classified particles (metrics.label_confusion)."""
     gt_rot = np.asarray(gt_rot, np.float64)
     idx = pred.index
     if len(idx) and (idx.min() < 0 or idx.max() >= len(gt_rot)):
@@ -158,6 +167,15 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
             rho = metrics.spearman(pc1, lab) if len(classes) > 1 else float("nan")
             res["spearman_pc1"] = rho if np.isfinite(rho) else None
             groups = [np.nonzero(conf["pred_labels"] == c)[0] for c in classes]
+        if pred.state is not None:
+            st = np.asarray(pred.state).reshape(-1)
+            if len(st) != len(idx):
+                raise InputError(f"{len(st)} predicted state labels for {len(idx)} predicted particles")
+            has = st >= 0
+            if has.any():
+                # the seed's own hard labels: no threshold is chosen with the ground truth (only the label matching)
+                res["confusion_seed_states"] = metrics.label_confusion(st[has], lab[has])["confusion"]
+                res["seed_states_n_images"] = int(has.sum())
     if gt_maps:
         if decode is None:
             raise InputError("ground-truth maps given but no decoder: evaluate a training run folder or pass --model")
@@ -217,6 +235,7 @@ def _fsc_section(pred: Predictions, gt_maps, decode, alignment, classes, groups)
 TABLE_COLUMNS = [
     ("n_images", "images", "{:d}"),
     ("confusion", "confusion", "{:.4f}"),
+    ("confusion_seed_states", "confusion (seed labels)", "{:.4f}"),
     ("res_major_0.5_px", "res. major (px, FSC 0.5)", "{:.2f}"),
     ("res_minor_0.5_px", "res. minor (px, FSC 0.5)", "{:.2f}"),
     ("rot_view_median_deg", "rot. median (deg)", "{:.2f}"),

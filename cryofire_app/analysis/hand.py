@@ -64,12 +64,28 @@ def mirror_rotations(rot: np.ndarray) -> np.ndarray:
     return out
 
 
+def mirror_poses(rot: np.ndarray, trans: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Poses ``(rot (N, 3, 3), trans (N, 2) | None)`` in the other hand: rotations ``F R F``
+    (:func:`mirror_rotations`), translations unchanged (a copy; any unit: pixels or box fractions)."""
+    return mirror_rotations(rot), None if trans is None else np.array(trans, copy=True)
+
+
+def write_pose_pkl_in_hand(path, rot: np.ndarray, trans_frac: np.ndarray | None, mirror: bool) -> None:
+    """Write a cryoDRGN pose.pkl of ``rot`` (N, 3, 3; stored float32) and ``trans_frac`` (N, 2, fractions of the box;
+    stored as given), mirrored into the other hand (:func:`mirror_poses`) when ``mirror``, as given otherwise."""
+    from cryofire_app.io import write_pose_pkl
+
+    if mirror:
+        rot, trans_frac = mirror_poses(rot, trans_frac)
+    write_pose_pkl(path, np.asarray(rot, np.float32), None if trans_frac is None else np.asarray(trans_frac))
+
+
 def mirror_pose_pkl(src, dst) -> None:
     """Write the cryoDRGN pose.pkl ``src`` to ``dst`` in the other hand (rotations mirrored, translations kept)."""
-    from cryofire_app.io import read_pose_pkl, write_pose_pkl
+    from cryofire_app.io import read_pose_pkl
 
     rot, trans = read_pose_pkl(src)
-    write_pose_pkl(dst, mirror_rotations(rot).astype(np.float32), trans)
+    write_pose_pkl_in_hand(dst, rot, trans, mirror=True)
 
 
 def hand_from_alignment(alignment: Any) -> str:

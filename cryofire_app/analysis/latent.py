@@ -121,6 +121,22 @@ def kmeans(z, k: int, seed: int = 0) -> KMeansResult:
     return KMeansResult(labels=labels, centers=centers.astype(np.float32), center_index=idx, sizes=sizes[order])
 
 
+def group_centers(z, labels, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of given groups of z (e.g. the seed's states), as :func:`kmeans` reports its clusters: the mean z of
+    each label 0..k-1 (k, zdim) float32 and the row of the particle nearest each mean (k,). Rows labelled outside
+    0..k-1 (e.g. -1: no label) are ignored; every label 0..k-1 must occur."""
+    z = _as_z(z)
+    lab = np.asarray(labels).reshape(-1)
+    if len(lab) != len(z):
+        raise ValueError(f"{len(lab)} labels for {len(z)} points")
+    sizes = np.bincount(lab[(lab >= 0) & (lab < k)], minlength=k)
+    if np.any(sizes == 0):
+        raise ValueError(f"group(s) {np.nonzero(sizes == 0)[0].tolist()} have no points")
+    centers = np.stack([z[lab == j].mean(0) for j in range(k)]).astype(np.float32)
+    idx, _ = nearest_points(z, centers)
+    return centers, idx
+
+
 def nearest_points(z, query) -> tuple[np.ndarray, np.ndarray]:
     """For each query point (M, zdim): the row of the nearest particle in z (N, zdim) and its Euclidean distance."""
     z = _as_z(z)

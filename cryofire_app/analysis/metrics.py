@@ -325,6 +325,33 @@ def confusion_by_thresholds(score, labels, max_permutations: int = 40320) -> dic
     }
 
 
+def label_confusion(pred_labels, labels) -> dict:
+    """Confusion error of hard predicted labels (e.g. the seed's states) against ground-truth labels.
+
+    Predicted classes are matched one to one to true classes by the assignment that maximises the agreement (label
+    numbers are arbitrary); particles of an unmatched predicted class count as wrong. Unlike
+    :func:`confusion_by_thresholds` nothing is fitted with the ground truth except that matching.
+    Returns ``{"confusion": fraction, "mapping": {predicted label: true label}}``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    p_raw = np.asarray(pred_labels).reshape(-1)
+    t_raw = np.asarray(labels).reshape(-1)
+    if len(p_raw) != len(t_raw):
+        raise ValueError(f"{len(p_raw)} predicted labels but {len(t_raw)} true labels")
+    if len(p_raw) == 0:
+        raise ValueError("no labels")
+    pc, p = np.unique(p_raw, return_inverse=True)
+    tc, t = np.unique(t_raw, return_inverse=True)
+    table = np.zeros((len(pc), len(tc)), np.int64)
+    np.add.at(table, (p, t), 1)
+    r, c = linear_sum_assignment(table, maximize=True)
+    correct = int(table[r, c].sum())
+    mapping = {(pc[i].item() if hasattr(pc[i], "item") else pc[i]): (tc[j].item() if hasattr(tc[j], "item") else tc[j])
+               for i, j in zip(r, c)}
+    return {"confusion": float(1.0 - correct / len(p_raw)), "mapping": mapping}
+
+
 def spearman(score, ordered_labels) -> float:
     """|Spearman rho| between a 1D score (PC1, whose sign is arbitrary) and ordered ground-truth states; NaN when
     either is constant (no ranking)."""

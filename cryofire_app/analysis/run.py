@@ -4,6 +4,8 @@ Attributes: `.config` (TrainConfig), `.z (N, d)`, `.index (N,)` (particle index 
 (k_vol = k_img @ rot), `.trans (N, 2)` in **pixels of the training box** (tx, ty) = (columns, rows), `.apix`
 (Angstrom/pixel at the training box), `.D` (training box), `.model` (CryoFIRE, eval mode, CPU), `.checkpoint` (dict).
 Per-particle arrays come from latents.npz (the final eval pass); before it exists they raise FileNotFoundError.
+`.seed_states`: the ab initio seed's state labels of a seeded run (analysis.states.SeedStates, rows of these arrays),
+None when the run has no seed_states.npz.
 
 `decode(z (n, d)) -> (n, D, D, D)` float32 real-space volumes, axes (z, y, x), in the units of the (windowed)
 particle images: the decoder is evaluated on the unrotated 3D lattice of the training box out to the frequency radius
@@ -112,6 +114,18 @@ class Run:
     def val(self) -> np.ndarray:
         """(N,) bool: particle was in the held-out validation split."""
         return self._latents()["val"].astype(bool)
+
+    @property
+    def seed_states(self):
+        """The seed's state labels (``seed_states.npz``, analysis.states.SeedStates) or None when the run has none
+        (amortized schedule, or a seeded run before its final pass). InputError naming the file when malformed."""
+        from cryofire_app.analysis.states import SEED_STATES_FILE, read_seed_states
+
+        p = self.outdir / SEED_STATES_FILE
+        if not p.is_file():
+            return None
+        lat = self._latents(required=False)
+        return read_seed_states(p, n_particles=None if lat is None else len(lat["index"]))
 
     def events(self) -> list[dict]:
         """All events of log.jsonl (one dict each, key "event" = class name)."""

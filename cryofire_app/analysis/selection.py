@@ -59,7 +59,9 @@ def _positions(particles, index: np.ndarray) -> np.ndarray:
     return order[loc]
 
 
-def _atomic_bytes(path: Path, writer) -> Path:
+def atomic_write(path: Path, writer) -> Path:
+    """Write ``path`` atomically: ``writer(binary file handle)`` fills a temp file in the same folder, then
+    os.replace."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -139,10 +141,10 @@ def export_selection(prefix: str | Path, index, rot: np.ndarray | None = None, t
                 raise InputError(f"selected index {int(index.max())} is beyond the {len(arr)} rows", src)
             sub = arr[index]
             cs_path = Path(f"{prefix}.cs")
-            out.append(_atomic_bytes(cs_path, lambda fh: np.save(fh, sub, allow_pickle=False)))
+            out.append(atomic_write(cs_path, lambda fh: np.save(fh, sub, allow_pickle=False)))
             return out
     csv_path = Path(f"{prefix}_index.csv")
     lines = ["index,uid"] + [f"{i},{u}" for i, u in zip(index, uid)] if uid is not None else \
         ["index"] + [str(i) for i in index]
-    out.append(_atomic_bytes(csv_path, lambda fh: fh.write(("\n".join(lines) + "\n").encode())))
+    out.append(atomic_write(csv_path, lambda fh: fh.write(("\n".join(lines) + "\n").encode())))
     return out
