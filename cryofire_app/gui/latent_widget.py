@@ -1,4 +1,6 @@
-"""Latent-space dock: z on a pair of principal axes, coloured by k-means cluster, density or a ground-truth label.
+"""Latent-space dock: z on a pair of principal axes, coloured by k-means cluster, the ab initio seed's state (a seeded
+run's seed_states.npz: the run's two-state split, chosen automatically when a run has it), density or a ground-truth
+label.
 
 - Click a point: its z is decoded (worker thread) and shown as an isosurface in the viewer, one layer updated in
   place; a newer click supersedes an older one (`LatestOnly`).
@@ -37,6 +39,18 @@ def categorical_colors(labels: np.ndarray, alpha: float = 0.8) -> np.ndarray:
     return np.concatenate([rgb, np.full((len(rgb), 1), alpha, np.float32)], axis=1)
 
 
+UNLABELLED_RGBA = np.array([0.62, 0.62, 0.62, 0.5], np.float32)
+
+
+def state_colors(labels: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """Colour label ``j >= 0`` as k-means cluster ``j`` is coloured (CATEGORICAL[j]); -1 (not classified) grey."""
+    lab = np.asarray(labels, np.int64)
+    rgb = CATEGORICAL[np.maximum(lab, 0) % len(CATEGORICAL)]
+    rgba = np.concatenate([rgb, np.full((len(rgb), 1), alpha, np.float32)], axis=1)
+    rgba[lab < 0] = UNLABELLED_RGBA
+    return rgba
+
+
 def density_colors(xy: np.ndarray, bins: int = 96, alpha: float = 0.8) -> np.ndarray:
     """Colour each point by the log count of its 2-D histogram bin (a fast stand-in for a KDE), viridis."""
     from vispy.color import get_colormap
@@ -52,6 +66,9 @@ def density_colors(xy: np.ndarray, bins: int = 96, alpha: float = 0.8) -> np.nda
     rgba[:, 3] = alpha
     return rgba
 
+
+SEED_STATE = "seed state"
+COLOR_MODES = ["k-means cluster", SEED_STATE, "density", "ground truth", "none"]
 
 _THREADPOOLS = None  # threadpoolctl controller, created on the GUI thread by _preimport()
 
@@ -135,9 +152,12 @@ class LatentWidget(QWidget):
         self.x_combo.setToolTip("Principal axis of z on the horizontal axis")
         self.y_combo.setToolTip("Principal axis of z on the vertical axis")
         self.color_combo = QComboBox()
-        self.color_combo.addItems(["k-means cluster", "density", "ground truth", "none"])
-        self.color_combo.setToolTip("Colour points by k-means cluster of z, by local point density, or by a "
-                                    "ground-truth label when one is loaded (e.g. the simulated state)")
+        self.color_combo.addItems(COLOR_MODES)
+        self.color_combo.setToolTip("Colour points by k-means cluster of z; by the ab initio seed's state (seeded runs: "
+                                    "their two-state split, from seed_states.npz; grey = held-out particles the seed "
+                                    "did not classify); by local point density; or by a ground-truth label when one "
+                                    "is loaded (e.g. the simulated state)")
+        self._set_seed_state_available(False)
         self.k_spin = QSpinBox()
         self.k_spin.setRange(1, 50)
         self.k_spin.setValue(4)
@@ -251,9 +271,24 @@ class LatentWidget(QWidget):
 
     # ---- latents in ------------------------------------------------------------------------------------------
     def set_latents(self, latents: LatentSet) -> None:
-        """New z for the plot (training snapshot or a run's final pass): analysed on a worker, then drawn."""
+        """New z for the plot (training snapshot or a run's final pass): analysed on a worker, then drawn.
+
+        Latents that carry the seed's states (a seeded run's final pass) switch the colouring to "seed state" when
+        they arrive, as the run's state split; latents without them make that choice unavailable."""
         self.latents = latents
+        self._set_seed_state_available(latents.seed_state is not None)
         self._reanalyze()
+
+    def _set_seed_state_available(self, available: bool) -> None:
+        item = self.color_combo.model().item(COLOR_MODES.index(SEED_STATE))
+        was = item.isEnabled()
+        item.setEnabled(available)
+        self.color_combo.blockSignals(True)  # the analysis that follows redraws
+        if available and not was and self.color_combo.currentText() == "k-means cluster":
+            self.color_combo.setCurrentText(SEED_STATE)
+        elif not available and self.color_combo.currentText() == SEED_STATE:
+            self.color_combo.setCurrentText("k-means cluster")
+        self.color_combo.blockSignals(False)
 
     def _reanalyze(self) -> None:
         if self.latents is None:
@@ -283,7 +318,13 @@ class LatentWidget(QWidget):
         self._redraw(reset_view=True)
         where = "final, all particles" if lat.final else (
             f"{lat.images_seen:,} images seen" if lat.images_seen >= 0 else "")
-        self.status.setText(f"{len(lat.z):,} particles, z dim {lat.z.shape[1]}" + (f" ({where})" if where else ""))
+        states = ""
+        if lat.seed_state is not None:
+            st = lat.seed_state
+            states = "; seed states " + "/".join(f"{int((st == j).sum()):,}" for j in range(int(st.max()) + 1)) + \
+                (f" ({int((st < 0).sum()):,} not classified)" if (st < 0).any() else "")
+        self.status.setText(f"{len(lat.z):,} particles, z dim {lat.z.shape[1]}" + (f" ({where})" if where else "")
+                            + states)
 
     # ---- drawing ---------------------------------------------------------------------------------------------
     def current_xy(self) -> np.ndarray:
@@ -295,6 +336,8 @@ class LatentWidget(QWidget):
         n = len(xy)
         if mode == "k-means cluster":
             return categorical_colors(self.analysis["clusters"])
+        if mode == SEED_STATE and self.latents is not None and self.latents.seed_state is not None:
+            return state_colors(self.latents.seed_state)
         if mode == "density":
             return density_colors(xy)
         if mode == "ground truth":

@@ -85,11 +85,20 @@ def open_run(outdir: str | Path) -> OpenedRun:
         z = run.z
     except (InputError, FileNotFoundError, OSError):
         z = None
+    note = ""
     if z is not None:
+        seed_state = None
+        try:   # a seeded run's ab initio state labels (seed_states.npz), per row of the latents
+            seeds = run.seed_states
+            if seeds is not None:
+                seed_state = seeds.labels_for_rows(len(z))
+                note = f"; seed states {seeds.counts().tolist()}"
+        except InputError as exc:  # the run is still worth opening: say why the states are missing
+            note = f"; seed states ignored ({exc})"
         latents = LatentSet(index=run.index, z=z, rot=getattr(run, "rot", None), trans=getattr(run, "trans", None),
-                            final=True)
+                            final=True, seed_state=seed_state)
     dec = decoder_source(run)
     n = 0 if latents is None else len(latents.z)
-    msg = (f"{outdir.name}: {n:,} particles, box {run.D}, {run.apix:.3g} Å/px" if latents is not None else
+    msg = (f"{outdir.name}: {n:,} particles, box {run.D}, {run.apix:.3g} Å/px{note}" if latents is not None else
            f"{outdir.name}: checkpoint only (no latents.npz yet), box {run.D}")
     return OpenedRun(run=run, latents=latents, decoder=dec, message=msg)

@@ -20,7 +20,9 @@ class LatentSet:
 
     index: (n,) row of each particle in the user's original metadata (0-based); z: (n, d) latent coordinates;
     rot: (n, 3, 3) cryoDRGN rotations (row 3 = viewing direction in the volume frame) or None;
-    trans: (n, 2) pixels or None; images_seen: training progress when these were computed (-1: final pass).
+    trans: (n, 2) pixels or None; images_seen: training progress when these were computed (-1: final pass);
+    seed_state: (n,) the ab initio seed's state label of each particle (a seeded run's seed_states.npz; -1 for
+    particles the seed did not classify) or None.
     """
 
     index: np.ndarray
@@ -29,6 +31,7 @@ class LatentSet:
     trans: np.ndarray | None = None
     images_seen: int = -1
     final: bool = False
+    seed_state: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.index = np.asarray(self.index, dtype=np.int64)
@@ -37,6 +40,10 @@ class LatentSet:
             self.z = self.z[:, None]
         if len(self.index) != len(self.z):
             raise ValueError(f"latents: {len(self.index)} indices but {len(self.z)} z rows")
+        if self.seed_state is not None:
+            self.seed_state = np.asarray(self.seed_state, dtype=np.int64).reshape(-1)
+            if len(self.seed_state) != len(self.z):
+                raise ValueError(f"latents: {len(self.seed_state)} seed states but {len(self.z)} z rows")
 
 
 @dataclass
