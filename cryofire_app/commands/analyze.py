@@ -5,8 +5,15 @@ Writes into DIR (default OUTDIR/analyze):
   pc<j>/vol_<i>.mrc         volumes at --n evenly spaced points along PC j (5th to 95th percentile of the particles)
   loss.png, pc_scatter.png, views.png   training curve, PC1/PC2 of z coloured by cluster, viewing directions
   particles.star            RELION 3.1: the original images with the predicted poses, CTF and cluster (rlnClassNumber)
-  summary.json              what was written, PCA explained variance, cluster sizes
-Volumes are real-space MRC maps at the training box with its voxel size (Angstrom).
+  seed_states/              seeded runs (the run has seed_states.npz: the ab initio seed's state labels of the training
+                            particles): vol_<i>.mrc at each state's mean z, labels.npy (per particle, -1 = held out,
+                            not classified), centers.txt, and per state the selection state_<i>.star / .ind.pkl /
+                            _index.csv (or .cs), as for any exported selection; pc_scatter_seed_states.png
+  summary.json              what was written, PCA explained variance, cluster sizes, seed state sizes and which split
+                            ("state_source": seed_states or kmeans) is the run's two-state answer
+Volumes are real-space MRC maps at the training box with its voxel size (Angstrom). A seeded run's seed states are
+its state split (on issue 5's benchmark they separate states better than z); z (PCA, k-means, PC walks) still carries
+the continuous heterogeneity.
 
 example:  cryofire analyze run1 -k 5
 """
@@ -54,19 +61,53 @@ def _write_volumes(run, zs: np.ndarray, folder: Path, apix: float, flip_hand: bo
     return paths
 
 
+def _group_outputs(run, z: np.ndarray, labels: np.ndarray, folder: Path, centers: np.ndarray,
+                   center_index: np.ndarray, on_data: bool, volumes: bool, flip_hand: bool, apix: float,
+                   what: str) -> tuple[np.ndarray, list[str] | None]:
+    """labels.npy, centers.txt and (with `volumes`) vol_<i>.mrc of groups of particles (k-means clusters or seed
+    states) in `folder`; the centres are the groups' mean z, or with `on_data` the particles nearest them.
+    Returns the centres used and the volume paths (None without volumes)."""
+    from cryofire_app.analysis.selection import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "labels.npy", lambda fh: np.save(fh, labels))
+    c = z[center_index] if on_data else centers
+    head = f"z at the {what} " + ("particles nearest the centres" if on_data else "centres (means)")
+    atomic_write(folder / "centers.txt", lambda fh: np.savetxt(fh, c, fmt="%.6f", header=head))
+    return c, (_write_volumes(run, c, folder, apix, flip_hand) if volumes else None)
+
+
+def _reopen_particles(run):
+    """The run's particle metadata (for STAR/.cs selections), or None with a warning when it cannot be reopened."""
+    from cryofire_app.analysis.selection import particles_for_run
+
+    try:
+        return particles_for_run(run)
+    except InputError as exc:
+        log.warning("no STAR files (the particle metadata could not be reopened; index lists only): %s", exc)
+        return None
+
+
 def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: list[int] | None = (1, 2),
             n: int = 10, on_data: bool = False, volumes: bool = True, star: bool = True, seed: int = 0,
             run=None, flip_hand: bool = False) -> dict:
-    """The work of `cryofire analyze`; returns the summary (also written to DIR/summary.json)."""
+    """The work of `cryofire analyze`; returns the summary (also written to DIR/summary.json).
+
+    A run with seed_states.npz (seeded schedule) also gets its seed states analysed (seed_states/) and
+    ``summary["state_source"] = "seed_states"``; otherwise the state split is k-means of z (``"kmeans"``; None for
+    zdim 0). InputError when seed_states.npz is malformed."""
     from cryofire_app.analysis import latent, plots
     from cryofire_app.analysis.evaluate import write_json
+    from cryofire_app.analysis.hand import mirror_rotations
     from cryofire_app.analysis.run import Run
+    from cryofire_app.analysis.selection import export_selection, rows_to_index
 
     run = run if run is not None else Run(outdir)
     try:
         z = np.asarray(run.z, np.float32)
     except FileNotFoundError as exc:
         raise InputError(f"no latents yet: the run has not finished its final eval pass ({exc})", outdir) from None
+    seeds = run.seed_states   # before any output: a malformed file stops here
     out = Path(out) if out else Path(outdir) / "analyze"
     out.mkdir(parents=True, exist_ok=True)
     apix = float(run.apix)
@@ -79,6 +120,7 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
         log.warning("no loss plot: %s", exc)
     files["views_plot"] = str(plots.plot_view_distribution(run.rot, out / "views.png"))
     labels = None
+    lp = None
     if z.shape[1] == 0:
         if volumes:
             files["volume"] = _write_volumes(run, np.zeros((1, 0), np.float32), out, apix, flip_hand)
@@ -94,17 +136,13 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
         summary["pca_explained_variance_ratio"] = lp.explained_variance_ratio.tolist()
         summary["kmeans"] = {"k": k, "sizes": km.sizes.tolist(), "center_index": km.center_index.tolist(),
                              "center_particle": np.asarray(run.index)[km.center_index].tolist()}
-        kdir = out / f"kmeans{k}"
-        kdir.mkdir(parents=True, exist_ok=True)
-        np.save(kdir / "labels.npy", labels)
-        centers = z[km.center_index] if on_data else km.centers
-        np.savetxt(kdir / "centers.txt", centers, fmt="%.6f",
-                   header="z at the cluster " + ("particles nearest the centres" if on_data else "centres (means)"))
+        centers, vols = _group_outputs(run, z, labels, out / f"kmeans{k}", km.centers, km.center_index, on_data,
+                                       volumes, flip_hand, apix, "cluster")
         files["pc_scatter"] = str(plots.plot_pc_scatter(
             lp.scores, out / "pc_scatter.png", labels=labels, centers=lp.pca.transform(centers),
             explained=lp.explained_variance_ratio, title=f"z: PCA, k-means k={k}"))
-        if volumes:
-            files["kmeans_volumes"] = _write_volumes(run, centers, kdir, apix, flip_hand)
+        if vols is not None:
+            files["kmeans_volumes"] = vols
         for pc in pcs or []:
             if pc > lp.n_components:
                 log.warning("PC%d skipped: z has %d principal components", pc, lp.n_components)
@@ -116,19 +154,67 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
                        " ".join(f"{v:.4f}" for v in t))
             if volumes:
                 files[f"pc{pc}_volumes"] = _write_volumes(run, zs, pdir, apix, flip_hand)
-    if star:
-        from cryofire_app.analysis.hand import mirror_rotations
-        from cryofire_app.analysis.selection import export_selection
-
+    particles = _reopen_particles(run) if star else None
+    rot = mirror_rotations(run.rot) if flip_hand else np.asarray(run.rot)
+    if seeds is not None:
+        summary["seed_states"] = _seed_state_outputs(run, z, seeds, out / "seed_states", lp, on_data, volumes,
+                                                     flip_hand, apix, rot, particles)
+        files.update(summary["seed_states"].pop("files"))
+    summary["state_source"] = "seed_states" if seeds is not None else ("kmeans" if "kmeans" in summary else None)
+    if particles is not None:
         try:
-            rot = mirror_rotations(run.rot) if flip_hand else run.rot
-            written = export_selection(out / "particles", run.index, rot=rot, trans=run.trans, run=run,
-                                       labels=labels)
+            written = export_selection(out / "particles", rows_to_index(run, np.arange(len(z))), rot=rot,
+                                       trans=run.trans, particles=particles, run=run, labels=labels)
             files["particles_star"] = [str(p) for p in written]
         except InputError as exc:
-            log.warning("particles.star not written (the particle metadata could not be reopened): %s", exc)
+            log.warning("particles.star not written: %s", exc)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _seed_state_outputs(run, z: np.ndarray, seeds, folder: Path, lp, on_data: bool, volumes: bool, flip_hand: bool,
+                        apix: float, rot: np.ndarray, particles) -> dict:
+    """seed_states/: the seed's states as groups (labels.npy over every run row, -1 = not classified; centres and
+    volumes at each state's mean z) and one particle selection per state (poses in the chosen hand)."""
+    from cryofire_app.analysis import latent, plots
+    from cryofire_app.analysis.selection import export_selection, rows_to_index
+
+    K = seeds.n_states
+    per_row = seeds.labels_for_rows(len(z))
+    files: dict = {}
+    info = {"file": str(seeds.path), "n_states": K, "sizes": seeds.counts().tolist(),
+            "n_classified": int(len(seeds.rows)), "n_not_classified": int(len(z) - len(seeds.rows)),
+            "note": "the ab initio seed's two-state labels (seed_states.npz) of the training particles; held-out "
+                    "particles are not classified (label -1)"}
+    if z.shape[1]:
+        centers, center_index = latent.group_centers(z, per_row, K)
+        c, vols = _group_outputs(run, z, per_row, folder, centers, center_index, on_data, volumes, flip_hand,
+                                 apix, "seed state")
+        info["center_index"] = center_index.tolist()
+        info["center_particle"] = np.asarray(run.index)[center_index].tolist()
+        if vols is not None:
+            files["seed_state_volumes"] = vols
+        has = per_row >= 0
+        files["pc_scatter_seed_states"] = str(plots.plot_pc_scatter(
+            lp.scores[has], folder.parent / "pc_scatter_seed_states.png", labels=per_row[has],
+            centers=lp.pca.transform(c), explained=lp.explained_variance_ratio, title="z: PCA, seed states"))
+    else:
+        from cryofire_app.analysis.selection import atomic_write
+
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / "labels.npy", lambda fh: np.save(fh, per_row))
+    trans = np.asarray(run.trans)
+    sel = []
+    for j in range(K):
+        r = seeds.rows_of(j)
+        # without the particle metadata (--no-star, or it could not be reopened): the index lists only
+        sel += [str(p) for p in export_selection(folder / f"state_{j}", rows_to_index(run, r), rot=rot[r],
+                                                 trans=trans[r], particles=particles,
+                                                 run=run if particles is not None else None,
+                                                 labels=np.full(len(r), j, np.int64))]
+    files["seed_state_selections"] = sel
+    info["files"] = files
+    return info
 
 
 def main(args: argparse.Namespace) -> int:
@@ -144,8 +230,13 @@ def main(args: argparse.Namespace) -> int:
                 volumes=not args.no_volumes, star=not args.no_star, seed=args.seed, flip_hand=args.flip_hand)
     out = Path(args.out) if args.out else Path(args.outdir) / "analyze"
     print(f"analyzed {s['n_particles']} particles (zdim {s['zdim']}, box {s['D']}, {s['apix']:.3f} A/px) -> {out}")
+    if "seed_states" in s:
+        ss = s["seed_states"]
+        print(f"  states: from the ab initio seed's labels ({Path(ss['file']).name}): sizes {ss['sizes']}"
+              + (f", {ss['n_not_classified']} held-out particles not classified" if ss["n_not_classified"] else ""))
     if "kmeans" in s:
-        print(f"  k-means cluster sizes: {s['kmeans']['sizes']}")
+        print(f"  k-means cluster sizes of z: {s['kmeans']['sizes']}"
+              + ("" if "seed_states" in s else " (the state split: the run has no seed states)"))
         ev = s["pca_explained_variance_ratio"]
         print("  PCA explained variance: " + ", ".join(f"PC{i + 1} {100 * v:.1f}%" for i, v in enumerate(ev[:4])))
     for key, val in s["files"].items():

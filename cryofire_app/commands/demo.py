@@ -2,8 +2,10 @@
 
 1. simulate a small two-state set (a 20-degree hinge motion of part of the map; 2 states, CTF, small shifts, noise)
 2. train cryoFIRE on it for a fixed budget of images or wall-clock minutes (whichever ends first)
-3. analyze: PCA/k-means of z, volumes at the 2 cluster centres and along PC1, plots
-4. evaluate against the simulation's ground truth (pose errors, state confusion, FSC) -> eval.json
+3. analyze: PCA/k-means of z, volumes at the 2 cluster centres and along PC1, plots; with the seeded schedule also
+   the ab initio seed's two-state labels (run/seed_states.npz): per-state selections and volumes at each state's mean z
+4. evaluate against the simulation's ground truth (pose errors, FSC, and the state confusion of both splits: the seed's
+   labels and PC1 of the encoder's z) -> eval.json
 5. hand: ab initio cannot know the hand of its map (a mirrored map with mirrored poses explains the same images);
    the demo knows the truth, so it takes the hand from the pose alignment against the simulated poses (cross-checked
    against the simulated map, analysis/hand.py) and writes the consensus and state maps in the correct hand -> maps/,
@@ -117,14 +119,15 @@ def seeded_demo_settings(cfg, args: argparse.Namespace) -> None:
         cfg.distill_fraction = float(args.distill_fraction)
 
 
-def write_handed_maps(out: Path, run, res: dict, gt_maps: list, kmeans_dir: Path | None) -> dict:
-    """Step 5: the consensus map (decoded at the mean z) and the state maps (k-means centres) in the hand of the
-    simulation, and the run's poses to match; also the maps rotated into the simulation's frame. Returns the
-    summary's hand section (decision by the pose alignment against the ground truth, cross-check by the maps)."""
+def write_handed_maps(out: Path, run, res: dict, gt_maps: list, states_dir: Path | None) -> dict:
+    """Step 5: the consensus map (decoded at the mean z) and the state maps (the vol_<i>.mrc of `states_dir`: the
+    analysis' seed-state or k-means volumes) in the hand of the simulation, and the run's poses to match; also the
+    maps rotated into the simulation's frame. Returns the summary's hand section (decision by the pose alignment
+    against the ground truth, cross-check by the maps)."""
     import numpy as np
 
     from cryofire_app.analysis import hand, metrics
-    from cryofire_app.io import read_mrc, write_mrc, write_pose_pkl
+    from cryofire_app.io import read_mrc, write_mrc
 
     maps_dir = out / "maps"
     maps_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +138,7 @@ def write_handed_maps(out: Path, run, res: dict, gt_maps: list, kmeans_dir: Path
     apix = float(run.apix)
     z = np.asarray(run.z, np.float32)
     vols = {"consensus": run.decode(z.mean(0, keepdims=True) if z.size else None)[0]}
-    for p in sorted(kmeans_dir.glob("vol_*.mrc")) if kmeans_dir is not None else []:
+    for p in sorted(states_dir.glob("vol_*.mrc")) if states_dir is not None else []:
         vols[f"state_{int(p.stem.split('_')[1])}"] = read_mrc(p)[0]
     # the density sign follows the particles' contrast convention; evaluate() compared like with like
     sign = -1.0 if any(m.get("density_sign_inverted") for m in res.get("fsc", {}).get("maps", [])) else 1.0
@@ -148,9 +151,8 @@ def write_handed_maps(out: Path, run, res: dict, gt_maps: list, kmeans_dir: Path
         write_mrc(g, metrics.align_volume_to_gt(vol, alignment, gt=sign * gt_maps[0]), apix=apix)
         files[name] = str(p.resolve())
         files[f"{name}_gt_frame"] = str(g.resolve())
-    rot = np.asarray(run.rot, np.float64)
-    write_pose_pkl(maps_dir / "pose.pkl", (hand.mirror_rotations(rot) if flip else rot).astype(np.float32),
-                   (np.asarray(run.trans, np.float64) / run.D).astype(np.float32))
+    hand.write_pose_pkl_in_hand(maps_dir / "pose.pkl", np.asarray(run.rot, np.float64),
+                                (np.asarray(run.trans, np.float64) / run.D).astype(np.float32), mirror=flip)
     files["poses"] = str((maps_dir / "pose.pkl").resolve())
     return {"hand": hand.HAND_NOTE_FLIPPED if flip else hand.HAND_NOTE_CORRECT,
             "hand_from_poses": by_poses, "hand_pose_alignment_scores": al.get("scores", {}),
@@ -275,7 +277,10 @@ def main(args: argparse.Namespace) -> int:
 
     print("[5/5] hand: deciding it against the simulated ground truth and writing the maps ...", flush=True)
     k = summary["kmeans"]["k"] if "kmeans" in summary else None
-    hand = write_handed_maps(out, run, res, maps, an_dir / f"kmeans{k}" if k else None)
+    # the state maps come from the run's state split: the seed's labels when the run has them, else k-means of z
+    seeded_maps = "seed_state_volumes" in summary["files"]
+    states_dir = an_dir / "seed_states" if seeded_maps else (an_dir / f"kmeans{k}" if k else None)
+    hand = write_handed_maps(out, run, res, maps, states_dir)
     hm = hand["hand_from_map"]
     print(f"      hand: {hand['hand']}")
     print(f"      (pose alignment against the simulated poses: {hand['hand_from_poses']}; map check against the "
@@ -290,6 +295,13 @@ def main(args: argparse.Namespace) -> int:
         "train_images_seen": int(run.images_seen), "train_s": t_train, "seed_s": t_seed, "wall_s_total": wall,
         "rot_view_median_deg": res.get("rot_view_median_deg"), "rot_view_mean_deg": res.get("rot_view_mean_deg"),
         "confusion": res.get("confusion"), "trans_median_px": res.get("trans_median_px"),
+        "confusion_z_pc1": res.get("confusion"), "confusion_seed_states": res.get("confusion_seed_states"),
+        "seed_states_n_images": res.get("seed_states_n_images"),
+        "seed_state_sizes": summary["seed_states"]["sizes"] if "seed_states" in summary else None,
+        "confusion_note": "confusion_seed_states: the ab initio seed's own hard two-state labels (run/seed_states.npz, "
+                          "training particles; only the label numbering is matched to the truth); confusion_z_pc1 "
+                          "(= confusion): PC1 of the encoder's z, thresholded where the truth says is best",
+        "state_maps_from": "seed states" if seeded_maps else ("k-means of z" if k else None),
         "res_major_0.5_A": res.get("res_major_0.5_A"), "res_minor_0.5_A": res.get("res_minor_0.5_A"),
         "res_major_0.143_A": res.get("res_major_0.143_A"), "res_minor_0.143_A": res.get("res_minor_0.143_A"),
         "apix_A": float(run.apix), **{k2: v for k2, v in hand.items() if k2 != "hand"},
@@ -302,20 +314,29 @@ def main(args: argparse.Namespace) -> int:
     print(f"\ndone in {wall:.0f} s (training {t_train:.0f} s" +
           (f", of which the ab initio seed {t_seed:.0f} s" if t_seed else "") + "). Summary:")
     print(f"  median view-direction error   {fmt(res.get('rot_view_median_deg'), '{:.2f}')} deg  (chance ~90)")
-    print(f"  state confusion (PC1)         {fmt(res.get('confusion'), '{:.1%}')}  (chance "
-          f"{min(labels.mean(), 1 - labels.mean()):.0%})")
+    chance = f"chance {min(labels.mean(), 1 - labels.mean()):.0%}"
+    if res.get("confusion_seed_states") is not None:
+        print(f"  state confusion, seed labels  {res['confusion_seed_states']:.1%}  (the ab initio seed's own two-state "
+              f"labels of the {res['seed_states_n_images']} training particles, run/seed_states.npz; {chance})")
+    print(f"  state confusion, z PC1        {fmt(res.get('confusion'), '{:.1%}')}  (PC1 of the encoder's z, best "
+          f"threshold against the truth; {chance})")
     print(f"  FSC 0.5 vs simulated maps     {fmt(res.get('res_major_0.5_A'), '{:.1f}')} A (major state), "
           f"{fmt(res.get('res_minor_0.5_A'), '{:.1f}')} A (minor); Nyquist {2 * run.apix:.1f} A")
     print(f"  hand                          {hand['hand']}")
     print(f"Results in {out.resolve()}:")
     print(f"  maps, correct hand:        {(out / 'maps').resolve()}/consensus.mrc, " +
           ", ".join(f"{n}.mrc" for n in hand["maps"] if n.startswith("state_") and not n.endswith("frame")) +
+          (f" (states: {demo_summary['state_maps_from']})" if demo_summary["state_maps_from"] else "") +
           " (+ *_gt_frame.mrc overlaid on the simulation, pose.pkl)")
+    if seeded_maps:
+        print(f"  seed states (run's hand):  {an_dir.resolve()}/seed_states/ (sizes {summary['seed_states']['sizes']}: "
+              "maps and per-state particle selections)")
     if k:
-        print(f"  k-means maps (run's hand): {an_dir.resolve()}/kmeans{k}/ (sizes {summary['kmeans']['sizes']})")
+        print(f"  k-means of z (run's hand): {an_dir.resolve()}/kmeans{k}/ (sizes {summary['kmeans']['sizes']})")
         print(f"  maps along PC1:            {an_dir.resolve()}/pc1/vol_000.mrc .. vol_004.mrc (run's hand)")
     print(f"  ground-truth maps:         {(out / 'data').resolve()}/gt_state_0.mrc, gt_state_1.mrc")
-    print(f"  plots:                     {an_dir.resolve()}/loss.png, pc_scatter.png, views.png")
+    print(f"  plots:                     {an_dir.resolve()}/loss.png, pc_scatter.png, " +
+          ("pc_scatter_seed_states.png, " if "pc_scatter_seed_states" in summary["files"] else "") + "views.png")
     print(f"  evaluation:                {(out / 'eval.json').resolve()}, {(out / 'demo_summary.json').resolve()}")
     print(f"  trained run:               {(out / 'run').resolve()}  (cryofire analyze/volume/eval work on it; "
           f"`cryofire volume ... --flip-hand` mirrors)")
