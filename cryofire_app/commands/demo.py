@@ -316,8 +316,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"  median view-direction error   {fmt(res.get('rot_view_median_deg'), '{:.2f}')} deg  (chance ~90)")
     chance = f"chance {min(labels.mean(), 1 - labels.mean()):.0%}"
     if res.get("confusion_seed_states") is not None:
-        print(f"  state confusion, seed labels  {res['confusion_seed_states']:.1%}  (the ab initio seed's own two-state "
-              f"labels of the {res['seed_states_n_images']} training particles, run/seed_states.npz; {chance})")
+        print(f"  state confusion, seed labels  {res['confusion_seed_states']:.1%}  (the ab initio seed's own "
+              f"two-state labels of the {res['seed_states_n_images']} training particles, run/seed_states.npz; "
+              f"{chance})")
     print(f"  state confusion, z PC1        {fmt(res.get('confusion'), '{:.1%}')}  (PC1 of the encoder's z, best "
           f"threshold against the truth; {chance})")
     print(f"  FSC 0.5 vs simulated maps     {fmt(res.get('res_major_0.5_A'), '{:.1f}')} A (major state), "

@@ -153,10 +153,10 @@ class LatentWidget(QWidget):
         self.y_combo.setToolTip("Principal axis of z on the vertical axis")
         self.color_combo = QComboBox()
         self.color_combo.addItems(COLOR_MODES)
-        self.color_combo.setToolTip("Colour points by k-means cluster of z; by the ab initio seed's state (seeded runs: "
-                                    "their two-state split, from seed_states.npz; grey = held-out particles the seed "
-                                    "did not classify); by local point density; or by a ground-truth label when one "
-                                    "is loaded (e.g. the simulated state)")
+        self.color_combo.setToolTip("Colour points by k-means cluster of z; by the ab initio seed's state (seeded "
+                                    "runs: their two-state split, from seed_states.npz; grey = held-out particles the "
+                                    "seed did not classify); by local point density; or by a ground-truth label when "
+                                    "one is loaded (e.g. the simulated state)")
         self._set_seed_state_available(False)
         self.k_spin = QSpinBox()
         self.k_spin.setRange(1, 50)
