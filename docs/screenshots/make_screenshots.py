@@ -5,7 +5,8 @@ Open run, click a particle in the latent scatter (decoded isosurface), PC1 traje
 the window and each dock as PNG next to this file.
 
 `... make_screenshots.py --run DEMO_OUT/run` uses a finished run instead (e.g. the one `cryofire demo` writes); when
-DEMO_OUT/demo_summary.json says the run came out mirrored, "flip hand" is ticked so the pictures show the true hand.
+DEMO_OUT/demo_summary.json says the run came out mirrored, "flip hand" is ticked so the pictures show the true hand;
+a seeded run's latent scatter is coloured by its seed states (seed_states.npz), k-means clusters otherwise.
 """
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2
     docks["Open run"].open(run)
     latent = docks["Latent space"]
     pump(60, lambda: latent.analysis is not None)
-    latent.color_combo.setCurrentText("k-means cluster")
+    # a seeded run (e.g. the demo's) is shown coloured by its seed's states, as the dock opens it; otherwise k-means
+    seeded = latent.latents is not None and latent.latents.seed_state is not None
+    latent.color_combo.setCurrentText("seed state" if seeded else "k-means cluster")
     latent.render_combo.setCurrentText("mesh (CPU)")
     latent.flip_box.setChecked(flip)
     row = int(np.argsort(latent.scatter.xy[:, 0])[len(latent.scatter.xy) // 2])
