@@ -10,6 +10,7 @@ from cryofire_app.analysis.run import Run
 from cryofire_app.model import CryoFIRE, Encoder, mask_points
 from cryofire_app.model.cryofire import autocast_context
 from cryofire_app.model.decoder import FeatureGridDecoder
+from cryofire_app.physics.fft import fourier_resize
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import random_rotations
 from cryofire_app.training import DecoderConfig, EncoderConfig, Finished, Step, TrainConfig, Trainer
@@ -120,3 +121,21 @@ def test_encoder_only_inference_skips_the_hartley_transform(tmp_path):
     enc = predict(model, pd, np.arange(40), select="encoder", batch=16)
     dec = predict(model, pd, np.arange(40), select="decoder", batch=16, sym=False, radius=4)
     assert np.allclose(enc.rot, dec.rot, atol=1e-6) and np.isnan(enc.loss).all() and np.isfinite(dec.loss).all()
+
+
+@pytest.mark.parametrize("stem", ["conv", "unshuffle"])
+def test_encoder_input_box_is_a_fourier_crop_of_the_input(stem):
+    """Encoder(D=64, box=32) is Encoder(32) run on the Fourier-cropped image (same weights), with the translation
+    given in pixels of the 64 box (twice the 32-box value)."""
+    torch.manual_seed(0)
+    big = Encoder(64, zdim=2, channels=(8, 16, 32, 64), stem=stem, box=32)
+    small = Encoder(32, zdim=2, channels=(8, 16, 32, 64), stem=stem)
+    small.load_state_dict(big.state_dict())
+    x = torch.randn(3, 64, 64)
+    a, b = big(x), small(fourier_resize(x, 32, ndim=2).float())
+    assert big.box == 32 and big.feat_dim == small.feat_dim
+    assert torch.allclose(a["rot"], b["rot"], atol=1e-5) and torch.allclose(a["z_mu"], b["z_mu"], atol=1e-5)
+    assert torch.allclose(a["trans"], 2 * b["trans"], atol=1e-5)
+    assert Encoder(64, box=None).box == 64 and Encoder(32, box=64).box == 32
+    with pytest.raises(ValueError, match="input box"):
+        Encoder(64, box=31)

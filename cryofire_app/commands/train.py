@@ -72,9 +72,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc-stem", choices=("conv", "unshuffle"), default=None,
                    help="encoder stem: conv (the original) or unshuffle (lossless 2x2 pixel_unshuffle before "
                         "the first block: ~5x fewer encoder FLOPs at box 64)")
+    p.add_argument("--seed-from", default=None, metavar="RUN",
+                   help="seeded: reuse the seed (pose search + states) of an earlier run on the same particles, "
+                        "--seed and --val-fraction (its folder or checkpoints/seed.npz) instead of searching again")
+    p.add_argument("--enc-box", default=None,
+                   help="encoder input box: the image is Fourier-cropped to this even size before the CNN, or 'full' "
+                        "(default 32: as accurate per image as 64 on issue 5's set at ~3x less cost)")
+    p.add_argument("--augment", choices=("auto", "yes", "no"), default="auto",
+                   help="in-plane rotation augmentation of the encoder's input with the matching pose change (auto: "
+                        "on for --schedule seeded, off for amortized; never with the symmetric loss). Without it the "
+                        "encoder memorises the training images and new images get poor poses")
     p.add_argument("--fast", action="store_true",
-                   help="the measured fast preset: --dec-arch grid --enc-stem unshuffle (issue 6's targets on 2 CPU "
-                        "cores; not yet the default: its full accuracy benchmark is pending)")
+                   help="the fast preset: --dec-arch grid --enc-stem unshuffle (issue 6; the default since its "
+                        "accuracy benchmark; kept so older command lines still work)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of the networks (fp16 needs CUDA; physics and loss stay fp32; default fp32)")
     p.add_argument("--channels-last", choices=("auto", "yes", "no"), default="auto",
@@ -121,6 +131,18 @@ def config_from_args(args: argparse.Namespace):
         cfg.decoder.arch = args.dec_arch
     if args.enc_stem:
         cfg.encoder.stem = args.enc_stem
+    if args.enc_box is not None:
+        if str(args.enc_box).lower() == "full":
+            cfg.encoder.box = None
+        else:
+            try:
+                cfg.encoder.box = int(args.enc_box)
+            except ValueError:
+                cfg.encoder.box = -1
+            if cfg.encoder.box < 8 or cfg.encoder.box % 2:
+                raise InputError(f"--enc-box must be an even number >= 8 or 'full', got {args.enc_box!r}")
+    cfg.augment_inplane = {"auto": None, "yes": True, "no": False}[args.augment]
+    cfg.seed_from = args.seed_from
     if args.precision == "fp16" and args.device == "cpu":
         raise InputError("--precision fp16 needs a CUDA device (use bf16 on the CPU)")
     cfg.precision = args.precision

@@ -19,6 +19,7 @@ from torch import nn
 from cryofire_app.model.decoder import FeatureGridDecoder, HartleyDecoder
 from cryofire_app.model.encoder import Encoder
 from cryofire_app.physics.ctf import ctf_from_params
+from cryofire_app.physics.inplane import rotate_images, rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.shift import translate_ht
 
@@ -172,9 +173,20 @@ class CryoFIRE(nn.Module):
 
     def forward(self, y_real: torch.Tensor, Y: torch.Tensor, ctf_params: torch.Tensor | None, mp: MaskPoints,
                 pose_only: bool = False, eps: torch.Tensor | None = None, std_z_init: float = 3.0,
-                sym: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One training/eval forward: per-branch errors (S, B) and the encoder outputs (S*B rows, plus "z")."""
+                sym: bool = True, inplane: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training/eval forward: per-branch errors (S, B) and the encoder outputs (S*B rows, plus "z").
+
+        ``inplane (B,)`` radians (training augmentation, ``sym=False`` only): the encoder sees each image turned in
+        plane by its angle, and its pose is turned back (physics.inplane.rotate_poses inverse) before the decoder
+        renders the original image, so the loss is unchanged in meaning but the encoder must be equivariant."""
+        if inplane is not None:
+            if sym:
+                raise ValueError("in-plane augmentation is not defined with the symmetric (mirror) loss")
+            y_real = rotate_images(y_real, inplane)
         enc = self.encode_branches(y_real, sym)
+        if inplane is not None:
+            rot, trans = rotate_poses(enc["rot"], enc["trans"], inplane, inverse=True)
+            enc = dict(enc, rot=rot, trans=trans)
         z = self.latent(enc, pose_only, eps, std_z_init)
         enc = dict(enc, z=z)
         return self.branch_errors(Y, ctf_params, enc, z, mp, sym), enc

@@ -26,6 +26,9 @@ class EncoderConfig:
     variational: bool = False
     stem: str = "unshuffle"   # unshuffle (2x2 pixel_unshuffle first, default: ~5x fewer FLOPs at box 64, same
                               # accuracy in the staged tests) | conv (the original: first block at full resolution)
+    box: int | None = 32      # input Fourier-cropped to this box (None: the training box; saved configs without the
+                              # field load as None). Measured on issue 5's set: same pose accuracy per image as box 64,
+                              # ~3x cheaper (benchmarks/results/encoder_generalisation-*)
 
 
 @dataclass
@@ -91,8 +94,16 @@ class TrainConfig:
                                          # 3.5 deg in 32 s, k=1 with 19.2k images 5.0 deg in ~50 s)
     distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
     seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
+    augment_inplane: bool | None = None  # turn each encoder input by a random in-plane angle and its pose target (distill)
+                                         # or its predicted pose (joint) back to match (physics.inplane). None: on for
+                                         # "seeded", off for "amortized" (the paper's schedule); never with the
+                                         # symmetric loss. Measured on issue 5's set: without it the encoder memorises
+                                         # the 4,750 training images (held-out 50 deg vs 2.5 deg on them); with it the
+                                         # held-out error equals the training error
     seeded_joint_lr_scale: float = 0.1   # seeded joint phase: lr * this (measured: lr 1e-3 undoes the distilled poses)
     seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
+    seed_from: str | None = None         # seeded: reuse the seed of an earlier run on the same particles and split
+                                         # (its run folder or checkpoints/seed.npz) instead of searching again
     pose_only_images: int = 100_000      # pose-only phase length in images (z ignored, sampled)
     std_z_init: float = 3.0              # std of the random z fed to the decoder in the pose-only phase
     beta: float = 0.0                    # KL weight (variational encoder only); KL / Dl^2 as in the original
@@ -140,6 +151,7 @@ class TrainConfig:
         # runs saved before the grid decoder / unshuffle stem existed used the original architecture
         dec.setdefault("arch", "mlp")
         enc.setdefault("stem", "conv")
+        enc.setdefault("box", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -34,6 +34,7 @@ from cryofire_app.io.errors import InputError
 from cryofire_app.model.cryofire import (PRECISIONS, CryoFIRE, MaskPoints, autocast_context, compensate_mirror,
                                          mask_points)
 from cryofire_app.physics.lattice import Lattice
+from cryofire_app.physics.inplane import rotate_images, rotate_poses
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
 from cryofire_app.training.config import TrainConfig
@@ -75,7 +76,7 @@ def _channels_last(cfg: TrainConfig) -> bool:
 
 def build_model(cfg: TrainConfig, D: int) -> CryoFIRE:
     enc = dict(channels=tuple(cfg.encoder.channels), final_size=cfg.encoder.final_size, hidden=cfg.encoder.hidden,
-               variational=cfg.encoder.variational, stem=cfg.encoder.stem,
+               variational=cfg.encoder.variational, stem=cfg.encoder.stem, box=cfg.encoder.box,
                channels_last=_channels_last(cfg))
     dc = cfg.decoder
     if dc.arch == "mlp":
@@ -356,8 +357,11 @@ class Trainer:
         for grp in self.optim.param_groups:
             grp["lr"] = lr
         self.model.train()
+        ang = None if sym else self._inplane_angles()
+        if ang is not None:
+            ang = ang.to(self.device)
         with self._autocast():
-            err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, sym)
+            err, enc = self.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, sym, inplane=ang)
         loss, branch = symmetric_min(err)
         rows = branch * n + torch.arange(n, device=branch.device)
         if cfg.encoder.variational and not pose_only and cfg.beta > 0 and cfg.zdim > 0:
@@ -383,6 +387,18 @@ class Trainer:
             self.run_z[b.pos] = z.float().cpu().numpy()
             self.run_seen[b.pos] = True
         return gloss
+
+    @property
+    def augment(self) -> bool:
+        """In-plane augmentation of the encoder's input (TrainConfig.augment_inplane; None: seeded schedule only)."""
+        a = self.config.augment_inplane
+        return (self.config.schedule == "seeded") if a is None else bool(a)
+
+    def _inplane_angles(self) -> torch.Tensor | None:
+        """(local batch,) random in-plane angles in radians (drawn for the global batch, sliced per rank), or None."""
+        if not self.augment:
+            return None
+        return (torch.rand(self.batch, generator=self.gen) * (2 * math.pi))[self.rank::self.world]
 
     def _autocast(self):
         """Mixed-precision context of TrainConfig.precision (fp32: none)."""
@@ -426,6 +442,9 @@ class Trainer:
         R_s = sd["rot_t"][pos].to(self.device)
         t_s = sd["trans_t"][pos].to(self.device)
         has = sd["has_t"][pos].to(self.device).float()
+        ang = self._inplane_angles()
+        if ang is not None:
+            ang = ang[: len(pos)].to(self.device)
         lr = lr_at(cfg, self.images_seen, self.images_total)
         for grp in self.optim.param_groups:
             grp["lr"] = lr
@@ -434,7 +453,7 @@ class Trainer:
         # the encoder/decoder are called outside the DDP wrapper here: no DDP sync, gradients averaged below
         with self.ddp.no_sync() if self.world > 1 else contextlib.nullcontext():
             with self._autocast():   # the same precision as train_step (the physics stays fp32 inside the model)
-                loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp)
+                loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp, ang)
             gloss = float(self._allreduce_mean(loss.detach()))
             if not math.isfinite(gloss):
                 return gloss
@@ -449,9 +468,16 @@ class Trainer:
         self._optimizer_step()
         return gloss
 
-    def _distill_loss(self, y_real, Y, ctf, pos, R_s, t_s, has, mp) -> torch.Tensor:
+    def _distill_loss(self, y_real, Y, ctf, pos, R_s, t_s, has, mp, ang=None) -> torch.Tensor:
+        """``ang (n,)``: the encoder sees the images turned in plane by these radians and learns the matching poses
+        (Q3 R_s, Q t_s); the decoder term renders the original images at (R_s, t_s)."""
         cfg, sd = self.config, self.seed
-        enc = self.model.encoder(y_real)
+        if ang is not None:
+            enc = self.model.encoder(rotate_images(y_real, ang))
+            R_e, t_e = rotate_poses(R_s, t_s, ang)       # targets for the turned images
+        else:
+            enc = self.model.encoder(y_real)
+            R_e, t_e = R_s, t_s
         z = enc["z_mu"]
         if "z_logvar" in enc:
             eps = torch.randn(self.batch, max(cfg.zdim, 1), generator=self.gen)[self.rank::self.world, : cfg.zdim]
@@ -461,8 +487,8 @@ class Trainer:
         if self.step % max(cfg.distill_decoder_every, 1) == 0:   # the decoder with the seeded poses fixed
             err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
             recon = (err * has).sum() / nh
-        rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
-        tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
+        rot_l = (((enc["rot"] - R_e) ** 2).sum((1, 2)) * has).sum() / nh
+        tr_l = (((enc["trans"] - t_e) ** 2).sum(1) * has).sum() / nh
         loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
         if cfg.zdim > 0 and sd.get("score_t") is not None and cfg.distill_z_weight > 0:
             tgt = sd["score_t"][pos].to(self.device)
@@ -471,8 +497,11 @@ class Trainer:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
             p = pos.numpy()
-            self.run_rot[p] = enc["rot"].detach().float().cpu().numpy()
-            self.run_trans[p] = enc["trans"].detach().float().cpu().numpy()
+            rot, trans = enc["rot"].detach().float(), enc["trans"].detach().float()
+            if ang is not None:   # the poses of the original images
+                rot, trans = rotate_poses(rot, trans, ang.float(), inverse=True)
+            self.run_rot[p] = rot.cpu().numpy()
+            self.run_trans[p] = trans.cpu().numpy()
             self.run_z[p] = enc["z_mu"].detach().float().cpu().numpy()
             self.run_seen[p] = True
         return loss
@@ -525,6 +554,9 @@ class Trainer:
         from cryofire_app.reconstruct import SeedConfig, iter_seed_abinit
 
         cfg = self.config
+        if cfg.seed_from:
+            yield from self._adopt_seed(self._read_seed_from(cfg.seed_from), reused=True)
+            return
         try:
             scfg = SeedConfig(**cfg.seed_config)
         except (TypeError, ValueError) as exc:
@@ -566,6 +598,45 @@ class Trainer:
                       trans=res.trans_px.astype(np.float32), state=state.astype(np.int64),
                       state_score=score.astype(np.float32), volume=(sgn * res.volume).astype(np.float32),
                       density_sign=np.int64(sgn), wall_s=np.float64(res.history.get("wall_s", float("nan"))))
+        yield from self._adopt_seed(arrays)
+
+    SEED_KEYS = ("pos", "rot", "trans", "state", "state_score", "volume", "density_sign", "wall_s")
+
+    def _read_seed_from(self, where: str) -> dict:
+        """Arrays of an earlier run's seed (``where``: its seed.npz or its run folder), checked against this run."""
+        path = Path(where)
+        if path.is_dir():
+            path = path / "checkpoints" / "seed.npz"
+        if not path.is_file():
+            raise InputError("no seed to reuse here (give a run folder or its checkpoints/seed.npz)", path)
+        try:
+            with np.load(path) as f:
+                d = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as exc:
+            raise InputError(f"not a readable seed file: {exc}", path) from exc
+        missing = [k for k in self.SEED_KEYS if k not in d]
+        if missing:
+            raise InputError(f"not a cryofire seed file (missing {', '.join(missing)})", path)
+        n = len(self.train_pos)
+        if not np.array_equal(np.asarray(d["pos"], np.int64), self.train_pos.astype(np.int64)):
+            raise InputError(f"the seed was made on another training split ({len(d['pos'])} particles; this run's "
+                             f"split has {n}): reuse a seed only with the same particles, --seed and "
+                             "--val-fraction", path)
+        if d["rot"].shape != (n, 3, 3) or d["trans"].shape != (n, 2) or d["volume"].shape != (self.D,) * 3:
+            raise InputError(f"seed arrays do not fit this run (rot {d['rot'].shape}, trans {d['trans'].shape}, "
+                             f"volume {d['volume'].shape}; expected box {self.D})", path)
+        if not (np.all(np.isfinite(d["rot"])) and np.all(np.isfinite(d["trans"]))):
+            raise InputError("the seed's poses contain NaN/Inf", path)
+        self._seed_source = str(path)
+        return d
+
+    def _adopt_seed(self, arrays: dict, reused: bool = False) -> Iterator:
+        """Make ``arrays`` (seed.npz fields) this run's seed: save them, set the data sign, checkpoint."""
+        cfg = self.config
+        sgn = int(arrays["density_sign"])
+        state, score = np.asarray(arrays["state"]), np.asarray(arrays["state_score"])
+        if reused:
+            yield self._emit(Message("info", f"seed reused from {self._seed_source} (no pose search)"))
         if self.rank == 0:
             atomic_save_npz(self.seed_path, **arrays)
         self.seed = dict(arrays, **self._seed_arrays(arrays["pos"], arrays["rot"], arrays["trans"],
@@ -581,7 +652,7 @@ class Trainer:
                                                 f"sign {sgn:+d} on the raw data): the map will come out negative"))
         self.seed_done = True
         sizes = "" if not state.size else f"; state sizes {np.bincount(state).tolist()}"
-        yield self._emit(Message("info", f"seed done in {arrays['wall_s']:.0f} s{sizes}; distilling into the encoder "
+        yield self._emit(Message("info", f"seed {'(reused) made' if reused else 'done'} in {float(arrays['wall_s']):.0f} s{sizes}; distilling into the encoder "
                                          f"for {self.distill_images} images at radius "
                                          f"{mask_radius_at(cfg, self.D, 0)} px"))
         if self.rank == 0:
