@@ -254,6 +254,16 @@ def translation_errors(pred_px, gt_px, gt_rot=None, correct_global: bool = False
 # conformations
 
 
+def _paired(a, b, a_name: str, b_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two flat arrays of the same, non-zero length (ValueError naming them otherwise)."""
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} {a_name} but {len(b)} {b_name}")
+    if len(a) == 0:
+        raise ValueError(f"no {a_name}")
+    return a, b
+
+
 def confusion_by_thresholds(score, labels, max_permutations: int = 40320) -> dict:
     """Confusion error of thresholding a 1D score (e.g. PC1) into K ordered groups, K = number of distinct labels.
 
@@ -261,12 +271,7 @@ def confusion_by_thresholds(score, labels, max_permutations: int = 40320) -> dic
     misclassified fraction (exact: dynamic programming over the sorted scores for every label order).
     Returns ``{"confusion": fraction, "thresholds": [...], "order": [label of group 0, ...], "pred_labels": array}``.
     """
-    s = np.asarray(score, dtype=np.float64).reshape(-1)
-    lab_raw = np.asarray(labels).reshape(-1)
-    if len(s) != len(lab_raw):
-        raise ValueError(f"{len(s)} scores but {len(lab_raw)} labels")
-    if len(s) == 0:
-        raise ValueError("no scores")
+    s, lab_raw = _paired(np.asarray(score, dtype=np.float64), labels, "scores", "labels")
     classes, lab = np.unique(lab_raw, return_inverse=True)
     K = len(classes)
     order = np.argsort(s, kind="stable")
@@ -335,12 +340,7 @@ def label_confusion(pred_labels, labels) -> dict:
     """
     from scipy.optimize import linear_sum_assignment
 
-    p_raw = np.asarray(pred_labels).reshape(-1)
-    t_raw = np.asarray(labels).reshape(-1)
-    if len(p_raw) != len(t_raw):
-        raise ValueError(f"{len(p_raw)} predicted labels but {len(t_raw)} true labels")
-    if len(p_raw) == 0:
-        raise ValueError("no labels")
+    p_raw, t_raw = _paired(pred_labels, labels, "predicted labels", "true labels")
     pc, p = np.unique(p_raw, return_inverse=True)
     tc, t = np.unique(t_raw, return_inverse=True)
     table = np.zeros((len(pc), len(tc)), np.int64)
