@@ -34,7 +34,6 @@ from cryofire_app.io.errors import InputError
 from cryofire_app.model.cryofire import (PRECISIONS, CryoFIRE, MaskPoints, autocast_context, compensate_mirror,
                                          mask_points)
 from cryofire_app.physics.lattice import Lattice
-from cryofire_app.physics.inplane import rotate_images, rotate_poses
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
 from cryofire_app.training.config import TrainConfig
@@ -469,15 +468,10 @@ class Trainer:
         return gloss
 
     def _distill_loss(self, y_real, Y, ctf, pos, R_s, t_s, has, mp, ang=None) -> torch.Tensor:
-        """``ang (n,)``: the encoder sees the images turned in plane by these radians and learns the matching poses
-        (Q3 R_s, Q t_s); the decoder term renders the original images at (R_s, t_s)."""
+        """``ang (n,)``: the encoder reads the poses from the images turned in plane by these radians, turned back
+        (CryoFIRE.encode_turned; |Q3^T R - R_s| = |R - Q3 R_s|, so this is the loss against the turned targets)."""
         cfg, sd = self.config, self.seed
-        if ang is not None:
-            enc = self.model.encoder(rotate_images(y_real, ang))
-            R_e, t_e = rotate_poses(R_s, t_s, ang)       # targets for the turned images
-        else:
-            enc = self.model.encoder(y_real)
-            R_e, t_e = R_s, t_s
+        enc = self.model.encode_turned(y_real, ang) if ang is not None else self.model.encoder(y_real)
         z = enc["z_mu"]
         if "z_logvar" in enc:
             eps = torch.randn(self.batch, max(cfg.zdim, 1), generator=self.gen)[self.rank::self.world, : cfg.zdim]
@@ -487,8 +481,8 @@ class Trainer:
         if self.step % max(cfg.distill_decoder_every, 1) == 0:   # the decoder with the seeded poses fixed
             err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
             recon = (err * has).sum() / nh
-        rot_l = (((enc["rot"] - R_e) ** 2).sum((1, 2)) * has).sum() / nh
-        tr_l = (((enc["trans"] - t_e) ** 2).sum(1) * has).sum() / nh
+        rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
+        tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
         loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
         if cfg.zdim > 0 and sd.get("score_t") is not None and cfg.distill_z_weight > 0:
             tgt = sd["score_t"][pos].to(self.device)
@@ -497,11 +491,8 @@ class Trainer:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
             p = pos.numpy()
-            rot, trans = enc["rot"].detach().float(), enc["trans"].detach().float()
-            if ang is not None:   # the poses of the original images
-                rot, trans = rotate_poses(rot, trans, ang.float(), inverse=True)
-            self.run_rot[p] = rot.cpu().numpy()
-            self.run_trans[p] = trans.cpu().numpy()
+            self.run_rot[p] = enc["rot"].detach().float().cpu().numpy()
+            self.run_trans[p] = enc["trans"].detach().float().cpu().numpy()
             self.run_z[p] = enc["z_mu"].detach().float().cpu().numpy()
             self.run_seen[p] = True
         return loss
