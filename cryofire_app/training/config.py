@@ -102,6 +102,7 @@ class TrainConfig:
                                          # the encoder memorises its training images (held-out 50 deg); turning the
                                          # images for pose and z: held-out 29 deg but z-PC1 at chance (10.5 %); pose only
                                          # (this): held-out 24 deg, z-PC1 confusion 2.2 % on the training split
+    seeded_joint_lr_scale: float = 0.1   # seeded joint phase: lr * this (measured: lr 1e-3 undoes the distilled poses)
     seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
     seed_from: str | None = None         # seeded: reuse the seed of an earlier run on the same particles and split
                                          # (its run folder or checkpoints/seed.npz) instead of searching again
