@@ -131,11 +131,11 @@ def test_seeded_schedule_from_scratch(seeded_data, seeded_run):
 
 def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_data, seeded_run):
     """Without augmentation the encoder above memorised its 600 training images: close to the seed on them, near
-    chance on 300 new images of the same particle. With augmentation (the seeded default;
-    the seed reused from the run above via seed_from) every image comes at a new in-plane angle with the matching pose,
-    so only the particle's appearance helps: the error on new images is close to the error on the training images
-    (measured: 39.9 vs 43.4 deg after 25,600 images, without: 2.8 vs 66.0; both go on falling with more images: issue 5's set,
-    benchmarks/results/accuracy-20261124-1219-vm-seeded.md, 24 deg held out after 400k)."""
+    chance on 300 new images of the same particle (measured: 2.8 vs 66.0 deg). With augmentation (the seeded default;
+    the seed reused from the run above via seed_from) the encoder reads each pose from its image turned by a random
+    in-plane angle, so only the particle's appearance helps: the error on new images is close to the error on the
+    training images (measured: 39.9 vs 43.4 deg after 25,600 images; both go on falling with more images: issue 5's
+    set, benchmarks/results/accuracy-20261124-1219-vm-seeded.md, 24 deg held out after 400k)."""
     tr0 = seeded_run[0]
     tr_err0, held_err0 = encoder_errors(tr0, seeded_data)
     assert held_err0 - tr_err0 > 30.0, (tr_err0, held_err0)

@@ -94,14 +94,14 @@ class TrainConfig:
                                          # 3.5 deg in 32 s, k=1 with 19.2k images 5.0 deg in ~50 s)
     distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
     seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
-    augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane angle and
-                                         # turned back (CryoFIRE.encode_turned; z from the image as given). None: on for
-                                         # "seeded", off for "amortized" (the paper's schedule); never with the
-                                         # symmetric loss. Measured on issue 5's set, 400k images
-                                         # (benchmarks/results/accuracy-20261124-{0923,1210,1219}-vm-seeded): without it
-                                         # the encoder memorises its training images (held-out 50 deg); turning the
-                                         # images for pose and z: held-out 29 deg but z-PC1 at chance (10.5 %); pose only
-                                         # (this): held-out 24 deg, z-PC1 confusion 2.2 % on the training split
+    augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane
+                                         # angle, turned back (CryoFIRE.encode_turned; z from the image as given).
+                                         # None: on for "seeded", off for "amortized" (the paper's schedule); never
+                                         # with the symmetric loss. Measured on issue 5's set, 400k images
+                                         # (benchmarks/results/accuracy-20261124-{0923,1210,1219}-vm-seeded):
+                                         # without it the encoder memorises its training images (held-out 50 deg);
+                                         # turning the images for pose and z: held-out 29 deg, z-PC1 at chance
+                                         # (10.5 %); pose only (this): held-out 24 deg, z-PC1 2.2 % (training split)
     seeded_joint_lr_scale: float = 0.1   # seeded joint phase: lr * this (measured: lr 1e-3 undoes the distilled poses)
     seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
     seed_from: str | None = None         # seeded: reuse the seed of an earlier run on the same particles and split

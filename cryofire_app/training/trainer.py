@@ -643,7 +643,8 @@ class Trainer:
                                                 f"sign {sgn:+d} on the raw data): the map will come out negative"))
         self.seed_done = True
         sizes = "" if not state.size else f"; state sizes {np.bincount(state).tolist()}"
-        yield self._emit(Message("info", f"seed {'(reused) made' if reused else 'done'} in {float(arrays['wall_s']):.0f} s{sizes}; distilling into the encoder "
+        made = f"seed {'(reused) made' if reused else 'done'} in {float(arrays['wall_s']):.0f} s{sizes}"
+        yield self._emit(Message("info", f"{made}; distilling into the encoder "
                                          f"for {self.distill_images} images at radius "
                                          f"{mask_radius_at(cfg, self.D, 0)} px"))
         if self.rank == 0:
