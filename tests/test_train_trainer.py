@@ -227,8 +227,11 @@ def test_ctrl_c_leaves_a_checkpoint(data, tmp_path):
            "--checkpoint-every", "100000000", "--device", "cpu", "--schedule", "amortized", "--enc-channels", "8,16",
            "--dec-hidden", "32",
            "--dec-layers", "1", "--pe-dim", "16", "--quiet"]
+    # SIGINT back to its default in the child: a shell starting the suite in the background without job control
+    # (`nohup ... &`) leaves SIGINT ignored, which children inherit, and Python then installs no KeyboardInterrupt
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = out / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
