@@ -139,3 +139,21 @@ def test_encoder_input_box_is_a_fourier_crop_of_the_input(stem):
     assert Encoder(64, box=None).box == 64 and Encoder(32, box=64).box == 32
     with pytest.raises(ValueError, match="input box"):
         Encoder(64, box=31)
+
+
+def test_encoder_batch_norm_uses_running_statistics_at_eval():
+    """norm="batch": batch statistics while training, running statistics in eval mode (an image's pose then does not
+    depend on the other images of its batch); unknown norms are refused."""
+    torch.manual_seed(0)
+    enc = Encoder(32, zdim=2, channels=(8, 16), norm="batch")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
+    x = torch.randn(8, 32, 32)
+    enc.train()
+    enc(x)                                   # updates the running statistics
+    enc.eval()
+    with torch.no_grad():
+        alone = enc(x[:1])["rot"]
+        in_batch = enc(x)["rot"][:1]
+    assert torch.allclose(alone, in_batch, atol=1e-5)
+    with pytest.raises(ValueError, match="norm"):
+        Encoder(32, norm="layer")

@@ -78,6 +78,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc-box", default=None,
                    help="encoder input box: the image is Fourier-cropped to this even size before the CNN, or 'full' "
                         "(default 32: as accurate per image as 64 on issue 5's set at ~3x less cost)")
+    p.add_argument("--enc-norm", choices=("group", "batch"), default=None,
+                   help="encoder normalisation after each conv block (default group)")
     p.add_argument("--augment", choices=("auto", "yes", "no"), default="auto",
                    help="in-plane rotation augmentation of the encoder's input with the matching pose change (auto: "
                         "on for --schedule seeded, off for amortized; never with the symmetric loss). Without it the "
@@ -141,6 +143,8 @@ def config_from_args(args: argparse.Namespace):
                 cfg.encoder.box = -1
             if cfg.encoder.box < 8 or cfg.encoder.box % 2:
                 raise InputError(f"--enc-box must be an even number >= 8 or 'full', got {args.enc_box!r}")
+    if args.enc_norm:
+        cfg.encoder.norm = args.enc_norm
     cfg.augment_inplane = {"auto": None, "yes": True, "no": False}[args.augment]
     cfg.seed_from = args.seed_from
     if args.precision == "fp16" and args.device == "cpu":

@@ -24,17 +24,21 @@ def _groups(c: int) -> int:
 
 
 class ConvBlock(nn.Sequential):
-    """3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 2x2 average pool -> GroupNorm (the original's block, any width)."""
+    """3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 2x2 average pool -> GroupNorm (the original's block, any width), or
+    BatchNorm with ``norm="batch"`` (running statistics in eval mode)."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, norm: str = "group"):
+        if norm not in NORMS:
+            raise ValueError(f"encoder norm must be one of {NORMS}, got {norm!r}")
         super().__init__(
             nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True),
-            nn.AvgPool2d(2), nn.GroupNorm(_groups(c_out), c_out),
+            nn.AvgPool2d(2), nn.GroupNorm(_groups(c_out), c_out) if norm == "group" else nn.BatchNorm2d(c_out),
         )
 
 
 STEMS = ("conv", "unshuffle")
+NORMS = ("group", "batch")
 
 
 class Encoder(nn.Module):
@@ -48,7 +52,7 @@ class Encoder(nn.Module):
 
     def __init__(self, D: int, zdim: int = 8, channels: tuple[int, ...] = (16, 32, 64, 128, 128),
                  final_size: int = 4, hidden: int = 256, variational: bool = False, stem: str = "conv",
-                 channels_last: bool = False, box: int | None = None):
+                 channels_last: bool = False, box: int | None = None, norm: str = "group"):
         super().__init__()
         if D % 2:
             raise ValueError(f"encoder box must be even, got {D}")
@@ -64,7 +68,7 @@ class Encoder(nn.Module):
         for c in channels:
             if size <= final_size or size % 2:
                 break
-            blocks.append(ConvBlock(c_in, c))
+            blocks.append(ConvBlock(c_in, c, norm))
             c_in, size = c, size // 2
         self.cnn = nn.Sequential(*blocks)
         self.feat_dim = c_in * size * size

@@ -26,6 +26,8 @@ class EncoderConfig:
     variational: bool = False
     stem: str = "unshuffle"   # unshuffle (2x2 pixel_unshuffle first, default: ~5x fewer FLOPs at box 64, same
                               # accuracy in the staged tests) | conv (the original: first block at full resolution)
+    norm: str = "group"       # group | batch: normalisation after each conv block (batch: running statistics at eval;
+                              # not synchronised across data-parallel processes)
     box: int | None = 32      # input Fourier-cropped to this box (None: the training box; saved configs without the
                               # field load as None). Measured on issue 5's set: same pose accuracy per image as box 64,
                               # ~3x cheaper (benchmarks/results/encoder_generalisation-*)
@@ -154,6 +156,7 @@ class TrainConfig:
         dec.setdefault("arch", "mlp")
         enc.setdefault("stem", "conv")
         enc.setdefault("box", None)
+        enc.setdefault("norm", "group")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -76,6 +76,7 @@ def _channels_last(cfg: TrainConfig) -> bool:
 def build_model(cfg: TrainConfig, D: int) -> CryoFIRE:
     enc = dict(channels=tuple(cfg.encoder.channels), final_size=cfg.encoder.final_size, hidden=cfg.encoder.hidden,
                variational=cfg.encoder.variational, stem=cfg.encoder.stem, box=cfg.encoder.box,
+               norm=cfg.encoder.norm,
                channels_last=_channels_last(cfg))
     dc = cfg.decoder
     if dc.arch == "mlp":
