@@ -51,3 +51,26 @@ def test_quarter_turn_is_exact_and_inverse_undoes():
     r2, t2 = rotate_poses(*rotate_poses(rot, t, a), a, inverse=True)
     assert torch.allclose(r2, rot, atol=1e-6) and torch.allclose(t2, t, atol=1e-6)
     assert torch.allclose(torch.linalg.det(inplane_matrix(a)), torch.ones(2))
+
+
+def test_pose_averaged_over_turns_is_equivariant_for_any_encoder():
+    """encode_with_turns(K=4) of an image turned by a quarter turn is the quarter-turned answer for the image itself
+    (the 4 turned copies are the same set), whatever the encoder's weights; and the chordal mean of equal rotations
+    is that rotation."""
+    from cryofire_app.model import CryoFIRE
+    from cryofire_app.physics.fft import window_mask
+    from cryofire_app.physics.rotations import chordal_mean
+    from cryofire_app.training.inference import encode_with_turns
+
+    torch.manual_seed(0)
+    model = CryoFIRE(32, zdim=2, encoder_kwargs=dict(channels=(8, 16), hidden=32)).eval()
+    x = torch.randn(3, 32, 32) * window_mask(32)
+    q = torch.full((3,), math.pi / 2)
+    with torch.no_grad():
+        a = encode_with_turns(model, x, 4)
+        b = encode_with_turns(model, rotate_images(x, q), 4)
+    rot_a, t_a = rotate_poses(a["rot"], a["trans"], q)
+    assert torch.allclose(b["rot"], rot_a, atol=1e-4) and torch.allclose(b["trans"], t_a, atol=1e-4)
+    assert torch.allclose(torch.linalg.det(a["rot"]), torch.ones(3), atol=1e-5)
+    r = random_rotations(5, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(chordal_mean(r[:, None].expand(5, 3, 3, 3)), r, atol=1e-5)

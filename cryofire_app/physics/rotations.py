@@ -144,3 +144,12 @@ def geodesic_angle(r1: torch.Tensor, r2: torch.Tensor, degrees: bool = True) -> 
     tr = (r1 * r2).sum(dim=(-1, -2))  # trace(r1 r2^T)
     ang = torch.acos(torch.clamp((tr - 1) / 2, -1.0, 1.0))
     return ang * (180 / math.pi) if degrees else ang
+
+
+def chordal_mean(rots: torch.Tensor) -> torch.Tensor:
+    """``(..., K, 3, 3)`` -> ``(..., 3, 3)``: the rotation nearest (Frobenius) to the sum of the K rotations, i.e. the
+    chordal L2 mean (SVD of the sum, determinant forced to +1)."""
+    U, _, Vh = torch.linalg.svd(rots.sum(-3))
+    d = torch.sign(torch.linalg.det(U @ Vh))
+    U = torch.cat([U[..., :2], U[..., 2:] * d[..., None, None]], -1)
+    return U @ Vh

@@ -140,6 +140,10 @@ class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
+    def augments_inplane(self) -> bool:
+        """Whether training turns the encoder's input in plane (augment_inplane; None: the seeded schedule only)."""
+        return (self.schedule == "seeded") if self.augment_inplane is None else bool(self.augment_inplane)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["encoder"]["channels"] = list(self.encoder.channels)

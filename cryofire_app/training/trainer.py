@@ -391,8 +391,7 @@ class Trainer:
     @property
     def augment(self) -> bool:
         """In-plane augmentation of the encoder's input (TrainConfig.augment_inplane; None: seeded schedule only)."""
-        a = self.config.augment_inplane
-        return (self.config.schedule == "seeded") if a is None else bool(a)
+        return self.config.augments_inplane()
 
     def _inplane_angles(self) -> torch.Tensor | None:
         """(local batch,) random in-plane angles in radians (drawn for the global batch, sliced per rank), or None."""
