@@ -4,7 +4,8 @@ Data: two states (90 % / 10 %) of a real map from ../shared/fixtures (ASPIRE's 7
 20-degree hinge motion of ~30 % of the density), box 64, SNR 0.1 (-10 dB), random CTF (defocus 1-2.5 um), small
 random shifts (<= 2 px). A training split and a held-out test split are simulated independently (different seeds,
 never seen in training). The run is trained on the training split with `cryofire train`; the test split's poses
-and z come from encoder-only `cryofire infer` on the trained run.
+and z come from `cryofire infer` on the trained run with its defaults (seeded runs: the encoder alone, its pose averaged
+over 8 in-plane turns; before that option existed, and for amortized runs: the decoder picks the image or mirror branch).
 
 Reported for train and test (Table 1 columns): wall time, images seen, confusion, resolution major/minor (FSC 0.5 in
 px; train only, as in the paper), rotation median/mean (viewing direction, degrees, after global alignment with both
