@@ -174,7 +174,7 @@ def markdown(res: dict, meta: dict) -> str:
              f"2 states 90/10 (hinge 20 deg) of {Path(res['map']).name} at {res['map_apix_assumed']} A/voxel, box "
              f"{s['box']}, SNR {s['snr']}, random CTF, shifts <= {s.get('max_shift', 2.0)} px, schedule "
              f"{s.get('schedule', 'amortized')}{(' ' + s['train_args']) if s.get('train_args') else ''}; train {s['n_train']:,} / test {s['n_test']:,} "
-             f"(held out, encoder-only inference).", "", head, "|" + "---|" * (len(COLUMNS) + 1)]
+             f"(held out, `cryofire infer` defaults).", "", head, "|" + "---|" * (len(COLUMNS) + 1)]
     for split in ("train", "test"):
         r = res[split]
         cells = []
