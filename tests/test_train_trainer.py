@@ -233,13 +233,18 @@ def test_ctrl_c_leaves_a_checkpoint(data, tmp_path):
                             env=dict(os.environ, OMP_NUM_THREADS="1"),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = out / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and log.read_text().count('"Step"') >= 3:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and log.read_text().count('"Step"') >= 3:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:   # a child that missed the signal must not outlive the test (it trains for 1e8 images)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err.decode()[-2000:]
     ck = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ck["images_seen"] >= 48 and ck["images_seen"] % 16 == 0
