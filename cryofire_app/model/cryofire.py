@@ -124,18 +124,25 @@ class CryoFIRE(nn.Module):
         return self.encoder(x)
 
     def encode_turned(self, y_real: torch.Tensor, angles: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Encoder outputs for B images with the pose read from each image turned in plane by ``angles (B,)`` radians
-        and turned back (physics.inplane: ``rot = Q3^T rot_turned``, ``trans = Q^T trans_turned``), and z (plus
-        logvar) read from the image as it is. One encoder call on 2B rows. The pose must then come from the particle's
-        appearance at any in-plane angle (the encoder cannot memorise the training images' poses); z is left free to
-        use the image as given (measured on issue 5's set: turning the image for z as well left the 10 % state at
-        chance after 400k images, while z from the image as given separates it, see TrainConfig.augment_inplane)."""
+        """Encoder outputs for B images with the pose read from each image turned in plane by ``angles`` radians,
+        ``(B,)`` or ``(K, B)`` (K turns per image), and turned back (physics.inplane: ``rot = Q3^T rot_turned``,
+        ``trans = Q^T trans_turned``): ``rot`` ``angles.shape + (3, 3)``, ``trans`` ``angles.shape + (2,)``; z (plus
+        logvar) and ``rot0``/``trans0`` read from the image as it is. One encoder call on (K + 1) B rows. Training
+        (one turn per image) makes the pose come from the particle's appearance at any in-plane angle, so the
+        encoder cannot memorise the training images' poses; z is left free to use the image as given (measured on
+        issue 5's set: turning the image for z as well left the 10 % state at chance after 400k images, while z from
+        the image as given separates it, see TrainConfig.augment_inplane). Inference averages K turns
+        (training.inference.encode_with_turns)."""
         B = y_real.shape[0]
-        out = self.encoder(torch.cat([rotate_images(y_real, angles).to(y_real.dtype), y_real]))
-        rot, trans = rotate_poses(out["rot"][:B], out["trans"][:B], angles, inverse=True)
-        enc = {"rot": rot, "trans": trans, "z_mu": out["z_mu"][B:]}
+        flat = angles.reshape(-1)
+        nt = flat.shape[0]
+        turned = rotate_images(y_real.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
+        out = self.encoder(torch.cat([turned, y_real]))
+        rot, trans = rotate_poses(out["rot"][:nt], out["trans"][:nt], flat, inverse=True)
+        enc = {"rot": rot.view(*angles.shape, 3, 3), "trans": trans.view(*angles.shape, 2),
+               "rot0": out["rot"][nt:], "trans0": out["trans"][nt:], "z_mu": out["z_mu"][nt:]}
         if "z_logvar" in out:
-            enc["z_logvar"] = out["z_logvar"][B:]
+            enc["z_logvar"] = out["z_logvar"][nt:]
         return enc
 
     def slice_points(self, rot: torch.Tensor, mp: MaskPoints) -> torch.Tensor:

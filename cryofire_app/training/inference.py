@@ -15,7 +15,6 @@ import torch
 
 from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, autocast_context, compensate_mirror, mask_points
 from cryofire_app.physics.fft import fourier_resize
-from cryofire_app.physics.inplane import rotate_images, rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import chordal_mean
 from cryofire_app.training.dataset import Batch, ParticleData
@@ -52,22 +51,22 @@ def predict_batch(model: CryoFIRE, b: Batch, sign: float, mp: MaskPoints | None,
 
 def encode_with_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict[str, torch.Tensor]:
     """Encoder outputs for ``y_real (n, D, D)``; with ``turns = K > 1`` the pose is the chordal mean over the image
-    turned in plane by 2 pi k / K (k = 0..K-1), each answer turned back (physics.inplane), the translation their
-    mean, z read from the image as given (k = 0). For encoders trained with in-plane augmentation (an average of K
-    equivariant answers; measured on issue 5's held-out set, K = 8: 28.8 -> 23.9 deg median view error)."""
+    as given and turned in plane by 2 pi k / K (k = 1..K-1), each answer turned back (CryoFIRE.encode_turned), the
+    translation their mean, z read from the image as given. For encoders trained with in-plane augmentation (an
+    average of K equivariant answers; measured on issue 5's held-out set, K = 8: 28.8 -> 23.9 deg median view
+    error)."""
     if turns <= 1:
         return model.encoder(y_real)
     n = y_real.shape[0]
     box = getattr(model.encoder, "box", y_real.shape[-1])
     if box < y_real.shape[-1]:   # the encoder's own Fourier crop first: K turns of the small image are cheaper
         y_real = fourier_resize(y_real.float(), box, ndim=2)
-    ang = torch.arange(turns, device=y_real.device, dtype=torch.float32).repeat_interleave(n) * (2 * math.pi / turns)
-    out = model.encoder(rotate_images(y_real.repeat(turns, 1, 1), ang))
-    rot, trans = rotate_poses(out["rot"], out["trans"], ang, inverse=True)
-    enc = {k: v[:n] for k, v in out.items() if k.startswith("z_")}
-    enc["rot"] = chordal_mean(rot.view(turns, n, 3, 3).transpose(0, 1))
-    enc["trans"] = trans.view(turns, n, 2).mean(0)
-    return enc
+    ang = torch.arange(1, turns, device=y_real.device, dtype=torch.float32) * (2 * math.pi / turns)
+    enc = model.encode_turned(y_real, ang[:, None].expand(turns - 1, n))
+    out = {k: v for k, v in enc.items() if k.startswith("z_")}
+    out["rot"] = chordal_mean(torch.cat([enc["rot0"][None], enc["rot"]]).transpose(0, 1))
+    out["trans"] = torch.cat([enc["trans0"][None], enc["trans"]]).mean(0)
+    return out
 
 
 def _predict_batch(model, b, sign, mp, device, use_z, sym, turns=1) -> dict[str, torch.Tensor]:
