@@ -534,8 +534,7 @@ class Trainer:
         path = self.seed_path
         if not path.is_file():
             raise InputError("the checkpoint says the seeding stage is done but its results are missing", path)
-        with np.load(path) as f:
-            d = {k: f[k] for k in f.files}
+        d = self._read_seed_file(path)
         score = d["state_score"] if d["state_score"].size else None
         out = dict(d, **self._seed_arrays(d["pos"], d["rot"], d["trans"], score))
         return out
@@ -546,7 +545,11 @@ class Trainer:
 
         cfg = self.config
         if cfg.seed_from:
-            yield from self._adopt_seed(self._read_seed_from(cfg.seed_from), reused=True)
+            path = Path(cfg.seed_from)
+            path = path / "checkpoints" / "seed.npz" if path.is_dir() else path
+            if not path.is_file():
+                raise InputError("no seed to reuse here (give a run folder or its checkpoints/seed.npz)", path)
+            yield from self._adopt_seed(self._read_seed_file(path), source=path)
             return
         try:
             scfg = SeedConfig(**cfg.seed_config)
@@ -593,13 +596,9 @@ class Trainer:
 
     SEED_KEYS = ("pos", "rot", "trans", "state", "state_score", "volume", "density_sign", "wall_s")
 
-    def _read_seed_from(self, where: str) -> dict:
-        """Arrays of an earlier run's seed (``where``: its seed.npz or its run folder), checked against this run."""
-        path = Path(where)
-        if path.is_dir():
-            path = path / "checkpoints" / "seed.npz"
-        if not path.is_file():
-            raise InputError("no seed to reuse here (give a run folder or its checkpoints/seed.npz)", path)
+    def _read_seed_file(self, path: Path) -> dict:
+        """The arrays of a seed.npz (this run's on resume, or an earlier run's with seed_from), checked against this
+        run's training split and box (InputError naming the file)."""
         try:
             with np.load(path) as f:
                 d = {k: f[k] for k in f.files}
@@ -618,16 +617,17 @@ class Trainer:
                              f"volume {d['volume'].shape}; expected box {self.D})", path)
         if not (np.all(np.isfinite(d["rot"])) and np.all(np.isfinite(d["trans"]))):
             raise InputError("the seed's poses contain NaN/Inf", path)
-        self._seed_source = str(path)
         return d
 
-    def _adopt_seed(self, arrays: dict, reused: bool = False) -> Iterator:
-        """Make ``arrays`` (seed.npz fields) this run's seed: save them, set the data sign, checkpoint."""
+    def _adopt_seed(self, arrays: dict, source: Path | None = None) -> Iterator:
+        """Make ``arrays`` (seed.npz fields; ``source``: the earlier run's file they were reused from, None when
+        searched now) this run's seed: save them, set the data sign, checkpoint."""
         cfg = self.config
         sgn = int(arrays["density_sign"])
         state, score = np.asarray(arrays["state"]), np.asarray(arrays["state_score"])
+        reused = source is not None
         if reused:
-            yield self._emit(Message("info", f"seed reused from {self._seed_source} (no pose search)"))
+            yield self._emit(Message("info", f"seed reused from {source} (no pose search)"))
         if self.rank == 0:
             atomic_save_npz(self.seed_path, **arrays)
         self.seed = dict(arrays, **self._seed_arrays(arrays["pos"], arrays["rot"], arrays["trans"],
