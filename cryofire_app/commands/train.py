@@ -134,15 +134,11 @@ def config_from_args(args: argparse.Namespace):
     if args.enc_stem:
         cfg.encoder.stem = args.enc_stem
     if args.enc_box is not None:
-        if str(args.enc_box).lower() == "full":
-            cfg.encoder.box = None
-        else:
-            try:
-                cfg.encoder.box = int(args.enc_box)
-            except ValueError:
-                cfg.encoder.box = -1
-            if cfg.encoder.box < 8 or cfg.encoder.box % 2:
-                raise InputError(f"--enc-box must be an even number >= 8 or 'full', got {args.enc_box!r}")
+        full = str(args.enc_box).lower() == "full"
+        box = None if full else (int(args.enc_box) if str(args.enc_box).isdigit() else 0)
+        if not full and (box < 8 or box % 2):
+            raise InputError(f"--enc-box must be an even number >= 8 or 'full', got {args.enc_box!r}")
+        cfg.encoder.box = box
     if args.enc_norm:
         cfg.encoder.norm = args.enc_norm
     cfg.augment_inplane = {"auto": None, "yes": True, "no": False}[args.augment]

@@ -30,7 +30,7 @@ class EncoderConfig:
                               # not synchronised across data-parallel processes)
     box: int | None = 32      # input Fourier-cropped to this box (None: the training box; saved configs without the
                               # field load as None). Measured on issue 5's set: same pose accuracy per image as box 64,
-                              # ~3x cheaper (benchmarks/results/encoder_generalisation-*)
+                              # ~3x cheaper (benchmarks/results/accuracy-20261124-1219 vs -1309, box full)
 
 
 @dataclass
