@@ -141,6 +141,8 @@ class CryoFIRE(nn.Module):
         rot, trans = rotate_poses(out["rot"][:nt], out["trans"][:nt], flat, inverse=True)
         enc = {"rot": rot.view(*angles.shape, 3, 3), "trans": trans.view(*angles.shape, 2),
                "rot0": out["rot"][nt:], "trans0": out["trans"][nt:], "z_mu": out["z_mu"][nt:]}
+        if "rot_logits" in out:   # grid head: scores of the turned images (their own frame, not turned back)
+            enc["rot_logits"] = out["rot_logits"][:nt].view(*angles.shape, -1)
         if "z_logvar" in out:
             enc["z_logvar"] = out["z_logvar"][nt:]
         return enc

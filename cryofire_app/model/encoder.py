@@ -3,10 +3,14 @@
 Input `(B, D, D)` images `[row, col]`. Outputs:
 - `rot (B, 3, 3)`: cryoDRGN convention, rows = volume-frame directions of the image x axis, image y axis, view axis
   (a 2D frequency k_img lands at k_img @ rot);
+- `rot_logits (B, G)` with `rot_head="grid"`: scores over the G rotations of `Encoder.rot_grid`; `rot` is then their
+  probability-weighted mean around the most likely one (differentiable, see `grid_pose`);
 - `trans (B, 2)`: pixels (tx, ty) = (columns, rows), the shift that re-centres the observed particle;
 - `z_mu (B, d)` and, if variational, `z_logvar (B, d)` (std = exp(logvar / 2)).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +18,7 @@ from torch import nn
 
 from cryofire_app.physics.fft import fourier_resize
 from cryofire_app.physics.rotations import r6_to_matrix
+from cryofire_app.reconstruct.grids import grid_spacing_deg, so3_grid
 
 
 def _groups(c: int) -> int:
@@ -39,6 +44,23 @@ class ConvBlock(nn.Sequential):
 
 STEMS = ("conv", "unshuffle")
 NORMS = ("group", "batch")
+ROT_HEADS = ("r6", "grid")
+GRID_TOPK = 16   # grid head: candidates averaged around the most likely rotation
+
+
+def grid_pose(logits: torch.Tensor, grid: torch.Tensor, radius: float) -> torch.Tensor:
+    """Rotation from scores over a rotation grid: the probability-weighted mean of the ``GRID_TOPK`` most likely grid
+    rotations that lie within chordal distance ``radius`` of the most likely one, projected back to a rotation by
+    Gram-Schmidt on its first two rows (stable gradients, unlike an SVD of a near-rotation). ``logits (..., G)``,
+    ``grid (G, 3, 3)`` -> ``(..., 3, 3)``; only the neighbourhood of the mode counts, so a second, distant mode does not
+    pull the answer between the two."""
+    p = torch.softmax(logits.float(), -1)
+    w, idx = p.topk(min(GRID_TOPK, grid.shape[0]), -1)
+    cand = grid[idx]                                        # (..., k, 3, 3)
+    near = ((cand - cand[..., :1, :, :]) ** 2).sum((-1, -2)) <= radius * radius
+    w = w * near
+    m = (w[..., None, None] * cand).sum(-3) / w.sum(-1)[..., None, None]
+    return r6_to_matrix(m[..., :2, :].reshape(*m.shape[:-2], 6))
 
 
 class Encoder(nn.Module):
@@ -48,11 +70,15 @@ class Encoder(nn.Module):
     widths, no pixel discarded). `channels_last`: NHWC memory format for the convolutions (faster with oneDNN on CPU
     and tensor cores on GPU; same math). `box`: the CNN sees the (B, D, D) input Fourier-cropped to this box
     (None or >= D: the input as is); a low-pass that drops frequencies which carry mostly noise at low SNR, measured
-    on issue 5's set (SNR 0.1, box 64): box 32 learns the seed's poses as fast per image as box 64 at ~3x less cost."""
+    on issue 5's set (SNR 0.1, box 64): box 32 learns the seed's poses as fast per image as box 64 at ~3x less cost.
+    `rot_head="r6"`: the 6D regression head (the original); `"grid"`: scores over a `grid_dirs x grid_psi` rotation
+    grid (reconstruct.grids.so3_grid), trained by cross-entropy against soft targets (`grid_loss`) where poses are
+    known (the seeded schedule's distill phase) and through `rot` (`grid_pose`) by the reconstruction loss."""
 
     def __init__(self, D: int, zdim: int = 8, channels: tuple[int, ...] = (16, 32, 64, 128, 128),
                  final_size: int = 4, hidden: int = 256, variational: bool = False, stem: str = "conv",
-                 channels_last: bool = False, box: int | None = None, norm: str = "group"):
+                 channels_last: bool = False, box: int | None = None, norm: str = "group", rot_head: str = "r6",
+                 grid_dirs: int = 512, grid_psi: int = 24):
         super().__init__()
         if D % 2:
             raise ValueError(f"encoder box must be even, got {D}")
@@ -60,6 +86,8 @@ class Encoder(nn.Module):
             raise ValueError(f"encoder stem must be one of {STEMS}, got {stem!r}")
         if box is not None and (box < 8 or box % 2):
             raise ValueError(f"encoder input box must be even and >= 8, got {box}")
+        if rot_head not in ROT_HEADS:
+            raise ValueError(f"encoder rot_head must be one of {ROT_HEADS}, got {rot_head!r}")
         self.D, self.zdim, self.variational, self.stem = D, zdim, variational, stem
         self.box = D if box is None or box >= D else int(box)
         blocks, c_in, size = [], 1, self.box
@@ -74,11 +102,32 @@ class Encoder(nn.Module):
         self.feat_dim = c_in * size * size
         self.mlp = nn.Sequential(nn.Linear(self.feat_dim, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
-        self.rot_head = nn.Linear(hidden, 6)
+        self.rot_kind = rot_head
+        if rot_head == "grid":
+            if grid_dirs < 12 or grid_psi < 4:
+                raise ValueError(f"encoder grid needs >= 12 directions and >= 4 in-plane angles, got {grid_dirs} x "
+                                 f"{grid_psi}")
+            # not saved in the state dict: rebuilt from (grid_dirs, grid_psi), which the config holds
+            self.register_buffer("rot_grid", so3_grid(grid_dirs, grid_psi), persistent=False)
+            spacing = math.radians(grid_spacing_deg(grid_dirs, grid_psi))   # the larger of view / in-plane spacing
+            self.neighbourhood = 2 * math.sqrt(2) * math.sin(spacing)       # chordal distance of 2 spacings
+            self.grid_sigma = math.sqrt(4 * math.pi / grid_dirs)             # target width: the view spacing, rad
+            self.rot_head = nn.Linear(hidden, grid_dirs * grid_psi)
+        else:
+            self.rot_head = nn.Linear(hidden, 6)
         self.trans_head = nn.Linear(hidden, 2)
         self.z_head = nn.Linear(hidden, 2 * zdim if variational else zdim) if zdim > 0 else None
         self.channels_last = False
         self.set_channels_last(channels_last)
+
+    def grid_loss(self, logits: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+        """Per-image cross-entropy ``(B,)`` of grid scores ``logits (B, G)`` against target rotations ``rot (B, 3, 3)``
+        spread over the grid as ``exp(-|rot - g|_F^2 / (4 sigma^2))`` (``|.|_F^2 ~ 2 angle^2``: a Gaussian of angular
+        width sigma = the view spacing); the soft target keeps the sub-grid position for :func:`grid_pose`."""
+        with torch.autocast(logits.device.type, enabled=False):
+            d2 = torch.cdist(rot.float().reshape(-1, 9), self.rot_grid.reshape(-1, 9)) ** 2
+            target = torch.softmax(-d2 / (4 * self.grid_sigma ** 2), -1)
+            return -(target * torch.log_softmax(logits.float(), -1)).sum(-1)
 
     def set_channels_last(self, on: bool = True) -> "Encoder":
         """Switch the CNN's weights (and its inputs from now on) to NHWC (True) or NCHW (False)."""
@@ -98,7 +147,12 @@ class Encoder(nn.Module):
         h = self.cnn(x).flatten(1)
         h = self.mlp(h)
         # heads may run in reduced precision under autocast; the pose and z leave in fp32
-        out = {"rot": r6_to_matrix(self.rot_head(h).float()), "trans": self.trans_head(h).float() * (self.D / self.box)}
+        out = {"trans": self.trans_head(h).float() * (self.D / self.box)}
+        if self.rot_kind == "grid":
+            out["rot_logits"] = self.rot_head(h).float()
+            out["rot"] = grid_pose(out["rot_logits"], self.rot_grid, self.neighbourhood)
+        else:
+            out["rot"] = r6_to_matrix(self.rot_head(h).float())
         if self.z_head is not None:
             zz = self.z_head(h).float()
             if self.variational:

@@ -33,6 +33,7 @@ import torch
 from cryofire_app.io.errors import InputError
 from cryofire_app.model.cryofire import (PRECISIONS, CryoFIRE, MaskPoints, autocast_context, compensate_mirror,
                                          mask_points)
+from cryofire_app.physics.inplane import rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
@@ -76,7 +77,8 @@ def _channels_last(cfg: TrainConfig) -> bool:
 def build_model(cfg: TrainConfig, D: int) -> CryoFIRE:
     enc = dict(channels=tuple(cfg.encoder.channels), final_size=cfg.encoder.final_size, hidden=cfg.encoder.hidden,
                variational=cfg.encoder.variational, stem=cfg.encoder.stem, box=cfg.encoder.box,
-               norm=cfg.encoder.norm,
+               norm=cfg.encoder.norm, rot_head=cfg.rot_head(), grid_dirs=cfg.encoder.grid_dirs,
+               grid_psi=cfg.encoder.grid_psi,
                channels_last=_channels_last(cfg))
     dc = cfg.decoder
     if dc.arch == "mlp":
@@ -429,7 +431,8 @@ class Trainer:
         return self._scaler
 
     def distill_step(self, b) -> float:
-        """Seeded "distill" step: encoder supervised on the seeded poses (chordal |R - R_seed|_F^2, translation in px,
+        """Seeded "distill" step: encoder supervised on the seeded poses (r6 head: chordal |R - R_seed|_F^2; grid head:
+        cross-entropy against the seed's pose on the rotation grid; translation in px,
         z_0 on the standardized seed state score) and decoder fit with the seeded poses fixed (no mirror branch)."""
         cfg = self.config
         sd = self.seed
@@ -481,12 +484,19 @@ class Trainer:
         if self.step % max(cfg.distill_decoder_every, 1) == 0:   # the decoder with the seeded poses fixed
             err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
             recon = (err * has).sum() / nh
-        rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
+        if "rot_logits" in enc:   # grid head: cross-entropy against the seed's pose of the image the encoder read
+            R_read = R_s if ang is None else rotate_poses(R_s, t_s, ang)[0]
+            rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read) * has).sum() / nh
+        else:
+            rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
         tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
         loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
         if cfg.zdim > 0 and sd.get("score_t") is not None and cfg.distill_z_weight > 0:
             tgt = sd["score_t"][pos].to(self.device)
-            loss = loss + cfg.distill_z_weight * (((enc["z_mu"][:, 0] - tgt) ** 2) * has).sum() / nh
+            # z_0 learns the seed's state score; the other coordinates, which have no target, are held at 0 so
+            # that they do not drift into a large nuisance direction before the joint phase can give them a use
+            zt = torch.cat([tgt[:, None], enc["z_mu"].new_zeros(len(tgt), cfg.zdim - 1)], 1)
+            loss = loss + cfg.distill_z_weight * (((enc["z_mu"] - zt) ** 2).sum(1) * has).sum() / nh
         if cfg.encoder.variational and cfg.beta > 0 and cfg.zdim > 0:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)

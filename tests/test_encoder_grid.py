@@ -1,0 +1,78 @@
+"""The encoder's grid rotation head: decoding scores to a rotation, its cross-entropy target, config defaults."""
+import math
+
+import torch
+
+from cryofire_app.model.cryofire import CryoFIRE
+from cryofire_app.model.encoder import Encoder, grid_pose
+from cryofire_app.physics.rotations import geodesic_angle, random_rotations
+from cryofire_app.training.config import TrainConfig
+from cryofire_app.training.trainer import build_model
+
+
+def _ideal_logits(enc: Encoder, rot: torch.Tensor) -> torch.Tensor:
+    """The log of the cross-entropy target: what a perfectly trained head would output."""
+    d2 = torch.cdist(rot.reshape(-1, 9), enc.rot_grid.reshape(-1, 9)) ** 2
+    return -d2 / (4 * enc.grid_sigma ** 2)
+
+
+def test_grid_pose_resolves_below_the_grid_spacing():
+    enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=512, grid_psi=24)
+    rot = random_rotations(300, generator=torch.Generator().manual_seed(0))
+    got = grid_pose(_ideal_logits(enc, rot), enc.rot_grid, enc.neighbourhood)
+    assert torch.allclose(got @ got.transpose(1, 2), torch.eye(3).expand(300, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.det(got), torch.ones(300), atol=1e-5)
+    err = geodesic_angle(got.double(), rot.double())
+    # the grid is 9 deg (views) x 15 deg (in plane); the soft target keeps the sub-grid position: ~0.75 deg
+    assert err.median() < 1.5 and err.max() < 4, (err.median(), err.max())
+    # argmax alone would be off by up to half a spacing
+    top = enc.rot_grid[_ideal_logits(enc, rot).argmax(1)]
+    assert geodesic_angle(top.double(), rot.double()).median() > 2 * err.median()
+
+
+def test_grid_pose_ignores_a_distant_second_mode():
+    enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=512, grid_psi=24)
+    rot = random_rotations(2, generator=torch.Generator().manual_seed(1))
+    lg = torch.logaddexp(_ideal_logits(enc, rot[:1]), _ideal_logits(enc, rot[1:]) - 0.5)   # rot[0] more likely
+    got = grid_pose(lg, enc.rot_grid, enc.neighbourhood)
+    assert float(geodesic_angle(got.double(), rot[:1].double())) < 2
+
+
+def test_grid_loss_is_lowest_at_the_target_and_trains_the_head():
+    torch.manual_seed(0)
+    enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=128, grid_psi=12)
+    rot = random_rotations(8, generator=torch.Generator().manual_seed(2))
+    other = random_rotations(8, generator=torch.Generator().manual_seed(3))
+    lg = _ideal_logits(enc, rot)
+    assert (enc.grid_loss(lg, rot) < enc.grid_loss(lg, other)).all()
+    # a few steps on fixed images move the decoded pose onto the targets (the head is reachable by the loss)
+    x = torch.randn(8, 32, 32)
+    opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
+    for _ in range(150):
+        out = enc(x)
+        loss = enc.grid_loss(out["rot_logits"], rot).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    err = geodesic_angle(enc(x)["rot"].detach().double(), rot.double())
+    assert err.median() < 5, err
+
+
+def test_encode_turned_returns_scores_of_the_turned_images():
+    cfg = TrainConfig(schedule="seeded", zdim=1)
+    model: CryoFIRE = build_model(cfg, 32)
+    x = torch.randn(3, 32, 32)
+    ang = torch.tensor([0.0, 1.0, 2.0])
+    out = model.encode_turned(x, ang)
+    assert out["rot_logits"].shape == (3, 512 * 24)
+    # turn 0: the scores are those of the image itself
+    assert torch.allclose(out["rot_logits"][0], model.encoder(x[:1])["rot_logits"][0], atol=1e-4)
+
+
+def test_rot_head_defaults():
+    assert TrainConfig(schedule="seeded").rot_head() == "grid"
+    assert TrainConfig(schedule="amortized").rot_head() == "r6"   # the paper's schedule keeps the paper's head
+    d = TrainConfig(schedule="seeded").to_dict()
+    del d["encoder"]["rot_head"]   # a run saved before the field existed was trained with the 6D head
+    assert TrainConfig.from_dict(d).rot_head() == "r6"
+    assert build_model(TrainConfig(schedule="amortized"), 32).encoder.rot_kind == "r6"
