@@ -127,7 +127,8 @@ class CryoFIRE(nn.Module):
         """Encoder outputs for B images with the pose read from each image turned in plane by ``angles`` radians,
         ``(B,)`` or ``(K, B)`` (K turns per image), and turned back (physics.inplane: ``rot = Q3^T rot_turned``,
         ``trans = Q^T trans_turned``): ``rot`` ``angles.shape + (3, 3)``, ``trans`` ``angles.shape + (2,)``; z (plus
-        logvar) and ``rot0``/``trans0`` read from the image as it is. One encoder call on (K + 1) B rows. Training
+        logvar) and ``rot0``/``trans0`` read from the image as it is, ``z_turned`` (``angles.shape + (zdim,)``) from
+        the turned copies (the distill phase's z target applies to both). One encoder call on (K + 1) B rows. Training
         (one turn per image) makes the pose come from the particle's appearance at any in-plane angle, so the
         encoder cannot memorise the training images' poses; z is left free to use the image as given (measured on
         issue 5's set: turning the image for z as well left the 10 % state at chance after 400k images, while z from
@@ -141,6 +142,7 @@ class CryoFIRE(nn.Module):
         rot, trans = rotate_poses(out["rot"][:nt], out["trans"][:nt], flat, inverse=True)
         enc = {"rot": rot.view(*angles.shape, 3, 3), "trans": trans.view(*angles.shape, 2),
                "rot0": out["rot"][nt:], "trans0": out["trans"][nt:], "z_mu": out["z_mu"][nt:]}
+        enc["z_turned"] = out["z_mu"][:nt].view(*angles.shape, -1)   # z read from the turned copies
         if "rot_logits" in out:   # grid head: scores of the turned images (their own frame, not turned back)
             enc["rot_logits"] = out["rot_logits"][:nt].view(*angles.shape, -1)
         if "z_logvar" in out:

@@ -496,7 +496,10 @@ class Trainer:
             # z_0 learns the seed's state score; the other coordinates, which have no target, are held at 0 so
             # that they do not drift into a large nuisance direction before the joint phase can give them a use
             zt = torch.cat([tgt[:, None], enc["z_mu"].new_zeros(len(tgt), cfg.zdim - 1)], 1)
-            loss = loss + cfg.distill_z_weight * (((enc["z_mu"] - zt) ** 2).sum(1) * has).sum() / nh
+            zerr = ((enc["z_mu"] - zt) ** 2).sum(1)
+            if "z_turned" in enc:
+                zerr = 0.5 * (zerr + ((enc["z_turned"] - zt) ** 2).sum(1))
+            loss = loss + cfg.distill_z_weight * (zerr * has).sum() / nh
         if cfg.encoder.variational and cfg.beta > 0 and cfg.zdim > 0:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
