@@ -123,12 +123,14 @@ class CryoFIRE(nn.Module):
         x = torch.cat([y_real, mirror_images(y_real)]) if sym else y_real
         return self.encoder(x)
 
-    def encode_turned(self, y_real: torch.Tensor, angles: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_turned(self, y_real: torch.Tensor, angles: torch.Tensor,
+                      pose_as_given: bool = True) -> dict[str, torch.Tensor]:
         """Encoder outputs for B images with the pose read from each image turned in plane by ``angles`` radians,
         ``(B,)`` or ``(K, B)`` (K turns per image), and turned back (physics.inplane: ``rot = Q3^T rot_turned``,
         ``trans = Q^T trans_turned``): ``rot`` ``angles.shape + (3, 3)``, ``trans`` ``angles.shape + (2,)``; z (plus
         logvar) and ``rot0``/``trans0`` read from the image as it is, ``z_turned`` (``angles.shape + (zdim,)``) from
-        the turned copies (the distill phase's z target applies to both). One encoder call on (K + 1) B rows. Training
+        the turned copies (the distill phase's z target applies to both); ``pose_as_given=False`` (training) skips
+        ``rot0``/``trans0`` and so the pose heads on those rows. One CNN call on (K + 1) B rows. Training
         (one turn per image) makes the pose come from the particle's appearance at any in-plane angle, so the
         encoder cannot memorise the training images' poses; z is left free to use the image as given (measured on
         issue 5's set: turning the image for z as well left the 10 % state at chance after 400k images, while z from
@@ -138,15 +140,18 @@ class CryoFIRE(nn.Module):
         flat = angles.reshape(-1)
         nt = flat.shape[0]
         turned = rotate_images(y_real.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
-        out = self.encoder(torch.cat([turned, y_real]))
-        rot, trans = rotate_poses(out["rot"][:nt], out["trans"][:nt], flat, inverse=True)
-        enc = {"rot": rot.view(*angles.shape, 3, 3), "trans": trans.view(*angles.shape, 2),
-               "rot0": out["rot"][nt:], "trans0": out["trans"][nt:], "z_mu": out["z_mu"][nt:]}
-        enc["z_turned"] = out["z_mu"][:nt].view(*angles.shape, -1)   # z read from the turned copies
+        h = self.encoder.features(torch.cat([turned, y_real]))
+        out = self.encoder.heads(h[:nt])                               # the turned copies
+        given = self.encoder.heads(h[nt:], pose=pose_as_given)         # the images as given
+        rot, trans = rotate_poses(out["rot"], out["trans"], flat, inverse=True)
+        enc = {"rot": rot.view(*angles.shape, 3, 3), "trans": trans.view(*angles.shape, 2), "z_mu": given["z_mu"],
+               "z_turned": out["z_mu"].view(*angles.shape, -1)}
+        if pose_as_given:
+            enc["rot0"], enc["trans0"] = given["rot"], given["trans"]
         if "rot_logits" in out:   # grid head: scores of the turned images (their own frame, not turned back)
-            enc["rot_logits"] = out["rot_logits"][:nt].view(*angles.shape, -1)
-        if "z_logvar" in out:
-            enc["z_logvar"] = out["z_logvar"][nt:]
+            enc["rot_logits"] = out["rot_logits"].view(*angles.shape, -1)
+        if "z_logvar" in given:
+            enc["z_logvar"] = given["z_logvar"]
         return enc
 
     def slice_points(self, rot: torch.Tensor, mp: MaskPoints) -> torch.Tensor:
@@ -208,7 +213,7 @@ class CryoFIRE(nn.Module):
         if inplane is not None:
             if sym:
                 raise ValueError("in-plane augmentation is not defined with the symmetric (mirror) loss")
-            enc = self.encode_turned(y_real, inplane)
+            enc = self.encode_turned(y_real, inplane, pose_as_given=False)
         else:
             enc = self.encode_branches(y_real, sym)
         z = self.latent(enc, pose_only, eps, std_z_init)

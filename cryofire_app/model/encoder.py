@@ -136,7 +136,12 @@ class Encoder(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (B, D, D) real-space images. Returns dict rot, trans, z_mu, [z_logvar]; trans in pixels of box D."""
+        """x: (B, D, D) real-space images. Returns dict rot, trans, z_mu, [z_logvar], [rot_logits]; trans in pixels
+        of box D."""
+        return self.heads(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D, D) real-space images -> (B, hidden) shared features (CNN + MLP), the input of :meth:`heads`."""
         if self.box != self.D:
             x = fourier_resize(x.float(), self.box, ndim=2).to(x.dtype)
         x = x.unsqueeze(1)
@@ -144,15 +149,19 @@ class Encoder(nn.Module):
             x = F.pixel_unshuffle(x, 2)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        h = self.cnn(x).flatten(1)
-        h = self.mlp(h)
+        return self.mlp(self.cnn(x).flatten(1))
+
+    def heads(self, h: torch.Tensor, pose: bool = True) -> dict[str, torch.Tensor]:
+        """Outputs from :meth:`features`; ``pose=False``: z only (the grid head's 12k scores are the costly part)."""
         # heads may run in reduced precision under autocast; the pose and z leave in fp32
-        out = {"trans": self.trans_head(h).float() * (self.D / self.box)}
-        if self.rot_kind == "grid":
-            out["rot_logits"] = self.rot_head(h).float()
-            out["rot"] = grid_pose(out["rot_logits"], self.rot_grid, self.neighbourhood)
-        else:
-            out["rot"] = r6_to_matrix(self.rot_head(h).float())
+        out = {}
+        if pose:
+            out["trans"] = self.trans_head(h).float() * (self.D / self.box)
+            if self.rot_kind == "grid":
+                out["rot_logits"] = self.rot_head(h).float()
+                out["rot"] = grid_pose(out["rot_logits"], self.rot_grid, self.neighbourhood)
+            else:
+                out["rot"] = r6_to_matrix(self.rot_head(h).float())
         if self.z_head is not None:
             zz = self.z_head(h).float()
             if self.variational:

@@ -474,7 +474,8 @@ class Trainer:
         """``ang (n,)``: the encoder reads the poses from the images turned in plane by these radians, turned back
         (CryoFIRE.encode_turned; |Q3^T R - R_s| = |R - Q3 R_s|, so this is the loss against the turned targets)."""
         cfg, sd = self.config, self.seed
-        enc = self.model.encode_turned(y_real, ang) if ang is not None else self.model.encoder(y_real)
+        enc = (self.model.encode_turned(y_real, ang, pose_as_given=False) if ang is not None
+               else self.model.encoder(y_real))
         z = enc["z_mu"]
         if "z_logvar" in enc:
             eps = torch.randn(self.batch, max(cfg.zdim, 1), generator=self.gen)[self.rank::self.world, : cfg.zdim]
