@@ -12,8 +12,7 @@ from cryofire_app.training.trainer import build_model
 
 def _ideal_logits(enc: Encoder, rot: torch.Tensor) -> torch.Tensor:
     """The log of the cross-entropy target: what a perfectly trained head would output."""
-    d2 = torch.cdist(rot.reshape(-1, 9), enc.rot_grid.reshape(-1, 9)) ** 2
-    return -d2 / (4 * enc.grid_sigma ** 2)
+    return enc.grid_target_logits(rot)
 
 
 def test_grid_pose_resolves_below_the_grid_spacing():
