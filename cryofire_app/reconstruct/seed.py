@@ -493,8 +493,9 @@ def _heterogeneity(data: StageData, rot, trans, sigma2, cfg: SeedConfig, gen, ev
     if K == 2:
         # two states: the residual direction u is estimated from *all* particles, so the coordinate a_i is a far
         # better discriminant than scores against class volumes reconstructed from the few members of the small class
-        # (measured on issue 5's set, box 48 radius 16: 0.28 % confusion here; 8 rounds of hard classification started
-        # from these labels drained the small class to 1 member, with or without half-set / posterior-variance scores)
+        # (measured on issue 5's set from scratch, with the direction converged (als_tol): 0.48 % confusion here;
+        # 8 rounds of hard classification started from these labels drained the small class to 1 member, with or
+        # without half-set / posterior-variance scores)
         labels, post = _two_components(score, cfg.seed)
         yield ev("hetero", cfg.iters_als + 1, cfg.iters_als + 1, f"two-component mixture on the residual coordinate: "
                  f"sizes {np.bincount(labels, minlength=2).tolist()}",
