@@ -98,6 +98,26 @@ def test_stop_then_resume_continues_exactly(data, tmp_path):
     assert torch.equal(params(res.model), params(full.model))          # bit-identical continuation
 
 
+def test_checkpoint_keeps_the_fp16_loss_scale(data, tmp_path):
+    """fp16 runs (CUDA) train through a GradScaler whose loss scale adapts over thousands of steps; a resumed run
+    starts from the saved scale instead of 65536 again. Exercised on the CPU with the CPU scaler."""
+    out = tmp_path / "run"
+    tr = Trainer(tiny_config(data, out, num_images=32))
+    for _ in tr.run():
+        pass
+    tr._scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    tr.save_checkpoint()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["grad_scaler"]["scale"] == 512.0
+    res = Trainer(tiny_config(data, out, num_images=32), resume=True)
+    list(res.run())
+    assert res._scaler is None                      # an fp32 run makes none ...
+    res.config.precision = "fp16"                   # ... an fp16 one (CUDA only) restores the saved one on first use
+    scaler = res._grad_scaler()
+    assert scaler.get_scale() == 512.0 and scaler.get_growth_interval() == 7
+    res.save_checkpoint()                           # and saves it again
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["grad_scaler"]["scale"] == 512.0
+
+
 def test_kill_during_checkpoint_write_keeps_last_good(data, tmp_path):
     out = tmp_path / "run"
     for _ in Trainer(tiny_config(data, out, num_images=96)).run():

@@ -254,6 +254,8 @@ class Trainer:
         self.next_agreement = 0
         self.seed_pose_fraction = 0.0
         self.seed: dict | None = None
+        self._scaler: torch.amp.GradScaler | None = None   # fp16 only, made on first use (_grad_scaler)
+        self._scaler_state: dict | None = None
         if ck is not None:
             self.model.load_state_dict(ck["model"])
             self.optim.load_state_dict(ck["optimizer"])
@@ -268,6 +270,7 @@ class Trainer:
             self.joint_ok = bool(ck.get("joint_ok", True))
             self.agreement_deg = ck.get("agreement_deg")
             self.next_agreement = int(ck.get("next_agreement", 0))
+            self._scaler_state = ck.get("grad_scaler")    # fp16's loss scale, restored when the scaler is made
             if self.seed_done:
                 self.seed = self._load_seed()
         self.ddp = self.model
@@ -426,8 +429,10 @@ class Trainer:
         """torch.amp.GradScaler for fp16 (created on first use), else None."""
         if self.config.precision != "fp16":
             return None
-        if getattr(self, "_scaler", None) is None:
+        if self._scaler is None:
             self._scaler = torch.amp.GradScaler(self.device.type)
+            if self._scaler_state:    # resumed: the loss scale (and its growth count) as the run left them
+                self._scaler.load_state_dict(self._scaler_state)
         return self._scaler
 
     def distill_step(self, b) -> float:
@@ -731,6 +736,7 @@ class Trainer:
             "val_pos": torch.as_tensor(self.val_pos), "prev_val": self.prev_val, "next_ckpt": self.next_ckpt,
             "next_latents": self.next_latents, "schedule": cfg.schedule, "seed_done": self.seed_done,
             "joint_ok": self.joint_ok, "agreement_deg": self.agreement_deg, "next_agreement": self.next_agreement,
+            "grad_scaler": self._scaler.state_dict() if self._scaler is not None else self._scaler_state,
         }
 
     def save_checkpoint(self, numbered: bool = True) -> Path:
