@@ -120,19 +120,19 @@ class Encoder(nn.Module):
         self.channels_last = False
         self.set_channels_last(channels_last)
 
-    def grid_loss(self, logits: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    def grid_loss(self, logits: torch.Tensor, rot: torch.Tensor, width: float = 1.0) -> torch.Tensor:
         """Per-image cross-entropy ``(B,)`` of grid scores ``logits (B, G)`` against target rotations ``rot (B, 3, 3)``
-        spread over the grid as ``exp(-|rot - g|_F^2 / (4 sigma^2))`` (``|.|_F^2 ~ 2 angle^2``: a Gaussian of angular
-        width sigma = the view spacing); the soft target keeps the sub-grid position for :func:`grid_pose`."""
+        spread over the grid as ``exp(-|rot - g|_F^2 / (4 (width sigma)^2))`` (``|.|_F^2 ~ 2 angle^2``: a Gaussian of
+        angular width ``width`` view spacings); the soft target keeps the sub-grid position for :func:`grid_pose`."""
         with torch.autocast(logits.device.type, enabled=False):
-            target = torch.softmax(self.grid_target_logits(rot), -1)
+            target = torch.softmax(self.grid_target_logits(rot, width), -1)
             return -(target * torch.log_softmax(logits.float(), -1)).sum(-1)
 
-    def grid_target_logits(self, rot: torch.Tensor) -> torch.Tensor:
-        """``-|rot - g|_F^2 / (4 sigma^2)`` over the grid ``(B, G)``: the log of :meth:`grid_loss`'s target up to a
-        constant, i.e. the scores of a perfectly trained head."""
+    def grid_target_logits(self, rot: torch.Tensor, width: float = 1.0) -> torch.Tensor:
+        """``-|rot - g|_F^2 / (4 (width sigma)^2)`` over the grid ``(B, G)``: the log of :meth:`grid_loss`'s target
+        up to a constant, i.e. the scores of a perfectly trained head."""
         d2 = torch.cdist(rot.float().reshape(-1, 9), self.rot_grid.reshape(-1, 9)) ** 2
-        return -d2 / (4 * self.grid_sigma ** 2)
+        return -d2 / (4 * (width * self.grid_sigma) ** 2)
 
     def set_channels_last(self, on: bool = True) -> "Encoder":
         """Switch the CNN's weights (and its inputs from now on) to NHWC (True) or NCHW (False)."""

@@ -103,6 +103,14 @@ class TrainConfig:
     distill_decoder_every: int = 4       # seeded distill: fit the decoder on every k-th step only (encoder steps are
                                          # ~5-10x cheaper on a CPU; measured on the test set: k=4 with 25.6k images
                                          # 3.5 deg in 32 s, k=1 with 19.2k images 5.0 deg in ~50 s)
+    distill_grid_width: float = 0.5      # seeded distill, grid head: the cross-entropy target's angular width at the end
+                                         # of the narrowing, in view spacings (~9 deg); it starts at 1 and narrows
+                                         # linearly from distill_narrow_from to distill_narrow_to of the distill phase.
+                                         # Measured (encoder alone on issue 5's seed poses, box 32): held out 7.04 deg
+                                         # after 400k images at width 1 against 6.22 with the last 100k at 0.5; 0.5
+                                         # from the start learns ~2x slower (20.3 vs 10.5 deg at 100k)
+    distill_narrow_from: float = 0.5
+    distill_narrow_to: float = 0.75
     distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
     seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
     augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane
@@ -176,6 +184,7 @@ class TrainConfig:
         enc.setdefault("box", None)
         enc.setdefault("norm", "group")
         enc.setdefault("rot_head", "r6")
+        d.setdefault("distill_grid_width", 1.0)   # the grid target kept its width before the narrowing existed
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -119,6 +119,14 @@ def lr_at(cfg: TrainConfig, images_seen: int, images_total: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
 
 
+def grid_width_at(cfg: TrainConfig, images_seen: int, distill_images: int) -> float:
+    """Width of the grid head's distill target (view spacings) at `images_seen`: 1, narrowing linearly to
+    cfg.distill_grid_width between the fractions distill_narrow_from and distill_narrow_to of the distill images."""
+    a, b = cfg.distill_narrow_from * distill_images, cfg.distill_narrow_to * distill_images
+    frac = 1.0 if images_seen >= b else (0.0 if images_seen <= a else (images_seen - a) / (b - a))
+    return 1.0 + (cfg.distill_grid_width - 1.0) * frac
+
+
 class Trainer:
     """Run with `for ev in Trainer(cfg).run(): ...`. Thread-safe controls: request_stop(), pause(), resume()."""
 
@@ -209,6 +217,10 @@ class Trainer:
             self.config = cfg = saved
         if cfg.schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {cfg.schedule!r} (use {' or '.join(SCHEDULES)})")
+        if not 0 < cfg.distill_grid_width <= 1 or not 0 <= cfg.distill_narrow_from <= cfg.distill_narrow_to <= 1:
+            raise InputError(f"distill_grid_width must lie in (0, 1] and 0 <= distill_narrow_from <= distill_narrow_to "
+                             f"<= 1; got {cfg.distill_grid_width:g}, {cfg.distill_narrow_from:g}, "
+                             f"{cfg.distill_narrow_to:g}")
         if cfg.schedule == "seeded" and cfg.freq_max is None and self.device.type == "cpu":
             cfg.freq_max = SEEDED_CPU_FREQ_MAX
         if cfg.lr is None:
@@ -492,7 +504,8 @@ class Trainer:
             recon = (err * has).sum() / nh
         if "rot_logits" in enc:   # grid head: cross-entropy against the seed's pose of the image the encoder read
             R_read = R_s if ang is None else rotate_poses(R_s, t_s, ang)[0]
-            rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read) * has).sum() / nh
+            width = grid_width_at(cfg, self.images_seen, self.distill_images)
+            rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read, width) * has).sum() / nh
         else:
             rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
         tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
