@@ -10,22 +10,18 @@ from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.trainer import build_model, grid_width_at
 
 
-def _ideal_logits(enc: Encoder, rot: torch.Tensor) -> torch.Tensor:
-    """The log of the cross-entropy target: what a perfectly trained head would output."""
-    return enc.grid_target_logits(rot)
-
-
 def test_grid_pose_resolves_below_the_grid_spacing():
+    """Decoding the scores of a perfectly trained head (grid_target_logits, the log of the cross-entropy target)."""
     enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=512, grid_psi=24)
     rot = random_rotations(300, generator=torch.Generator().manual_seed(0))
-    got = grid_pose(_ideal_logits(enc, rot), enc.rot_grid, enc.neighbourhood)
+    got = grid_pose(enc.grid_target_logits(rot), enc.rot_grid, enc.neighbourhood)
     assert torch.allclose(got @ got.transpose(1, 2), torch.eye(3).expand(300, 3, 3), atol=1e-5)
     assert torch.allclose(torch.det(got), torch.ones(300), atol=1e-5)
     err = geodesic_angle(got.double(), rot.double())
     # the grid is 9 deg (views) x 15 deg (in plane); the soft target keeps the sub-grid position: ~0.75 deg
     assert err.median() < 1.5 and err.max() < 4, (err.median(), err.max())
     # argmax alone would be off by up to half a spacing
-    top = enc.rot_grid[_ideal_logits(enc, rot).argmax(1)]
+    top = enc.rot_grid[enc.grid_target_logits(rot).argmax(1)]
     assert geodesic_angle(top.double(), rot.double()).median() > 2 * err.median()
 
 
@@ -51,7 +47,7 @@ def test_distill_target_narrows_over_the_distill_phase():
 def test_grid_pose_ignores_a_distant_second_mode():
     enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=512, grid_psi=24)
     rot = random_rotations(2, generator=torch.Generator().manual_seed(1))
-    lg = torch.logaddexp(_ideal_logits(enc, rot[:1]), _ideal_logits(enc, rot[1:]) - 0.5)   # rot[0] more likely
+    lg = torch.logaddexp(enc.grid_target_logits(rot[:1]), enc.grid_target_logits(rot[1:]) - 0.5)   # rot[0] more likely
     got = grid_pose(lg, enc.rot_grid, enc.neighbourhood)
     assert float(geodesic_angle(got.double(), rot[:1].double())) < 2
 
@@ -61,7 +57,7 @@ def test_grid_loss_is_lowest_at_the_target_and_trains_the_head():
     enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=128, grid_psi=12)
     rot = random_rotations(8, generator=torch.Generator().manual_seed(2))
     other = random_rotations(8, generator=torch.Generator().manual_seed(3))
-    lg = _ideal_logits(enc, rot)
+    lg = enc.grid_target_logits(rot)
     assert (enc.grid_loss(lg, rot) < enc.grid_loss(lg, other)).all()
     # a few steps on fixed images move the decoded pose onto the targets (the head is reachable by the loss)
     x = torch.randn(8, 32, 32)

@@ -103,7 +103,7 @@ class TrainConfig:
     distill_decoder_every: int = 4       # seeded distill: fit the decoder on every k-th step only (encoder steps are
                                          # ~5-10x cheaper on a CPU; measured on the test set: k=4 with 25.6k images
                                          # 3.5 deg in 32 s, k=1 with 19.2k images 5.0 deg in ~50 s)
-    distill_grid_width: float = 0.5      # seeded distill, grid head: the cross-entropy target's angular width at the end
+    distill_grid_width: float = 0.5      # grid head distill: the cross-entropy target's angular width at the end
                                          # of the narrowing, in view spacings (~9 deg); it starts at 1 and narrows
                                          # linearly from distill_narrow_from to distill_narrow_to of the distill phase.
                                          # Measured (encoder alone on issue 5's seed poses, box 32): held out 7.04 deg
