@@ -90,3 +90,64 @@ def test_rot_head_defaults():
     del d["encoder"]["rot_head"]   # a run saved before the field existed was trained with the 6D head
     assert TrainConfig.from_dict(d).rot_head() == "r6"
     assert build_model(TrainConfig(schedule="amortized"), 32).encoder.rot_kind == "r6"
+
+
+def test_turn_index_maps_turned_scores_back_onto_the_grid():
+    from cryofire_app.physics.inplane import rotate_poses
+
+    enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=128, grid_psi=12)
+    for k in (1, 3, -2, 11):
+        a = 2 * math.pi * k / 12
+        j = enc.grid_turn_index(a)
+        back = rotate_poses(enc.rot_grid, torch.zeros(len(j), 2), torch.full((len(j),), a), inverse=True)[0]
+        assert torch.allclose(back, enc.rot_grid[j], atol=1e-5) and len(set(j.tolist())) == len(j)
+    assert enc.grid_turn_index(0.3) is None            # not a multiple of the in-plane spacing
+
+
+def test_fused_turns_and_mirror_are_equivariant_for_any_grid_encoder():
+    """The turns' combined score maps and the encoder's own image-or-mirror choice give, for an image turned by a
+    quarter turn, the quarter-turned pose, and for the mirrored image the mirror-compensated pose, whatever the
+    weights (the turned and mirrored copies are the same sets, their maps are the same up to the grid's symmetry)."""
+    from cryofire_app.model.cryofire import compensate_mirror, mirror_images
+    from cryofire_app.physics.fft import window_mask
+    from cryofire_app.physics.inplane import rotate_images, rotate_poses
+    from cryofire_app.training.inference import encode_with_turns
+
+    torch.manual_seed(0)
+    model = CryoFIRE(32, zdim=2, encoder_kwargs=dict(channels=(8, 16), hidden=32, rot_head="grid", grid_dirs=128,
+                                                     grid_psi=12)).eval()
+    with torch.no_grad():   # peaked score maps, as a trained head's (near-flat ones leave ties to float rounding)
+        model.encoder.rot_head.weight.mul_(200.0)
+    x = torch.randn(6, 32, 32) * window_mask(32)
+    q = torch.full((6,), math.pi / 2)
+    with torch.no_grad():
+        a = encode_with_turns(model, x, 4)
+        b = encode_with_turns(model, rotate_images(x, q), 4)
+        m = encode_with_turns(model, mirror_images(x), 4)
+    # equal up to float rounding at grid_pose's neighbourhood edge (a candidate of ~1 % weight can fall either side)
+    rot_q, t_q = rotate_poses(a["rot"], a["trans"], q)
+    assert geodesic_angle(b["rot"], rot_q).max() < 0.5 and torch.allclose(b["trans"], t_q, atol=1e-4)
+    rot_m, t_m = compensate_mirror(m["rot"], m["trans"])
+    assert geodesic_angle(rot_m, a["rot"]).max() < 0.5 and torch.allclose(t_m, a["trans"], atol=1e-4)
+    assert torch.equal(b["branch"], a["branch"]) and 0 < a["branch"].sum() < 6   # both candidates are chosen
+    assert torch.equal(m["branch"], 1 - a["branch"])       # the same choice, seen from the other side
+    assert torch.allclose(torch.linalg.det(a["rot"]), torch.ones(6), atol=1e-5)
+
+
+def test_the_mirror_wins_when_both_maps_agree_on_it():
+    """The image's own map puts a little more weight on a wrong pose W than on the true R; the mirror's map says
+    only R (read at diag(-1, 1, -1) R). Together they choose the mirror's answer R; with the roles reversed, the
+    image's."""
+    from cryofire_app.model.cryofire import compensate_mirror
+    from cryofire_app.training.inference import mirror_wins
+
+    enc = Encoder(32, zdim=0, rot_head="grid", grid_dirs=512, grid_psi=24)
+    R, W = random_rotations(2, generator=torch.Generator().manual_seed(5)).split(1)
+    MR = compensate_mirror(R, torch.zeros(1, 2))[0]
+    logp = torch.logaddexp(enc.grid_target_logits(W) + math.log(0.55), enc.grid_target_logits(R) + math.log(0.45))
+    logp = torch.log_softmax(logp, -1)
+    logp_m = torch.log_softmax(enc.grid_target_logits(MR), -1)
+    img = grid_pose(logp, enc.rot_grid, enc.neighbourhood)     # the image alone decodes to W
+    assert float(geodesic_angle(img, W)) < 3
+    assert bool(mirror_wins(enc, logp, img, logp_m, R))
+    assert not bool(mirror_wins(enc, logp_m, MR, logp, compensate_mirror(img, torch.zeros(1, 2))[0]))

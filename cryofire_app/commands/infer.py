@@ -27,10 +27,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-radius", type=int, default=None,
                    help="frequency radius in pixels for --select decoder (default: the run's select_radius)")
     p.add_argument("--turns", type=int, default=None,
-                   help="average the encoder's pose over this many in-plane turns of each image (default: 8 for runs "
-                        "trained with in-plane augmentation, the seeded default, else 1; measured on issue 5's "
-                        "held-out set: 28.8 -> 23.9 deg with 8, 0.5 -> 3.1 ms/image). With more than 1 there is no "
-                        "mirror branch to pick")
+                   help="read each pose from this many in-plane turns of the image (default: 8 for runs trained "
+                        "with in-plane augmentation, the seeded default, else 1). Grid head: the turns' score maps "
+                        "are combined, the same for the mirrored image, and the encoder's own scores pick image or "
+                        "mirror (no decoder; --select is ignored). Measured on issue 5's held-out set: 7.27 deg "
+                        "with 1, 5.24 with 8")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 

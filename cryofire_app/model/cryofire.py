@@ -128,7 +128,7 @@ class CryoFIRE(nn.Module):
         """Encoder outputs for B images with the pose read from each image turned in plane by ``angles`` radians,
         ``(B,)`` or ``(K, B)`` (K turns per image), and turned back (physics.inplane: ``rot = Q3^T rot_turned``,
         ``trans = Q^T trans_turned``): ``rot`` ``angles.shape + (3, 3)``, ``trans`` ``angles.shape + (2,)``; z (plus
-        logvar) and ``rot0``/``trans0`` read from the image as it is, ``z_turned`` (``angles.shape + (zdim,)``) from
+        logvar) and ``rot0``/``trans0`` (grid head: and ``rot_logits0``) read from the image as it is, ``z_turned`` (``angles.shape + (zdim,)``) from
         the turned copies (the distill phase's z target applies to both); ``pose_as_given=False`` (training) skips
         ``rot0``/``trans0`` and so the pose heads on those rows. One CNN call on (K + 1) B rows. Training
         (one turn per image) makes the pose come from the particle's appearance at any in-plane angle, so the
@@ -150,6 +150,8 @@ class CryoFIRE(nn.Module):
             enc["rot0"], enc["trans0"] = given["rot"], given["trans"]
         if "rot_logits" in out:   # grid head: scores of the turned images (their own frame, not turned back)
             enc["rot_logits"] = out["rot_logits"].view(*angles.shape, -1)
+            if pose_as_given:
+                enc["rot_logits0"] = given["rot_logits"]
         if "z_logvar" in given:
             enc["z_logvar"] = given["z_logvar"]
         return enc
