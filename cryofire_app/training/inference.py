@@ -23,6 +23,9 @@ from cryofire_app.physics.rotations import chordal_mean
 from cryofire_app.training.dataset import Batch, ParticleData
 
 
+INFER_TURNS = 8   # turns per image for encoders trained with in-plane augmentation (infer's default, final outputs)
+
+
 @dataclass
 class Predictions:
     pos: np.ndarray        # (n,) positions in the ParticleSet

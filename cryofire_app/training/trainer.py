@@ -41,7 +41,7 @@ from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule
 from cryofire_app.training.events import (Checkpoint, Failed, Finished, Latents, Message, Started, Step,
                                           event_to_json)
-from cryofire_app.training.inference import predict
+from cryofire_app.training.inference import INFER_TURNS, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
 
 log = logging.getLogger(__name__)
@@ -684,10 +684,10 @@ class Trainer:
         self._barrier()
 
     # ---- evaluation, contrast, checkpoints ---------------------------------------------------------------------
-    def predict(self, pos: np.ndarray, radius: int | None = None):
+    def predict(self, pos: np.ndarray, radius: int | None = None, turns: int = 1):
         return predict(self.model, self.data, pos, sign=self.sign, radius=radius, select="decoder",
                        batch=self.config.eval_batch_size, device=self.device,
-                       use_z=self.phase not in ("pose_only", "seed"), sym=self.sym)
+                       use_z=self.phase not in ("pose_only", "seed"), sym=self.sym, turns=turns)
 
     def validate(self) -> tuple[float, float | None, float | None]:
         """Validation loss at the current mask radius and the pose / z change since the previous call."""
@@ -838,7 +838,7 @@ class Trainer:
         cfg = self.config
         allpos = np.arange(self.data.N)
         r = min(cfg.select_radius, mask_radius_at(cfg, self.D, self.images_seen))
-        pr = self.predict(allpos, r)
+        pr = self.predict(allpos, r, INFER_TURNS if cfg.augments_inplane() else 1)   # as `cryofire infer` would
         if self.seed is not None:
             # particles the seed saw keep whichever pose the decoder fits better: the seed's (exhaustive search +
             # local refinement) or the encoder's (label-free; the encoder can drift from or never reach the seed)
