@@ -32,9 +32,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "distilled on those poses and everything is fine-tuned amortized; on CPU the frequency "
                         "radius is capped at 12 px unless --freq-max is given. amortized: the paper's pure cryoFIRE "
                         "schedule (pose-only phase, frequency marching, symmetric loss; hours on a CPU)")
-    p.add_argument("--distill-fraction", type=float, default=0.6,
+    p.add_argument("--distill-fraction", type=float, default=0.85,
                    help="seeded: fraction of the image budget spent distilling the seeded poses into the encoder "
-                        "before joint amortized training (default 0.6)")
+                        "before joint amortized training (default 0.85)")
     p.add_argument("--grid-width", type=float, default=0.5,
                    help="seeded, grid head: final width of the distill target in view spacings (1 = no narrowing; "
                         "default 0.5, reached at 3/4 of the distill phase)")
