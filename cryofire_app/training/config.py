@@ -113,10 +113,6 @@ class TrainConfig:
                                          # from the start learns ~2x slower (20.3 vs 10.5 deg at 100k)
     distill_narrow_from: float = 0.5
     distill_narrow_to: float = 0.75
-    distill_mirror: bool = True          # seeded distill with in-plane augmentation: half the encoder's images are
-                                         # x-mirrored (another projection of the particle, pose diag(-1, 1, -1) R), as
-                                         # infer's mirror candidate reads them. Probe (encoder alone, issue 5's set,
-                                         # 300k images): held out 6.45 deg against 6.73 without
     distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
     seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
     augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane
@@ -191,7 +187,6 @@ class TrainConfig:
         enc.setdefault("norm", "group")
         enc.setdefault("rot_head", "r6")
         d.setdefault("distill_grid_width", 1.0)   # the grid target kept its width before the narrowing existed
-        d.setdefault("distill_mirror", False)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -32,7 +32,7 @@ import torch
 
 from cryofire_app.io.errors import InputError
 from cryofire_app.model.cryofire import (PRECISIONS, CryoFIRE, MaskPoints, autocast_context, compensate_mirror,
-                                         mask_points, mirror_images)
+                                         mask_points)
 from cryofire_app.physics.inplane import rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
@@ -462,12 +462,8 @@ class Trainer:
         t_s = sd["trans_t"][pos].to(self.device)
         has = sd["has_t"][pos].to(self.device).float()
         ang = self._inplane_angles()
-        flip = None
         if ang is not None:
             ang = ang[: len(pos)].to(self.device)
-            if cfg.distill_mirror:   # drawn for the global batch, sliced per rank, as the angles
-                flip = (torch.rand(self.batch, generator=self.gen) < 0.5)[self.rank::self.world][: len(pos)]
-                flip = flip.to(self.device)
         lr = lr_at(cfg, self.images_seen, self.images_total)
         for grp in self.optim.param_groups:
             grp["lr"] = lr
@@ -476,7 +472,7 @@ class Trainer:
         # the encoder/decoder are called outside the DDP wrapper here: no DDP sync, gradients averaged below
         with self.ddp.no_sync() if self.world > 1 else contextlib.nullcontext():
             with self._autocast():   # the same precision as train_step (the physics stays fp32 inside the model)
-                loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp, ang, flip)
+                loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp, ang)
             gloss = float(self._allreduce_mean(loss.detach()))
             if not math.isfinite(gloss):
                 return gloss
@@ -491,18 +487,11 @@ class Trainer:
         self._optimizer_step()
         return gloss
 
-    def _distill_loss(self, y_real, Y, ctf, pos, R_s, t_s, has, mp, ang=None, flip=None) -> torch.Tensor:
+    def _distill_loss(self, y_real, Y, ctf, pos, R_s, t_s, has, mp, ang=None) -> torch.Tensor:
         """``ang (n,)``: the encoder reads the poses from the images turned in plane by these radians, turned back
-        (CryoFIRE.encode_turned; |Q3^T R - R_s| = |R - Q3 R_s|, so this is the loss against the turned targets).
-        ``flip (n,)`` bool: those images reach the encoder x-mirrored, with the mirrored image's pose as the target
-        (compensate_mirror, its own inverse) and the same z target (the same particle, seen from the other side)."""
+        (CryoFIRE.encode_turned; |Q3^T R - R_s| = |R - Q3 R_s|, so this is the loss against the turned targets)."""
         cfg, sd = self.config, self.seed
-        y_enc, R_e, t_e = y_real, R_s, t_s
-        if flip is not None:
-            R_m, t_m = compensate_mirror(R_s, t_s)
-            y_enc = torch.where(flip[:, None, None], mirror_images(y_real), y_real)
-            R_e, t_e = torch.where(flip[:, None, None], R_m, R_s), torch.where(flip[:, None], t_m, t_s)
-        enc = (self.model.encode_turned(y_enc, ang, pose_as_given=False) if ang is not None
+        enc = (self.model.encode_turned(y_real, ang, pose_as_given=False) if ang is not None
                else self.model.encoder(y_real))
         z = enc["z_mu"]
         if "z_logvar" in enc:
@@ -514,12 +503,12 @@ class Trainer:
             err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
             recon = (err * has).sum() / nh
         if "rot_logits" in enc:   # grid head: cross-entropy against the seed's pose of the image the encoder read
-            R_read = R_e if ang is None else rotate_poses(R_e, t_e, ang)[0]
+            R_read = R_s if ang is None else rotate_poses(R_s, t_s, ang)[0]
             width = grid_width_at(cfg, self.images_seen, self.distill_images)
             rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read, width) * has).sum() / nh
         else:
-            rot_l = (((enc["rot"] - R_e) ** 2).sum((1, 2)) * has).sum() / nh
-        tr_l = (((enc["trans"] - t_e) ** 2).sum(1) * has).sum() / nh
+            rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
+        tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
         loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
         if cfg.zdim > 0 and sd.get("score_t") is not None and cfg.distill_z_weight > 0:
             tgt = sd["score_t"][pos].to(self.device)
@@ -534,12 +523,8 @@ class Trainer:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
             p = pos.numpy()
-            rot, trans = enc["rot"].detach().float(), enc["trans"].detach().float()
-            if flip is not None:   # poses of the images as they are
-                R_m, t_m = compensate_mirror(rot, trans)
-                rot, trans = torch.where(flip[:, None, None], R_m, rot), torch.where(flip[:, None], t_m, trans)
-            self.run_rot[p] = rot.cpu().numpy()
-            self.run_trans[p] = trans.cpu().numpy()
+            self.run_rot[p] = enc["rot"].detach().float().cpu().numpy()
+            self.run_trans[p] = enc["trans"].detach().float().cpu().numpy()
             self.run_z[p] = enc["z_mu"].detach().float().cpu().numpy()
             self.run_seen[p] = True
         return loss
