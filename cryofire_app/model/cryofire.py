@@ -134,7 +134,7 @@ class CryoFIRE(nn.Module):
         (one turn per image) makes the pose come from the particle's appearance at any in-plane angle, so the
         encoder cannot memorise the training images' poses; z is left free to use the image as given (measured on
         issue 5's set: turning the image for z as well left the 10 % state at chance after 400k images, while z from
-        the image as given separates it, see TrainConfig.augment_inplane). Inference averages K turns
+        the image as given separates it, see TrainConfig.augment_inplane). Inference combines K turns
         (training.inference.encode_with_turns)."""
         B = y_real.shape[0]
         flat = angles.reshape(-1)
