@@ -128,14 +128,14 @@ class CryoFIRE(nn.Module):
         """Encoder outputs for B images with the pose read from each image turned in plane by ``angles`` radians,
         ``(B,)`` or ``(K, B)`` (K turns per image), and turned back (physics.inplane: ``rot = Q3^T rot_turned``,
         ``trans = Q^T trans_turned``): ``rot`` ``angles.shape + (3, 3)``, ``trans`` ``angles.shape + (2,)``; z (plus
-        logvar) and ``rot0``/``trans0`` (grid head: and ``rot_logits0``) read from the image as it is, ``z_turned`` (``angles.shape + (zdim,)``) from
-        the turned copies (the distill phase's z target applies to both); ``pose_as_given=False`` (training) skips
-        ``rot0``/``trans0`` and so the pose heads on those rows. One CNN call on (K + 1) B rows. Training
-        (one turn per image) makes the pose come from the particle's appearance at any in-plane angle, so the
-        encoder cannot memorise the training images' poses; z is left free to use the image as given (measured on
-        issue 5's set: turning the image for z as well left the 10 % state at chance after 400k images, while z from
-        the image as given separates it, see TrainConfig.augment_inplane). Inference combines K turns
-        (training.inference.encode_with_turns)."""
+        logvar) and ``rot0``/``trans0`` (grid head: and ``rot_logits0``) read from the image as it is, ``z_turned``
+        (``angles.shape + (zdim,)``) from the turned copies (the distill phase's z target applies to both);
+        ``pose_as_given=False`` (training) skips ``rot0``/``trans0`` and so the pose heads on those rows. One CNN
+        call on (K + 1) B rows. Training (one turn per image) makes the pose come from the particle's appearance at
+        any in-plane angle, so the encoder cannot memorise the training images' poses; z is left free to use the
+        image as given (measured on issue 5's set: turning the image for z as well left the 10 % state at chance
+        after 400k images, while z from the image as given separates it, see TrainConfig.augment_inplane).
+        Inference combines K turns (training.inference.encode_with_turns)."""
         B = y_real.shape[0]
         flat = angles.reshape(-1)
         nt = flat.shape[0]

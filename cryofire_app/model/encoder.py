@@ -110,6 +110,7 @@ class Encoder(nn.Module):
             # not saved in the state dict: rebuilt from (grid_dirs, grid_psi), which the config holds
             self.register_buffer("rot_grid", so3_grid(grid_dirs, grid_psi), persistent=False)
             self.grid_dirs, self.grid_psi = grid_dirs, grid_psi
+            self._turn_index: dict = {}    # grid_turn_index's answers by (in-plane steps, device)
             spacing = math.radians(grid_spacing_deg(grid_dirs, grid_psi))   # the larger of view / in-plane spacing
             self.neighbourhood = 2 * math.sqrt(2) * math.sin(spacing)       # chordal distance of 2 spacings
             self.grid_sigma = math.sqrt(4 * math.pi / grid_dirs)             # target width: the view spacing, rad
@@ -140,18 +141,25 @@ class Encoder(nn.Module):
         ``rot (n, 3, 3)`` off the grid: ``log sum_g p(g) exp(-|rot - g|_F^2 / (4 (width sigma)^2))``,
         the target's kernel at ``width`` view spacings (measured for choosing between an image's pose and its
         mirror's, issue 5's held-out set: 0.5 gives 5.24 deg, 1 gives 5.31)."""
-        d2 = torch.cdist(rot.float().reshape(-1, 9), self.rot_grid.reshape(-1, 9)) ** 2
-        return torch.logsumexp(logp.float() - d2 / (4 * (width * self.grid_sigma) ** 2), -1)
+        return torch.logsumexp(logp.float() + self.grid_target_logits(rot, width), -1)
 
     def grid_turn_index(self, angle: float) -> torch.Tensor | None:
         """Where each grid rotation goes when its image is turned back by ``angle`` radians: index ``j (G,)`` with
         ``Q3(angle)^T g_i = g_j`` (physics.inplane.rotate_poses, inverse), so scores ``s`` of an image turned by
         ``angle`` are the scores of the image itself at ``j``. Exact for multiples of the in-plane spacing
         ``2 pi / grid_psi`` (a shift of the in-plane index: so3_grid's row ``e1`` turns by ``angle``), else None."""
+        if self.rot_kind != "grid":
+            return None
         steps = angle * self.grid_psi / (2 * math.pi)
         k = round(steps)
-        if self.rot_kind != "grid" or abs(steps - k) > 1e-4:
+        if abs(steps - k) > 1e-4:
             return None
+        key = (k % self.grid_psi, self.rot_grid.device)
+        if key not in self._turn_index:
+            self._turn_index[key] = self._make_turn_index(k, angle)
+        return self._turn_index[key]
+
+    def _make_turn_index(self, k: int, angle: float) -> torch.Tensor:
         idx = torch.arange(self.grid_dirs * self.grid_psi, device=self.rot_grid.device).view(self.grid_dirs, -1)
         j = ((idx % self.grid_psi + k) % self.grid_psi + idx // self.grid_psi * self.grid_psi).reshape(-1)
         c, s = math.cos(angle), math.sin(angle)
