@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.io.errors import InputError
     from cryofire_app.training.checkpoint import atomic_save_npz
     from cryofire_app.training.dataset import ParticleData
-    from cryofire_app.training.inference import INFER_TURNS, predict
+    from cryofire_app.training.inference import default_turns, predict
     from cryofire_app.training.trainer import resolve_device
 
     if args.threads:
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     model = run.model.to(device)
     radius = min(args.select_radius or run.config.select_radius, int(ck["mask_radius"]))
     t0 = time.time()
-    turns = args.turns if args.turns is not None else (INFER_TURNS if run.config.augments_inplane() else 1)
+    turns = args.turns if args.turns is not None else default_turns(run.config)
     if turns < 1:
         raise InputError(f"--turns must be >= 1, got {turns}")
     pr = predict(model, data, np.arange(data.N), sign=float(ck["data_sign"]), radius=radius, select=select,

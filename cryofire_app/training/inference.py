@@ -26,6 +26,11 @@ from cryofire_app.training.dataset import Batch, ParticleData
 INFER_TURNS = 8   # turns per image for encoders trained with in-plane augmentation (infer's default, final outputs)
 
 
+def default_turns(config) -> int:
+    """Turns per image for a run's encoder: INFER_TURNS if it was trained with in-plane augmentation, else 1."""
+    return INFER_TURNS if config.augments_inplane() else 1
+
+
 @dataclass
 class Predictions:
     pos: np.ndarray        # (n,) positions in the ParticleSet

@@ -41,7 +41,7 @@ from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule
 from cryofire_app.training.events import (Checkpoint, Failed, Finished, Latents, Message, Started, Step,
                                           event_to_json)
-from cryofire_app.training.inference import INFER_TURNS, predict
+from cryofire_app.training.inference import default_turns, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
 
 log = logging.getLogger(__name__)
@@ -838,7 +838,7 @@ class Trainer:
         cfg = self.config
         allpos = np.arange(self.data.N)
         r = min(cfg.select_radius, mask_radius_at(cfg, self.D, self.images_seen))
-        pr = self.predict(allpos, r, INFER_TURNS if cfg.augments_inplane() else 1)   # as `cryofire infer` would
+        pr = self.predict(allpos, r, default_turns(cfg))   # as `cryofire infer` would
         if self.seed is not None:
             # particles the seed saw keep whichever pose the decoder fits better: the seed's (exhaustive search +
             # local refinement) or the encoder's (label-free; the encoder can drift from or never reach the seed)
