@@ -123,8 +123,8 @@ class CryoFIRE(nn.Module):
         x = torch.cat([y_real, mirror_images(y_real)]) if sym else y_real
         return self.encoder(x)
 
-    def encode_turned(self, y_real: torch.Tensor, angles: torch.Tensor,
-                      pose_as_given: bool = True) -> dict[str, torch.Tensor]:
+    def encode_turned(self, y_real: torch.Tensor, angles: torch.Tensor, pose_as_given: bool = True,
+                      pose_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encoder outputs for B images with the pose read from each image turned in plane by ``angles`` radians,
         ``(B,)`` or ``(K, B)`` (K turns per image), and turned back (physics.inplane: ``rot = Q3^T rot_turned``,
         ``trans = Q^T trans_turned``): ``rot`` ``angles.shape + (3, 3)``, ``trans`` ``angles.shape + (2,)``; z (plus
@@ -135,11 +135,13 @@ class CryoFIRE(nn.Module):
         any in-plane angle, so the encoder cannot memorise the training images' poses; z is left free to use the
         image as given (measured on issue 5's set: turning the image for z as well left the 10 % state at chance
         after 400k images, while z from the image as given separates it, see TrainConfig.augment_inplane).
-        Inference combines K turns (training.inference.encode_with_turns)."""
+        Inference combines K turns (training.inference.encode_with_turns). ``pose_images`` (B, D, D): turn these
+        instead of ``y_real`` for the pose (and ``z_turned``) rows; the distill phase puts synthetic images there."""
         B = y_real.shape[0]
         flat = angles.reshape(-1)
         nt = flat.shape[0]
-        turned = rotate_images(y_real.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
+        src = y_real if pose_images is None else pose_images.to(y_real.dtype)
+        turned = rotate_images(src.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
         h = self.encoder.features(torch.cat([turned, y_real]))
         out = self.encoder.heads(h[:nt])                               # the turned copies
         given = self.encoder.heads(h[nt:], pose=pose_as_given)         # the images as given

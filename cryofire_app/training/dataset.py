@@ -30,13 +30,17 @@ class Preprocessor:
         self.sigma_real = 1.0
         self.sigma_ht = 1.0
 
-    def windowed(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def resized(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw images (n, D0, D0) or (D0, D0) -> (n, D, D) float32 at the training box, not windowed."""
         x = torch.as_tensor(np.asarray(raw, dtype=np.float32))
         if x.ndim == 2:
             x = x[None]
         if self.D != self.D0:
             x = fourier_resize(x, self.D).float()
-        return x * self.window
+        return x
+
+    def windowed(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.resized(raw) * self.window
 
     def __call__(self, raw: np.ndarray | torch.Tensor, with_Y: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """with_Y=False skips the Hartley transform (encoder-only inference needs y_real only); Y is then None."""

@@ -43,6 +43,7 @@ from cryofire_app.training.events import (Checkpoint, Failed, Finished, Latents,
                                           event_to_json)
 from cryofire_app.training.inference import default_turns, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
+from cryofire_app.training.synthetic import FIT_IMAGES, SeedRenderer
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,9 @@ class Trainer:
             raise InputError(f"distill_grid_width must lie in (0, 1] and 0 <= distill_narrow_from <= distill_narrow_to "
                              f"<= 1; got {cfg.distill_grid_width:g}, {cfg.distill_narrow_from:g}, "
                              f"{cfg.distill_narrow_to:g}")
+        if not 0 <= cfg.distill_synth_fraction < 1:
+            raise InputError(f"distill_synth_fraction must lie in [0, 1) (some real images are needed); got "
+                             f"{cfg.distill_synth_fraction:g}")
         if cfg.schedule == "seeded" and cfg.freq_max is None and self.device.type == "cpu":
             cfg.freq_max = SEEDED_CPU_FREQ_MAX
         if cfg.lr is None:
@@ -255,6 +259,9 @@ class Trainer:
         self.model = build_model(cfg, D).to(self.device)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed + 12345)
+        # synthetic distill images (training.synthetic): their own stream per rank, made once the seed exists
+        self.synth_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 54321 + self.rank)
+        self.synth: SeedRenderer | None = None
         self.sign = -1.0 if cfg.invert_data == "yes" else 1.0
         self.contrast_checked = cfg.invert_data != "auto"
         self.prev_val: dict | None = None
@@ -272,6 +279,8 @@ class Trainer:
             self.model.load_state_dict(ck["model"])
             self.optim.load_state_dict(ck["optimizer"])
             self.gen.set_state(ck["torch_rng"])
+            if ck.get("synth_rng") is not None and self.world == 1:
+                self.synth_gen.set_state(ck["synth_rng"])
             self.images_seen, self.step = int(ck["images_seen"]), int(ck["step"])
             self.sign = float(ck["data_sign"])
             self.contrast_checked = bool(ck["contrast_checked"])
@@ -491,7 +500,17 @@ class Trainer:
         """``ang (n,)``: the encoder reads the poses from the images turned in plane by these radians, turned back
         (CryoFIRE.encode_turned; |Q3^T R - R_s| = |R - Q3 R_s|, so this is the loss against the turned targets)."""
         cfg, sd = self.config, self.seed
-        enc = (self.model.encode_turned(y_real, ang, pose_as_given=False) if ang is not None
+        n = len(pos)
+        ns = self._synth_rows(n) if ang is not None else 0
+        R_p, t_p, has_p, y_pose = R_s, t_s, has, None     # pose targets (the last ns rows synthetic)
+        if ns:
+            with torch.autocast(self.device.type, enabled=False):   # physics in fp32
+                xs, Rs, ts = self.synth.render(ns, self.synth_gen)
+            k = n - ns
+            y_pose = torch.cat([y_real[:k], xs.to(y_real.dtype)])
+            R_p, t_p = torch.cat([R_s[:k], Rs.to(R_s.dtype)]), torch.cat([t_s[:k], ts.to(t_s.dtype)])
+            has_p = torch.cat([has[:k], has.new_ones(ns)])
+        enc = (self.model.encode_turned(y_real, ang, pose_as_given=False, pose_images=y_pose) if ang is not None
                else self.model.encoder(y_real))
         z = enc["z_mu"]
         if "z_logvar" in enc:
@@ -502,13 +521,14 @@ class Trainer:
         if self.step % max(cfg.distill_decoder_every, 1) == 0:   # the decoder with the seeded poses fixed
             err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
             recon = (err * has).sum() / nh
+        nh_p = has_p.sum().clamp(min=1.0)
         if "rot_logits" in enc:   # grid head: cross-entropy against the seed's pose of the image the encoder read
-            R_read = R_s if ang is None else rotate_poses(R_s, t_s, ang)[0]
+            R_read = R_p if ang is None else rotate_poses(R_p, t_p, ang)[0]
             width = grid_width_at(cfg, self.images_seen, self.distill_images)
-            rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read, width) * has).sum() / nh
+            rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read, width) * has_p).sum() / nh_p
         else:
-            rot_l = (((enc["rot"] - R_s) ** 2).sum((1, 2)) * has).sum() / nh
-        tr_l = (((enc["trans"] - t_s) ** 2).sum(1) * has).sum() / nh
+            rot_l = (((enc["rot"] - R_p) ** 2).sum((1, 2)) * has_p).sum() / nh_p
+        tr_l = (((enc["trans"] - t_p) ** 2).sum(1) * has_p).sum() / nh_p
         loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
         if cfg.zdim > 0 and sd.get("score_t") is not None and cfg.distill_z_weight > 0:
             tgt = sd["score_t"][pos].to(self.device)
@@ -516,18 +536,45 @@ class Trainer:
             # that they do not drift into a large nuisance direction before the joint phase can give them a use
             zt = torch.cat([tgt[:, None], enc["z_mu"].new_zeros(len(tgt), cfg.zdim - 1)], 1)
             zerr = ((enc["z_mu"] - zt) ** 2).sum(1)
-            if "z_turned" in enc:
-                zerr = 0.5 * (zerr + ((enc["z_turned"] - zt) ** 2).sum(1))
-            loss = loss + cfg.distill_z_weight * (zerr * has).sum() / nh
+            zerr = zerr * has
+            if "z_turned" in enc:   # synthetic rows (the last ns) have no state: their turned z is left out
+                zturn = ((enc["z_turned"] - zt) ** 2).sum(1) * has
+                if ns:
+                    zturn[n - ns:] = 0.0
+                zerr = 0.5 * (zerr + zturn)
+            loss = loss + cfg.distill_z_weight * zerr.sum() / nh
         if cfg.encoder.variational and cfg.beta > 0 and cfg.zdim > 0:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
-            p = pos.numpy()
-            self.run_rot[p] = enc["rot"].detach().float().cpu().numpy()
-            self.run_trans[p] = enc["trans"].detach().float().cpu().numpy()
+            p, k = pos.numpy(), n - ns     # poses of the real rows only
+            self.run_rot[p[:k]] = enc["rot"][:k].detach().float().cpu().numpy()
+            self.run_trans[p[:k]] = enc["trans"][:k].detach().float().cpu().numpy()
             self.run_z[p] = enc["z_mu"].detach().float().cpu().numpy()
             self.run_seen[p] = True
         return loss
+
+    def _synth_rows(self, n: int) -> int:
+        """Rows of a distill step (of ``n``) whose pose is read from a synthetic image (0 without a renderer)."""
+        if self.synth is None or n < 2:
+            return 0
+        return min(int(round(self.config.distill_synth_fraction * n)), n - 1)
+
+    def _prepare_synth(self) -> Iterator:
+        """Fit the synthetic-image renderer to the seed's map and the data (distill phase, in-plane augmentation,
+        distill_synth_fraction > 0); a map that does not explain the data leaves the distill on real images."""
+        if self.synth is not None or self.seed is None or self.config.distill_synth_fraction <= 0 or not self.augment:
+            return
+        sd = self.seed
+        try:
+            self.synth = SeedRenderer.fit(sd["volume"], self.data, sd["pos"], sd["rot"], sd["trans"],
+                                          sign=self.sign, device=self.device)
+        except ValueError as exc:
+            yield self._emit(Message("warning", f"synthetic distill images off: {exc}"))
+            return
+        frac = self.config.distill_synth_fraction
+        yield self._emit(Message("info", f"synthetic distill images: {frac:.0%} of the pose rows from the seed's map "
+                                         f"(amplitude {self.synth.amplitude:.3g}, noise spectrum fitted on "
+                                         f"{min(len(sd['pos']), FIT_IMAGES)} particles)"))
 
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
     def _seed_images(self) -> np.ndarray:
@@ -741,6 +788,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": self.model.state_dict(),
             "optimizer": self.optim.state_dict(), "torch_rng": self.gen.get_state(),
+            "synth_rng": self.synth_gen.get_state(),
             "images_seen": self.images_seen, "step": self.step,
             "mask_radius": mask_radius_at(cfg, self.D, self.images_seen), "phase": self.phase,
             "D": self.D, "D0": self.data.D0, "N": self.data.N, "apix": self.data.apix, "zdim": cfg.zdim,
@@ -890,6 +938,8 @@ class Trainer:
         if self.phase == "seed":
             yield from self._run_seed(t0)
             stopped = self._stop.is_set()
+        if not stopped and self.phase == "distill":
+            yield from self._prepare_synth()
         sched = (g[self.rank::self.world] for g in batch_schedule(self.train_pos, self.batch, cfg.seed,
                                                                    self.images_seen))
         pf = Prefetcher(self.data, sched)
