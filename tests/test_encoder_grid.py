@@ -1,13 +1,14 @@
 """The encoder's grid rotation head: decoding scores to a rotation, its cross-entropy target, config defaults."""
 import math
 
+import pytest
 import torch
 
 from cryofire_app.model.cryofire import CryoFIRE
 from cryofire_app.model.encoder import Encoder, grid_pose
 from cryofire_app.physics.rotations import geodesic_angle, random_rotations
 from cryofire_app.training.config import TrainConfig
-from cryofire_app.training.trainer import build_model, grid_width_at
+from cryofire_app.training.trainer import build_model, distill_lr_factor, grid_width_at
 
 
 def test_grid_pose_resolves_below_the_grid_spacing():
@@ -42,6 +43,17 @@ def test_distill_target_narrows_over_the_distill_phase():
     d = cfg.to_dict()
     del d["distill_grid_width"]                     # a run saved before the narrowing existed keeps its width
     assert TrainConfig.from_dict(d).distill_grid_width == 1.0
+
+
+def test_distill_learning_rate_decays_into_the_joint_rate():
+    cfg = TrainConfig(schedule="seeded")            # 1 until 3/4 of the distill images, cosine to the joint factor
+    f = [distill_lr_factor(cfg, n, 1000) for n in (0, 750, 875, 1000, 5000)]
+    assert f[:2] == [1.0, 1.0] and f[2] == pytest.approx(0.5 * (1 + cfg.seeded_joint_lr_scale))
+    assert f[3] == f[4] == pytest.approx(cfg.seeded_joint_lr_scale)
+    assert distill_lr_factor(TrainConfig(schedule="seeded", distill_decay_from=1.0), 999, 1000) == 1.0
+    d = cfg.to_dict()
+    del d["distill_decay_from"]                     # a run saved before the decay keeps a constant rate
+    assert TrainConfig.from_dict(d).distill_decay_from == 1.0
 
 
 def test_grid_pose_ignores_a_distant_second_mode():

@@ -154,8 +154,9 @@ def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_da
     events = list(tr.run())
     assert tr.augment and not any(isinstance(e, Step) and e.phase == "seed" for e in events)
     assert any(isinstance(e, Message) and e.text.startswith("seed reused from") for e in events)
-    # half the distill pose rows are synthetic images of the seed's map (training.synthetic), fitted to these data
-    assert any(isinstance(e, Message) and e.text.startswith("synthetic distill images: 50%") for e in events)
+    # synthetic images of the seed's map (training.synthetic, fitted to these data) join the distill pose rows
+    assert any(isinstance(e, Message) and e.text.startswith("synthetic distill images: 0.5 per real image")
+               for e in events)
     assert tr.synth is not None and tr.synth.amplitude > 0
     pt, ph = encoder_answers(tr, seeded_data)
     tr_err, held_err = encoder_errors(tr, seeded_data, (pt, ph))

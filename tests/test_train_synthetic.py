@@ -65,8 +65,8 @@ def test_synthetic_inputs_look_like_the_real_ones(sim):
     assert not torch.allclose(x, r.render(512, torch.Generator().manual_seed(1))[0])
 
 
-def test_synth_fraction_config():
+def test_synth_ratio_config():
     d = TrainConfig(schedule="seeded").to_dict()
-    assert d["distill_synth_fraction"] == 0.5
-    del d["distill_synth_fraction"]                 # a run saved before synthetic distill images reads real ones only
-    assert TrainConfig.from_dict(d).distill_synth_fraction == 0.0
+    assert d["distill_synth_ratio"] == 0.5
+    del d["distill_synth_ratio"]                 # a run saved before synthetic distill images reads real ones only
+    assert TrainConfig.from_dict(d).distill_synth_ratio == 0.0

@@ -183,7 +183,7 @@ def test_cli_train_and_infer(data, tmp_path):
 def test_cli_fast_preset_and_precision_options(data, tmp_path):
     """--fast selects the grid decoder and the unshuffle stem (saved in config.json, the run trains and infers);
     --precision bf16 runs on the CPU; fp16 on the CPU, a zero grid target width and
-    all-synthetic distill images are refused with exit status 2."""
+    a negative synthetic image ratio are refused with exit status 2."""
     import json
 
     from cryofire_app.cli import main
@@ -199,7 +199,7 @@ def test_cli_fast_preset_and_precision_options(data, tmp_path):
     assert read_pose_pkl(pred / "pose.pkl")[0].shape == (96, 3, 3)
     assert main(["train", *base, "-o", str(tmp_path / "fp16"), "--precision", "fp16"]) == 2
     assert main(["train", *base, "-o", str(tmp_path / "w0"), "--grid-width", "0"]) == 2
-    assert main(["train", *base, "-o", str(tmp_path / "s1"), "--synth-fraction", "1"]) == 2
+    assert main(["train", *base, "-o", str(tmp_path / "s1"), "--synth-ratio", "-1"]) == 2
 
 
 @pytest.mark.parametrize("invert", [False, True])

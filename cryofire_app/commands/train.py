@@ -38,9 +38,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-width", type=float, default=0.5,
                    help="seeded, grid head: final width of the distill target in view spacings (1 = no narrowing; "
                         "default 0.5, reached at 3/4 of the distill phase)")
-    p.add_argument("--synth-fraction", type=float, default=0.5,
-                   help="seeded: share of each distill step's pose rows read from synthetic images of the seed's map "
-                        "(known poses, the data's CTFs, shifts and noise) instead of real ones; 0 = real only "
+    p.add_argument("--synth-ratio", type=float, default=0.5,
+                   help="seeded: synthetic images of the seed's map (known poses, the data's CTFs, shifts and noise) "
+                        "added to the encoder's pose rows per real image in the distill phase; 0 = real only "
                         "(default 0.5)")
     p.add_argument("--batch-size", "-b", type=int, default=32, help="global batch size in images (default 32)")
     p.add_argument("--pose-only-images", type=int, default=100_000,
@@ -118,7 +118,7 @@ def config_from_args(args: argparse.Namespace):
                       D=args.box, zdim=args.zdim, num_images=args.num_images, epochs=args.epochs,
                       batch_size=args.batch_size, schedule=args.schedule,
                       distill_fraction=args.distill_fraction, distill_grid_width=args.grid_width,
-                      distill_synth_fraction=args.synth_fraction, lr=args.lr,
+                      distill_synth_ratio=args.synth_ratio, lr=args.lr,
                       lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
                       pose_only_images=args.pose_only_images, beta=args.beta, sym_loss=not args.no_sym_loss,
                       freq_start=args.freq_start, freq_add_every=args.freq_add_every, freq_max=args.freq_max,

@@ -135,13 +135,18 @@ class CryoFIRE(nn.Module):
         any in-plane angle, so the encoder cannot memorise the training images' poses; z is left free to use the
         image as given (measured on issue 5's set: turning the image for z as well left the 10 % state at chance
         after 400k images, while z from the image as given separates it, see TrainConfig.augment_inplane).
-        Inference combines K turns (training.inference.encode_with_turns). ``pose_images`` (B, D, D): turn these
-        instead of ``y_real`` for the pose (and ``z_turned``) rows; the distill phase puts synthetic images there."""
+        Inference combines K turns (training.inference.encode_with_turns). ``pose_images`` (P, D, D) with ``angles``
+        (P,): turn these instead of ``y_real`` for the pose (and ``z_turned``) rows; the distill phase passes the B real
+        images followed by synthetic ones."""
         B = y_real.shape[0]
         flat = angles.reshape(-1)
         nt = flat.shape[0]
-        src = y_real if pose_images is None else pose_images.to(y_real.dtype)
-        turned = rotate_images(src.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
+        if pose_images is None:
+            turned = rotate_images(y_real.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
+        else:
+            if angles.dim() != 1 or len(pose_images) != nt:
+                raise ValueError(f"pose_images ({len(pose_images)}) need one angle each, got angles {tuple(angles.shape)}")
+            turned = rotate_images(pose_images.to(y_real.dtype), flat).to(y_real.dtype)
         h = self.encoder.features(torch.cat([turned, y_real]))
         out = self.encoder.heads(h[:nt])                               # the turned copies
         given = self.encoder.heads(h[nt:], pose=pose_as_given)         # the images as given

@@ -113,14 +113,20 @@ class TrainConfig:
                                          # from the start learns ~2x slower (20.3 vs 10.5 deg at 100k)
     distill_narrow_from: float = 0.5
     distill_narrow_to: float = 0.75
+    distill_decay_from: float = 0.75     # seeded distill: the learning rate stays at lr until this fraction of the
+                                         # distill images, then falls (cosine) to lr * seeded_joint_lr_scale at their
+                                         # end, where the joint phase takes over at that rate (1 = no decay). Probe
+                                         # (encoder alone on issue 5's set, box 32, 300k images, narrowing and half
+                                         # synthetic images as in the trainer): held out 5.15 deg one pass, 5.98
+                                         # without; runs saved before it load 1
     distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
-    distill_synth_fraction: float = 0.5  # seeded distill with in-plane augmentation: share of each step's pose rows
-                                         # read from synthetic images (the seed's map at uniform random poses with the
-                                         # data's CTFs, shifts and fitted noise spectrum: training.synthetic) instead
-                                         # of the real images' turned copies; z still reads every real image. Exact,
-                                         # unlimited poses: the encoder cannot memorise them. Probe (encoder alone on
-                                         # issue 5's set, box 32, 300k images, width 1): held out 6.59 deg at 0.5,
-                                         # 6.79 all synthetic, ~7.1 all real (which memorises: its training images
+    distill_synth_ratio: float = 0.5     # seeded distill with in-plane augmentation: synthetic pose rows added per
+                                         # real image in each step (the seed's map at uniform random poses with the
+                                         # data's CTFs, shifts and fitted noise spectrum: training.synthetic); their
+                                         # poses are exact and unlimited, so the encoder cannot memorise them; z and
+                                         # the decoder read the real images only. Probe (encoder alone on issue 5's
+                                         # set, box 32, 300k rows, width 1): held out 6.59 deg with half the rows
+                                         # synthetic, 6.79 all, ~7.1 none (which memorises: its training images
                                          # 5.0 deg); runs saved before it load 0
     seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
     augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane
@@ -195,7 +201,8 @@ class TrainConfig:
         enc.setdefault("norm", "group")
         enc.setdefault("rot_head", "r6")
         d.setdefault("distill_grid_width", 1.0)   # the grid target kept its width before the narrowing existed
-        d.setdefault("distill_synth_fraction", 0.0)   # runs from before synthetic distill images read real ones only
+        d.setdefault("distill_synth_ratio", 0.0)      # runs from before synthetic distill images read real ones only
+        d.setdefault("distill_decay_from", 1.0)       # and kept the distill learning rate constant
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

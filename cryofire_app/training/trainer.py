@@ -120,6 +120,17 @@ def lr_at(cfg: TrainConfig, images_seen: int, images_total: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
 
 
+def distill_lr_factor(cfg: TrainConfig, images_seen: int, distill_images: int) -> float:
+    """Factor on the distill phase's learning rate at `images_seen`: 1 until the fraction distill_decay_from of the
+    distill images, then a cosine down to seeded_joint_lr_scale (the joint phase's factor) at their end, held after."""
+    a = cfg.distill_decay_from * distill_images
+    if images_seen <= a or distill_images <= a:
+        return 1.0
+    frac = min((images_seen - a) / (distill_images - a), 1.0)
+    lo = cfg.seeded_joint_lr_scale
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 def grid_width_at(cfg: TrainConfig, images_seen: int, distill_images: int) -> float:
     """Width of the grid head's distill target (view spacings) at `images_seen`: 1, narrowing linearly to
     cfg.distill_grid_width between the fractions distill_narrow_from and distill_narrow_to of the distill images."""
@@ -222,9 +233,11 @@ class Trainer:
             raise InputError(f"distill_grid_width must lie in (0, 1] and 0 <= distill_narrow_from <= distill_narrow_to "
                              f"<= 1; got {cfg.distill_grid_width:g}, {cfg.distill_narrow_from:g}, "
                              f"{cfg.distill_narrow_to:g}")
-        if not 0 <= cfg.distill_synth_fraction < 1:
-            raise InputError(f"distill_synth_fraction must lie in [0, 1) (some real images are needed); got "
-                             f"{cfg.distill_synth_fraction:g}")
+        if not 0 <= cfg.distill_decay_from <= 1:
+            raise InputError(f"distill_decay_from must lie in [0, 1]; got {cfg.distill_decay_from:g}")
+        if not 0 <= cfg.distill_synth_ratio <= 4:
+            raise InputError(f"distill_synth_ratio (synthetic images per real image) must lie in [0, 4]; got "
+                             f"{cfg.distill_synth_ratio:g}")
         if cfg.schedule == "seeded" and cfg.freq_max is None and self.device.type == "cpu":
             cfg.freq_max = SEEDED_CPU_FREQ_MAX
         if cfg.lr is None:
@@ -473,7 +486,8 @@ class Trainer:
         ang = self._inplane_angles()
         if ang is not None:
             ang = ang[: len(pos)].to(self.device)
-        lr = lr_at(cfg, self.images_seen, self.images_total)
+        lr = lr_at(cfg, self.images_seen, self.images_total) * distill_lr_factor(cfg, self.images_seen,
+                                                                                 self.distill_images)
         for grp in self.optim.param_groups:
             grp["lr"] = lr
         self.model.train()
@@ -502,15 +516,15 @@ class Trainer:
         cfg, sd = self.config, self.seed
         n = len(pos)
         ns = self._synth_rows(n) if ang is not None else 0
-        R_p, t_p, has_p, y_pose = R_s, t_s, has, None     # pose targets (the last ns rows synthetic)
+        # pose rows: the n real images turned, then ns synthetic images (exact poses, not turned: uniform already)
+        R_p, t_p, has_p, ang_p, y_pose = R_s, t_s, has, ang, None
         if ns:
             with torch.autocast(self.device.type, enabled=False):   # physics in fp32
                 xs, Rs, ts = self.synth.render(ns, self.synth_gen)
-            k = n - ns
-            y_pose = torch.cat([y_real[:k], xs.to(y_real.dtype)])
-            R_p, t_p = torch.cat([R_s[:k], Rs.to(R_s.dtype)]), torch.cat([t_s[:k], ts.to(t_s.dtype)])
-            has_p = torch.cat([has[:k], has.new_ones(ns)])
-        enc = (self.model.encode_turned(y_real, ang, pose_as_given=False, pose_images=y_pose) if ang is not None
+            y_pose = torch.cat([y_real, xs.to(y_real.dtype)])
+            R_p, t_p = torch.cat([R_s, Rs.to(R_s.dtype)]), torch.cat([t_s, ts.to(t_s.dtype)])
+            has_p, ang_p = torch.cat([has, has.new_ones(ns)]), torch.cat([ang, ang.new_zeros(ns)])
+        enc = (self.model.encode_turned(y_real, ang_p, pose_as_given=False, pose_images=y_pose) if ang is not None
                else self.model.encoder(y_real))
         z = enc["z_mu"]
         if "z_logvar" in enc:
@@ -523,7 +537,7 @@ class Trainer:
             recon = (err * has).sum() / nh
         nh_p = has_p.sum().clamp(min=1.0)
         if "rot_logits" in enc:   # grid head: cross-entropy against the seed's pose of the image the encoder read
-            R_read = R_p if ang is None else rotate_poses(R_p, t_p, ang)[0]
+            R_read = R_p if ang is None else rotate_poses(R_p, t_p, ang_p)[0]
             width = grid_width_at(cfg, self.images_seen, self.distill_images)
             rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read, width) * has_p).sum() / nh_p
         else:
@@ -536,33 +550,29 @@ class Trainer:
             # that they do not drift into a large nuisance direction before the joint phase can give them a use
             zt = torch.cat([tgt[:, None], enc["z_mu"].new_zeros(len(tgt), cfg.zdim - 1)], 1)
             zerr = ((enc["z_mu"] - zt) ** 2).sum(1)
-            zerr = zerr * has
-            if "z_turned" in enc:   # synthetic rows (the last ns) have no state: their turned z is left out
-                zturn = ((enc["z_turned"] - zt) ** 2).sum(1) * has
-                if ns:
-                    zturn[n - ns:] = 0.0
-                zerr = 0.5 * (zerr + zturn)
-            loss = loss + cfg.distill_z_weight * zerr.sum() / nh
+            if "z_turned" in enc:   # the real rows' turned copies (synthetic images have no state)
+                zerr = 0.5 * (zerr + ((enc["z_turned"][:n] - zt) ** 2).sum(1))
+            loss = loss + cfg.distill_z_weight * (zerr * has).sum() / nh
         if cfg.encoder.variational and cfg.beta > 0 and cfg.zdim > 0:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
-            p, k = pos.numpy(), n - ns     # poses of the real rows only
-            self.run_rot[p[:k]] = enc["rot"][:k].detach().float().cpu().numpy()
-            self.run_trans[p[:k]] = enc["trans"][:k].detach().float().cpu().numpy()
+            p = pos.numpy()                # the real rows (the first n)
+            self.run_rot[p] = enc["rot"][:n].detach().float().cpu().numpy()
+            self.run_trans[p] = enc["trans"][:n].detach().float().cpu().numpy()
             self.run_z[p] = enc["z_mu"].detach().float().cpu().numpy()
             self.run_seen[p] = True
         return loss
 
     def _synth_rows(self, n: int) -> int:
-        """Rows of a distill step (of ``n``) whose pose is read from a synthetic image (0 without a renderer)."""
-        if self.synth is None or n < 2:
+        """Synthetic pose rows added to a distill step of ``n`` real images (0 without a renderer)."""
+        if self.synth is None:
             return 0
-        return min(int(round(self.config.distill_synth_fraction * n)), n - 1)
+        return int(round(self.config.distill_synth_ratio * n))
 
     def _prepare_synth(self) -> Iterator:
         """Fit the synthetic-image renderer to the seed's map and the data (distill phase, in-plane augmentation,
-        distill_synth_fraction > 0); a map that does not explain the data leaves the distill on real images."""
-        if self.synth is not None or self.seed is None or self.config.distill_synth_fraction <= 0 or not self.augment:
+        distill_synth_ratio > 0); a map that does not explain the data leaves the distill on real images."""
+        if self.synth is not None or self.seed is None or self.config.distill_synth_ratio <= 0 or not self.augment:
             return
         sd = self.seed
         try:
@@ -571,8 +581,8 @@ class Trainer:
         except ValueError as exc:
             yield self._emit(Message("warning", f"synthetic distill images off: {exc}"))
             return
-        frac = self.config.distill_synth_fraction
-        yield self._emit(Message("info", f"synthetic distill images: {frac:.0%} of the pose rows from the seed's map "
+        ratio = self.config.distill_synth_ratio
+        yield self._emit(Message("info", f"synthetic distill images: {ratio:g} per real image, from the seed's map "
                                          f"(amplitude {self.synth.amplitude:.3g}, noise spectrum fitted on "
                                          f"{min(len(sd['pos']), FIT_IMAGES)} particles)"))
 
