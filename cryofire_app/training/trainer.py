@@ -589,14 +589,9 @@ class Trainer:
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
     def _seed_images(self) -> np.ndarray:
         """Training-split images at the training box (Fourier crop of the raw stack, no window, raw data sign)."""
-        from cryofire_app.physics.fft import fourier_resize
-
         out = np.empty((len(self.train_pos), self.D, self.D), np.float32)
         for i in range(0, len(self.train_pos), 512):
-            raw = torch.as_tensor(np.asarray(self.data.images[self.train_pos[i:i + 512]], dtype=np.float32))
-            if self.D != self.data.D0:
-                raw = fourier_resize(raw, self.D).float()
-            out[i:i + 512] = raw.numpy()
+            out[i:i + 512] = self.data.prep.resized(self.data.images[self.train_pos[i:i + 512]]).numpy()
         return out
 
     @property
