@@ -145,7 +145,8 @@ class CryoFIRE(nn.Module):
             turned = rotate_images(y_real.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
         else:
             if angles.dim() != 1 or len(pose_images) != nt:
-                raise ValueError(f"pose_images ({len(pose_images)}) need one angle each, got angles {tuple(angles.shape)}")
+                raise ValueError(f"pose_images ({len(pose_images)}) need one angle each, got angles "
+                                 f"{tuple(angles.shape)}")
             turned = rotate_images(pose_images.to(y_real.dtype), flat).to(y_real.dtype)
         h = self.encoder.features(torch.cat([turned, y_real]))
         out = self.encoder.heads(h[:nt])                               # the turned copies
