@@ -116,9 +116,10 @@ class TrainConfig:
     distill_decay_from: float = 0.75     # seeded distill: the learning rate stays at lr until this fraction of the
                                          # distill images, then falls (cosine) to lr * seeded_joint_lr_scale at their
                                          # end, where the joint phase takes over at that rate (1 = no decay). Probe
-                                         # (encoder alone on issue 5's set, box 32, 300k images, narrowing and half
-                                         # synthetic images as in the trainer): held out 5.15 deg one pass, 5.98
-                                         # without; runs saved before it load 1
+                                         # (encoder alone on issue 5's set, box 32, 300k images, the trainer's
+                                         # narrowing, half the rows synthetic): held out 5.15 deg one pass, 5.98
+                                         # without; from 1/2 instead of 3/4: 5.79 vs 5.68 (1/3 synthetic); runs
+                                         # saved before it load 1
     distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
     distill_synth_ratio: float = 0.5     # seeded distill with in-plane augmentation: synthetic pose rows added per
                                          # real image in each step (the seed's map at uniform random poses with the
