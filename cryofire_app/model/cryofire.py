@@ -141,13 +141,10 @@ class CryoFIRE(nn.Module):
         B = y_real.shape[0]
         flat = angles.reshape(-1)
         nt = flat.shape[0]
-        if pose_images is None:
-            turned = rotate_images(y_real.repeat(nt // B, 1, 1), flat).to(y_real.dtype)
-        else:
-            if angles.dim() != 1 or len(pose_images) != nt:
-                raise ValueError(f"pose_images ({len(pose_images)}) need one angle each, got angles "
-                                 f"{tuple(angles.shape)}")
-            turned = rotate_images(pose_images.to(y_real.dtype), flat).to(y_real.dtype)
+        if pose_images is not None and (angles.dim() != 1 or len(pose_images) != nt):
+            raise ValueError(f"pose_images ({len(pose_images)}) need one angle each, got angles {tuple(angles.shape)}")
+        src = y_real.repeat(nt // B, 1, 1) if pose_images is None else pose_images.to(y_real.dtype)
+        turned = rotate_images(src, flat).to(y_real.dtype)
         h = self.encoder.features(torch.cat([turned, y_real]))
         out = self.encoder.heads(h[:nt])                               # the turned copies
         given = self.encoder.heads(h[nt:], pose=pose_as_given)         # the images as given

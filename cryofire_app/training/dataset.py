@@ -103,12 +103,17 @@ class ParticleData:
             apix0 = float(particles.ctf[0, 0] * particles.ctf[0, 1] / self.D0)
         self.apix = float(apix0) * self.D0 / self.D if apix0 else 1.0
 
-    def load(self, pos: np.ndarray, with_Y: bool = True) -> Batch:
+    def read(self, pos: np.ndarray) -> np.ndarray:
+        """Raw stack images (n, D0, D0) float32 at positions ``pos``, in that order (read in sorted order)."""
         pos = np.asarray(pos, dtype=np.int64)
         order = np.argsort(pos, kind="stable")
         raw = np.empty((len(pos), self.D0, self.D0), dtype=np.float32)
         raw[order] = self.images[pos[order]]           # sorted reads are friendlier to the memory map
-        y_real, Y = self.prep(raw, with_Y)
+        return raw
+
+    def load(self, pos: np.ndarray, with_Y: bool = True) -> Batch:
+        pos = np.asarray(pos, dtype=np.int64)
+        y_real, Y = self.prep(self.read(pos), with_Y)
         ctf = self.ctf[torch.as_tensor(pos)] if self.ctf is not None else None
         return Batch(pos, y_real, Y, ctf)
 

@@ -46,6 +46,7 @@ class SeedRenderer:
         self.noise_amp = (noise_psd.to(self.device, torch.float32).clamp(min=0) ** 0.5) / self.D
         self.ctf = None if ctf is None else ctf.to(self.device, torch.float32)
         self.trans = trans.to(self.device, torch.float32)
+        self.fit_images = 0      # real images behind amplitude and noise spectrum (set by fit)
 
     @property
     def noise_variance(self) -> float:
@@ -98,11 +99,7 @@ class SeedRenderer:
         win = renderer.window.cpu().double()
         fits = []
         for c in chunks:
-            pc = pos[c]
-            order = np.argsort(pc, kind="stable")
-            stack = np.empty((len(pc), data.D0, data.D0), np.float32)
-            stack[order] = data.images[pc[order]]        # sorted reads suit the memory map
-            raw = data.prep.resized(stack).double() * sign
+            raw = data.prep.resized(data.read(pos[c])).double() * sign
             cl = renderer.clean(rot_t[c], None if ctf_all is None else ctf_all[c], trans_t[c]).cpu().double()
             dot += float((raw * cl * win).sum())
             norm += float((cl * cl * win).sum())
@@ -116,5 +113,6 @@ class SeedRenderer:
         if not torch.all(torch.isfinite(psd)):
             raise ValueError("the noise spectrum of the images is not finite")
         renderer.amplitude = amp
+        renderer.fit_images = len(pick)
         renderer.noise_amp = (psd.float().to(renderer.device) ** 0.5) / renderer.D
         return renderer

@@ -43,7 +43,7 @@ from cryofire_app.training.events import (Checkpoint, Failed, Finished, Latents,
                                           event_to_json)
 from cryofire_app.training.inference import default_turns, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
-from cryofire_app.training.synthetic import FIT_IMAGES, SeedRenderer
+from cryofire_app.training.synthetic import SeedRenderer
 
 log = logging.getLogger(__name__)
 
@@ -584,14 +584,14 @@ class Trainer:
         ratio = self.config.distill_synth_ratio
         yield self._emit(Message("info", f"synthetic distill images: {ratio:g} per real image, from the seed's map "
                                          f"(amplitude {self.synth.amplitude:.3g}, noise spectrum fitted on "
-                                         f"{min(len(sd['pos']), FIT_IMAGES)} particles)"))
+                                         f"{self.synth.fit_images} particles)"))
 
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
     def _seed_images(self) -> np.ndarray:
         """Training-split images at the training box (Fourier crop of the raw stack, no window, raw data sign)."""
         out = np.empty((len(self.train_pos), self.D, self.D), np.float32)
         for i in range(0, len(self.train_pos), 512):
-            out[i:i + 512] = self.data.prep.resized(self.data.images[self.train_pos[i:i + 512]]).numpy()
+            out[i:i + 512] = self.data.prep.resized(self.data.read(self.train_pos[i:i + 512])).numpy()
         return out
 
     @property
