@@ -580,7 +580,7 @@ class Trainer:
         sd = self.seed
         try:
             self.synth = SeedRenderer.fit(sd["volume"], self.data, sd["pos"], sd["rot"], sd["trans"],
-                                          sign=self.sign, device=self.device)
+                                          sign=self.sign, device=self.device).limit_band(self.model.encoder.box)
         except ValueError as exc:
             yield self._emit(Message("warning", f"synthetic distill images off: {exc}"))
             return
