@@ -97,6 +97,9 @@ def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | Non
     confusion in 312 s; box 32 / 2,000 images stayed at 26 deg / 48 % (too few pixels for the seed search).
     The encoder sees the whole 64-px image (box=None), not the default 32-px crop: with these narrow channels the crop
     left z-PC1 at 16.2 % confusion, the whole image 1.7 % (2.0 vs 2.7 min; seed labels 0.0 % and 1.67 deg either way).
+    No synthetic distill images (distill_synth_ratio 0): they serve new images on large low-SNR sets, and at the
+    trainer's 0.5 per real image (with this whole-image encoder, full-band slices) the demo hit its 5-minute cap at
+    90k of 120k images, mid-distill, before the encoder's check against the seed (396 s of training, 2026-11-25).
     """
     from cryofire_app.training.config import DecoderConfig, EncoderConfig
 
@@ -109,7 +112,7 @@ def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | Non
                          box_hetero=min(32, box), iters_hetero=8, seed=int(seed)),
         encoder=EncoderConfig(channels=(8, 16, 32, 64), hidden=256, box=None),
         decoder=DecoderConfig(hidden=128),
-        freq_max=min(12, box // 2), lr=1e-3, distill_fraction=0.85,
+        freq_max=min(12, box // 2), lr=1e-3, distill_fraction=0.85, distill_synth_ratio=0.0,
         num_images=budget, checkpoint_every=max(1000, budget // 4))
 
 
