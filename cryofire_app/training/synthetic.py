@@ -30,18 +30,17 @@ class SeedRenderer:
     volume: (D, D, D) real-space map, positive density; window: (D, D) the data's soft real-space window;
     sigma_real: the data's encoder-input RMS; amplitude: data scale per unit of the map's projection;
     noise_psd: (D, D) mean |FFT2|^2 of the noise in the unwindowed training-box images (numpy FFT layout);
-    ctf: (n, 9) CTF rows to draw from (None: no CTF); trans: (n, 2) px shifts to draw from;
-    rmax: the highest frequency of the map's projections, cycles/px of the training box (the noise is full band;
-    see :meth:`limit_band`).
+    ctf: (n, 9) CTF rows to draw from (None: no CTF); trans: (n, 2) px shifts to draw from.
+    The map is projected up to Nyquist (``rmax`` 0.5 cycles/px) until :meth:`limit_band` narrows it.
     """
 
     def __init__(self, volume: torch.Tensor, window: torch.Tensor, sigma_real: float, amplitude: float,
                  noise_psd: torch.Tensor, ctf: torch.Tensor | None, trans: torch.Tensor,
-                 device: torch.device | str = "cpu", rmax: float = 0.5):
+                 device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.D = int(volume.shape[-1])
         self.volume = volume.to(self.device, torch.float32)
-        self.rmax = float(rmax)
+        self.rmax = 0.5          # highest projected frequency, cycles/px of the training box (noise: full band)
         self.proj = FourierProjector(self.volume, pad=2, rmax=self.rmax)
         self.lattice = self.proj.lattice
         self.window = window.to(self.device, torch.float32)
