@@ -49,7 +49,7 @@ def run_floor(workdir: Path, noise: list[float], images: int) -> dict:
     from cryofire_app.analysis.run import Run
     from cryofire_app.io import load_particles
     from cryofire_app.training.dataset import ParticleData
-    from cryofire_app.training.inference import _fuse_turns
+    from cryofire_app.training.inference import fuse_turns
     from cryofire_app.training.synthetic import SeedRenderer
 
     run = Run(workdir / "run")
@@ -71,7 +71,7 @@ def run_floor(workdir: Path, noise: list[float], images: int) -> dict:
         with torch.inference_mode():
             for i in range(0, images, 250):
                 x, rot, _ = renderer.render(min(250, images - i), gen)
-                turned.append(view_error_deg(_fuse_turns(model, x, TURNS)["rot"], rot))
+                turned.append(view_error_deg(fuse_turns(model, x, TURNS)["rot"], rot))
                 one.append(view_error_deg(model.encoder(x)["rot"], rot))
         rows.append({"noise": s, "view_median_turns": float(torch.cat(turned).median()),
                      "view_median_one_pass": float(torch.cat(one).median()),

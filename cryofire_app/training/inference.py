@@ -75,10 +75,10 @@ def encode_with_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict
     mirror's 5.24. Other heads: the chordal mean of the turned-back rotations."""
     if turns <= 1:
         return model.encoder(y_real)
-    out = _fuse_turns(model, y_real, turns)
+    out = fuse_turns(model, y_real, turns)
     if "rot_logits" not in out:
         return out
-    mir = _fuse_turns(model, mirror_images(y_real), turns)
+    mir = fuse_turns(model, mirror_images(y_real), turns)
     rot_m, trans_m = compensate_mirror(mir["rot"], mir["trans"])
     pick = mirror_wins(model.encoder, out["rot_logits"], out["rot"], mir["rot_logits"], rot_m)
     out["rot"] = torch.where(pick[:, None, None], rot_m, out["rot"])
@@ -100,9 +100,9 @@ def mirror_wins(enc: Encoder, logp: torch.Tensor, rot: torch.Tensor, logp_m: tor
     return score(rot_m) > score(rot)
 
 
-def _fuse_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict[str, torch.Tensor]:
+def fuse_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict[str, torch.Tensor]:
     """``rot``, ``trans``, ``z_*`` (grid head: and the mean log-probability map ``rot_logits``) from K turns of each
-    image (see encode_with_turns)."""
+    image as given, without encode_with_turns' mirror (see there)."""
     n = y_real.shape[0]
     enc_net = model.encoder
     box = getattr(enc_net, "box", y_real.shape[-1])
