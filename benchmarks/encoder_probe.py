@@ -1,0 +1,163 @@
+"""Encoder-alone probe: how far an encoder architecture gets on the seeded distill's pose supervision, without the rest.
+
+On a finished ``accuracy.py --issue5`` workdir: a fresh encoder (the defaults of ``cryofire train``'s seeded schedule,
+changed by ``--variant NAME='{"key": value}'``, keys of model.encoder.Encoder) is trained from scratch on pose rows
+only, as the trainer's distill phase makes them: per step 32 real training images turned by random in-plane angles
+(targets: the run's seed poses, turned) and 16 synthetic images of the seed's map (training.synthetic.SeedRenderer
+fitted and band-limited as the trainer does; exact poses); grid cross-entropy with the trainer's target narrowing
+(``grid_width_at``) and learning-rate decay (``distill_lr_factor``) over ``--rows`` rows, lr 1e-3. No decoder, no z.
+At 50 / 75 / 90 / 100 % of the rows: the held-out split's median view-direction error, one pass and as ``cryofire
+infer`` reads it (8 turns + mirror). Variants given together run one after another; to compare two at once, start two
+processes with ``--threads 1`` each (the 2-core machine's way).
+Results: results/encoder_probe-<date>-<host>.json and .md.
+
+usage:  python benchmarks/encoder_probe.py --workdir DIR [--rows 300000] [--threads 2]
+        [--variant base='{}'] [--variant wide='{"hidden": 512}'] ...
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import socket
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+RESULTS = HERE / "results"
+REAL_ROWS, SYNTH_ROWS = 32, 16     # the trainer's batch of 32 plus its default 0.5 synthetic rows per real image
+TURNS = 8
+
+
+def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
+    import numpy as np
+    import torch
+
+    from cryofire_app.analysis import metrics
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.io import load_particles, read_pose_pkl
+    from cryofire_app.model.cryofire import CryoFIRE
+    from cryofire_app.physics.inplane import rotate_images, rotate_poses
+    from cryofire_app.training.config import TrainConfig
+    from cryofire_app.training.dataset import ParticleData
+    from cryofire_app.training.inference import encode_with_turns
+    from cryofire_app.training.synthetic import SeedRenderer
+    from cryofire_app.training.trainer import distill_lr_factor, grid_width_at
+
+    torch.manual_seed(0)
+    run = Run(workdir / "run")
+    ck = run.checkpoint
+    D, sign = int(ck["D"]), float(ck["data_sign"])
+    with np.load(workdir / "run" / "checkpoints" / "seed.npz") as f:
+        sd = {k: f[k] for k in ("volume", "pos", "rot", "trans")}
+
+    def data(split: str) -> ParticleData:
+        d = ParticleData(load_particles(str(workdir / split / "particles.star")), D, run.config.window_r_in,
+                         run.config.window_r_out)
+        d.prep.sigma_real, d.prep.sigma_ht = float(ck["sigma_real"]), float(ck["sigma_ht"])
+        return d
+
+    train, test = data("train_data"), data("test_data")
+    cfg = TrainConfig(particles="", outdir="", schedule="seeded")
+    ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None}
+    ekw.update(rot_head="grid", **overrides)
+    model = CryoFIRE(D, 8, encoder_kwargs=ekw, decoder_kwargs={"arch": "mlp", "hidden": 16, "layers": 1})
+    enc = model.encoder
+    renderer = SeedRenderer.fit(sd["volume"], train, sd["pos"], sd["rot"], sd["trans"], sign=sign).limit_band(enc.box)
+    pos = np.asarray(sd["pos"])
+    rot_s, trans_s = torch.as_tensor(sd["rot"]).float(), torch.as_tensor(sd["trans"]).float()
+    y_train = train.load(pos, with_Y=False).y_real * sign
+    y_test = test.load(np.arange(test.N), with_Y=False).y_real * sign
+    gt = read_pose_pkl(str(workdir / "test_data" / "poses.pkl"))[0]
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(3)
+    n_params = sum(p.numel() for p in enc.parameters())
+    print(f"{name}: {ekw}, {n_params:,} parameters", flush=True)
+
+    def evaluate(seen: int, elapsed: float) -> dict:
+        enc.eval()
+        one, turned = [], []
+        with torch.inference_mode():
+            for i in range(0, test.N, 250):
+                x = y_test[i:i + 250]
+                one.append(enc(x)["rot"])
+                turned.append(encode_with_turns(model, x, TURNS)["rot"])
+        enc.train()
+        row = {"rows": seen, "train_s": round(elapsed, 1),
+               "view_median_one_pass": metrics.rotation_errors(torch.cat(one).double().numpy(), gt)[
+                   "rot_view_median_deg"],
+               "view_median_turns": metrics.rotation_errors(torch.cat(turned).double().numpy(), gt)[
+                   "rot_view_median_deg"]}
+        print(f"{name} @{seen:,} rows ({elapsed:.0f} s of training): held-out {row['view_median_one_pass']:.2f} deg "
+              f"one pass, {row['view_median_turns']:.2f} with {TURNS} turns + mirror", flush=True)
+        return row
+
+    marks = [int(rows * f) for f in (0.5, 0.75, 0.9)]
+    table, seen, train_s = [], 0, 0.0
+    while seen < rows:
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * distill_lr_factor(cfg, seen, rows)
+        width = grid_width_at(cfg, seen, rows)
+        with torch.no_grad():
+            xs, rs, _ = renderer.render(SYNTH_ROWS, gen)
+            k = torch.randint(0, len(pos), (REAL_ROWS,), generator=gen)
+            ang = torch.rand(REAL_ROWS, generator=gen) * 2 * math.pi
+            x = torch.cat([rotate_images(y_train[k], ang), xs])
+            target = torch.cat([rotate_poses(rot_s[k], trans_s[k], ang)[0], rs])
+        loss = enc.grid_loss(enc(x)["rot_logits"], target, width).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += REAL_ROWS + SYNTH_ROWS
+        train_s += time.perf_counter() - t0
+        if (marks and seen >= marks[0]) or seen >= rows:
+            marks = [m for m in marks if m > seen]
+            table.append(evaluate(seen, train_s))
+    return {"name": name, "encoder": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ekw.items()},
+            "parameters": n_params, "rows": table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, type=Path, help="a finished accuracy.py --issue5 work folder")
+    p.add_argument("--rows", type=int, default=300_000, help="pose rows to train on (default 300000)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                   help="encoder keyword overrides, e.g. wide='{\"hidden\": 512}' (default: base='{}')")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    variants = []
+    for v in args.variant or ["base={}"]:
+        name, _, js = v.partition("=")
+        try:
+            variants.append((name, json.loads(js or "{}")))
+        except json.JSONDecodeError as exc:
+            p.error(f"--variant {v!r}: not JSON after '=': {exc}")
+    runs = [probe(args.workdir, name, kw, args.rows) for name, kw in variants]
+    now = dt.datetime.now(dt.timezone.utc)
+    out = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "host": socket.gethostname(), "threads": args.threads,
+           "workdir": str(args.workdir), "rows": args.rows, "runs": runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"encoder_probe-{now.strftime('%Y%m%d-%H%M')}-{socket.gethostname()}"
+    Path(f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    lines = [f"# Encoder-alone probe ({out['date']}, {out['host']}, {args.threads} threads)", "",
+             f"Pose rows only ({REAL_ROWS} turned real + {SYNTH_ROWS} synthetic per step), from scratch, on "
+             f"`{args.workdir.name}`'s seed; held-out median view error (deg).", "",
+             "| variant | parameters | rows | training s | one pass | 8 turns + mirror |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        for row in r["rows"]:
+            lines.append(f"| {r['name']} | {r['parameters']:,} | {row['rows']:,} | {row['train_s']:.0f} | "
+                         f"{row['view_median_one_pass']:.2f} | {row['view_median_turns']:.2f} |")
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
