@@ -16,15 +16,9 @@ usage:  python benchmarks/encoder_floor.py --workdir DIR [--workdir DIR2 ...] [-
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import socket
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-RESULTS = HERE / "results"
+from report import stamp, write_report
 TURNS = 8
 
 
@@ -111,12 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     noise = [float(s) for s in args.noise.split(",")]
     runs = [run_floor(w, noise, args.images) for w in args.workdir]
     dec = decode_floor()
-    now = dt.datetime.now(dt.timezone.utc)
-    out = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "host": socket.gethostname(), "threads": args.threads,
-           "images": args.images, "turns": TURNS, "runs": runs, "decode_floor": dec}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"encoder_floor-{now.strftime('%Y%m%d-%H%M')}-{socket.gethostname()}"
-    Path(f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    st = stamp()
+    out = {"date": st["date"], "host": st["host"], "threads": args.threads, "images": args.images, "turns": TURNS,
+           "runs": runs, "decode_floor": dec}
     lines = [f"# Encoder error floor ({out['date']}, {out['host']})", "",
              f"Synthetic images of each run's seed map at uniform random poses ({args.images} per row), the data's "
              f"noise spectrum scaled by the factor; median view-direction error (deg) of the run's final encoder "
@@ -128,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{row['view_median_one_pass']:.2f} | {row['view_mean_turns']:.2f} |")
     lines += ["", "Decode floor (the grid head's own target maps decoded by grid_pose): " + "; ".join(
         f"width {w}: view {v['view_median']:.2f}, full {v['full_median']:.2f} deg" for w, v in dec.items())]
-    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("encoder_floor", st["now"], out, lines)
     return 0
 
 

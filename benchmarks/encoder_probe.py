@@ -17,17 +17,12 @@ usage:  python benchmarks/encoder_probe.py --workdir DIR [--rows 300000] [--thre
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import socket
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-RESULTS = HERE / "results"
+from report import stamp, write_report
 REAL_ROWS, SYNTH_ROWS = 32, 16     # the trainer's batch of 32 plus its default 0.5 synthetic rows per real image
 TURNS = 8
 
@@ -140,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError as exc:
             p.error(f"--variant {v!r}: not JSON after '=': {exc}")
     runs = [probe(args.workdir, name, kw, args.rows) for name, kw in variants]
-    now = dt.datetime.now(dt.timezone.utc)
-    out = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "host": socket.gethostname(), "threads": args.threads,
-           "workdir": str(args.workdir), "rows": args.rows, "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"encoder_probe-{now.strftime('%Y%m%d-%H%M')}-{socket.gethostname()}"
-    Path(f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    st = stamp()
+    out = {"date": st["date"], "host": st["host"], "threads": args.threads, "workdir": str(args.workdir),
+           "rows": args.rows, "runs": runs}
     lines = [f"# Encoder-alone probe ({out['date']}, {out['host']}, {args.threads} threads)", "",
              f"Pose rows only ({REAL_ROWS} turned real + {SYNTH_ROWS} synthetic per step), from scratch, on "
              f"`{args.workdir.name}`'s seed; held-out median view error (deg).", "",
@@ -154,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in r["rows"]:
             lines.append(f"| {r['name']} | {r['parameters']:,} | {row['rows']:,} | {row['train_s']:.0f} | "
                          f"{row['view_median_one_pass']:.2f} | {row['view_median_turns']:.2f} |")
-    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("encoder_probe", st["now"], out, lines)
     return 0
 
 
