@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from report import stamp, write_report
+from report import md_table, stamp, write_report
 TURNS = 8
 
 
@@ -111,12 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Encoder error floor ({out['date']}, {out['host']})", "",
              f"Synthetic images of each run's seed map at uniform random poses ({args.images} per row), the data's "
              f"noise spectrum scaled by the factor; median view-direction error (deg) of the run's final encoder "
-             f"against the exact poses: {TURNS} turns combined (the image alone, no mirror) and one pass.", "",
-             "| run | noise | view median, turns | view median, one pass | view mean, turns |", "|---|---|---|---|---|"]
-    for r in runs:
-        for row in r["rows"]:
-            lines.append(f"| {Path(r['workdir']).name} | {row['noise']:g} | {row['view_median_turns']:.2f} | "
-                         f"{row['view_median_one_pass']:.2f} | {row['view_mean_turns']:.2f} |")
+             f"against the exact poses: {TURNS} turns combined (the image alone, no mirror) and one pass.", ""]
+    lines += md_table(["run", "noise", "view median, turns", "view median, one pass", "view mean, turns"],
+                      [[Path(r["workdir"]).name, f"{row['noise']:g}", f"{row['view_median_turns']:.2f}",
+                        f"{row['view_median_one_pass']:.2f}", f"{row['view_mean_turns']:.2f}"]
+                       for r in runs for row in r["rows"]])
     lines += ["", "Decode floor (the grid head's own target maps decoded by grid_pose): " + "; ".join(
         f"width {w}: view {v['view_median']:.2f}, full {v['full_median']:.2f} deg" for w, v in dec.items())]
     write_report("encoder_floor", st["now"], out, lines)

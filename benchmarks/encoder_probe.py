@@ -22,7 +22,7 @@ import math
 import time
 from pathlib import Path
 
-from report import stamp, write_report
+from report import md_table, stamp, write_report
 REAL_ROWS, SYNTH_ROWS = 32, 16     # the trainer's batch of 32 plus its default 0.5 synthetic rows per real image
 TURNS = 8
 
@@ -140,12 +140,11 @@ def main(argv: list[str] | None = None) -> int:
            "rows": args.rows, "runs": runs}
     lines = [f"# Encoder-alone probe ({out['date']}, {out['host']}, {args.threads} threads)", "",
              f"Pose rows only ({REAL_ROWS} turned real + {SYNTH_ROWS} synthetic per step), from scratch, on "
-             f"`{args.workdir.name}`'s seed; held-out median view error (deg).", "",
-             "| variant | parameters | rows | training s | one pass | 8 turns + mirror |", "|---|---|---|---|---|---|"]
-    for r in runs:
-        for row in r["rows"]:
-            lines.append(f"| {r['name']} | {r['parameters']:,} | {row['rows']:,} | {row['train_s']:.0f} | "
-                         f"{row['view_median_one_pass']:.2f} | {row['view_median_turns']:.2f} |")
+             f"`{args.workdir.name}`'s seed; held-out median view error (deg).", ""]
+    lines += md_table(["variant", "parameters", "rows", "training s", "one pass", "8 turns + mirror"],
+                      [[r["name"], f"{r['parameters']:,}", f"{row['rows']:,}", f"{row['train_s']:.0f}",
+                        f"{row['view_median_one_pass']:.2f}", f"{row['view_median_turns']:.2f}"]
+                       for r in runs for row in r["rows"]])
     write_report("encoder_probe", st["now"], out, lines)
     return 0
 

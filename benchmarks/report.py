@@ -27,3 +27,9 @@ def write_report(kind: str, now: dt.datetime, out: dict, lines: list[str]) -> Pa
     atomic_write_text(Path(f"{stem}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return stem
+
+
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    """Markdown table lines: the header, its rule, one line per row (cells already formatted as strings)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
