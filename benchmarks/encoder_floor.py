@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from report import md_table, stamp, write_report
+
 TURNS = 8
 
 

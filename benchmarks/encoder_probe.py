@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from report import md_table, stamp, write_report
+
 REAL_ROWS, SYNTH_ROWS = 32, 16     # the trainer's batch of 32 plus its default 0.5 synthetic rows per real image
 TURNS = 8
 
