@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from report import md_table, stamp, write_report
+from workdir import Workdir
 
 TURNS = 8
 
@@ -38,25 +39,13 @@ def full_error_deg(rot_pred, rot_true):
 
 
 def run_floor(workdir: Path, noise: list[float], images: int) -> dict:
-    import numpy as np
     import torch
 
-    from cryofire_app.analysis.run import Run
-    from cryofire_app.io import load_particles
-    from cryofire_app.training.dataset import ParticleData
     from cryofire_app.training.inference import fuse_turns
-    from cryofire_app.training.synthetic import SeedRenderer
 
-    run = Run(workdir / "run")
-    ck = run.checkpoint
-    D = int(ck["D"])
-    with np.load(workdir / "run" / "checkpoints" / "seed.npz") as f:
-        sd = {k: f[k] for k in ("volume", "pos", "rot", "trans")}
-    data = ParticleData(load_particles(str(workdir / "train_data" / "particles.star")), D, run.config.window_r_in,
-                        run.config.window_r_out)
-    data.prep.sigma_real, data.prep.sigma_ht = float(ck["sigma_real"]), float(ck["sigma_ht"])
-    renderer = SeedRenderer.fit(sd["volume"], data, sd["pos"], sd["rot"], sd["trans"], sign=float(ck["data_sign"]))
-    model = run.model.eval()
+    wd = Workdir(workdir)
+    renderer = wd.renderer(wd.data("train_data"))
+    model = wd.run.model.eval()
     amp = renderer.noise_amp.clone()
     rows = []
     for s in noise:
@@ -74,7 +63,7 @@ def run_floor(workdir: Path, noise: list[float], images: int) -> dict:
         print(f"{workdir.name}: noise x{s:g}: {rows[-1]['view_median_turns']:.2f} deg ({TURNS} turns), "
               f"{rows[-1]['view_median_one_pass']:.2f} one pass", flush=True)
     renderer.noise_amp = amp
-    return {"workdir": str(workdir), "images_seen": int(ck["images_seen"]), "rows": rows}
+    return {"workdir": str(workdir), "images_seen": int(wd.ck["images_seen"]), "rows": rows}
 
 
 def decode_floor(n: int = 4000) -> dict:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from report import md_table, stamp, write_report
+from workdir import Workdir
 
 REAL_ROWS, SYNTH_ROWS = 32, 16     # the trainer's batch of 32 plus its default 0.5 synthetic rows per real image
 TURNS = 8
@@ -33,36 +34,23 @@ def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
     import torch
 
     from cryofire_app.analysis import metrics
-    from cryofire_app.analysis.run import Run
-    from cryofire_app.io import load_particles, read_pose_pkl
+    from cryofire_app.io import read_pose_pkl
     from cryofire_app.model.cryofire import CryoFIRE
     from cryofire_app.physics.inplane import rotate_images, rotate_poses
     from cryofire_app.training.config import TrainConfig
-    from cryofire_app.training.dataset import ParticleData
     from cryofire_app.training.inference import encode_with_turns
-    from cryofire_app.training.synthetic import SeedRenderer
     from cryofire_app.training.trainer import distill_lr_factor, grid_width_at
 
     torch.manual_seed(0)
-    run = Run(workdir / "run")
-    ck = run.checkpoint
-    D, sign = int(ck["D"]), float(ck["data_sign"])
-    with np.load(workdir / "run" / "checkpoints" / "seed.npz") as f:
-        sd = {k: f[k] for k in ("volume", "pos", "rot", "trans")}
-
-    def data(split: str) -> ParticleData:
-        d = ParticleData(load_particles(str(workdir / split / "particles.star")), D, run.config.window_r_in,
-                         run.config.window_r_out)
-        d.prep.sigma_real, d.prep.sigma_ht = float(ck["sigma_real"]), float(ck["sigma_ht"])
-        return d
-
-    train, test = data("train_data"), data("test_data")
+    wd = Workdir(workdir)
+    D, sign, sd = wd.D, wd.sign, wd.seed
+    train, test = wd.data("train_data"), wd.data("test_data")
     cfg = TrainConfig(particles="", outdir="", schedule="seeded")
     ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None}
     ekw.update(rot_head="grid", **overrides)
     model = CryoFIRE(D, 8, encoder_kwargs=ekw, decoder_kwargs={"arch": "mlp", "hidden": 16, "layers": 1})
     enc = model.encoder
-    renderer = SeedRenderer.fit(sd["volume"], train, sd["pos"], sd["rot"], sd["trans"], sign=sign).limit_band(enc.box)
+    renderer = wd.renderer(train).limit_band(enc.box)
     pos = np.asarray(sd["pos"])
     rot_s, trans_s = torch.as_tensor(sd["rot"]).float(), torch.as_tensor(sd["trans"]).float()
     y_train = train.load(pos, with_Y=False).y_real * sign

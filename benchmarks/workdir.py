@@ -1,0 +1,46 @@
+"""A finished ``accuracy.py --issue5`` work folder as the encoder benchmarks read it: the run, its seed, its splits.
+
+Imported after ``report`` (which puts the project root on sys.path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+
+@dataclass
+class Workdir:
+    """``path/run`` (a finished seeded run), ``path/train_data`` and ``path/test_data`` (particles.star, poses.pkl)."""
+
+    path: Path
+
+    def __post_init__(self):
+        import numpy as np
+
+        from cryofire_app.analysis.run import Run
+
+        self.path = Path(self.path)
+        self.run = Run(self.path / "run")
+        self.ck = self.run.checkpoint
+        self.D, self.sign = int(self.ck["D"]), float(self.ck["data_sign"])
+        with np.load(self.path / "run" / "checkpoints" / "seed.npz") as f:
+            self.seed = {k: f[k] for k in ("volume", "pos", "rot", "trans")}
+
+    def data(self, split: str = "train_data"):
+        """The split's particles at the run's box, window and normalisation (training.dataset.ParticleData)."""
+        from cryofire_app.io import load_particles
+        from cryofire_app.training.dataset import ParticleData
+
+        cfg = self.run.config
+        d = ParticleData(load_particles(str(self.path / split / "particles.star")), self.D, cfg.window_r_in,
+                         cfg.window_r_out)
+        d.prep.sigma_real, d.prep.sigma_ht = float(self.ck["sigma_real"]), float(self.ck["sigma_ht"])
+        return d
+
+    def renderer(self, train):
+        """The seed map's synthetic-image renderer fitted on ``train`` (this run's training split) as the trainer does."""
+        from cryofire_app.training.synthetic import SeedRenderer
+
+        sd = self.seed
+        return SeedRenderer.fit(sd["volume"], train, sd["pos"], sd["rot"], sd["trans"], sign=self.sign)
