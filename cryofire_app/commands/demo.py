@@ -100,6 +100,8 @@ def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | Non
     No synthetic distill images (distill_synth_ratio 0): they serve new images on large low-SNR sets, and at the
     trainer's 0.5 per real image (with this whole-image encoder, full-band slices) the demo hit its 5-minute cap at
     90k of 120k images, mid-distill, before the encoder's check against the seed (396 s of training, 2026-11-25).
+    No view encoder (view_dirs 0) for the same reason: it serves new particles, and with this whole-image encoder it
+    would double the distill's encoder cost.
     """
     from cryofire_app.training.config import DecoderConfig, EncoderConfig
 
@@ -110,7 +112,7 @@ def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | Non
                          max_shift_px=2.0, box_search=16, iters_search=2,
                          boxes_local=sorted({min(b, box) for b in (16, 24, box)}), iters_local=1,
                          box_hetero=min(32, box), iters_hetero=8, seed=int(seed)),
-        encoder=EncoderConfig(channels=(8, 16, 32, 64), hidden=256, box=None),
+        encoder=EncoderConfig(channels=(8, 16, 32, 64), hidden=256, box=None, view_dirs=0),
         decoder=DecoderConfig(hidden=128),
         freq_max=min(12, box // 2), lr=1e-3, distill_fraction=0.85, distill_synth_ratio=0.0,
         num_images=budget, checkpoint_every=max(1000, budget // 4))

@@ -18,6 +18,7 @@ from torch import nn
 
 from cryofire_app.model.decoder import FeatureGridDecoder, HartleyDecoder
 from cryofire_app.model.encoder import Encoder
+from cryofire_app.model.view import ViewEncoder
 from cryofire_app.physics.ctf import ctf_from_params
 from cryofire_app.physics.inplane import rotate_images, rotate_poses
 from cryofire_app.physics.lattice import Lattice
@@ -110,12 +111,15 @@ class CryoFIRE(nn.Module):
     """Encoder + decoder. `forward` returns per-branch squared errors; see `branch_errors`."""
 
     def __init__(self, D: int, zdim: int = 8, encoder_kwargs: dict | None = None, decoder_kwargs: dict | None = None,
-                 seed: int = 0):
+                 seed: int = 0, view_kwargs: dict | None = None):
+        """``view_kwargs``: a :class:`ViewEncoder` (model.view) beside the encoder, refining its view direction at
+        inference (training.inference.encode_with_turns); None: none."""
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.D, self.zdim = D, zdim
         self.encoder = Encoder(D, zdim, **(encoder_kwargs or {}))
         self.decoder = make_decoder(D, zdim, generator=g, **(decoder_kwargs or {}))
+        self.view = ViewEncoder(D, **view_kwargs) if view_kwargs is not None else None
 
     # ---- pieces -------------------------------------------------------------------------------------------------
     def encode_branches(self, y_real: torch.Tensor, sym: bool = True) -> dict[str, torch.Tensor]:

@@ -39,6 +39,10 @@ class EncoderConfig:
                               # trainer (accuracy-20261124-1638): held out 7.8 deg against 25.6 (-1456, r6)
     grid_dirs: int = 512      # grid head: view directions (~9 deg apart)
     grid_psi: int = 24        # grid head: in-plane angles (15 deg apart)
+    view_dirs: int = 1024     # seeded schedule, grid head: a view encoder (model/view.py) of this many directions
+                              # (~6 deg apart) trained in the distill phase beside the encoder, refining its view
+                              # direction at inference; 0: none (saved configs without the field load as 0). Issue 5's
+                              # set, new particles by the encoders alone: 3.0 deg with, 4.2 without (model/view.py)
 
 
 @dataclass
@@ -129,6 +133,10 @@ class TrainConfig:
                                          # set, box 32, 300k rows, width 1): held out 6.59 deg with half the rows
                                          # synthetic, 6.79 all, ~7.1 none (which memorises: its training images
                                          # 5.0 deg); runs saved before it load 0
+    distill_view_rows: float = 0.67      # seeded distill with a view encoder (encoder.view_dirs): the fraction of
+                                         # each step's pose rows (real and synthetic alike) it also reads; issue
+                                         # 5's set from scratch: all rows 28.1 min, held out 3.03 deg; 0.67 23.4 min,
+                                         # 3.04 deg (accuracy-20261125-1114 / -1208; ~16 min without the encoder)
     seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
     augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane
                                          # angle, turned back (CryoFIRE.encode_turned; z from the image as given).
@@ -201,6 +209,7 @@ class TrainConfig:
         enc.setdefault("box", None)
         enc.setdefault("norm", "group")
         enc.setdefault("rot_head", "r6")
+        enc.setdefault("view_dirs", 0)    # runs from before the view encoder have none
         d.setdefault("distill_grid_width", 1.0)   # the grid target kept its width before the narrowing existed
         d.setdefault("distill_synth_ratio", 0.0)      # runs from before synthetic distill images read real ones only
         d.setdefault("distill_decay_from", 1.0)       # and kept the distill learning rate constant

@@ -72,7 +72,9 @@ def encode_with_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict
     diag(-1, 1, -1) R), and of the two poses the one the two maps together score higher (Encoder.grid_score) is the
     answer (``branch`` 1: the mirror's). The encoder alone, no decoder. Measured on issue 5's held-out set, K = 8
     (median view error): one pass 7.27 deg, chordal mean of the decoded turns 7.15, mean of the maps 5.74, with the
-    mirror's 5.24. Other heads: the chordal mean of the turned-back rotations."""
+    mirror's 5.24. Other heads: the chordal mean of the turned-back rotations. A model with a view encoder
+    (model.view; seeded runs by default) then reads the view direction from the image turned and re-centred at that
+    pose (ViewEncoder.refine)."""
     if turns <= 1:
         return model.encoder(y_real)
     out = fuse_turns(model, y_real, turns)
@@ -84,6 +86,8 @@ def encode_with_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict
     out["rot"] = torch.where(pick[:, None, None], rot_m, out["rot"])
     out["trans"] = torch.where(pick[:, None], trans_m, out["trans"])
     out["branch"] = pick.long()
+    if getattr(model, "view", None) is not None:   # the view encoder reads the image turned into its view's frame
+        out["rot"] = model.view.refine(y_real, out["rot"], out["trans"])
     return out
 
 

@@ -91,8 +91,12 @@ def build_model(cfg: TrainConfig, D: int) -> CryoFIRE:
         raise InputError(f"unknown decoder arch {dc.arch!r} (mlp or grid)")
     if cfg.precision not in PRECISIONS:
         raise InputError(f"unknown precision {cfg.precision!r} (use {', '.join(PRECISIONS)})")
+    view = None
+    if cfg.encoder.view_dirs > 0 and cfg.schedule == "seeded" and cfg.rot_head() == "grid":
+        view = {k: enc[k] for k in ("channels", "final_size", "hidden", "stem", "box", "norm", "channels_last")}
+        view["dirs"] = cfg.encoder.view_dirs
     torch.manual_seed(cfg.seed)
-    model = CryoFIRE(D, cfg.zdim, enc, dec, seed=cfg.seed)
+    model = CryoFIRE(D, cfg.zdim, enc, dec, seed=cfg.seed, view_kwargs=view)
     if cfg.compile:   # in place: parameter names (checkpoints) stay the same
         model.encoder.compile()
         model.decoder.compile(dynamic=True)   # the point count changes with the mask radius
@@ -476,7 +480,8 @@ class Trainer:
     def distill_step(self, b) -> float:
         """Seeded "distill" step: encoder supervised on the seeded poses (r6 head: chordal |R - R_seed|_F^2; grid head:
         cross-entropy against the seed's pose on the rotation grid; translation in px,
-        z_0 on the standardized seed state score) and decoder fit with the seeded poses fixed (no mirror branch)."""
+        z_0 on the standardized seed state score) and decoder fit with the seeded poses fixed (no mirror branch);
+        the view encoder, if any, on the same pose rows (model.view, TrainConfig.distill_view_rows)."""
         cfg = self.config
         sd = self.seed
         mp = self.mask(mask_radius_at(cfg, self.D, self.images_seen))
@@ -544,6 +549,12 @@ class Trainer:
             R_read = R_p if ang is None else rotate_poses(R_p, t_p, ang_p)[0]
             width = grid_width_at(cfg, self.images_seen, self.distill_images)
             rot_l = (self.model.encoder.grid_loss(enc["rot_logits"], R_read, width) * has_p).sum() / nh_p
+            if self.model.view is not None and cfg.distill_view_rows > 0:   # the view encoder (model.view) on the
+                # same pose rows, as given: it turns them into their view's frame itself
+                x_v = y_real if y_pose is None else y_pose
+                v = self._view_rows(n, ns)
+                v_l = self.model.view.loss(x_v[v], R_p[v], t_p[v], width, self.synth_gen) * has_p[v]
+                rot_l = rot_l + v_l.sum() / has_p[v].sum().clamp(min=1.0)
         else:
             rot_l = (((enc["rot"] - R_p) ** 2).sum((1, 2)) * has_p).sum() / nh_p
         tr_l = (((enc["trans"] - t_p) ** 2).sum(1) * has_p).sum() / nh_p
@@ -566,6 +577,13 @@ class Trainer:
             self.run_z[p] = enc["z_mu"].detach().float().cpu().numpy()
             self.run_seen[p] = True
         return loss
+
+    def _view_rows(self, n: int, ns: int) -> torch.Tensor:
+        """Indices of the pose rows (``n`` real, then ``ns`` synthetic) the view encoder reads: the first
+        ``distill_view_rows`` of each kind."""
+        f = min(max(self.config.distill_view_rows, 0.0), 1.0)
+        k, ks = math.ceil(f * n), math.ceil(f * ns)
+        return torch.cat([torch.arange(k), n + torch.arange(ks)]).to(self.device)
 
     def _synth_rows(self, n: int) -> int:
         """Synthetic pose rows added to a distill step of ``n`` real images (0 without a renderer)."""
