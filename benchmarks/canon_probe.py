@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
 from report import md_table, stamp, write_report
-from workdir import Workdir
+from workdir import Workdir, train_rows
 
 REAL_ROWS, SYNTH_ROWS = 32, 16
 
@@ -46,7 +45,6 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
     from cryofire_app.model.view import canonical_angle, canonicalise
     from cryofire_app.physics.inplane import rotate_poses
     from cryofire_app.training.config import TrainConfig
-    from cryofire_app.training.trainer import distill_lr_factor, grid_width_at
 
     torch.manual_seed(0)
     wd = Workdir(workdir)
@@ -70,7 +68,6 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
     stage1 = metrics.rotation_errors(r1.double().numpy(), gt)
     a1 = canonical_angle(r1)
     x1 = canonicalise(y_test, a1, t1)
-    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(3)
     n_params = sum(p.numel() for p in enc.parameters())
     print(f"stage 2: {ekw}, {n_params:,} parameters; stage 1 held-out view median {stage1['rot_view_median_deg']:.2f}"
@@ -91,13 +88,7 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
               f"{row['view_mean']:.2f}), in-plane {row['inplane_median']:.2f}", flush=True)
         return row
 
-    marks = [int(rows * f) for f in (0.25, 0.5, 0.75, 0.9)]
-    table, seen, train_s = [], 0, 0.0
-    while seen < rows:
-        t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = 1e-3 * distill_lr_factor(cfg, seen, rows)
-        width = grid_width_at(cfg, seen, rows)
+    def loss_at(width: float):
         with torch.no_grad():
             xs, rs, ts = renderer.render(SYNTH_ROWS, gen)
             k = torch.randint(0, len(pos), (REAL_ROWS,), generator=gen)
@@ -108,15 +99,9 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
             a = canonical_angle(rj)
             x = canonicalise(x, a, tj)
             target = rotate_poses(r, t, a)[0]
-        loss = enc.grid_loss(enc(x)["rot_logits"], target, width).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen += REAL_ROWS + SYNTH_ROWS
-        train_s += time.perf_counter() - t0
-        if (marks and seen >= marks[0]) or seen >= rows:
-            marks = [m for m in marks if m > seen]
-            table.append(evaluate(seen, train_s))
+        return enc.grid_loss(enc(x)["rot_logits"], target, width).mean()
+
+    table = train_rows(enc.parameters(), cfg, rows, REAL_ROWS + SYNTH_ROWS, loss_at, evaluate, (0.25, 0.5, 0.75, 0.9))
     return {"dirs": dirs, "jitter_deg": jdeg, "jitter_px": jpx, "parameters": n_params,
             "stage1": {k: v for k, v in stage1.items() if k != "alignment"}, "rows": table}
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 from report import md_table, stamp, write_report
-from workdir import Workdir
+from workdir import Workdir, train_rows
 
 REAL_ROWS, SYNTH_ROWS = 32, 16     # the trainer's batch of 32 plus its default 0.5 synthetic rows per real image
 TURNS = 8
@@ -39,14 +38,13 @@ def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
     from cryofire_app.physics.inplane import rotate_images, rotate_poses
     from cryofire_app.training.config import TrainConfig
     from cryofire_app.training.inference import encode_with_turns
-    from cryofire_app.training.trainer import distill_lr_factor, grid_width_at
 
     torch.manual_seed(0)
     wd = Workdir(workdir)
     D, sign, sd = wd.D, wd.sign, wd.seed
     train, test = wd.data("train_data"), wd.data("test_data")
     cfg = TrainConfig(particles="", outdir="", schedule="seeded")
-    ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None}
+    ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None and k != "view_dirs"}   # the encoder alone
     ekw.update(rot_head="grid", **overrides)
     model = CryoFIRE(D, 8, encoder_kwargs=ekw, decoder_kwargs={"arch": "mlp", "hidden": 16, "layers": 1})
     enc = model.encoder
@@ -56,7 +54,6 @@ def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
     y_train = train.load(pos, with_Y=False).y_real * sign
     y_test = test.load(np.arange(test.N), with_Y=False).y_real * sign
     gt = read_pose_pkl(str(workdir / "test_data" / "poses.pkl"))[0]
-    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(3)
     n_params = sum(p.numel() for p in enc.parameters())
     print(f"{name}: {ekw}, {n_params:,} parameters", flush=True)
@@ -79,28 +76,16 @@ def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
               f"one pass, {row['view_median_turns']:.2f} with {TURNS} turns + mirror", flush=True)
         return row
 
-    marks = [int(rows * f) for f in (0.5, 0.75, 0.9)]
-    table, seen, train_s = [], 0, 0.0
-    while seen < rows:
-        t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = 1e-3 * distill_lr_factor(cfg, seen, rows)
-        width = grid_width_at(cfg, seen, rows)
+    def loss_at(width: float):
         with torch.no_grad():
             xs, rs, _ = renderer.render(SYNTH_ROWS, gen)
             k = torch.randint(0, len(pos), (REAL_ROWS,), generator=gen)
             ang = torch.rand(REAL_ROWS, generator=gen) * 2 * math.pi
             x = torch.cat([rotate_images(y_train[k], ang), xs])
             target = torch.cat([rotate_poses(rot_s[k], trans_s[k], ang)[0], rs])
-        loss = enc.grid_loss(enc(x)["rot_logits"], target, width).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen += REAL_ROWS + SYNTH_ROWS
-        train_s += time.perf_counter() - t0
-        if (marks and seen >= marks[0]) or seen >= rows:
-            marks = [m for m in marks if m > seen]
-            table.append(evaluate(seen, train_s))
+        return enc.grid_loss(enc(x)["rot_logits"], target, width).mean()
+
+    table = train_rows(enc.parameters(), cfg, rows, REAL_ROWS + SYNTH_ROWS, loss_at, evaluate, (0.5, 0.75, 0.9))
     return {"name": name, "encoder": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ekw.items()},
             "parameters": n_params, "rows": table}
 

@@ -44,3 +44,33 @@ class Workdir:
 
         sd = self.seed
         return SeedRenderer.fit(sd["volume"], train, sd["pos"], sd["rot"], sd["trans"], sign=self.sign)
+
+
+def train_rows(params, cfg, rows: int, per_step: int, loss_at, evaluate, fractions) -> list[dict]:
+    """The probes' training loop: Adam (lr 1e-3 times the trainer's distill decay over ``rows``) on ``params``;
+    ``loss_at(width)`` draws one step's rows (``per_step`` of them) and returns their mean loss at the trainer's grid
+    target width; ``evaluate(rows_seen, training_s)`` -> a table row, at each of ``fractions`` of the rows and at the
+    end. Returns the table."""
+    import time
+
+    import torch
+
+    from cryofire_app.training.trainer import distill_lr_factor, grid_width_at
+
+    opt = torch.optim.Adam(params, lr=1e-3)
+    marks = [int(rows * f) for f in fractions]
+    table, seen, train_s = [], 0, 0.0
+    while seen < rows:
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * distill_lr_factor(cfg, seen, rows)
+        loss = loss_at(grid_width_at(cfg, seen, rows))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += per_step
+        train_s += time.perf_counter() - t0
+        if (marks and seen >= marks[0]) or seen >= rows:
+            marks = [m for m in marks if m > seen]
+            table.append(evaluate(seen, train_s))
+    return table
