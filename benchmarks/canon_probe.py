@@ -36,7 +36,6 @@ def jitter(rot, trans, deg: float, px: float, gen):
 
 
 def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> dict:
-    import numpy as np
     import torch
 
     from cryofire_app.analysis import metrics
@@ -48,7 +47,7 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
 
     torch.manual_seed(0)
     wd = Workdir(workdir)
-    D, sign, sd = wd.D, wd.sign, wd.seed
+    D = wd.D
     train, test = wd.data("train_data"), wd.data("test_data")
     cfg = TrainConfig(particles="", outdir="", schedule="seeded")
     ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None}
@@ -58,11 +57,8 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
     spacing = math.sqrt(4 * math.pi / dirs)
     enc.neighbourhood = 2 * math.sqrt(2) * math.sin(spacing)    # 2 view spacings; the in-plane grid is only a frame
     renderer = wd.renderer(train).limit_band(enc.box)
-    pos = np.asarray(sd["pos"])
-    rot_s, trans_s = torch.as_tensor(sd["rot"]).float(), torch.as_tensor(sd["trans"]).float()
-    y_train = train.load(pos, with_Y=False).y_real * sign
-    y_test = test.load(np.arange(test.N), with_Y=False).y_real * sign
-    gt = read_pose_pkl(str(workdir / "test_data" / "poses.pkl"))[0]
+    pr = wd.pose_rows(train, test)
+    pos, rot_s, trans_s, y_train, y_test, gt = (pr[k] for k in ("pos", "rot", "trans", "y_train", "y_test", "gt"))
     r1, t1 = read_pose_pkl(str(workdir / "pred_test" / "pose.pkl"))
     r1, t1 = torch.as_tensor(r1).float(), torch.as_tensor(t1).float() * D
     stage1 = metrics.rotation_errors(r1.double().numpy(), gt)

@@ -29,11 +29,9 @@ TURNS = 8
 
 
 def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
-    import numpy as np
     import torch
 
     from cryofire_app.analysis import metrics
-    from cryofire_app.io import read_pose_pkl
     from cryofire_app.model.cryofire import CryoFIRE
     from cryofire_app.physics.inplane import rotate_images, rotate_poses
     from cryofire_app.training.config import TrainConfig
@@ -41,7 +39,7 @@ def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
 
     torch.manual_seed(0)
     wd = Workdir(workdir)
-    D, sign, sd = wd.D, wd.sign, wd.seed
+    D = wd.D
     train, test = wd.data("train_data"), wd.data("test_data")
     cfg = TrainConfig(particles="", outdir="", schedule="seeded")
     ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None and k != "view_dirs"}   # the encoder alone
@@ -49,11 +47,8 @@ def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
     model = CryoFIRE(D, 8, encoder_kwargs=ekw, decoder_kwargs={"arch": "mlp", "hidden": 16, "layers": 1})
     enc = model.encoder
     renderer = wd.renderer(train).limit_band(enc.box)
-    pos = np.asarray(sd["pos"])
-    rot_s, trans_s = torch.as_tensor(sd["rot"]).float(), torch.as_tensor(sd["trans"]).float()
-    y_train = train.load(pos, with_Y=False).y_real * sign
-    y_test = test.load(np.arange(test.N), with_Y=False).y_real * sign
-    gt = read_pose_pkl(str(workdir / "test_data" / "poses.pkl"))[0]
+    pr = wd.pose_rows(train, test)
+    pos, rot_s, trans_s, y_train, y_test, gt = (pr[k] for k in ("pos", "rot", "trans", "y_train", "y_test", "gt"))
     gen = torch.Generator().manual_seed(3)
     n_params = sum(p.numel() for p in enc.parameters())
     print(f"{name}: {ekw}, {n_params:,} parameters", flush=True)

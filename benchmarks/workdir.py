@@ -45,6 +45,22 @@ class Workdir:
         sd = self.seed
         return SeedRenderer.fit(sd["volume"], train, sd["pos"], sd["rot"], sd["trans"], sign=self.sign)
 
+    def pose_rows(self, train, test) -> dict:
+        """What the probes train and test on: the seed's particle positions ``pos``, poses ``rot`` / ``trans`` (torch,
+        px), the training images ``y_train`` at ``pos`` and all held-out images ``y_test`` (real space, positive
+        density), and the held-out true rotations ``gt`` (numpy)."""
+        import numpy as np
+        import torch
+
+        from cryofire_app.io import read_pose_pkl
+
+        pos = np.asarray(self.seed["pos"])
+        return {"pos": pos, "rot": torch.as_tensor(self.seed["rot"]).float(),
+                "trans": torch.as_tensor(self.seed["trans"]).float(),
+                "y_train": train.load(pos, with_Y=False).y_real * self.sign,
+                "y_test": test.load(np.arange(test.N), with_Y=False).y_real * self.sign,
+                "gt": read_pose_pkl(str(self.path / "test_data" / "poses.pkl"))[0]}
+
 
 def train_rows(params, cfg, rows: int, per_step: int, loss_at, evaluate, fractions) -> list[dict]:
     """The probes' training loop: Adam (lr 1e-3 times the trainer's distill decay over ``rows``) on ``params``;
