@@ -25,23 +25,13 @@ from workdir import Workdir, train_rows
 REAL_ROWS, SYNTH_ROWS = 32, 16
 
 
-def jitter(rot, trans, deg: float, px: float, gen):
-    import torch
-
-    from cryofire_app.reconstruct.grids import axis_angle_to_matrix
-
-    n = rot.shape[0]
-    e = axis_angle_to_matrix((torch.randn(n, 3, generator=gen, dtype=torch.float64) * math.radians(deg))).float()
-    return e @ rot, trans + torch.randn(n, 2, generator=gen) * px
-
-
 def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> dict:
     import torch
 
     from cryofire_app.analysis import metrics
     from cryofire_app.io import read_pose_pkl
     from cryofire_app.model.encoder import Encoder
-    from cryofire_app.model.view import canonical_angle, canonicalise
+    from cryofire_app.model.view import canonical_angle, canonicalise, jitter_pose
     from cryofire_app.physics.inplane import rotate_poses
     from cryofire_app.training.config import TrainConfig
 
@@ -91,7 +81,7 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
             x = torch.cat([y_train[k], xs])
             r = torch.cat([rot_s[k], rs])
             t = torch.cat([trans_s[k], ts.float()])
-            rj, tj = jitter(r, t, jdeg, jpx, gen)
+            rj, tj = jitter_pose(r, t, jdeg, jpx, gen)
             a = canonical_angle(rj)
             x = canonicalise(x, a, tj)
             target = rotate_poses(r, t, a)[0]

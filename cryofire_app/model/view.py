@@ -60,6 +60,16 @@ def canonicalise(x: torch.Tensor, angle: torch.Tensor, trans: torch.Tensor) -> t
                              align_corners=False)[:, 0]
 
 
+def jitter_pose(rot: torch.Tensor, trans: torch.Tensor, deg: float, px: float,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rot (n, 3, 3)`` turned by a random small rotation (Gaussian rotation vector, ``deg`` per axis) and ``trans
+    (n, 2)`` px moved by Gaussian ``px`` per axis (``generator``: CPU draws, rotation first)."""
+    n = rot.shape[0]
+    e = axis_angle_to_matrix(torch.randn(n, 3, generator=generator, dtype=torch.float64) * math.radians(deg))
+    t = trans.float() + (torch.randn(n, 2, generator=generator) * px).to(trans.device)
+    return e.float().to(rot.device) @ rot.float(), t
+
+
 class ViewEncoder(nn.Module):
     """An :class:`Encoder` (no z, grid head of ``dirs`` directions x 4 in-plane angles) on canonicalised images.
 
@@ -82,12 +92,9 @@ class ViewEncoder(nn.Module):
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-row grid cross-entropy ``(n,)`` for images ``x (n, D, D)`` of known poses ``rot (n, 3, 3)``, ``trans
         (n, 2)`` px, canonicalised at the pose jittered by the training spread (``generator``: CPU draws)."""
-        n = x.shape[0]
         with torch.no_grad():
-            e = axis_angle_to_matrix(torch.randn(n, 3, generator=generator, dtype=torch.float64)
-                                     * math.radians(self.jitter_deg)).float().to(rot.device)
-            tj = trans.float() + (torch.randn(n, 2, generator=generator) * self.jitter_px).to(trans.device)
-            a = canonical_angle(e @ rot.float())
+            rj, tj = jitter_pose(rot, trans, self.jitter_deg, self.jitter_px, generator)
+            a = canonical_angle(rj)
             xc = self._canonicalise(x, a, tj)
             target = rotate_poses(rot, trans, a)[0]
         return self.net.grid_loss(self.net(xc)["rot_logits"], target, width)
