@@ -31,6 +31,10 @@ CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "r
                "rlnAmplitudeContrast", "rlnPhaseShift")
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 OPTICS_KEY = "rlnOpticsGroup"
+# columns read as numbers (a value that is not one is reported with its row, not left to fail in a conversion later)
+NUMERIC_COLUMNS = CTF_COLUMNS + ANGLE_COLUMNS + (
+    "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst", "rlnImagePixelSize", "rlnImageSize",
+    "rlnDetectorPixelSize", "rlnMagnification", OPTICS_KEY, "rlnClassNumber")
 
 
 @dataclass
@@ -63,6 +67,50 @@ def _is_loop(block) -> bool:
     return isinstance(block, pd.DataFrame)
 
 
+INTEGER_COLUMNS = (OPTICS_KEY, "rlnImageSize", "rlnClassNumber")
+
+
+def _check_loop(df: pd.DataFrame, block: str, path: Path) -> pd.DataFrame:
+    """Refuse short rows (values missing at the end of a row: a file truncated mid-row, or a row with too few
+    columns), non-numbers in the numeric columns and missing values where an integer or an image name is needed,
+    naming the block, the row (1-based within the loop) and the column. A literal NaN inside a row of values is left
+    to the checks of what it means (e.g. "NaN/Inf CTF values")."""
+    missing = df.isna().to_numpy()
+    if missing.any():
+        n_col = missing.shape[1]
+        # per row: the number of trailing missing cells, and whether those are all of its missing cells
+        trailing = np.argmin(missing[:, ::-1], axis=1)
+        trailing[missing.all(1)] = n_col
+        short = (trailing > 0) & (missing.sum(1) == trailing)
+        if short.any():
+            r = int(np.flatnonzero(short)[0])
+            last = " (the last row: the file looks truncated)" if r == len(df) - 1 else ""
+            raise InputError(f"data_{block}: row {r + 1} of {len(df)} has {n_col - int(trailing[r])} of {n_col} "
+                             f"values, missing {', '.join(str(c) for c in df.columns[n_col - int(trailing[r]):][:4])}"
+                             f"{', ...' if trailing[r] > 4 else ''}{last}; {int(short.sum())} short row(s) in all",
+                             path)
+    for col in NUMERIC_COLUMNS:
+        if col in df.columns and not pd.api.types.is_numeric_dtype(df[col]):
+            num = pd.to_numeric(df[col], errors="coerce")
+            bad = np.flatnonzero((num.isna() & df[col].notna()).to_numpy())
+            if bad.size:
+                r = int(bad[0])
+                raise InputError(f"data_{block}: row {r + 1}: {col} is {df[col].iloc[r]!r}, not a number "
+                                 f"({bad.size} such row(s))", path)
+            df[col] = num
+    for col in INTEGER_COLUMNS + ("rlnImageName",):
+        if col in df.columns and df[col].isna().any():
+            r = int(np.flatnonzero(df[col].isna().to_numpy())[0])
+            raise InputError(f"data_{block}: row {r + 1}: {col} is missing (NaN)", path)
+    for col in INTEGER_COLUMNS:
+        if col in df.columns:
+            v = df[col].to_numpy(np.float64)
+            bad = np.flatnonzero(~np.isfinite(v) | (v != np.round(v)))
+            if bad.size:
+                raise InputError(f"data_{block}: row {int(bad[0]) + 1}: {col} is {v[bad[0]]!r}, not an integer", path)
+    return df
+
+
 def read_star(path: str | Path) -> StarTable:
     """Read a particle STAR file (any RELION version) into a `StarTable`.
 
@@ -90,10 +138,11 @@ def read_star(path: str | Path) -> StarTable:
                 break
     if particles is None:
         raise InputError(f"no particle table found (blocks: {', '.join(repr(b) for b in blocks) or 'none'})", path)
-    particles = particles.reset_index(drop=True).copy()
+    pname = next(name for name, b in loops.items() if b is particles)
+    particles = _check_loop(particles.reset_index(drop=True).copy(), pname or "particles", path)
     optics = loops.get("optics")
     if optics is not None and OPTICS_KEY in optics.columns and len(optics):
-        optics = optics.reset_index(drop=True)
+        optics = _check_loop(optics.reset_index(drop=True).copy(), "optics", path)
         if OPTICS_KEY not in particles.columns:
             if len(optics) != 1:
                 raise InputError(f"{len(optics)} optics groups but the particles have no {OPTICS_KEY} column", path)
