@@ -23,6 +23,48 @@ import torch
 from cryofire_app.io.errors import InputError
 
 
+# what `Run` reads from a checkpoint besides the weights
+RUN_CHECKPOINT_KEYS = ("model", "config", "D", "apix", "sigma_ht", "mask_radius", "images_seen")
+# per-particle arrays of latents.npz: name -> trailing shape (None: any), all with the same first dimension N
+LATENT_ARRAYS = {"index": (), "z": None, "rot": (3, 3), "trans": (2,)}
+
+
+def read_latents(path: str | Path) -> dict:
+    """The arrays of a run's (or `cryofire infer`'s) latents.npz, checked: readable archive (no pickles), the arrays
+    index (N,), z (N, d), rot (N, 3, 3), trans (N, 2) present with one N, z/rot/trans finite. InputError naming the
+    file and the problem otherwise."""
+    import zipfile
+    import zlib
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise InputError("not an .npz archive (a plain .npy array)", path)
+            lat = {k: f[k] for k in f.files}
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as exc:
+        raise InputError(f"unreadable archive, truncated or damaged ({type(exc).__name__}: {exc}); "
+                         "re-run the step that wrote it", path) from None
+    missing = [k for k in LATENT_ARRAYS if k not in lat]
+    if missing:
+        raise InputError(f"missing array(s) {', '.join(missing)} (holds {', '.join(lat) or 'none'})", path)
+    n = len(lat["index"]) if lat["index"].ndim else -1
+    for k, tail in LATENT_ARRAYS.items():
+        a = lat[k]
+        if a.ndim == 0 or len(a) != n or (tail is not None and a.shape[1:] != tail) or (k == "z" and a.ndim != 2):
+            want = f"({n}, d)" if tail is None else str((n,) + tail)
+            raise InputError(f"array {k} has shape {a.shape}, expected {want}", path)
+        if k != "index" and not np.all(np.isfinite(a)):
+            raise InputError(f"array {k} holds NaN/Inf values", path)
+    if not np.issubdtype(lat["index"].dtype, np.integer):
+        raise InputError(f"array index has dtype {lat['index'].dtype}, expected integers", path)
+    if "val" in lat and lat["val"].shape != (n,):
+        raise InputError(f"array val has shape {lat['val'].shape}, expected ({n},)", path)
+    return lat
+
+
 class Run:
     def __init__(self, outdir: str | Path, checkpoint: str | Path | None = None):
         from cryofire_app.training.config import TrainConfig
@@ -46,7 +88,12 @@ class Run:
         if self._ck is None:
             from cryofire_app.training.checkpoint import load_checkpoint
 
-            self._ck = load_checkpoint(self.checkpoint_path)
+            ck = load_checkpoint(self.checkpoint_path)
+            missing = [k for k in RUN_CHECKPOINT_KEYS if k not in ck]
+            if missing:
+                raise InputError(f"not a complete cryofire checkpoint (missing {', '.join(missing)})",
+                                 self.checkpoint_path)
+            self._ck = ck
         return self._ck
 
     @property
@@ -76,8 +123,13 @@ class Run:
             from cryofire_app.training.trainer import build_model
 
             ck = self.checkpoint
-            m = build_model(self.config, int(ck["D"]))
-            m.load_state_dict(ck["model"])
+            try:
+                m = build_model(self.config, int(ck["D"]))
+                m.load_state_dict(ck["model"])
+            except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InputError(f"the checkpoint's weights do not fit the model config.json describes ({first})",
+                                 self.checkpoint_path) from None
             m.eval()
             self._model = m
         return self._model
@@ -90,8 +142,7 @@ class Run:
                 if required:
                     raise FileNotFoundError(f"{p}: no latents yet (written by the final eval pass of cryofire train)")
                 return None
-            with np.load(p) as f:
-                self._lat = {k: f[k] for k in f.files}
+            self._lat = read_latents(p)
         return self._lat
 
     @property
