@@ -169,7 +169,37 @@ def config_from_args(args: argparse.Namespace):
     cfg.precision = args.precision
     cfg.channels_last = {"auto": None, "yes": True, "no": False}[args.channels_last]
     cfg.compile = bool(args.compile)
+    cfg.validate()
+    _check_paths(args)
     return cfg
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Input files exist and an output folder is not a file; a --seed-from seed is a readable archive. Before any
+    work, so a typo costs nothing (the files' contents are checked when they are opened)."""
+    import zipfile
+    from pathlib import Path
+
+    for flag, value in (("PARTICLES", args.particles), ("--ctf", args.ctf)):
+        if value is not None and not Path(value).is_file():
+            raise InputError(f"{flag}: file not found" if not Path(value).exists() else f"{flag}: not a file", value)
+    if args.datadir is not None and not Path(args.datadir).is_dir():
+        raise InputError("--datadir: not a folder", args.datadir)
+    out = Path(args.outdir)
+    if out.exists() and not out.is_dir():
+        raise InputError("-o/--outdir: exists and is not a folder", out)
+    if args.seed_from:
+        seed = Path(args.seed_from)
+        seed = seed / "checkpoints" / "seed.npz" if seed.is_dir() else seed
+        if not seed.is_file():
+            raise InputError("--seed-from: no seed here (give a run folder or its checkpoints/seed.npz)", seed)
+        try:
+            with zipfile.ZipFile(seed) as zf:
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InputError(f"--seed-from: unreadable seed archive, truncated or damaged ({exc})", seed) from None
+        if bad is not None:
+            raise InputError(f"--seed-from: damaged seed archive (member {bad} fails its checksum)", seed)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -177,7 +207,8 @@ def main(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step
+    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step, Verdict
+    from cryofire_app.training.report import summary_line
     from cryofire_app.training.trainer import Trainer
 
     cfg = config_from_args(args)
@@ -212,6 +243,9 @@ def main(args: argparse.Namespace) -> int:
                                               f"{dp}{dz}")
             elif isinstance(ev, Message):
                 (bar.write if bar else print)(f"{ev.level}: {ev.text}")
+            elif isinstance(ev, Verdict):
+                prefix = "" if ev.verdict == "converged" else "WARNING: "
+                (bar.write if bar else print)(prefix + summary_line(ev))
             elif isinstance(ev, Failed):
                 if bar:
                     bar.close()

@@ -2,8 +2,9 @@
 
 Per image (method_spec §1): raw (D0, D0) -> Fourier crop/pad to the training box D (physics.fft.fourier_resize) ->
 soft real-space window -> encoder input y_real = x_w / sigma_real and Hartley target
-Y = symmetrize(HT(x_w)) / sigma_ht, flattened to (Dl*Dl,) with Dl = D + 1. The sigmas are root-mean-squares (mean
-taken as 0) over a seeded sample of images. The contrast sign is applied by the trainer, not here.
+Y = symmetrize(HT(x_w)) / sigma_ht, flattened to (Dl*Dl,) with Dl = D + 1. The sigmas are the medians over a seeded
+sample of images of each image's root-mean-square (mean taken as 0; fit_norm), so they scale with the data's units.
+The contrast sign is applied by the trainer, not here.
 CTF rows are cryoDRGN rows with columns 0/1 rewritten to the training box and its pixel size (D0*apix0/D).
 """
 from __future__ import annotations
@@ -17,6 +18,38 @@ import numpy as np
 import torch
 
 from cryofire_app.physics.fft import fourier_resize, ht2_center, symmetrize_ht, window_mask
+
+
+MIN_TRAIN_PARTICLES = 16   # fewest particles in the training split: below this no reconstruction is meaningful (and the
+                           # seed's state split, a two-component mixture over per-particle scores, degenerates)
+
+
+def split_sizes(N: int, val_fraction: float, val_max: int) -> tuple[int, int]:
+    """(training, validation) split sizes for N particles, as Trainer._split makes them."""
+    n_val = min(int(val_max), int(round(float(val_fraction) * N)))
+    n_val = max(0, min(n_val, N - 1))
+    return N - n_val, n_val
+
+
+def min_train_particles(config) -> int:
+    """The fewest training-split particles `config` (a TrainConfig) can train on: MIN_TRAIN_PARTICLES, and for the
+    seeded schedule at least 8 per state of the seed's classification."""
+    if config.schedule != "seeded":
+        return MIN_TRAIN_PARTICLES
+    n_states = int((config.seed_config or {}).get("n_states", 2))
+    return max(MIN_TRAIN_PARTICLES, 8 * n_states)
+
+
+def check_trainable(N: int, config, source=None) -> None:
+    """InputError (naming `source`, the particle file) when N particles leave too few for the training split."""
+    from cryofire_app.io.errors import InputError
+
+    n_train, n_val = split_sizes(N, config.val_fraction, config.val_max)
+    need = min_train_particles(config)
+    if n_train < need:
+        held = f" ({n_val} held out for validation by --val-fraction {config.val_fraction:g})" if n_val else ""
+        raise InputError(f"{N} particle(s) leave {n_train} for training{held}; training needs at least {need} "
+                         f"(--schedule {config.schedule}): give more particles", source)
 
 
 class Preprocessor:
@@ -51,19 +84,22 @@ class Preprocessor:
         return (xw / self.sigma_real).float(), (Y / self.sigma_ht).float()
 
     def fit_norm(self, images, sample: np.ndarray, chunk: int = 256) -> tuple[float, float]:
-        """Set sigma_real and sigma_ht (RMS over the sampled images); returns them."""
-        s_r = s_h = 0.0
-        n_r = n_h = 0
+        """Set sigma_real and sigma_ht: the median over the sampled images of each image's root-mean-square (mean
+        taken as 0) of the windowed image and of its Hartley transform. Float64, so any finite float32 data works;
+        the median makes a few outlier images (hot pixels, a stray scale) irrelevant. Returns them."""
+        r_rms, h_rms = [], []
         for i in range(0, len(sample), chunk):
             xw = self.windowed(images[np.sort(sample[i:i + chunk])]).double()
             Y = symmetrize_ht(ht2_center(xw))
-            s_r += float((xw ** 2).sum()); n_r += xw.numel()
-            s_h += float((Y ** 2).sum()); n_h += Y.numel()
-        self.sigma_real = float(np.sqrt(s_r / n_r))
-        self.sigma_ht = float(np.sqrt(s_h / n_h))
-        if not np.isfinite(self.sigma_real) or self.sigma_real <= 0 or not np.isfinite(self.sigma_ht):
+            r_rms.append((xw ** 2).mean(dim=(1, 2)).sqrt().numpy())
+            h_rms.append((Y ** 2).mean(dim=(1, 2)).sqrt().numpy())
+        r_rms, h_rms = np.concatenate(r_rms), np.concatenate(h_rms)
+        self.sigma_real = float(np.median(r_rms))
+        self.sigma_ht = float(np.median(h_rms))
+        ok = np.isfinite(self.sigma_real) and self.sigma_real > 0 and np.isfinite(self.sigma_ht) and self.sigma_ht > 0
+        if not ok:
             raise ValueError(f"normalization failed (sigma_real={self.sigma_real}, sigma_ht={self.sigma_ht}): "
-                             "the sampled images are constant or contain NaN/Inf")
+                             "the sampled images are constant (zero) or contain NaN/Inf")
         return self.sigma_real, self.sigma_ht
 
 

@@ -38,7 +38,7 @@ from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
 from cryofire_app.training.config import TrainConfig
-from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule
+from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule, check_trainable
 from cryofire_app.training.events import (Checkpoint, Failed, Finished, Latents, Message, Started, Step,
                                           event_to_json)
 from cryofire_app.training.inference import default_turns, predict
@@ -231,6 +231,7 @@ class Trainer:
             if cfg.num_images is not None or cfg.epochs is not None:   # a new length replaces the old one
                 saved.num_images, saved.epochs = cfg.num_images, cfg.epochs
             self.config = cfg = saved
+        cfg.validate()   # every field's range and choice, the device (InputError naming the option)
         if cfg.schedule not in SCHEDULES:
             raise InputError(f"unknown schedule {cfg.schedule!r} (use {' or '.join(SCHEDULES)})")
         if not 0 < cfg.distill_grid_width <= 1 or not 0 <= cfg.distill_narrow_from <= cfg.distill_narrow_to <= 1:
@@ -247,6 +248,7 @@ class Trainer:
         if cfg.lr is None:
             cfg.lr = 1e-3 if cfg.schedule == "seeded" else 1e-4
         self.data = self._load_data()
+        check_trainable(self.data.N, cfg, cfg.particles or None)   # too few particles: refused before any work
         D = self.data.D
         self.D, self.Dl = D, D + 1
         if ck is not None:
@@ -906,8 +908,9 @@ class Trainer:
         self.model.train()
         return out
 
-    def write_outputs(self) -> None:
-        """Final eval-mode pass over every particle: pose.pkl, z.pkl, latents.npz (rank 0)."""
+    def write_outputs(self):
+        """Final eval-mode pass over every particle: pose.pkl, z.pkl, latents.npz (rank 0). Returns the final
+        predictions (``rot``, ``trans`` in training-box px, ``z``, ``branch`` for every particle)."""
         from cryofire_app.io import write_pose_pkl, write_z_pkl
 
         cfg = self.config
@@ -945,6 +948,18 @@ class Trainer:
                 atomic_save_npz(self.outdir / "seed_states.npz", index=self.seed["pos"].astype(np.int64),
                                 state=np.asarray(self.seed["state"], np.int64),
                                 state_score=np.asarray(self.seed["state_score"], np.float32))
+        return pr
+
+    def _diagnose(self, pr) -> Iterator:
+        """Self-diagnosis of the final poses (training.report): a Verdict event and report.json; a fault in the
+        diagnosis itself is reported as a warning and never fails the run."""
+        from cryofire_app.training.report import diagnose_run
+
+        try:
+            yield self._emit(diagnose_run(self, pr.rot, pr.trans))
+        except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
+            log.exception("self-diagnosis failed")
+            yield self._emit(Message("warning", f"self-diagnosis could not run ({exc}); report.json not written"))
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> Iterator:
@@ -1015,8 +1030,7 @@ class Trainer:
         if stopped:
             yield self._emit(Message("info", f"stop requested at {self.images_seen} images"))
         yield self._emit(self._checkpoint_event())
-        if self.rank == 0:
-            self.write_outputs()
+        pr = self.write_outputs() if self.rank == 0 else None
         if self.seed is not None:
             gap = f"{self.agreement_deg:.1f} deg" if self.agreement_deg is not None else "not checked"
             msg = (f"outputs: the seed's pose fits the decoder better for {100 * self.seed_pose_fraction:.0f} % of the "
@@ -1027,6 +1041,8 @@ class Trainer:
                                          "train longer, or on a GPU"))
             else:
                 yield self._emit(Message("info", msg))
+        if pr is not None:
+            yield from self._diagnose(pr)
         self._barrier()
         yield self._emit(Finished(str(self.outdir), self.images_seen, stopped))
         if self._log is not None:
