@@ -32,27 +32,65 @@ class Particles:
         return int(self.ht.shape[0])
 
 
+BACKGROUND_R_IN = 0.85   # the background annulus: pixels at or beyond this fraction of the half box (the window's
+                         # inner radius), where a centred particle has (almost) no density
+
+
+def background_mask(D: int, r_in: float = BACKGROUND_R_IN) -> torch.Tensor:
+    """``(D, D)`` bool: pixels at radius >= ``r_in`` half boxes from the centre pixel (corners included)."""
+    u = -1 + 2 * torch.arange(D, dtype=torch.float64) / D
+    yy, xx = torch.meshgrid(u, u, indexing="ij")
+    return (xx ** 2 + yy ** 2).sqrt() >= r_in
+
+
 def prepare_particles(images, ctf_params=None, window: bool = True, batch: int = 512,
                       device: torch.device | str = "cpu") -> Particles:
-    """Window (soft circle r_in 0.85, r_out 0.99 of the half box), transform and normalise an image stack.
+    """Remove each image's background level, window (soft circle r_in 0.85, r_out 0.99 of the half box), transform
+    and normalise an image stack; the result does not depend on the data's units (scale) or a constant offset.
 
-    ``images``: array-like ``(N, D, D)`` (numpy array, memmap, :class:`~cryofire_app.io.ImageStack`, tensor), D even.
+    ``images``: array-like ``(N, D, D)`` (numpy array, memmap, :class:`~cryofire_app.io.ImageStack`, tensor), D even,
+    in any units. Per image, the median of the background annulus (radius >= 0.85 half boxes) is subtracted before
+    windowing, so an offset does not turn into a windowed low-frequency bump. The stack is then divided by a robust
+    per-stack statistic: ``scale = D * median over images of the RMS of the windowed, offset-free image``, so one
+    image of outliers does not set it. Statistics are float64 and each batch is pre-divided by the first batch's
+    statistic before the float32 transform, so values up to float32's range neither overflow nor lose precision.
+    ValueError for NaN/Inf pixels or an all-constant stack.
     """
     n = len(images)
     first = np.asarray(images[0:1], dtype=np.float32)
     if first.ndim != 3 or first.shape[1] != first.shape[2] or first.shape[1] % 2:
         raise ValueError(f"images must be (N, D, D) with an even box, got first batch of shape {first.shape}")
     D = int(first.shape[1])
-    win = window_mask(D, 0.85, 0.99) if window else torch.ones(D, D)
+    win = (window_mask(D, 0.85, 0.99) if window else torch.ones(D, D)).double()
+    bg = background_mask(D)
     out = torch.empty(n, D + 1, D + 1, dtype=torch.float32)
-    sq = 0.0
+    rms = np.empty(n, np.float64)
+    pre = None   # raw units per transformed unit (the first batch's median RMS)
+    batch = max(1, min(int(batch), 2 ** 23 // (D * D)))   # float64 batches of at most 64 MB
     for s in range(0, n, batch):
-        x = torch.as_tensor(np.asarray(images[s:s + batch], dtype=np.float32)) * win
-        sq += float((x.double() ** 2).sum())
-        out[s:s + batch] = symmetrize_ht(ht2_center(x))
-    std = (sq / (n * D * D)) ** 0.5
-    scale = max(std, 1e-20) * D
-    out /= scale
+        x = torch.as_tensor(np.asarray(images[s:s + batch], dtype=np.float64))
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x).reshape(len(x), -1).all(1)).nonzero()[0, 0])
+            raise ValueError(f"image {s + bad} (0-based) contains NaN or Inf pixels")
+        x = x - x[:, bg].median(dim=1).values[:, None, None]
+        x = x * win
+        r = (x ** 2).mean(dim=(1, 2)).sqrt()
+        rms[s:s + len(x)] = r.numpy()
+        if pre is None:
+            pre = float(r.median())
+            if not np.isfinite(pre) or pre <= 0:
+                pre = float(r.max())
+            if not np.isfinite(pre) or pre <= 0:
+                pre = 1.0
+        out[s:s + batch] = symmetrize_ht(ht2_center((x / pre).float()))
+    std = float(np.median(rms))
+    if not np.isfinite(std) or std <= 0:
+        std = float(rms.max())
+        if not np.isfinite(std) or std <= 0:
+            raise ValueError("the images are constant (no variation left once each image's background level is "
+                             "removed): nothing to reconstruct")
+    scale = std * D
+    out *= pre / scale
     ctf = None
     if ctf_params is not None:
         ctf = torch.as_tensor(np.asarray(ctf_params, dtype=np.float32))
