@@ -225,7 +225,9 @@ def main(args: argparse.Namespace) -> int:
     if any(p < 1 for p in pcs):
         raise InputError("--pcs are 1-based (PC1 is the first)")
     if args.k < 1 or args.n < 1:
-        raise InputError("-k and --n must be at least 1")
+        raise InputError(f"-k and --n must be at least 1, got -k {args.k} --n {args.n}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError("-o/--out: exists and is not a folder", args.out)
     s = analyze(args.outdir, k=args.k, out=args.out, pcs=pcs, n=args.n, on_data=args.on_data,
                 volumes=not args.no_volumes, star=not args.no_star, seed=args.seed, flip_hand=args.flip_hand)
     out = Path(args.out) if args.out else Path(args.outdir) / "analyze"

@@ -118,7 +118,11 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     from cryofire_app.analysis.evaluate import table_row, write_json
+    from cryofire_app.commands import _checks
 
+    _checks.even_box("--box", args.box)
+    if Path(args.out).is_dir():
+        raise InputError("-o/--out: is a folder; give the result JSON file's name", args.out)
     res = run_eval(args)
     path = write_json(args.out, res)
     hand = res["alignment"]["hand"]

@@ -50,6 +50,15 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.training.inference import default_turns, predict
     from cryofire_app.training.trainer import resolve_device
 
+    from cryofire_app.commands import _checks
+
+    _checks.at_least("--batch-size", args.batch_size, 1, " (images per batch)")
+    _checks.at_least("--threads", args.threads, 1)
+    _checks.at_least("--select-radius", args.select_radius, 1, " (pixels)")
+    _checks.at_least("--turns", args.turns, 1)
+    _checks.device("--device", args.device)
+    if Path(args.preddir).exists() and not Path(args.preddir).is_dir():
+        raise InputError("-o/--preddir: exists and is not a folder", args.preddir)
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Run(args.outdir)

@@ -225,9 +225,16 @@ def describe_particles(path: Path, datadir: str | None = None, n_check: int = 64
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryofire_app.commands import _checks
+
     path = Path(args.path)
     if not path.exists():
         raise InputError("file not found", path)
+    _checks.at_least("--check", args.check, 0, " (images; 0 skips the check)")
+    _checks.above("--apix", args.apix, 0, " (Angstrom per pixel)")
+    _checks.above("--kv", args.kv, 0, " (kV)")
+    _checks.at_least("--cs", args.cs, 0, " (mm)")
+    _checks.within("-w/--amp-contrast", args.w, 0, 1)
     io_log = logging.getLogger("cryofire_app.io")
     level = io_log.level
     io_log.setLevel(logging.ERROR)  # the loader's notes are printed in the report instead

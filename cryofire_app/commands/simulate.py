@@ -102,6 +102,18 @@ def config_from_args(args: argparse.Namespace):
         raise InputError(f"-n must be positive, got {args.n}")
     if not (args.snr > 0 or math.isinf(args.snr)):
         raise InputError(f"--snr must be positive, got {args.snr}")
+    from cryofire_app.commands import _checks
+
+    _checks.even_box("-D/--box", args.box)
+    _checks.above("--apix", args.apix, 0, " (Angstrom per voxel)")
+    _checks.above("--kv", args.kv, 0, " (kV)")
+    _checks.at_least("--cs", args.cs, 0, " (mm)")
+    _checks.within("--amp-contrast", args.amp_contrast, 0, 1)
+    _checks.at_least("--bfactor", args.bfactor, 0, " (A^2)")
+    _checks.at_least("--max-shift", args.max_shift, 0, " (pixels)")
+    _checks.at_least("--astigmatism", args.astigmatism, 0, " (Angstrom)")
+    _checks.at_least("--chunk", args.chunk, 1, " (images)")
+    _checks.within("--hinge-angle", args.hinge_angle, -180, 180, " (degrees)")
     hinge = HingeConfig(steps=args.hinge, continuous=args.hinge_continuous, angle_deg=args.hinge_angle,
                         mask=args.hinge_mask, axis=tuple(_floats(args.hinge_axis, 3, "--hinge-axis")),
                         arm=tuple(_floats(args.hinge_arm, 3, "--hinge-arm")), fraction=args.hinge_fraction,

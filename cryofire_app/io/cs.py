@@ -28,8 +28,18 @@ def read_cs(path: str | Path, allow_empty: bool = False) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path)
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise InputError("not a cryoSPARC .cs file (no numpy array header: a .cs is a numpy record array, "
+                         f"starting with \\x93NUMPY; this file starts with {magic!r})", path)
     try:
         arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise InputError("not a cryoSPARC .cs file: it holds pickled (object) data, which is refused (a .cs is a "
+                             "plain numpy record array)", path) from None
+        raise InputError(f"not a readable cryoSPARC .cs file (truncated or damaged: {exc})", path) from None
     except Exception as exc:
         raise InputError(f"not a readable cryoSPARC .cs file ({type(exc).__name__}: {exc})", path) from None
     if not isinstance(arr, np.ndarray) or arr.dtype.names is None:

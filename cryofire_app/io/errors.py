@@ -9,4 +9,6 @@ class InputError(ValueError):
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
-        super().__init__(f"{path}: {message}" if path is not None else message)
+        # re-raising an InputError's text with the same file (InputError(str(exc), path)) names the file once
+        named = path is None or str(message).startswith(f"{path}:")
+        super().__init__(message if named else f"{path}: {message}")

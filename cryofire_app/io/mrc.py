@@ -103,7 +103,8 @@ def read_mrc_header(path: str | Path) -> MrcHeader:
         try:
             dtype = data_dtype_from_header(mrc.header)
         except ValueError as exc:
-            raise InputError(f"unsupported MRC mode {int(mrc.header.mode)} ({exc})", path) from None
+            raise InputError(f"unsupported MRC mode {int(mrc.header.mode)}: not an MRC file, or its header is damaged",
+                             path) from None
         shape = tuple(int(s) for s in data_shape_from_header(mrc.header))
         if len(shape) == 4:
             raise InputError(f"volume stacks (space group {int(mrc.header.ispg)}) are not supported", path)

@@ -71,8 +71,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError("checkpoint not found", path)
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated / not a torch file
-        raise InputError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path) from exc
+    except Exception as exc:  # truncated / not a torch file / a pickle with forbidden globals
+        first = str(exc).strip().split(". ")[0].splitlines()[0][:160] if str(exc).strip() else ""
+        raise InputError(f"cannot read checkpoint: truncated, damaged or not a cryofire checkpoint "
+                         f"({type(exc).__name__}: {first})", path) from None
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise InputError("not a cryofire checkpoint (missing model/config)", path)
     return ck

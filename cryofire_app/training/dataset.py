@@ -87,13 +87,18 @@ class Preprocessor:
         """Set sigma_real and sigma_ht: the median over the sampled images of each image's root-mean-square (mean
         taken as 0) of the windowed image and of its Hartley transform. Float64, so any finite float32 data works;
         the median makes a few outlier images (hot pixels, a stray scale) irrelevant. Returns them."""
-        r_rms, h_rms = [], []
+        r_rms, h_rms, spread = [], [], []
         for i in range(0, len(sample), chunk):
-            xw = self.windowed(images[np.sort(sample[i:i + chunk])]).double()
+            x = self.resized(images[np.sort(sample[i:i + chunk])]).double()
+            spread.append(x.reshape(len(x), -1).std(dim=1).numpy())
+            xw = x * self.window.double()
             Y = symmetrize_ht(ht2_center(xw))
             r_rms.append((xw ** 2).mean(dim=(1, 2)).sqrt().numpy())
             h_rms.append((Y ** 2).mean(dim=(1, 2)).sqrt().numpy())
         r_rms, h_rms = np.concatenate(r_rms), np.concatenate(h_rms)
+        if not np.all(np.isfinite(np.concatenate(spread))) or float(np.max(np.concatenate(spread))) <= 0:
+            raise ValueError(f"all {len(sample)} sampled images are constant (every pixel of an image has the same "
+                             "value): nothing to reconstruct")
         self.sigma_real = float(np.median(r_rms))
         self.sigma_ht = float(np.median(h_rms))
         ok = np.isfinite(self.sigma_real) and self.sigma_real > 0 and np.isfinite(self.sigma_ht) and self.sigma_ht > 0
