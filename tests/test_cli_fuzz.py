@@ -88,6 +88,9 @@ def W(tmp_path_factory) -> Path:
     # the run with a truncated latents.npz, one with a truncated checkpoint, a seed archive cut short
     for name in ("badrun", "badckpt"):
         shutil.copytree(w / "run", w / name)
+    (w / "badpred").mkdir()   # a `cryofire infer` folder whose latents.npz was cut short
+    _truncate(w / "run" / "latents.npz", w / "badpred" / "latents.npz", 0.6)
+    (b / "z_words.txt").write_text("0.5 zero\n")
     _truncate(w / "run" / "latents.npz", w / "badrun" / "latents.npz", 0.5)
     _truncate(w / "run" / "checkpoints" / "last.pt", w / "badckpt" / "checkpoints" / "last.pt", 0.5)
     (b / "seed.npz").write_bytes(b"PK\x03\x04" + b"\0" * 40)
@@ -175,7 +178,10 @@ CASES = [
     ("volume-z-dims", ["volume", R, "--z", "1,2,3", "-o", f"{P}/v.mrc"], "--z", P),
     ("analyze-not-a-run", ["analyze", "{notarun}"], "config.json", "{notarun}"),
     ("analyze-k-0", ["analyze", R, "-k", "0"], "-k", R),
+    ("eval-trunc-infer-latents", ["eval", "{badpred}", "--gt-poses", f"{S}/poses.pkl", "--model", R, "-o",
+                                  f"{P}/e.json"], "latents.npz", P),
     ("eval-box-odd", ["eval", R, "--gt-poses", f"{S}/poses.pkl", "--box", "15", "-o", f"{P}/e.json"], "--box", P),
+    ("volume-z-file-words", ["volume", R, "--z", f"{B}/z_words.txt", "-o", f"{P}/v.mrc"], "z_words.txt", P),
     ("eval-bad-gt-poses", ["eval", R, "--gt-poses", f"{B}/pose_trunc.pkl", "-o", f"{P}/e.json"],
      "pose_trunc.pkl", P),
     # --- simulate ---
@@ -192,7 +198,7 @@ CASES = [
 def test_bad_input_exits_2_with_one_clear_line(W, case, capsys):
     name, argv, needle, guard = case
     where = {"sim": W / "sim", "run": W / "run", "broken": W / "broken", "prev": W / "prev",
-             "badrun": W / "badrun", "badckpt": W / "badckpt", "notarun": W / "notarun"}
+             "badrun": W / "badrun", "badckpt": W / "badckpt", "notarun": W / "notarun", "badpred": W / "badpred"}
     argv = [a.format(**where) for a in argv]
     guard = Path(guard.format(**where))
     before = _digest(guard)

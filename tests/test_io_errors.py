@@ -245,3 +245,170 @@ def test_nan_or_nonpositive_metadata_values(tmp_path):
     write_pose_pkl(tmp_path / "pose.pkl", rot, np.zeros((3, 2)))
     with pytest.raises(InputError, match=r"pose\.pkl.*NaN/Inf rotation"):
         load_particles(tmp_path / "p.mrcs", poses=tmp_path / "pose.pkl")
+
+
+# --- issue 23: malformed content, argument ranges, too-small datasets --------------------------------------------
+def _small_star(tmp_path: Path, n: int = 4) -> tuple[Path, str]:
+    _stack(tmp_path / "p.mrcs", np.random.default_rng(0).normal(size=(n, 8, 8)))
+    ctf = np.tile(np.array([8, 1.0, 1e4, 1e4, 0, 300, 2.7, 0.1, 0], np.float32), (n, 1))
+    write_particles_star(tmp_path / "ok.star", ("p.mrcs", n), ctf, np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 2)),
+                         1.0, 8)
+    return tmp_path / "ok.star", (tmp_path / "ok.star").read_text()
+
+
+def test_star_short_rows_words_and_missing_integers(tmp_path):
+    path, text = _small_star(tmp_path)
+    assert len(read_star(path)) == 4
+    cut = tmp_path / "cut.star"
+    cut.write_text(text.rstrip("\n")[:-12])
+    with pytest.raises(InputError, match=r"cut\.star: data_particles: row 4 of 4 has \d+ of \d+ values.*truncated"):
+        read_star(cut)
+    lines = text.splitlines()
+    k = next(i for i, ln in enumerate(lines) if ln.startswith("2@"))
+    short = lines.copy()
+    short[k] = "\t".join(short[k].split()[:5])    # a row with too few columns, not the last one
+    (tmp_path / "short.star").write_text("\n".join(short) + "\n")
+    with pytest.raises(InputError, match=r"short\.star: data_particles: row 2 of 4 has 5 of"):
+        read_star(tmp_path / "short.star")
+    word = lines.copy()
+    f = word[k].split()
+    f[1] = "12k"
+    word[k] = "\t".join(f)
+    (tmp_path / "word.star").write_text("\n".join(word) + "\n")
+    with pytest.raises(InputError, match=r"word\.star: data_particles: row 2: rlnDefocusU is '12k', not a number"):
+        load_particles(tmp_path / "word.star")
+    grp = lines.copy()
+    f = grp[k].split()
+    f[-1] = "1.5"   # rlnOpticsGroup
+    grp[k] = "\t".join(f)
+    (tmp_path / "grp.star").write_text("\n".join(grp) + "\n")
+    with pytest.raises(InputError, match=r"grp\.star: data_particles: row 2: rlnOpticsGroup is 1\.5, not an integer"):
+        read_star(tmp_path / "grp.star")
+
+
+def test_cs_that_is_not_numpy(tmp_path):
+    from cryofire_app.io import read_cs
+
+    (tmp_path / "a.cs").write_text("uid,blob/path\n1,x.mrc\n")
+    with pytest.raises(InputError, match=r"a\.cs: not a cryoSPARC \.cs file \(no numpy array header"):
+        read_cs(tmp_path / "a.cs")
+    good = np.zeros(3, dtype=[("uid", "<u8"), ("blob/idx", "<u4")])
+    with open(tmp_path / "b.cs", "wb") as fh:
+        np.save(fh, good)
+    raw = (tmp_path / "b.cs").read_bytes()
+    (tmp_path / "b.cs").write_bytes(raw[: len(raw) - 10])
+    with pytest.raises(InputError, match=r"b\.cs: not a readable cryoSPARC \.cs file"):
+        read_cs(tmp_path / "b.cs")
+
+
+def test_input_error_names_its_file_once(tmp_path):
+    inner = InputError("image 3 is bad", tmp_path / "x.mrcs")
+    outer = InputError(str(inner), tmp_path / "x.mrcs")
+    assert str(outer) == str(inner) == f"{tmp_path / 'x.mrcs'}: image 3 is bad"
+    assert str(InputError(str(inner), tmp_path / "list.txt")).startswith(f"{tmp_path / 'list.txt'}: {tmp_path}")
+
+
+def test_latents_archive_checks(tmp_path):
+    from cryofire_app.analysis.run import read_latents
+
+    n = 5
+    good = dict(index=np.arange(n), z=np.zeros((n, 2), np.float32), rot=np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+                trans=np.zeros((n, 2), np.float32), val=np.zeros(n, np.int8))
+    np.savez(tmp_path / "ok.npz", **good)
+    assert read_latents(tmp_path / "ok.npz")["z"].shape == (n, 2)
+    raw = (tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"cut\.npz: unreadable archive, truncated or damaged"):
+        read_latents(tmp_path / "cut.npz")
+    np.savez(tmp_path / "noz.npz", **{k: v for k, v in good.items() if k != "z"})
+    with pytest.raises(InputError, match=r"noz\.npz: missing array\(s\) z"):
+        read_latents(tmp_path / "noz.npz")
+    np.savez(tmp_path / "count.npz", **dict(good, rot=good["rot"][:4]))
+    with pytest.raises(InputError, match=r"count\.npz: array rot has shape \(4, 3, 3\), expected \(5, 3, 3\)"):
+        read_latents(tmp_path / "count.npz")
+    bad = good["z"].copy()
+    bad[2, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", **dict(good, z=bad))
+    with pytest.raises(InputError, match=r"nan\.npz: array z holds NaN"):
+        read_latents(tmp_path / "nan.npz")
+    np.savez(tmp_path / "obj.npz", **dict(good, index=np.array(["a"] * n, dtype=object)))
+    with pytest.raises(InputError, match=r"obj\.npz: unreadable archive"):   # object arrays need pickles: refused
+        read_latents(tmp_path / "obj.npz")
+
+
+def test_checkpoint_checks(tmp_path):
+    import torch
+
+    from cryofire_app.training.checkpoint import atomic_torch_save, load_checkpoint
+
+    atomic_torch_save({"model": {}, "config": {}}, tmp_path / "a.pt")
+    assert load_checkpoint(tmp_path / "a.pt")["model"] == {}
+    raw = (tmp_path / "a.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"cut\.pt: cannot read checkpoint: truncated, damaged"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match=r"other\.pt: not a cryofire checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("batch_size", 0, "--batch-size"), ("batch_size", -4, "--batch-size"), ("lr", -1.0, "--lr"),
+    ("lr", float("inf"), "--lr"), ("zdim", -1, "--zdim"), ("zdim", 2.5, "--zdim"), ("D", 31, "--box"),
+    ("device", "gpu", "--device"), ("device", "cuda:9", "--device"), ("num_images", 0, "--num-images"),
+    ("epochs", float("nan"), "--epochs"), ("schedule", "fast", "--schedule"), ("val_fraction", 1.0, "--val-fraction"),
+    ("seed", -1, "--seed"), ("num_threads", 0, "--threads"), ("precision", "fp8", "--precision"),
+    ("freq_start", 0, "--freq-start"), ("checkpoint_every", 0, "--checkpoint-every"), ("window_r_out", 0.5,
+                                                                                          "window_r_out"),
+    ("seed_config", {"box_global": 15}, "seed_config"), ("seed_config", {"no_such": 1}, "seed_config"),
+    ("invert_data", "maybe", "--invert-data"), ("batch_size", True, "--batch-size"),
+])
+def test_train_config_validate(field, value, needle):
+    from cryofire_app.training.config import TrainConfig
+
+    TrainConfig().validate()
+    cfg = TrainConfig(**{field: value})
+    with pytest.raises(InputError, match=needle) as info:
+        cfg.validate()
+    assert "\n" not in str(info.value)
+
+
+def test_train_config_validate_nested_and_exclusive():
+    from cryofire_app.training.config import DecoderConfig, EncoderConfig, TrainConfig
+
+    with pytest.raises(InputError, match="--enc-channels"):
+        TrainConfig(encoder=EncoderConfig(channels=())).validate()
+    with pytest.raises(InputError, match="--enc-box"):
+        TrainConfig(encoder=EncoderConfig(box=20 + 1)).validate()
+    with pytest.raises(InputError, match="--view-dirs"):
+        TrainConfig(encoder=EncoderConfig(view_dirs=4)).validate()
+    with pytest.raises(InputError, match="--dec-arch"):
+        TrainConfig(decoder=DecoderConfig(arch="transformer")).validate()
+    with pytest.raises(InputError, match="not both"):
+        TrainConfig(num_images=100, epochs=2.0).validate()
+    with pytest.raises(InputError, match="fp16"):
+        TrainConfig(precision="fp16", device="cpu").validate()
+
+
+def test_too_small_datasets_are_refused_up_front(tmp_path):
+    from cryofire_app.training.config import TrainConfig
+    from cryofire_app.training.dataset import MIN_TRAIN_PARTICLES, check_trainable
+    from cryofire_app.training.trainer import Trainer
+
+    cfg = TrainConfig(schedule="amortized")
+    check_trainable(17, cfg)   # 16 train + 1 held out
+    with pytest.raises(InputError, match=f"x.mrcs: 15 particle.*at least {MIN_TRAIN_PARTICLES}"):
+        check_trainable(15, cfg, "x.mrcs")
+    with pytest.raises(InputError, match=r"100 particle\(s\) leave 10 for training \(90 held out"):
+        check_trainable(100, TrainConfig(val_fraction=0.9))
+    with pytest.raises(InputError, match="at least 32"):
+        check_trainable(30, TrainConfig(schedule="seeded", seed_config={"n_states": 4}))
+    # through the trainer: refused before anything is written
+    _stack(tmp_path / "few.mrcs", np.random.default_rng(0).normal(size=(6, 16, 16)))
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=r"few\.mrcs: 6 particle\(s\) leave 6 for training"):
+        list(Trainer(TrainConfig(particles=str(tmp_path / "few.mrcs"), outdir=str(out), device="cpu")).run())
+    assert not out.exists()
+    with pytest.raises(InputError, match="--batch-size"):
+        list(Trainer(TrainConfig(particles=str(tmp_path / "few.mrcs"), outdir=str(out), batch_size=0)).run())
+    assert not out.exists()

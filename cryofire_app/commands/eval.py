@@ -92,6 +92,10 @@ def run_eval(args: argparse.Namespace) -> dict:
             model_run = Run(args.model)
         D = args.box or (model_run.D if model_run is not None else None)
         ind = read_ind_pkl(args.ind) if args.ind else None
+        if (folder / "latents.npz").is_file():   # `cryofire infer` output: a damaged archive is named here
+            from cryofire_app.analysis.run import read_latents
+
+            read_latents(folder / "latents.npz")
         pred = E.predictions_from_pkls(folder, D, ind)
         if model_run is not None and pred.apix is None:
             pred.apix = float(model_run.apix)

@@ -77,11 +77,13 @@ def main(args: argparse.Namespace) -> int:
         if zdim == 0:
             raise InputError("this run has no latent space (zdim 0): omit --z", args.outdir)
         src = Path(args.z)
+        from_file = src.suffix == ".txt" and src.is_file()
         try:
-            zs = np.loadtxt(src, ndmin=2).astype(np.float32) if src.suffix == ".txt" and src.is_file() else \
-                latent.parse_z_values(args.z, zdim)
+            zs = np.loadtxt(src, ndmin=2).astype(np.float32) if from_file else latent.parse_z_values(args.z, zdim)
         except ValueError as exc:
-            raise InputError(str(exc)) from None
+            raise InputError(f"--z: {exc}", src if from_file else None) from None
+        if not np.all(np.isfinite(zs)):
+            raise InputError("--z: the latent points must be finite numbers", src if from_file else None)
         if zs.shape[1] != zdim:
             raise InputError(f"--z points have {zs.shape[1]} numbers, the run's z has {zdim}")
         labels = ["given z"] * len(zs)

@@ -111,10 +111,13 @@ def read_pose_pkl(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         rot, trans = obj[0], None
     else:
         rot, trans = obj, None
-    if not isinstance(rot, np.ndarray) or rot.ndim != 3 or rot.shape[1:] != (3, 3):
-        raise InputError("not a cryoDRGN pose pickle: expected rot (N, 3, 3) [and trans (N, 2)]", path)
+    if not isinstance(rot, np.ndarray) or rot.ndim != 3 or rot.shape[1:] != (3, 3) or \
+            not np.issubdtype(rot.dtype, np.number):
+        raise InputError("not a cryoDRGN pose pickle: expected rot (N, 3, 3) numbers [and trans (N, 2)], found "
+                         f"{getattr(rot, 'shape', type(rot).__name__)}", path)
     if trans is not None:
-        if not isinstance(trans, np.ndarray) or trans.shape != (len(rot), 2):
+        if not isinstance(trans, np.ndarray) or trans.shape != (len(rot), 2) or \
+                not np.issubdtype(trans.dtype, np.number):
             raise InputError(f"pose pickle: trans has shape {getattr(trans, 'shape', None)}, expected "
                              f"({len(rot)}, 2)", path)
         trans = np.asarray(trans)
@@ -138,8 +141,9 @@ def write_pose_pkl(path: str | Path, rot: np.ndarray, trans_frac: np.ndarray | N
 def read_z_pkl(path: str | Path) -> np.ndarray:
     """cryoDRGN z.pkl -> float32 (N, zdim)."""
     obj = load_pickle_safe(path)
-    if not isinstance(obj, np.ndarray) or obj.ndim not in (1, 2):
-        raise InputError("not a latent (z) pickle: expected an (N, zdim) array", path)
+    if not isinstance(obj, np.ndarray) or obj.ndim not in (1, 2) or not np.issubdtype(obj.dtype, np.number):
+        raise InputError(f"not a latent (z) pickle: expected an (N, zdim) array of numbers, found "
+                         f"{getattr(obj, 'shape', type(obj).__name__)}", path)
     z = obj.astype(np.float32)
     return z[:, None] if z.ndim == 1 else z
 

@@ -107,7 +107,8 @@ def _check_loop(df: pd.DataFrame, block: str, path: Path) -> pd.DataFrame:
             v = df[col].to_numpy(np.float64)
             bad = np.flatnonzero(~np.isfinite(v) | (v != np.round(v)))
             if bad.size:
-                raise InputError(f"data_{block}: row {int(bad[0]) + 1}: {col} is {v[bad[0]]!r}, not an integer", path)
+                raise InputError(f"data_{block}: row {int(bad[0]) + 1}: {col} is {float(v[bad[0]]):g}, not an integer",
+                                 path)
     return df
 
 
