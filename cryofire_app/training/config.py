@@ -267,13 +267,22 @@ def _fail(key: str, what: str, value: Any) -> None:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, _np_bool()))
 
 
 def _is_num(v: Any) -> bool:
     import math
+    import numbers
 
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, _np_bool())) and math.isfinite(v)
+
+
+def _np_bool() -> type:
+    import numpy as np
+
+    return np.bool_
 
 
 def _int_at_least(key: str, v: Any, lo: int, none_ok: bool = False, what: str = "") -> None:
