@@ -63,6 +63,9 @@ def W(tmp_path_factory) -> Path:
     _stack(b / "const.mrcs", np.full((40, 16, 16), 3.0))
     # header says 40 images, the file holds 10
     _truncate(w / "sim" / "particles.mrcs", b / "lying.mrcs", 0.27)
+    _stack(b / "empty.mrcs", np.zeros((0, 16, 16)))
+    (b / "zero_bytes.mrcs").write_bytes(b"")
+    (b / "no_rows.star").write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n")
     (b / "garbage.mrcs").write_bytes(np.random.default_rng(0).bytes(3000))
     (b / "garbage.cs").write_bytes(b"not numpy at all" * 10)
     (b / "particles.xyz").write_text("1 2 3\n")
@@ -144,6 +147,10 @@ CASES = [
     ("train-ctf-shape", ["train", f"{S}/particles.mrcs", "--ctf", f"{B}/ctf_8col.pkl", "-o", P], "ctf_8col.pkl", P),
     ("train-ctf-evil", ["train", f"{S}/particles.mrcs", "--ctf", f"{B}/evil.pkl", "-o", P], "evil.pkl", P),
     ("train-one-image", ["train", f"{B}/one.mrcs", "-o", P], "at least 16", P),
+    ("train-empty-stack", ["train", f"{B}/empty.mrcs", "-o", P], "empty.mrcs", P),
+    ("train-zero-byte-file", ["train", f"{B}/zero_bytes.mrcs", "-o", P], "zero_bytes.mrcs", P),
+    ("train-star-no-rows", ["train", f"{B}/no_rows.star", "-o", P], "no_rows.star", P),
+    ("train-datadir-missing", ["train", f"{S}/particles.star", "--datadir", f"{B}/nodir", "-o", P], "--datadir", P),
     ("train-odd-stack", ["train", f"{B}/odd.mrcs", "-o", P], "odd.mrcs", P),
     ("train-rect-stack", ["train", f"{B}/rect.mrcs", "-o", P], "rect.mrcs", P),
     ("train-nan-pixels", ["train", f"{B}/nan.mrcs", "-o", P], "nan.mrcs", P),
@@ -166,6 +173,7 @@ CASES = [
     # --- infer ---
     ("infer-batch-0", ["infer", R, f"{S}/particles.star", "-o", P, "--batch-size", "0"], "--batch-size", P),
     ("infer-device", ["infer", R, f"{S}/particles.star", "-o", P, "--device", "tpu"], "--device", P),
+    ("infer-turns-0", ["infer", R, f"{S}/particles.star", "-o", P, "--turns", "0"], "--turns", P),
     ("infer-not-a-run", ["infer", "{notarun}", f"{S}/particles.star", "-o", P], "config.json", P),
     ("infer-damaged-ckpt", ["infer", "{badckpt}", f"{S}/particles.star", "-o", P], "last.pt", P),
     ("infer-odd-stack", ["infer", R, f"{B}/odd.mrcs", "-o", P], "odd.mrcs", P),
@@ -176,6 +184,8 @@ CASES = [
      "latents.npz", P),
     ("volume-damaged-ckpt", ["volume", "{badckpt}", "--z", "0,0", "-o", f"{P}/v.mrc"], "last.pt", P),
     ("volume-z-dims", ["volume", R, "--z", "1,2,3", "-o", f"{P}/v.mrc"], "--z", P),
+    ("volume-n-0", ["volume", R, "--pc", "1", "--n", "0", "-o", f"{P}/pc1"], "--n", P),
+    ("info-apix-neg", ["info", f"{S}/particles.mrcs", "--apix", "-1"], "--apix", S),
     ("analyze-not-a-run", ["analyze", "{notarun}"], "config.json", "{notarun}"),
     ("analyze-k-0", ["analyze", R, "-k", "0"], "-k", R),
     ("eval-trunc-infer-latents", ["eval", "{badpred}", "--gt-poses", f"{S}/poses.pkl", "--model", R, "-o",
