@@ -109,3 +109,34 @@ def test_trainer_norm_is_scale_equivariant_and_robust(tmp_path):
     bad[7] *= 1e6
     s2 = p2.fit_norm(bad.astype(np.float32), np.arange(64))
     assert abs(s2[0] / s0[0] - 1) < 0.1, (s2, s0)
+
+
+def test_nan_in_training_stops_cleanly_keeping_the_last_good_checkpoint(tmp_path):
+    """Weights turned NaN mid-run (a fault injected into the real model): no checkpoint is written from them, the run
+    stops with a Failed event that says where (step, images, phase) and names the last good checkpoint."""
+    from cryofire_app.training.config import DecoderConfig, EncoderConfig, TrainConfig
+    from cryofire_app.training.events import Checkpoint, Failed, Finished
+    from cryofire_app.training.trainer import Trainer
+
+    simulate(SimulationConfig(outdir=str(tmp_path / "sim"), n=40, maps=[str(DEMO_MAP)], apix=DEMO_MAP_APIX, box=16,
+                              snr=1.0, seed=0, progress=False))
+    cfg = TrainConfig(particles=str(tmp_path / "sim" / "particles.star"), outdir=str(tmp_path / "run"), zdim=2,
+                      schedule="amortized", num_images=96, pose_only_images=32, batch_size=8, checkpoint_every=16,
+                      device="cpu", num_threads=1, encoder=EncoderConfig(channels=(8,), hidden=16),
+                      decoder=DecoderConfig(hidden=16, layers=1, pe_dim=8))
+    tr = Trainer(cfg)
+    events = tr.run()
+    for ev in events:
+        if isinstance(ev, Checkpoint):
+            break
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    good = last.read_bytes()
+    with torch.no_grad():
+        next(tr.model.parameters()).view(-1)[0] = float("nan")
+    assert tr.save_checkpoint() == last and last.read_bytes() == good     # refused: NaN weights
+    rest = list(events)
+    failed = [e for e in rest if isinstance(e, Failed)]
+    assert len(failed) == 1 and not any(isinstance(e, (Finished, Checkpoint)) for e in rest)
+    assert "loss became nan" in failed[0].message and f"last good checkpoint {last}" in failed[0].message
+    assert "images seen" in failed[0].message and "step" in failed[0].message
+    assert last.read_bytes() == good

@@ -832,6 +832,9 @@ class Trainer:
     def save_checkpoint(self, numbered: bool = True) -> Path:
         """Atomic write of checkpoints/last.pt (+ a numbered hard link); rank 0 only."""
         ckdir = self.outdir / "checkpoints"
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            # NaN/Inf weights (an update that was not finite though its loss was): keep the last good checkpoint
+            return self.last_checkpoint or ckdir / "last.pt"
         last = atomic_torch_save(self.checkpoint_state(), ckdir / "last.pt")
         if numbered:
             num = ckdir / f"ckpt_{self.images_seen:010d}.pt"
