@@ -13,6 +13,8 @@ confusion (the seed's own poses 1.0 deg, the encoder within 1.5 deg of them), ~3
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,7 @@ from cryofire_app.simulate import DEMO_MAP, DEMO_MAP_APIX, SimulationConfig, sim
 from cryofire_app.training import (Checkpoint, DecoderConfig, EncoderConfig, Finished, Message, Step, TrainConfig,
                                    Trainer)
 from cryofire_app.training.checkpoint import load_checkpoint
+from cryofire_app.training.events import Verdict
 from cryofire_app.training.dataset import ParticleData
 from cryofire_app.training.inference import predict
 
@@ -149,6 +152,13 @@ def test_seeded_schedule_from_scratch(seeded_data, seeded_run):
           f"{tr.agreement_deg:.2f} deg, final {res['rot_view_median_deg']:.2f} deg, confusion {res['confusion']:.4f}")
     ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ck["seed_done"] and ck["schedule"] == "seeded" and ck["phase"] == "joint"
+    # the run's own verdict, without the truth: converged, in the event stream and in report.json
+    verdicts = [e for e in events if isinstance(e, Verdict)]
+    assert len(verdicts) == 1 and verdicts[0].path == str(run_dir / "report.json"), verdicts
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["verdict"] == verdicts[0].verdict == "uncertain"   # val_fraction 0: nothing held out to check
+    assert report["reasons"][0].startswith("no held-out particles")
+    assert report["checks"]["halves_gain_median"] > 0.8 and report["checks"]["state_auc"] > 0.9, report["checks"]
 
 
 def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_data, seeded_run):

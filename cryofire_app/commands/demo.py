@@ -177,7 +177,8 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.io import read_pose_pkl
     from cryofire_app.simulate import demo_config, simulate
     from cryofire_app.training.config import TrainConfig
-    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step
+    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step, Verdict
+    from cryofire_app.training.report import summary_line
     from cryofire_app.training.trainer import Trainer
 
     if args.box < 16 or args.box % 2:
@@ -232,6 +233,7 @@ def main(args: argparse.Namespace) -> int:
     t_seed = 0.0
     last_print = 0.0
     stopping = False
+    verdict = None
     for ev in trainer.run():
         if isinstance(ev, Started):
             print(f"      {ev.n_train} training / {ev.n_val} validation particles")
@@ -254,6 +256,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"      checkpoint at {ev.images_seen} images: validation loss {ev.val_loss:.4g}{pc}")
         elif isinstance(ev, Message):
             print(f"      {ev.level}: {ev.text}")
+        elif isinstance(ev, Verdict):
+            verdict = ev
+            print(f"      {'' if ev.verdict == 'converged' else 'WARNING: '}{summary_line(ev)}")
         elif isinstance(ev, Failed):
             print(f"cryofire demo: training failed: {ev.message}", file=sys.stderr)
             return 1
@@ -298,6 +303,8 @@ def main(args: argparse.Namespace) -> int:
     wall = time.time() - t_start
     demo_summary = {
         "hand": hand["hand"],
+        "verdict": None if verdict is None else verdict.verdict,
+        "verdict_reasons": None if verdict is None else verdict.reasons,
         "schedule": schedule, "n_images": int(args.n), "box": int(args.box), "snr": float(args.snr),
         "train_images_seen": int(run.images_seen), "train_s": t_train, "seed_s": t_seed, "wall_s_total": wall,
         "rot_view_median_deg": res.get("rot_view_median_deg"), "rot_view_mean_deg": res.get("rot_view_mean_deg"),
@@ -331,6 +338,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"  FSC 0.5 vs simulated maps     {fmt(res.get('res_major_0.5_A'), '{:.1f}')} A (major state), "
           f"{fmt(res.get('res_minor_0.5_A'), '{:.1f}')} A (minor); Nyquist {2 * run.apix:.1f} A")
     print(f"  hand                          {hand['hand']}")
+    print(f"  run's own verdict             {'-' if verdict is None else verdict.verdict}  (without the truth: "
+          "run/report.json)")
     print(f"Results in {out.resolve()}:")
     print(f"  maps, correct hand:        {(out / 'maps').resolve()}/consensus.mrc, " +
           ", ".join(f"{n}.mrc" for n in hand["maps"] if n.startswith("state_") and not n.endswith("frame")) +

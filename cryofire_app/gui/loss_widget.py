@@ -60,6 +60,11 @@ def ema(values: np.ndarray, halflife: float) -> np.ndarray:
     return out
 
 
+VERDICT_STYLE = {"converged": ("Reconstruction converged", "#b7e4b0"),
+                 "uncertain": ("Reconstruction uncertain", "#ffd98a"),
+                 "failed": ("Reconstruction FAILED: the map and poses are not supported by the data", "#f4a3a3")}
+
+
 class LossWidget(QWidget):
     """Dock widget; `add_step(ev)` / `add_checkpoint(ev)` can also be called directly with engine events."""
 
@@ -106,6 +111,10 @@ class LossWidget(QWidget):
         stable_label(self.seed_label)
         self.seed_bar.setVisible(False)
         self.seed_label.setVisible(False)
+        self.verdict_banner = QLabel("")
+        self.verdict_banner.setWordWrap(True)
+        self.verdict_banner.setVisible(False)
+        self.verdict = None   # "converged" | "uncertain" | "failed" once the run has diagnosed itself
 
         row = QHBoxLayout()
         row.addWidget(self.log_box)
@@ -113,6 +122,7 @@ class LossWidget(QWidget):
         row.addWidget(self.smooth_spin)
         row.addStretch(1)
         lay = QVBoxLayout(self)
+        lay.addWidget(self.verdict_banner)
         lay.addLayout(row)
         lay.addWidget(self.plot, 3)
         lay.addWidget(self.mask_plot, 1)
@@ -130,6 +140,7 @@ class LossWidget(QWidget):
             sess.step.connect(self.add_step)
             sess.checkpoint.connect(self.add_checkpoint)
             sess.message.connect(self.add_message)
+            sess.verdict.connect(self.show_verdict)
             sess.reset.connect(self.clear)
             sess.run_opened.connect(self.load_run_log)
 
@@ -198,6 +209,24 @@ class LossWidget(QWidget):
             self.seed_label.setText(txt)
             self.status.setText("ab initio seed running: no training images yet (the loss curve starts after it)")
 
+    def show_verdict(self, ev: Any) -> None:
+        """Banner with the run's self-diagnosis (a Verdict event or a report.json's fields): green when converged,
+        amber when uncertain, red when failed, with the reasons."""
+        level = getattr(ev, "verdict", None)
+        if level not in VERDICT_STYLE:
+            return
+        self.verdict = level
+        title, colour = VERDICT_STYLE[level]
+        reasons = list(getattr(ev, "reasons", None) or [])
+        text = f"<b>{title}</b>" + "".join(f"<br>&bull; {r}" for r in reasons)
+        self.verdict_banner.setText(text)
+        self.verdict_banner.setStyleSheet(f"background-color: {colour}; color: black; padding: 4px; "
+                                          "border-radius: 3px;")
+        self.verdict_banner.setToolTip("The run's self-diagnosis without ground truth (report.json in the run "
+                                       "folder): held-out images scored against the other half's map at their poses "
+                                       "versus random poses, and the state split reproduced across halves")
+        self.verdict_banner.setVisible(True)
+
     def add_checkpoint(self, ev: Any) -> None:
         val = getattr(ev, "val_loss", None)
         if val is not None and np.isfinite(val):
@@ -229,6 +258,12 @@ class LossWidget(QWidget):
                     self.add_step(SimpleNamespace(**rec))
                 elif kind == "Checkpoint":
                     self.add_checkpoint(SimpleNamespace(**rec))
+        report = Path(getattr(run, "outdir", "")) / "report.json"
+        if report.is_file():
+            try:
+                self.show_verdict(SimpleNamespace(**json.loads(report.read_text())))
+            except (json.JSONDecodeError, TypeError, OSError):
+                pass   # a damaged report: no banner, the run still opens
         if seed_rounds:
             self.seed_steps = seed_rounds
             self.seed_label.setText(f"ab initio seed: {seed_rounds} search rounds, {_fmt_s(seed_s)}")
@@ -236,6 +271,8 @@ class LossWidget(QWidget):
         self.redraw()
 
     def clear(self) -> None:
+        self.verdict = None
+        self.verdict_banner.setVisible(False)
         self.seed_stage, self.seed_done, self._seed_t0, self._seed_last = None, False, None, ""
         self.seed_bar.setVisible(False)
         self.seed_label.setVisible(False)

@@ -79,6 +79,7 @@ class Session(QObject):
     checkpoint = Signal(object)  # training Checkpoint event
     finished = Signal(object)  # training Finished event, or None after a failure
     message = Signal(object)  # training Message event (seed stage changes among them)
+    verdict = Signal(object)  # training Verdict event: the run's self-diagnosis
     latents_changed = Signal(object)  # LatentSet
     decoder_changed = Signal(object)  # DecoderSource | None
     labels_changed = Signal(object)  # (labels array, name) or None
@@ -132,6 +133,8 @@ class Session(QObject):
             self.checkpoint.emit(ev)
         elif kind == "Message":
             self.message.emit(ev)
+        elif kind == "Verdict":
+            self.verdict.emit(ev)
         elif kind in ("Finished", "Failed"):
             self.state.training = False
             self.finished.emit(ev)

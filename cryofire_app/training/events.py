@@ -7,7 +7,7 @@ Units: `loss` is the mean squared error in normalized Hartley units; `mask_radiu
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -66,7 +66,19 @@ class Failed:
     message: str
 
 
-Event = Started | Step | Latents | Checkpoint | Message | Finished | Failed
+@dataclass
+class Verdict:
+    """The run's self-diagnosis (cryofire_app.reconstruct.diagnose), emitted once after the outputs are written:
+    ``verdict`` is "converged", "uncertain" or "failed"; ``reasons`` say why in words (empty when converged);
+    ``checks`` the numbers behind it; ``path`` the report.json that holds them."""
+
+    verdict: Literal["converged", "uncertain", "failed"]
+    reasons: list[str]
+    checks: dict
+    path: str
+
+
+Event = Started | Step | Latents | Checkpoint | Message | Finished | Failed | Verdict
 
 
 def event_to_json(ev: Any) -> dict:

@@ -688,7 +688,7 @@ class Trainer:
             if "sigma2" in m:
                 loss = float(m["sigma2"])
             if "radius" in m:
-                box = int(m.get("box", scfg.box_global if e.stage == "abinit" else self.D))
+                box = int(m.get("box", self.D))
                 radius = int(round(float(m["radius"]) * self.D / max(box, 1)))
             k += 1
             if math.isfinite(loss):

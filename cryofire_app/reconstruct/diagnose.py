@@ -1,0 +1,310 @@
+"""Self-diagnosis of a reconstruction without ground truth: is the map, and are the poses and states, supported by
+the data, or could noise have produced them?
+
+The decisive check uses **held-out particles** (the run's validation split: never seen by the seed's search, the
+map or the decoder). Each is scored against the map of all the other particles at every rotation of a ~15-degree
+SO(3) grid; its *pose signal* is how much better its best rotation fits than the grid's average, in standard
+deviations of its scores over the grid (scores: squared residual minus ``||Y||^2``, lower is better, over the
+Fourier band where the half maps agree, :mod:`.search`). The
+same is done for a *null* copy of each image: its Fourier coefficients multiplied by random signs (power spectrum
+kept, structure destroyed). A real map matches real particles at some pose far better than it matches noise of the
+same spectrum; a map fitted to noise (what an ab initio run that failed leaves) matches both alike, because the
+held-out images' noise is not in it. ``signal_ratio`` = median pose signal of the images over that of their null
+copies (~1 for noise; several for a real map), ``signal_z`` the paired z-score of the difference.
+
+Beside it:
+- the held-out particles' *predicted* poses (the encoder's): ``gain = (s_random - s_pred) / (s_random - s_best)``,
+  ~1 when the encoder's pose is as good as the grid's best, ~0 when it is no better than a random pose;
+- the same gain for the fitted particles of one random half against the other half's map, and the half-map FSC:
+  both are reported, but they are biased (the poses of both halves were found against one common map, which is how
+  "Einstein from noise" happens), so they never make a run look converged on their own;
+- states (labels given, K >= 2): half A's state maps classify half B's images at their final poses (and the other
+  way round) by log-likelihood ratio; the area under the ROC curve for the run's own labels (0.5 = chance) says
+  whether the split reproduces.
+
+:func:`verdict` turns the checks into "converged", "uncertain" or "failed" with the reasons in words. Conventions as
+in :mod:`.seed`: ``rot (N, 3, 3)`` cryoDRGN rows, ``trans_px (N, 2)`` pixels of the image box, the shift that
+re-centres the particle.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..analysis.metrics import fsc, fsc_resolution_px
+from ..physics.projector import slice_ht_volume
+from .data import prepare_particles, stage_data
+from .grids import grid_spacing_deg, so3_grid
+from .search import backproject, residual_sigma2, slices
+from .volume import HartleyAccumulator, slicing_volume
+
+#: Verdict thresholds, chosen on the benchmark matrix (docs/decisions/004-self-diagnosis.md)
+SIGNAL_RATIO_FAILED = 1.15     # held-out pose signal over its null's: a fit to noise measures 0.95-1.05
+SIGNAL_RATIO_CONVERGED = 1.3   # true poses measure 1.5-1.9 (box 32-64, SNR 0.1-0.3)
+SIGNAL_Z_FAILED = 4.0          # paired z of the difference: below this it is not there at all ...
+SIGNAL_Z_CONVERGED = 8.0       # ... and a converged run's is clearly significant
+GAIN_CONVERGED = 0.6           # predicted (encoder) poses of held-out particles
+STATE_AUC_SUPPORTED = 0.6
+
+
+@dataclass
+class DiagnoseConfig:
+    """``max_particles``: random subset used (bounded cost in N); ``max_box``: images are Fourier-cropped to at most
+    this box; ``n_score``: images per half scored against the other half's map; grid of ``grid_dirs x grid_psi``."""
+
+    max_particles: int = 4000
+    max_box: int = 64
+    n_score: int = 400
+    grid_dirs: int = 192
+    grid_psi: int = 24
+    seed: int = 0
+
+
+@dataclass
+class Diagnosis:
+    """The checks' numbers (see the module doc). ``signal_*`` and ``heldout_gain_median`` are None without held-out
+    particles; ``fsc_curve`` per shell ``i / box`` cycles/px; ``apix`` of the diagnosis box."""
+
+    n_particles: int
+    n_heldout: int
+    box: int
+    apix: float | None
+    band_radius_px: float
+    signal_ratio: float | None
+    signal_z: float | None
+    heldout_gain_median: float | None
+    heldout_agreement: float | None
+    halves_gain_median: float
+    halves_agreement: float
+    agreement_chance: float
+    fsc_half_0143_px: float
+    fsc_half_05_px: float
+    fsc_curve: list[float]
+    state_auc: float | None = None
+    state_sizes: list[int] | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("fsc_half_0143_px", "fsc_half_05_px"):
+            d[k.replace("_px", "_A")] = None if self.apix is None or not math.isfinite(d[k]) else d[k] * self.apix
+        return d
+
+
+def null_images(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Copies of ``images (n, D, D)`` with every Fourier coefficient's sign flipped at random (one Hermitian-symmetric
+    sign pattern per image, so the copies stay real): the same power spectrum, no particle."""
+    rng = np.random.default_rng(seed)
+    f = np.fft.fft2(images)
+    signs = np.sign(np.fft.fft2(rng.standard_normal(images.shape)).real)
+    signs[signs == 0] = 1.0
+    return np.fft.ifft2(f * signs).real.astype(np.float32)
+
+
+def _halves(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return perm[: n // 2].sort().values, perm[n // 2:].sort().values
+
+
+def _map(data, rows, rot, trans, sigma2: float, mask_radius: float) -> torch.Tensor:
+    acc = HartleyAccumulator(data.d)
+    backproject(acc, data, rot[rows], trans[rows], rows=rows)
+    return acc.solve(sigma2, mask_radius=mask_radius)[0]
+
+
+def _scores_final(vh, data, rows, rot, trans, batch: int = 256) -> torch.Tensor:
+    out = []
+    for s in range(0, len(rows), batch):
+        r = rows[s:s + batch]
+        y = data.shifted(r, trans[r][:, None])[:, 0]
+        P = slice_ht_volume(vh, data.coords @ rot[r])
+        C = data.ctf[r]
+        out.append(((C * P) ** 2).sum(1) - 2 * (C * y * P).sum(1))
+    return torch.cat(out)
+
+
+def _scores_grid(vh, data, rows, trans, grid, batch: int = 128) -> torch.Tensor:
+    """``(len(rows), G)`` scores of every image at every grid rotation, each at its own (final) shift."""
+    P = slices(vh, data.coords, grid)            # (G, K)
+    P2 = P * P
+    out = []
+    for s in range(0, len(rows), batch):
+        r = rows[s:s + batch]
+        y = data.shifted(r, trans[r][:, None])[:, 0]
+        C = data.ctf[r]
+        out.append((C * C) @ P2.T - 2 * (C * y) @ P.T)
+    return torch.cat(out)
+
+
+def _pose_check(vh, data, rows, rot, trans, grid, spacing_deg: float):
+    """Per image of ``rows``: the gain of its pose over a random one, relative to the grid's best (see the module
+    doc), whether the grid's best rotation is within two grid spacings of its pose, and its pose signal."""
+    s_fin = _scores_final(vh, data, rows, rot, trans)
+    s_grid = _scores_grid(vh, data, rows, trans, grid)
+    s_rand = s_grid.mean(1)
+    s_best, i_best = s_grid.min(1)
+    gain = (s_rand - s_fin) / (s_rand - s_best).clamp(min=1e-30)
+    tr = (grid[i_best] * rot[rows]).sum((-1, -2))
+    ang = torch.rad2deg(torch.arccos(((tr - 1) / 2).clamp(-1, 1)))
+    return gain, (ang <= 2 * spacing_deg).float(), (s_rand - s_best) / s_grid.std(1).clamp(min=1e-30)
+
+
+def _state_check(data, halves, rot, trans, state: np.ndarray, sigma2: float, mask_radius: float) -> float:
+    """Area under the ROC curve with which the other half's state maps tell each particle's own state (one state
+    against the rest by log-likelihood ratio at the final pose, averaged over states by size): 0.5 = chance."""
+    from sklearn.metrics import roc_auc_score
+
+    K = int(state.max()) + 1
+    st = torch.as_tensor(state)
+    loglik = torch.zeros(data.n, K)
+    for a, b in (halves, halves[::-1]):
+        for k in range(K):
+            mem = a[st[a] == k]
+            if len(mem) < 2:
+                loglik[b, k] = -float("inf")
+                continue
+            vk = slicing_volume(_map(data, mem, rot, trans, sigma2, mask_radius))
+            loglik[b, k] = -_scores_final(vk, data, b, rot, trans).double().float() / (2 * sigma2)
+    rows = torch.cat(halves)
+    ll, lab = loglik[rows].double(), state[rows.numpy()]
+    aucs, weights = [], []
+    for k in range(K):
+        pos = lab == k
+        if pos.all() or not pos.any():
+            continue
+        others = torch.cat([ll[:, :k], ll[:, k + 1:]], 1)
+        score = (ll[:, k] - torch.logsumexp(others, 1)).numpy()
+        score = np.nan_to_num(score, nan=0.0, posinf=1e30, neginf=-1e30)
+        aucs.append(roc_auc_score(pos, score))
+        weights.append(pos.sum())
+    return float(np.average(aucs, weights=weights))
+
+
+def _subset(n_all: int, heldout, cfg: DiagnoseConfig, gen) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the particles used (sorted): up to ``max_particles`` fitted ones and ``n_score`` held-out ones."""
+    ho = np.zeros(n_all, bool) if heldout is None else np.asarray(heldout, bool)
+    pick = []
+    for rows, m in ((np.nonzero(~ho)[0], cfg.max_particles), (np.nonzero(ho)[0], cfg.n_score)):
+        order = torch.randperm(len(rows), generator=gen).numpy()
+        pick.append(rows[order[:m]])
+    sub = np.sort(np.concatenate(pick))
+    return sub, ho[sub]
+
+
+def _signal(vh, sdata, rows_ho, rows_null, rot, trans, grid, spacing) -> dict:
+    """Held-out checks against the fitted particles' map ``vh``: predicted-pose gain, and the pose signal of the
+    images against that of their null copies (rows ``rows_null``, in the same order)."""
+    g, ok, sig = _pose_check(vh, sdata, rows_ho, rot, trans, grid, spacing)
+    _, _, sig0 = _pose_check(vh, sdata, rows_null, rot, trans, grid, spacing)
+    diff = (sig - sig0).double()
+    z = float(diff.mean() / (diff.std() / math.sqrt(len(diff)) + 1e-30)) if len(diff) > 1 else 0.0
+    ratio = float(sig.median() / sig0.median().clamp(min=1e-30))
+    return {"signal_ratio": ratio, "signal_z": z, "heldout_gain_median": float(g.median()),
+            "heldout_agreement": float(ok.mean())}
+
+
+def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None = None, heldout=None,
+             config: DiagnoseConfig | None = None) -> Diagnosis:
+    """Run the checks on ``images (N, D, D)`` (raw data sign, any scale; D even) with ``ctf_params (N, 9)`` cryoDRGN
+    rows or None, final poses ``rot (N, 3, 3)``, ``trans_px (N, 2)`` (px of box D) and optional ``state (N,)``.
+
+    ``heldout (N,)`` bool marks the particles whose poses were predicted, not fitted (a validation split): they are
+    left out of every map, and they carry the decisive check (module doc)."""
+    cfg = config or DiagnoseConfig()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sub, ho = _subset(len(images), heldout, cfg, gen)
+    imgs = np.stack([np.asarray(images[int(i)], np.float32) for i in sub])
+    n_ho = int(ho.sum())
+    imgs = np.concatenate([imgs, null_images(imgs[ho], cfg.seed)])        # null copies of the held-out images last
+    take = np.concatenate([sub, sub[ho]])
+    ctf = None if ctf_params is None else np.asarray(ctf_params)[take]
+    parts = prepare_particles(imgs, ctf)
+    D = parts.D
+    d = min(D, cfg.max_box)
+    rot_t = torch.as_tensor(np.asarray(rot, np.float32)[take])
+    trans_t = torch.as_tensor(np.asarray(trans_px, np.float32)[take]) * (d / D)
+    if state is not None:
+        state = np.asarray(state)[sub][~ho]
+    mask_r = 0.9 * d / 2
+    data = stage_data(parts, d, d // 2)
+    rows_all = torch.as_tensor(np.nonzero(~ho)[0])
+    rows_ho = torch.as_tensor(np.nonzero(ho)[0])
+    rows_null = torch.arange(len(sub), len(sub) + n_ho)
+    # noise variance from the residuals of the fitted particles' map at their poses
+    full = slicing_volume(_map(data, rows_all, rot_t, trans_t, 1.0, mask_r))
+    sigma2 = residual_sigma2(_scores_final(full, data, rows_all, rot_t, trans_t), data, rows_all)
+    halves = tuple(rows_all[h] for h in _halves(len(rows_all), gen))
+    maps = [_map(data, h, rot_t, trans_t, sigma2, mask_r) for h in halves]
+    _, curve = fsc(maps[0].numpy(), maps[1].numpy())
+    freq = np.arange(len(curve)) / d
+    r05, r0143 = fsc_resolution_px(freq, curve, 0.5), fsc_resolution_px(freq, curve, 0.143)
+    # score in the band where the halves agree (at least 4 Fourier px: the particle's outline)
+    band = float(np.clip(d / r0143 if math.isfinite(r0143) else 0.0, 4.0, 0.9 * d / 2))
+    sdata = stage_data(parts, d, band)
+    grid = so3_grid(cfg.grid_dirs, cfg.grid_psi)
+    spacing = grid_spacing_deg(cfg.grid_dirs, cfg.grid_psi)
+    gains, agree = [], []
+    for vol, b in ((maps[0], halves[1]), (maps[1], halves[0])):
+        rows = b[torch.randperm(len(b), generator=gen)[: cfg.n_score]]
+        g, ok, _ = _pose_check(slicing_volume(vol), sdata, rows, rot_t, trans_t, grid, spacing)
+        gains.append(g)
+        agree.append(ok)
+    theta = math.radians(2 * spacing)
+    chance = (theta - math.sin(theta)) / math.pi      # fraction of SO(3) within theta of a given rotation
+    held = dict.fromkeys(("signal_ratio", "signal_z", "heldout_gain_median", "heldout_agreement"))
+    if n_ho >= 2:
+        vh = slicing_volume(_map(sdata, rows_all, rot_t, trans_t, sigma2, mask_r))
+        held = _signal(vh, sdata, rows_ho, rows_null, rot_t, trans_t, grid, spacing)
+    auc = sizes = None
+    if state is not None and len(np.unique(state)) >= 2:
+        st = np.zeros(data.n, np.int64)
+        st[rows_all.numpy()] = np.asarray(state, np.int64)
+        sizes = np.bincount(st[rows_all.numpy()]).tolist()
+        auc = _state_check(sdata, halves, rot_t, trans_t, st, sigma2, mask_r)
+    return Diagnosis(int(len(rows_all)), n_ho, int(d), None if apix is None else float(apix * D / d), band,
+                     halves_gain_median=float(torch.cat(gains).median()),
+                     halves_agreement=float(torch.cat(agree).mean()), agreement_chance=float(chance),
+                     fsc_half_0143_px=float(r0143), fsc_half_05_px=float(r05), fsc_curve=[float(c) for c in curve],
+                     state_auc=auc, state_sizes=sizes, **held)
+
+
+def verdict(diag: Diagnosis, encoder_agreement_deg: float | None = None,
+            encoder_target_deg: float | None = None) -> tuple[str, list[str]]:
+    """("converged" | "uncertain" | "failed", reasons). ``encoder_agreement_deg``: median angle between the encoder's
+    and the seed's poses (seeded runs), checked against ``encoder_target_deg``."""
+    reasons: list[str] = []
+    level = "converged"
+    if diag.signal_ratio is None:
+        level = "uncertain"
+        reasons.append("no held-out particles to check the map against (validation split empty): the map and "
+                       "poses could not be told from a fit to noise")
+    else:
+        r, z = diag.signal_ratio, diag.signal_z
+        if r < SIGNAL_RATIO_FAILED or z < SIGNAL_Z_FAILED:
+            reasons.append(f"held-out particles match the map no better than noise of the same spectrum does (pose "
+                           f"signal ratio {r:.2f}, z {z:.1f}; a real map gives >= {SIGNAL_RATIO_CONVERGED:g}): the "
+                           "map and poses are not supported by the data")
+            return "failed", reasons
+        if r < SIGNAL_RATIO_CONVERGED or z < SIGNAL_Z_CONVERGED:
+            level = "uncertain"
+            reasons.append(f"held-out particles match the map only weakly (pose signal ratio {r:.2f}, z {z:.1f}; a "
+                           f"converged run gives >= {SIGNAL_RATIO_CONVERGED:g} and >= {SIGNAL_Z_CONVERGED:g})")
+        g = diag.heldout_gain_median
+        if g is not None and g < GAIN_CONVERGED:
+            level = "uncertain"
+            reasons.append(f"the encoder's poses for held-out particles explain them only partly (median pose gain "
+                           f"{g:.2f}; >= {GAIN_CONVERGED} when reliable): poses of new particles (`cryofire infer`) "
+                           "are not reliable")
+    if diag.state_auc is not None and diag.state_auc < STATE_AUC_SUPPORTED:
+        level = "uncertain"
+        reasons.append(f"the state split does not reproduce across halves (the other half's state maps tell the "
+                       f"states apart with AUC {diag.state_auc:.2f}; 0.5 is chance, >= {STATE_AUC_SUPPORTED} when "
+                       "supported): treat the states as unconfirmed")
+    if (encoder_agreement_deg is not None and encoder_target_deg is not None
+            and encoder_agreement_deg > encoder_target_deg):
+        level = "uncertain"
+        reasons.append(f"the encoder stayed {encoder_agreement_deg:.1f} deg from the seed's poses (target "
+                       f"{encoder_target_deg:g}): it has not learned the poses yet")
+    return level, reasons
