@@ -77,3 +77,29 @@ def test_seed_steps_go_to_the_status_line_not_the_curve(qtbot):
     w._dirty = True
     w.redraw()
     assert w.n_points == 1 and list(w.raw_curve.getData()[0]) == [32]
+
+
+def test_verdict_banner_from_the_event_and_from_an_opened_run(qtbot, tmp_path):
+    """The run's self-diagnosis shows as a banner: red with the reasons when it failed; a run folder's report.json
+    fills it when the run is opened; a new run clears it."""
+    import json
+    from types import SimpleNamespace
+
+    from cryofire_app.training.events import Verdict
+
+    w = LossWidget()
+    qtbot.addWidget(w)
+    w.show()
+    assert not w.verdict_banner.isVisible()
+    w.show_verdict(Verdict("failed", ["held-out particles match the map no better than noise"], {}, "r.json"))
+    assert w.verdict == "failed" and w.verdict_banner.isVisible()
+    assert "FAILED" in w.verdict_banner.text() and "no better than noise" in w.verdict_banner.text()
+    assert "f4a3a3" in w.verdict_banner.styleSheet()
+    w.clear()
+    assert w.verdict is None and not w.verdict_banner.isVisible()
+    (tmp_path / "report.json").write_text(json.dumps({"verdict": "converged", "reasons": [], "checks": {}}))
+    w.load_run_log(SimpleNamespace(outdir=str(tmp_path)))
+    assert w.verdict == "converged" and "converged" in w.verdict_banner.text()
+    (tmp_path / "report.json").write_text("{ not json")          # a damaged report: no banner, no exception
+    w.load_run_log(SimpleNamespace(outdir=str(tmp_path)))
+    assert w.verdict is None and not w.verdict_banner.isVisible()

@@ -240,6 +240,12 @@ class LossWidget(QWidget):
         from types import SimpleNamespace
 
         self.clear()
+        report = Path(getattr(run, "outdir", "")) / "report.json"
+        if report.is_file():
+            try:
+                self.show_verdict(SimpleNamespace(**json.loads(report.read_text())))
+            except (json.JSONDecodeError, TypeError, OSError):
+                pass   # a damaged report: no banner, the run still opens
         path = Path(getattr(run, "outdir", "")) / "log.jsonl"
         if not path.is_file():
             return
@@ -258,12 +264,6 @@ class LossWidget(QWidget):
                     self.add_step(SimpleNamespace(**rec))
                 elif kind == "Checkpoint":
                     self.add_checkpoint(SimpleNamespace(**rec))
-        report = Path(getattr(run, "outdir", "")) / "report.json"
-        if report.is_file():
-            try:
-                self.show_verdict(SimpleNamespace(**json.loads(report.read_text())))
-            except (json.JSONDecodeError, TypeError, OSError):
-                pass   # a damaged report: no banner, the run still opens
         if seed_rounds:
             self.seed_steps = seed_rounds
             self.seed_label.setText(f"ab initio seed: {seed_rounds} search rounds, {_fmt_s(seed_s)}")
