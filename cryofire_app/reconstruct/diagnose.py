@@ -41,7 +41,7 @@ from .grids import grid_spacing_deg, so3_grid
 from .search import backproject, residual_sigma2, slices
 from .volume import HartleyAccumulator, slicing_volume
 
-#: Verdict thresholds, chosen on the benchmark matrix (docs/decisions/004-self-diagnosis.md)
+#: Verdict thresholds, set on simulated sets at true and at random poses (docs/decisions/001-self-diagnosis.md)
 SIGNAL_RATIO_FAILED = 1.15     # held-out pose signal over its null's: a fit to noise measures 0.95-1.05
 SIGNAL_RATIO_CONVERGED = 1.3   # true poses measure 1.5-1.9 (box 32-64, SNR 0.1-0.3)
 SIGNAL_Z_FAILED = 4.0          # paired z of the difference: below this it is not there at all ...

@@ -220,7 +220,8 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
             done += 1
             yield ev("abinit", done, total, f"round {it + 1}/{cfg.iters_global}, start {k + 1}: radius "
                      f"{radii[it]:.1f} px at box {d0}, noise variance {s2:.4g}",
-                     {"start": k, "round": it, "sigma2": s2, "radius": float(radii[it])}, volume=vol.cpu().numpy())
+                     {"start": k, "round": it, "sigma2": s2, "radius": float(radii[it]), "box": d0},
+                     volume=vol.cpu().numpy())
         if (it + 1) % cut == 0 and len(starts) > 1 and it + 1 < cfg.iters_global:
             keep = sorted(starts, key=lambda k: starts[k][1])[:max(1, len(starts) // 2)]
             starts = {k: starts[k] for k in keep}
