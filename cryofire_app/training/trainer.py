@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -293,6 +294,7 @@ class Trainer:
         self.seed_done = False
         self.joint_ok = False          # seeded: the encoder has reproduced the seed's poses (see seed_agreement_deg)
         self.agreement_deg: float | None = None
+        self.seed_failed = False
         self.next_agreement = 0
         self.seed_pose_fraction = 0.0
         self.seed: dict | None = None
@@ -681,6 +683,13 @@ class Trainer:
             except StopIteration as stop:
                 res = stop.value
                 break
+            except (ValueError, FloatingPointError, RuntimeError) as exc:   # e.g. NaN from degenerate data
+                log.exception("the ab initio seed failed")
+                yield self._emit(Failed(f"the ab initio seed failed in its '{stage or 'prepare'}' stage: {exc}. "
+                                        "No training checkpoint was written; check the particles (NaN/Inf pixels, "
+                                        "blank images, wrong CTF) or give more particles"))
+                self.seed_failed = True
+                return
             if e.stage != stage:
                 stage = e.stage
                 yield self._emit(Message("info", f"seed {e.stage}: {e.message}"))
@@ -693,6 +702,11 @@ class Trainer:
             k += 1
             if math.isfinite(loss):
                 yield self._emit(Step(k, 0, loss, radius, "seed", time.time() - t0, self.images_total))
+        if not (np.all(np.isfinite(res.rot)) and np.all(np.isfinite(res.trans_px)) and np.all(np.isfinite(res.volume))):
+            yield self._emit(Failed("the ab initio seed returned non-finite poses or map (NaN/Inf): the particles "
+                                    "or their CTF parameters hold values the search cannot use; nothing was saved"))
+            self.seed_failed = True
+            return
         sgn = int(res.history.get("density_sign", 1))
         score = res.state_score if res.state_score is not None else np.zeros(0, np.float32)
         state = res.state if res.state is not None else np.zeros(0, np.int64)
@@ -710,7 +724,7 @@ class Trainer:
         try:
             with np.load(path) as f:
                 d = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise InputError(f"not a readable seed file: {exc}", path) from exc
         missing = [k for k in self.SEED_KEYS if k not in d]
         if missing:
@@ -982,6 +996,8 @@ class Trainer:
         stopped = False
         if self.phase == "seed":
             yield from self._run_seed(t0)
+            if self.seed_failed:
+                return
             stopped = self._stop.is_set()
         if not stopped and self.phase == "distill":
             yield from self._prepare_synth()
