@@ -122,6 +122,9 @@ def test_train_dock_start_watch_stop(make_napari_viewer, qtbot, tmp_path, tiny_s
     assert type(train.last_event).__name__ == "Finished" and train.last_event.stopped
     assert (outdir / "checkpoints" / "last.pt").is_file()
     assert (outdir / "latents.npz").is_file()
+    # the stopped run still diagnoses its outputs: report.json and the Loss dock's banner
+    assert (outdir / "report.json").is_file()
+    assert loss.verdict in ("converged", "uncertain", "failed") and loss.verdict_banner.isVisible()
     # after the run the scatter holds every particle (final pass), not the training snapshot
     qtbot.waitUntil(lambda: latent.latents is not None and latent.latents.final and latent.analysis is not None,
                     timeout=30_000)
@@ -287,3 +290,17 @@ def test_train_dock_bad_input_notifies(make_napari_viewer, qtbot, tmp_path, fixt
     # no crash: the dock is usable again and the viewer still works
     assert train.start_btn.enabled and not train.running
     viewer.add_image(np.zeros((4, 4)))
+
+
+def test_train_dock_refuses_bad_settings_before_starting(make_napari_viewer, qtbot, tmp_path, tiny_stack):
+    """A setting out of range is refused by the engine's config check when Start is pressed: one error naming the
+    option, no thread, nothing written."""
+    viewer, docks = _docks(make_napari_viewer)
+    train = docks["Train"]
+    train.set_particles(tiny_stack, outdir=tmp_path / "out")
+    before = len(_errors())
+    train.start(**dict(TINY, lr=-1.0))
+    assert not train.running and train.worker is None
+    msgs = _errors()[before:]
+    assert len(msgs) == 1 and "--lr" in msgs[0], msgs
+    assert train.status.value.startswith("not started") and not (tmp_path / "out").exists()

@@ -214,6 +214,14 @@ class TrainWidget(QWidget):
         if not cfg.outdir:
             show_error("cryoFIRE: choose an output folder first")
             return
+        from cryofire_app.io.errors import InputError
+
+        try:
+            cfg.validate()   # the engine's one check of every setting, before any thread starts
+        except InputError as exc:
+            show_error(f"cryoFIRE: {exc}")
+            self.status.value = f"not started: {exc}"
+            return
         self.outdir = Path(cfg.outdir)
         self.failed_message = None
         self.events_seen = 0
@@ -291,6 +299,9 @@ class TrainWidget(QWidget):
                     self.status.value = "seed done: distilling its poses into the encoder …"
                 return
             {"error": show_error, "warning": show_warning}.get(ev.level, show_info)(f"cryoFIRE: {ev.text}")
+        elif kind == "Verdict":
+            note = {"converged": show_info, "uncertain": show_warning, "failed": show_error}[ev.verdict]
+            note(f"cryoFIRE: reconstruction {ev.verdict}" + (": " + "; ".join(ev.reasons) if ev.reasons else ""))
         elif kind == "Failed":
             self.failed_message = ev.message
             self.status.value = f"failed: {ev.message}"
