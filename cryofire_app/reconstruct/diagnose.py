@@ -3,14 +3,15 @@ the data, or could noise have produced them?
 
 The decisive check uses **held-out particles** (the run's validation split: never seen by the seed's search, the
 map or the decoder). Each is scored against the map of all the other particles at every rotation of a ~15-degree
-SO(3) grid; its *pose signal* is how much better its best rotation fits than the grid's average, in standard
-deviations of its scores over the grid (scores: squared residual minus ``||Y||^2``, lower is better, over the
-Fourier band where the half maps agree, :mod:`.search`). The
-same is done for a *null* copy of each image: its Fourier coefficients multiplied by random signs (power spectrum
-kept, structure destroyed). A real map matches real particles at some pose far better than it matches noise of the
-same spectrum; a map fitted to noise (what an ab initio run that failed leaves) matches both alike, because the
-held-out images' noise is not in it. ``signal_ratio`` = median pose signal of the images over that of their null
-copies (~1 for noise; several for a real map), ``signal_z`` the paired z-score of the difference.
+SO(3) grid, each rotation at its best shift of a small grid (the held-out images' own shifts are not trusted). Its
+*pose signal* is how much better its best rotation fits than the grid's average, in standard deviations of its
+scores over the grid (scores: squared residual minus ``||Y||^2``, lower is better, over the Fourier band where the
+half maps agree, :mod:`.search`). The same is done for a *null* copy of each image: its Fourier coefficients
+multiplied by random signs (power spectrum kept, structure destroyed). A real map matches real particles at some
+pose far better than it matches noise of the same spectrum; a map fitted to noise (what an ab initio run that failed
+leaves) matches both alike, because the held-out images' noise is not in it. ``signal_ratio`` = median pose signal
+of the images over that of their null copies (~1 for noise, 1.5-2 for a real map), ``signal_z`` the paired z-score
+of the difference.
 
 Beside it:
 - the held-out particles' *predicted* poses (the encoder's): ``gain = (s_random - s_pred) / (s_random - s_best)``,
@@ -37,7 +38,7 @@ import torch
 from ..analysis.metrics import fsc, fsc_resolution_px
 from ..physics.projector import slice_ht_volume
 from .data import prepare_particles, stage_data
-from .grids import grid_spacing_deg, so3_grid
+from .grids import grid_spacing_deg, shift_grid, so3_grid
 from .search import backproject, residual_sigma2, slices
 from .volume import HartleyAccumulator, slicing_volume
 
@@ -52,8 +53,9 @@ STATE_AUC_SUPPORTED = 0.6
 
 @dataclass
 class DiagnoseConfig:
-    """``max_particles``: random subset used (bounded cost in N); ``max_box``: images are Fourier-cropped to at most
-    this box; ``n_score``: images per half scored against the other half's map; grid of ``grid_dirs x grid_psi``."""
+    """``max_particles``: fitted particles used at most (a random subset: bounded cost in N); ``n_score``: held-out
+    particles used at most, and fitted images per half scored against the other half's map; ``max_box``: images are
+    Fourier-cropped to at most this box; the SO(3) grid has ``grid_dirs x grid_psi`` rotations."""
 
     max_particles: int = 4000
     max_box: int = 64
@@ -125,22 +127,32 @@ def _scores_final(vh, data, rows, rot, trans, batch: int = 256) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _scores_grid(vh, data, rows, trans, grid, batch: int = 128) -> torch.Tensor:
-    """``(len(rows), G)`` scores of every image at every grid rotation, each at its own (final) shift."""
+def _scores_grid(vh, data, rows, trans, grid, shifts=None, batch: int = 128) -> torch.Tensor:
+    """``(len(rows), G)`` scores of every image at every grid rotation: at its own (final) shift ``trans``, or, with
+    ``shifts (T, 2)`` (box-d px), at the best of those shifts for each rotation."""
     P = slices(vh, data.coords, grid)            # (G, K)
     P2 = P * P
     out = []
     for s in range(0, len(rows), batch):
         r = rows[s:s + batch]
-        y = data.shifted(r, trans[r][:, None])[:, 0]
         C = data.ctf[r]
-        out.append((C * C) @ P2.T - 2 * (C * y) @ P.T)
+        base = (C * C) @ P2.T
+        if shifts is None:
+            y = data.shifted(r, trans[r][:, None])[:, 0]
+            out.append(base - 2 * (C * y) @ P.T)
+            continue
+        best = None
+        for t in shifts:
+            y = data.shifted(r, t[None])[:, 0]
+            sc = base - 2 * (C * y) @ P.T
+            best = sc if best is None else torch.minimum(best, sc)
+        out.append(best)
     return torch.cat(out)
 
 
 def _pose_check(vh, data, rows, rot, trans, grid, spacing_deg: float):
     """Per image of ``rows``: the gain of its pose over a random one, relative to the grid's best (see the module
-    doc), whether the grid's best rotation is within two grid spacings of its pose, and its pose signal."""
+    doc), and whether the grid's best rotation is within two grid spacings of its pose (all at its own shift)."""
     s_fin = _scores_final(vh, data, rows, rot, trans)
     s_grid = _scores_grid(vh, data, rows, trans, grid)
     s_rand = s_grid.mean(1)
@@ -148,7 +160,14 @@ def _pose_check(vh, data, rows, rot, trans, grid, spacing_deg: float):
     gain = (s_rand - s_fin) / (s_rand - s_best).clamp(min=1e-30)
     tr = (grid[i_best] * rot[rows]).sum((-1, -2))
     ang = torch.rad2deg(torch.arccos(((tr - 1) / 2).clamp(-1, 1)))
-    return gain, (ang <= 2 * spacing_deg).float(), (s_rand - s_best) / s_grid.std(1).clamp(min=1e-30)
+    return gain, (ang <= 2 * spacing_deg).float()
+
+
+def _pose_signal(vh, data, rows, grid, shifts) -> torch.Tensor:
+    """Per image: how far its best rotation (each at its best shift of ``shifts``) stands out of the grid, in
+    standard deviations of its scores over the grid. Needs no pose of the image."""
+    s_grid = _scores_grid(vh, data, rows, None, grid, shifts=shifts)
+    return (s_grid.mean(1) - s_grid.min(1).values) / s_grid.std(1).clamp(min=1e-30)
 
 
 def _state_check(data, halves, rot, trans, state: np.ndarray, sigma2: float, mask_radius: float) -> float:
@@ -193,11 +212,12 @@ def _subset(n_all: int, heldout, cfg: DiagnoseConfig, gen) -> tuple[np.ndarray, 
     return sub, ho[sub]
 
 
-def _signal(vh, sdata, rows_ho, rows_null, rot, trans, grid, spacing) -> dict:
+def _signal(vh, sdata, rows_ho, rows_null, rot, trans, grid, spacing, shifts) -> dict:
     """Held-out checks against the fitted particles' map ``vh``: predicted-pose gain, and the pose signal of the
-    images against that of their null copies (rows ``rows_null``, in the same order)."""
-    g, ok, sig = _pose_check(vh, sdata, rows_ho, rot, trans, grid, spacing)
-    _, _, sig0 = _pose_check(vh, sdata, rows_null, rot, trans, grid, spacing)
+    images against that of their null copies (rows ``rows_null``, in the same order), searched over ``shifts``."""
+    g, ok = _pose_check(vh, sdata, rows_ho, rot, trans, grid, spacing)
+    sig = _pose_signal(vh, sdata, rows_ho, grid, shifts)
+    sig0 = _pose_signal(vh, sdata, rows_null, grid, shifts)
     diff = (sig - sig0).double()
     z = float(diff.mean() / (diff.std() / math.sqrt(len(diff)) + 1e-30)) if len(diff) > 1 else 0.0
     ratio = float(sig.median() / sig0.median().clamp(min=1e-30))
@@ -248,7 +268,7 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     gains, agree = [], []
     for vol, b in ((maps[0], halves[1]), (maps[1], halves[0])):
         rows = b[torch.randperm(len(b), generator=gen)[: cfg.n_score]]
-        g, ok, _ = _pose_check(slicing_volume(vol), sdata, rows, rot_t, trans_t, grid, spacing)
+        g, ok = _pose_check(slicing_volume(vol), sdata, rows, rot_t, trans_t, grid, spacing)
         gains.append(g)
         agree.append(ok)
     theta = math.radians(2 * spacing)
@@ -256,7 +276,11 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     held = dict.fromkeys(("signal_ratio", "signal_z", "heldout_gain_median", "heldout_agreement"))
     if n_ho >= 2:
         vh = slicing_volume(_map(sdata, rows_all, rot_t, trans_t, sigma2, mask_r))
-        held = _signal(vh, sdata, rows_ho, rows_null, rot_t, trans_t, grid, spacing)
+        # shifts of the held-out images are searched (their predicted shifts may be wrong), over the range the
+        # fitted particles' shifts span, in 1-px steps of the diagnosis box
+        ext = float(np.clip(np.quantile(trans_t[rows_all].abs().numpy(), 0.98), 1.0, d / 8))
+        shifts = shift_grid(ext, max(1.0, ext / 3))
+        held = _signal(vh, sdata, rows_ho, rows_null, rot_t, trans_t, grid, spacing, shifts)
     auc = sizes = None
     if state is not None and len(np.unique(state)) >= 2:
         st = np.zeros(data.n, np.int64)
