@@ -83,3 +83,15 @@ def test_evaluate_two_states_end_to_end(tmp_path):
     E.write_json(tmp_path / "r.json", dict(res, infinite=float("inf"), arr=np.arange(3)))
     back = __import__("json").loads((tmp_path / "r.json").read_text())
     assert back["infinite"] is None and back["arr"] == [0, 1, 2] and back["confusion"] == res["confusion"]
+
+
+def test_predictions_from_a_damaged_latents_archive_name_the_file(tmp_path):
+    """The Python API path (not only `cryofire eval`): a truncated latents.npz is an InputError naming it."""
+    from cryofire_app.analysis.evaluate import predictions_from_pkls
+    from cryofire_app.io.errors import InputError
+
+    lat = tmp_path / "latents.npz"
+    np.savez(lat, index=np.arange(4), z=np.zeros((4, 2)), rot=np.tile(np.eye(3), (4, 1, 1)), trans=np.zeros((4, 2)))
+    lat.write_bytes(lat.read_bytes()[:200])
+    with pytest.raises(InputError, match="latents.npz"):
+        predictions_from_pkls(tmp_path, D=32)

@@ -54,14 +54,12 @@ def predictions_from_pkls(folder: str | Path, D: int | None, ind: np.ndarray | N
     folder = Path(folder)
     lat = folder / "latents.npz"
     if lat.is_file():
-        try:
-            with np.load(lat) as f:
-                d = {k: f[k] for k in f.files}
-            rot, trans_px, z, index = d["rot"], d["trans"], d.get("z"), d["index"].astype(np.int64)
-            D = int(d["D"]) if "D" in d else D
-            apix = float(d["apix"]) if "apix" in d else None
-        except (KeyError, ValueError, OSError) as exc:
-            raise InputError(f"unreadable predictions ({type(exc).__name__}: {exc})", lat) from None
+        from cryofire_app.analysis.run import read_latents
+
+        d = read_latents(lat)   # a damaged archive is an InputError naming the file
+        rot, trans_px, z, index = d["rot"], d["trans"], d.get("z"), d["index"].astype(np.int64)
+        D = int(d["D"]) if "D" in d else D
+        apix = float(d["apix"]) if "apix" in d else None
     else:
         pose = folder / "pose.pkl"
         if not pose.is_file():
