@@ -159,6 +159,15 @@ def test_seeded_schedule_from_scratch(seeded_data, seeded_run):
     assert report["verdict"] == verdicts[0].verdict == "uncertain"   # val_fraction 0: nothing held out to check
     assert report["reasons"][0].startswith("no held-out particles")
     assert report["checks"]["halves_gain_median"] > 0.8 and report["checks"]["state_auc"] > 0.9, report["checks"]
+    # the final explicit reconstruction at the run's poses: maps in reconstruction/, sharper than the decoder's band
+    rec = report["reconstruction"]
+    assert {"map.mrc", "half_1.mrc", "half_2.mrc", "state_0.mrc", "state_1.mrc", "fsc.png"} <= set(rec["files"])
+    vol, info = read_map(run_dir / "reconstruction" / "map.mrc")
+    assert vol.shape == (BOX,) * 3 and info.apix == pytest.approx(tr.data.apix, rel=1e-4)
+    gt = read_map(sim / "gt_state_0.mrc")[0]
+    al = metrics.align_rotations(read_pose_pkl(run_dir / "pose.pkl")[0], gt_rot)
+    fsc_gt = metrics.fsc_report(metrics.align_volume_to_gt(vol, al, gt=gt), gt)
+    assert fsc_gt["res_0.5_px"] < BOX / cfg.freq_max, fsc_gt["res_0.5_px"]   # beyond the decoder's band
 
 
 def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_data, seeded_run):

@@ -36,10 +36,9 @@ import numpy as np
 import torch
 
 from ..analysis.metrics import fsc, fsc_resolution_px
-from ..physics.projector import slice_ht_volume
 from .data import prepare_particles, stage_data
 from .grids import grid_spacing_deg, shift_grid, so3_grid
-from .search import backproject, residual_sigma2, slices
+from .search import backproject, residual_sigma2, scores_at, slices
 from .volume import HartleyAccumulator, slicing_volume
 
 #: Verdict thresholds, set on simulated sets at true and at random poses (docs/decisions/001-self-diagnosis.md)
@@ -116,17 +115,6 @@ def _map(data, rows, rot, trans, sigma2: float, mask_radius: float) -> torch.Ten
     return acc.solve(sigma2, mask_radius=mask_radius)[0]
 
 
-def _scores_final(vh, data, rows, rot, trans, batch: int = 256) -> torch.Tensor:
-    out = []
-    for s in range(0, len(rows), batch):
-        r = rows[s:s + batch]
-        y = data.shifted(r, trans[r][:, None])[:, 0]
-        P = slice_ht_volume(vh, data.coords @ rot[r])
-        C = data.ctf[r]
-        out.append(((C * P) ** 2).sum(1) - 2 * (C * y * P).sum(1))
-    return torch.cat(out)
-
-
 def _scores_grid(vh, data, rows, trans, grid, shifts=None, batch: int = 128) -> torch.Tensor:
     """``(len(rows), G)`` scores of every image at every grid rotation: at its own (final) shift ``trans``, or, with
     ``shifts (T, 2)`` (box-d px), at the best of those shifts for each rotation."""
@@ -153,7 +141,7 @@ def _scores_grid(vh, data, rows, trans, grid, shifts=None, batch: int = 128) -> 
 def _pose_check(vh, data, rows, rot, trans, grid, spacing_deg: float):
     """Per image of ``rows``: the gain of its pose over a random one, relative to the grid's best (see the module
     doc), and whether the grid's best rotation is within two grid spacings of its pose (all at its own shift)."""
-    s_fin = _scores_final(vh, data, rows, rot, trans)
+    s_fin = scores_at(vh, data, rot[rows], trans[rows], rows)
     s_grid = _scores_grid(vh, data, rows, trans, grid)
     s_rand = s_grid.mean(1)
     s_best, i_best = s_grid.min(1)
@@ -185,7 +173,7 @@ def _state_check(data, halves, rot, trans, state: np.ndarray, sigma2: float, mas
                 loglik[b, k] = -float("inf")
                 continue
             vk = slicing_volume(_map(data, mem, rot, trans, sigma2, mask_radius))
-            loglik[b, k] = -_scores_final(vk, data, b, rot, trans).double().float() / (2 * sigma2)
+            loglik[b, k] = -scores_at(vk, data, rot[b], trans[b], b).double().float() / (2 * sigma2)
     rows = torch.cat(halves)
     ll, lab = loglik[rows].double(), state[rows.numpy()]
     aucs, weights = [], []
@@ -254,7 +242,7 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     rows_null = torch.arange(len(sub), len(sub) + n_ho)
     # noise variance from the residuals of the fitted particles' map at their poses
     full = slicing_volume(_map(data, rows_all, rot_t, trans_t, 1.0, mask_r))
-    sigma2 = residual_sigma2(_scores_final(full, data, rows_all, rot_t, trans_t), data, rows_all)
+    sigma2 = residual_sigma2(scores_at(full, data, rot_t[rows_all], trans_t[rows_all], rows_all), data, rows_all)
     halves = tuple(rows_all[h] for h in _halves(len(rows_all), gen))
     maps = [_map(data, h, rot_t, trans_t, sigma2, mask_r) for h in halves]
     _, curve = fsc(maps[0].numpy(), maps[1].numpy())

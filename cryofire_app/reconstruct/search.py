@@ -132,6 +132,22 @@ def local_search(vol_ht: torch.Tensor, data: StageData, rot: torch.Tensor, trans
     return best_r, best_t, best_s
 
 
+def scores_at(vol_ht: torch.Tensor, data: StageData, rot: torch.Tensor, trans: torch.Tensor,
+              rows: torch.Tensor | None = None, batch: int = 256) -> torch.Tensor:
+    """Score (squared residual minus ``||Y||^2``) of each image (``rows`` of ``data``, default all) at its own pose:
+    ``rot (n, 3, 3)``, ``trans (n, 2)`` (box-d px), aligned with ``rows``."""
+    rows = torch.arange(data.n) if rows is None else rows
+    out = []
+    for s in range(0, len(rows), batch):
+        r = rows[s:s + batch]
+        j = slice(s, s + batch)
+        y = data.shifted(r, trans[j][:, None])[:, 0]
+        P = slice_ht_volume(vol_ht, data.coords @ rot[j])
+        C = data.ctf[r]
+        out.append(((C * P) ** 2).sum(1) - 2 * (C * y * P).sum(1))
+    return torch.cat(out)
+
+
 def residual_sigma2(score: torch.Tensor, data: StageData, rows: torch.Tensor | None = None) -> float:
     """Noise variance per Hartley coefficient implied by the best scores: ``mean((score + ||Y||^2) / K)``."""
     y2 = data.ynorm2 if rows is None else data.ynorm2[rows]

@@ -42,7 +42,7 @@ from ..physics.projector import slice_ht_volume
 from ..physics.rotations import random_rotations
 from .data import StageData, prepare_particles, stage_data
 from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
-from .search import backproject, em_search, global_search, local_search, residual_sigma2, slices
+from .search import backproject, em_search, global_search, local_search, residual_sigma2, scores_at, slices
 from .volume import HartleyAccumulator, slicing_volume
 
 
@@ -149,20 +149,6 @@ def _reconstruct(data: StageData, rot, trans, sigma2: float, cfg: SeedConfig, we
     acc = HartleyAccumulator(data.d)
     backproject(acc, data, rot, trans, weight=weight, rows=rows)
     return _solve(acc, sigma2, cfg)
-
-
-def _scores_at(vol_ht, data: StageData, rot, trans, rows=None, batch: int = 256) -> torch.Tensor:
-    """Score (squared residual minus ||Y||^2) of every image at its given pose."""
-    rows = torch.arange(data.n) if rows is None else rows
-    out = []
-    for s in range(0, len(rows), batch):
-        r = rows[s:s + batch]
-        j = slice(s, s + batch)
-        y = data.shifted(r, trans[j][:, None])[:, 0]
-        P = slice_ht_volume(vol_ht, data.coords @ rot[j])
-        C = data.ctf[r]
-        out.append(((C * P) ** 2).sum(1) - 2 * (C * y * P).sum(1))
-    return torch.cat(out)
 
 
 def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
@@ -345,7 +331,7 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     fdata = stage_data(parts, D, D // 2)
     acc = HartleyAccumulator(D)
     backproject(acc, fdata, rot, trans)
-    sig_final = residual_sigma2(_scores_at(slicing_volume(resize_volume(vol, D)), fdata, rot, trans), fdata)
+    sig_final = residual_sigma2(scores_at(slicing_volume(resize_volume(vol, D)), fdata, rot, trans), fdata)
     volume, _ = _solve(acc, sig_final, cfg)
     if state is not None:
         svols = []
@@ -515,7 +501,7 @@ def _heterogeneity(data: StageData, rot, trans, sigma2, cfg: SeedConfig, gen, ev
                 res[:, k] = float("inf")
                 continue
             vk, _ = _reconstruct(data, rot[sel], trans[sel], sigma2, cfg, rows=sel)
-            res[:, k] = _scores_at(slicing_volume(vk), data, rot, trans)
+            res[:, k] = scores_at(slicing_volume(vk), data, rot, trans)
         logpost = -res / (2 * sigma2) + logprior
         new = logpost.argmax(1).numpy()
         changed = int((new != labels).sum())

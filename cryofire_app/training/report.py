@@ -35,10 +35,51 @@ def _finite(x):
     return x
 
 
-def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray) -> Verdict:
+def _seed_states(trainer, pos: np.ndarray) -> np.ndarray | None:
+    """The seed's state label of each particle of ``pos`` (-1 where the seed did not see it), or None."""
+    seed = trainer.seed
+    if seed is None or not np.asarray(seed["state"]).size:
+        return None
+    lookup = np.full(trainer.data.N, -1, np.int64)
+    lookup[seed["pos"]] = np.asarray(seed["state"], np.int64)
+    return lookup[pos]
+
+
+def final_reconstruction(trainer, rot: np.ndarray, trans_px: np.ndarray) -> dict:
+    """The explicit map of the training particles at their final poses (reconstruct.final): writes
+    ``OUTDIR/reconstruction/{map,half_1,half_2}.mrc`` (and ``state_K.mrc`` for the seed's states; positive density,
+    the run's hand and pixel size) and ``fsc.png``; returns what report.json records of it."""
+    from cryofire_app.analysis.plots import plot_fsc
+    from cryofire_app.io import write_mrc
+    from cryofire_app.reconstruct.final import final_maps
+
+    data, pos = trainer.data, np.asarray(trainer.train_pos)
+    st = _seed_states(trainer, pos)
+    st = st if st is not None and np.all(st >= 0) else None
+    ctf = data.ctf.numpy()[pos] if data.ctf is not None else None
+    fm = final_maps(lambda rows: data.prep.resized(data.read(pos[rows])).numpy(), len(pos), ctf, rot[pos],
+                    trans_px[pos], state=st, seed=trainer.config.seed)
+    folder = Path(trainer.outdir) / "reconstruction"
+    folder.mkdir(parents=True, exist_ok=True)
+    apix, sign = float(data.apix), float(trainer.sign)
+    files = {"map": fm.volume, "half_1": fm.half1, "half_2": fm.half2}
+    for k, v in enumerate(fm.state_volumes if fm.state_volumes is not None else []):
+        files[f"state_{k}"] = v
+    for name, vol in files.items():
+        write_mrc(folder / f"{name}.mrc", sign * vol, apix=apix)
+    plot_fsc({"half maps": (fm.freq, fm.fsc)}, folder / "fsc.png", apix=apix)
+    return {"folder": str(folder), "files": sorted(f"{n}.mrc" for n in files) + ["fsc.png"],
+            "n_particles": fm.n_particles, "res_0.143_px": fm.res_0143_px, "res_0.5_px": fm.res_05_px,
+            "res_0.143_A": fm.res_0143_px * apix, "res_0.5_A": fm.res_05_px * apix,
+            "fsc_freq_cyc_per_px": fm.freq.tolist(), "fsc": fm.fsc.tolist(),
+            "note": "half maps of random halves at the jointly found poses: gold-standard in form only"}
+
+
+def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray, reconstruction: dict | None = None) -> Verdict:
     """Diagnose ``trainer``'s final poses ``rot (N, 3, 3)``, ``trans_px (N, 2)`` (all particles, training box px):
-    the training split's poses are checked by cross-validation between halves, the validation split's (predicted by
-    the encoder) against the training particles' map. Writes report.json; returns the :class:`Verdict` event."""
+    the validation split's images (never fitted) decide, against the training particles' map; the training split's
+    are checked between halves. Writes report.json (with ``reconstruction``, :func:`final_reconstruction`'s
+    record, when given); returns the :class:`Verdict` event."""
     from cryofire_app.reconstruct.diagnose import DiagnoseConfig, diagnose, verdict
 
     cfg = trainer.config
@@ -49,13 +90,9 @@ def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray) -> Verdict:
     pos = np.concatenate([train, val])
     heldout = np.r_[np.zeros(len(train), bool), np.ones(len(val), bool)]
     state = None
-    seed = trainer.seed
-    if seed is not None and np.asarray(seed["state"]).size:
-        lookup = np.full(trainer.data.N, -1, np.int64)
-        lookup[seed["pos"]] = np.asarray(seed["state"], np.int64)
-        st = lookup[pos]
-        if np.all(st[~heldout] >= 0):
-            state = np.where(st >= 0, st, 0)
+    st = _seed_states(trainer, pos)
+    if st is not None and np.all(st[~heldout] >= 0):
+        state = np.where(st >= 0, st, 0)
     ctf = trainer.data.ctf.numpy()[pos] if trainer.data.ctf is not None else None
     diag = diagnose(_images(trainer.data, pos), ctf, rot[pos], trans_px[pos], state=state,
                     apix=trainer.data.apix, heldout=heldout, config=dcfg)
@@ -71,6 +108,8 @@ def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray) -> Verdict:
            "run": {"images_seen": int(trainer.images_seen), "box": int(trainer.D), "apix": trainer.data.apix,
                    "schedule": cfg.schedule, "n_train": int(len(trainer.train_pos)),
                    "n_val": int(len(trainer.val_pos))}}
+    if reconstruction is not None:
+        doc["reconstruction"] = reconstruction
     atomic_write_text(path, json.dumps(_finite(doc), indent=1))
     return Verdict(level, reasons, _finite(checks), str(path))
 

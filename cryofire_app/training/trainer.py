@@ -968,12 +968,21 @@ class Trainer:
         return pr
 
     def _diagnose(self, pr) -> Iterator:
-        """Self-diagnosis of the final poses (training.report): a Verdict event and report.json; a fault in the
-        diagnosis itself is reported as a warning and never fails the run."""
-        from cryofire_app.training.report import diagnose_run
+        """The final explicit reconstruction and the self-diagnosis of the final poses (training.report): maps in
+        reconstruction/, a Verdict event and report.json; a fault in either is a warning and never fails the run."""
+        from cryofire_app.training.report import diagnose_run, final_reconstruction
 
+        rec = None
         try:
-            yield self._emit(diagnose_run(self, pr.rot, pr.trans))
+            rec = final_reconstruction(self, pr.rot, pr.trans)
+            yield self._emit(Message("info", f"final reconstruction of {rec['n_particles']} particles at box "
+                                             f"{self.D}: half-map FSC 0.143 at {rec['res_0.143_A']:.1f} A, 0.5 at "
+                                             f"{rec['res_0.5_A']:.1f} A ({rec['folder']})"))
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.exception("final reconstruction failed")
+            yield self._emit(Message("warning", f"the final explicit reconstruction could not run ({exc})"))
+        try:
+            yield self._emit(diagnose_run(self, pr.rot, pr.trans, rec))
         except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
             log.exception("self-diagnosis failed")
             yield self._emit(Message("warning", f"self-diagnosis could not run ({exc}); report.json not written"))
