@@ -97,9 +97,12 @@ def test_verdict_banner_from_the_event_and_from_an_opened_run(qtbot, tmp_path):
     assert "f4a3a3" in w.verdict_banner.styleSheet()
     w.clear()
     assert w.verdict is None and not w.verdict_banner.isVisible()
-    (tmp_path / "report.json").write_text(json.dumps({"verdict": "converged", "reasons": [], "checks": {}}))
+    (tmp_path / "report.json").write_text(json.dumps({"verdict": "converged", "reasons": [], "checks": {},
+                                                      "reconstruction": {"res_0.143_A": 11.5, "res_0.5_A": 14.0,
+                                                                         "folder": "run/reconstruction"}}))
     w.load_run_log(SimpleNamespace(outdir=str(tmp_path)))
     assert w.verdict == "converged" and "converged" in w.verdict_banner.text()
+    assert "FSC 0.143 at 11.5 A" in w.verdict_banner.text()
     (tmp_path / "report.json").write_text("{ not json")          # a damaged report: no banner, no exception
     w.load_run_log(SimpleNamespace(outdir=str(tmp_path)))
     assert w.verdict is None and not w.verdict_banner.isVisible()

@@ -219,6 +219,10 @@ class LossWidget(QWidget):
         title, colour = VERDICT_STYLE[level]
         reasons = list(getattr(ev, "reasons", None) or [])
         text = f"<b>{title}</b>" + "".join(f"<br>&bull; {r}" for r in reasons)
+        rec = (getattr(ev, "checks", None) or {}).get("reconstruction") or getattr(ev, "reconstruction", None)
+        if isinstance(rec, dict) and rec.get("res_0.143_A") is not None:
+            text += (f"<br>Explicit map: half-map FSC 0.143 at {rec['res_0.143_A']:.1f} A, 0.5 at "
+                     f"{rec.get('res_0.5_A') or float('nan'):.1f} A ({rec.get('folder', 'reconstruction/')})")
         self.verdict_banner.setText(text)
         self.verdict_banner.setStyleSheet(f"background-color: {colour}; color: black; padding: 4px; "
                                           "border-radius: 3px;")

@@ -110,6 +110,7 @@ def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray, reconstruction:
                    "n_val": int(len(trainer.val_pos))}}
     if reconstruction is not None:
         doc["reconstruction"] = reconstruction
+        checks["reconstruction"] = {k: reconstruction[k] for k in ("folder", "res_0.143_A", "res_0.5_A")}
     atomic_write_text(path, json.dumps(_finite(doc), indent=1))
     return Verdict(level, reasons, _finite(checks), str(path))
 
