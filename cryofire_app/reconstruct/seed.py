@@ -343,7 +343,7 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
             svols.append(_reconstruct(fdata, rot[sel], trans[sel], sig_final, cfg, rows=sel)[0])
         state_vols = torch.stack(svols).numpy()
     volume_np = volume.numpy()
-    history["density_sign"] = _density_sign(volume_np)
+    history["density_sign"] = density_sign(volume_np)
     history["wall_s"] = time.time() - t0
     yield ev("done", 1, 1, f"done in {history['wall_s']:.0f} s; density sign {history['density_sign']:+d}; "
              "hand undetermined", {"wall_s": history["wall_s"]}, rot=rot.numpy(), trans_px=trans.numpy(),
@@ -400,11 +400,25 @@ def _angle_change(r0: torch.Tensor, r1: torch.Tensor) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(((tr - 1) / 2).numpy(), -1, 1)))
 
 
-def _density_sign(vol: np.ndarray) -> int:
-    """+1 when the map's strongest features are positive (protein density positive), else -1."""
-    v = vol.ravel()
-    hi, lo = np.quantile(v, [0.995, 0.005])
-    return 1 if abs(hi - np.median(v)) >= abs(lo - np.median(v)) else -1
+def density_sign(vol: np.ndarray) -> int:
+    """+1 when the map's density is positive (protein on a flat solvent), else -1: the sign of the skewness of the
+    voxel values inside the sphere of radius 0.45 box. A particle is a compact excess of density, so its values have
+    a long tail on its own side, however small it is in the box; the extreme quantiles of the whole box (the former
+    rule) are ringing for a particle filling less than ~1 % of the box, and gave an inverted map for EMD-25892 at
+    2 A/px (skewness -13.9 there; -0.8 to -3.7 on the other molecules of the benchmark matrix, all white-particle
+    data). Falls back on the extremes when the skewness is ambiguous (|skew| < 0.05)."""
+    v = np.asarray(vol, np.float64)
+    D = v.shape[0]
+    ax = np.arange(D) - D // 2
+    zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
+    x = v[(xx ** 2 + yy ** 2 + zz ** 2) <= (0.45 * D) ** 2]
+    x = x - x.mean()
+    var = float((x ** 2).mean())
+    skew = float((x ** 3).mean()) / var ** 1.5 if var > 0 else 0.0
+    if abs(skew) >= 0.05:
+        return 1 if skew > 0 else -1
+    hi, lo = np.quantile(x, [0.995, 0.005])
+    return 1 if abs(hi - np.median(x)) >= abs(lo - np.median(x)) else -1
 
 
 def _kmeans_1d(x: np.ndarray, k: int, iters: int = 50) -> np.ndarray:
