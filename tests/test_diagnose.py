@@ -9,23 +9,15 @@ import pytest
 
 from cryofire_app.physics.rotations import random_rotations
 from cryofire_app.reconstruct.diagnose import DiagnoseConfig, diagnose, verdict
+from volumes import simulate_70s
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory, request):
-    from cryofire_app.io import read_ctf_pkl, read_mrc, read_pose_pkl
-    from cryofire_app.simulate import HingeConfig, SimulationConfig, simulate
-
-    fixtures = request.getfixturevalue("fixtures_dir")
-    out = tmp_path_factory.mktemp("diag")
-    simulate(SimulationConfig(outdir=str(out), n=1200, maps=[str(fixtures / "aspire" / "clean70SRibosome_vol_65p.mrc")],
-                              apix=5.0, box=32, snr=0.3, max_shift_px=1.0, seed=3, progress=False,
-                              hinge=HingeConfig(steps=2, angle_deg=30.0)))
-    rot, trans = read_pose_pkl(out / "poses.pkl")
-    return dict(images=read_mrc(out / "particles.mrcs")[0], ctf=read_ctf_pkl(out / "ctf.pkl"), rot=rot,
-                trans=trans * 32, labels=np.load(out / "labels.npy"))
+    return simulate_70s(tmp_path_factory.mktemp("diag"), request.getfixturevalue("fixtures_dir"), n=1200, snr=0.3,
+                        seed=3, max_shift=1.0)
 
 
 CFG = DiagnoseConfig(n_score=200, grid_dirs=96, grid_psi=16)

@@ -10,24 +10,15 @@ import pytest
 from cryofire_app.analysis import metrics
 from cryofire_app.physics.rotations import random_rotations
 from cryofire_app.reconstruct.final import final_maps
+from volumes import simulate_70s
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory, request):
-    from cryofire_app.io import read_ctf_pkl, read_mrc, read_pose_pkl
-    from cryofire_app.simulate import HingeConfig, SimulationConfig, simulate
-
-    fixtures = request.getfixturevalue("fixtures_dir")
-    out = tmp_path_factory.mktemp("final")
-    simulate(SimulationConfig(outdir=str(out), n=1200, maps=[str(fixtures / "aspire" / "clean70SRibosome_vol_65p.mrc")],
-                              apix=5.0, box=32, snr=0.3, max_shift_px=1.5, seed=5, progress=False,
-                              hinge=HingeConfig(steps=2, angle_deg=30.0)))
-    rot, trans = read_pose_pkl(out / "poses.pkl")
-    return dict(images=read_mrc(out / "particles.mrcs")[0], ctf=read_ctf_pkl(out / "ctf.pkl"), rot=rot,
-                trans=trans * 32, labels=np.load(out / "labels.npy"),
-                gt=[read_mrc(out / f"gt_state_{k}.mrc")[0] for k in (0, 1)])
+    return simulate_70s(tmp_path_factory.mktemp("final"), request.getfixturevalue("fixtures_dir"), n=1200, snr=0.3,
+                        seed=5)
 
 
 def test_true_poses_give_the_truth_and_chunks_do_not_matter(sim):

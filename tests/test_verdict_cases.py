@@ -19,16 +19,9 @@ from cryofire_app.analysis import metrics
 from cryofire_app.io import read_pose_pkl
 from cryofire_app.training import DecoderConfig, EncoderConfig, TrainConfig, Trainer
 from cryofire_app.training.events import Verdict
+from volumes import simulate_70s
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _simulate(out, fixtures, snr: float, n: int):
-    from cryofire_app.simulate import HingeConfig, SimulationConfig, simulate
-
-    simulate(SimulationConfig(outdir=str(out), n=n, maps=[str(fixtures / "aspire" / "clean70SRibosome_vol_65p.mrc")],
-                              apix=5.0, box=32, snr=snr, max_shift_px=2.0, seed=11, progress=False,
-                              hinge=HingeConfig(steps=2, angle_deg=25.0)))
 
 
 def _train(sim, outdir) -> tuple[Verdict, dict, float]:
@@ -52,8 +45,7 @@ def _train(sim, outdir) -> tuple[Verdict, dict, float]:
 
 
 def test_low_snr_small_box_fails_and_says_so(tmp_path, fixtures_dir):
-    sim = tmp_path / "sim"
-    _simulate(sim, fixtures_dir, snr=0.1, n=1000)
+    sim = simulate_70s(tmp_path / "sim", fixtures_dir, n=1000, snr=0.1, seed=11, hinge_deg=25.0, max_shift=2.0)["dir"]
     v, report, err = _train(sim, tmp_path / "run")
     print(f"\nbox 32 SNR 0.1: seed view error {err:.1f} deg, verdict {v.verdict}, checks "
           f"ratio {v.checks['signal_ratio']:.2f} z {v.checks['signal_z']:.1f}")
@@ -62,8 +54,7 @@ def test_low_snr_small_box_fails_and_says_so(tmp_path, fixtures_dir):
 
 
 def test_high_snr_small_box_converges_and_the_map_is_supported(tmp_path, fixtures_dir):
-    sim = tmp_path / "sim"
-    _simulate(sim, fixtures_dir, snr=1.0, n=1000)
+    sim = simulate_70s(tmp_path / "sim", fixtures_dir, n=1000, snr=1.0, seed=11, hinge_deg=25.0, max_shift=2.0)["dir"]
     v, report, err = _train(sim, tmp_path / "run")
     c = v.checks
     print(f"\nbox 32 SNR 1: seed view error {err:.1f} deg, verdict {v.verdict} {v.reasons}, checks "
