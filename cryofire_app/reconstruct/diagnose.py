@@ -109,10 +109,14 @@ def _halves(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[: n // 2].sort().values, perm[n // 2:].sort().values
 
 
-def _map(data, rows, rot, trans, sigma2: float, mask_radius: float) -> torch.Tensor:
+def _accumulate(data, rows, rot, trans) -> HartleyAccumulator:
     acc = HartleyAccumulator(data.d)
     backproject(acc, data, rot[rows], trans[rows], rows=rows)
-    return acc.solve(sigma2, mask_radius=mask_radius)[0]
+    return acc
+
+
+def _map(data, rows, rot, trans, sigma2: float, mask_radius: float) -> torch.Tensor:
+    return _accumulate(data, rows, rot, trans).solve(sigma2, mask_radius=mask_radius)[0]
 
 
 def _scores_grid(vh, data, rows, trans, grid, shifts=None, batch: int = 128) -> torch.Tensor:
@@ -173,7 +177,7 @@ def _state_check(data, halves, rot, trans, state: np.ndarray, sigma2: float, mas
                 loglik[b, k] = -float("inf")
                 continue
             vk = slicing_volume(_map(data, mem, rot, trans, sigma2, mask_radius))
-            loglik[b, k] = -scores_at(vk, data, rot[b], trans[b], b).double().float() / (2 * sigma2)
+            loglik[b, k] = -scores_at(vk, data, rot[b], trans[b], b) / (2 * sigma2)
     rows = torch.cat(halves)
     ll, lab = loglik[rows].double(), state[rows.numpy()]
     aucs, weights = [], []
@@ -240,11 +244,14 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     rows_all = torch.as_tensor(np.nonzero(~ho)[0])
     rows_ho = torch.as_tensor(np.nonzero(ho)[0])
     rows_null = torch.arange(len(sub), len(sub) + n_ho)
-    # noise variance from the residuals of the fitted particles' map at their poses
-    full = slicing_volume(_map(data, rows_all, rot_t, trans_t, 1.0, mask_r))
-    sigma2 = residual_sigma2(scores_at(full, data, rot_t[rows_all], trans_t[rows_all], rows_all), data, rows_all)
+    # the two halves' sums, and their merge for the map of all fitted particles (one back-projection pass)
     halves = tuple(rows_all[h] for h in _halves(len(rows_all), gen))
-    maps = [_map(data, h, rot_t, trans_t, sigma2, mask_r) for h in halves]
+    accs = [_accumulate(data, h, rot_t, trans_t) for h in halves]
+    full_acc = HartleyAccumulator.merged(accs)
+    # noise variance from the residuals of the fitted particles' map at their poses
+    full = slicing_volume(full_acc.solve(1.0, mask_radius=mask_r)[0])
+    sigma2 = residual_sigma2(scores_at(full, data, rot_t[rows_all], trans_t[rows_all], rows_all), data, rows_all)
+    maps = [a.solve(sigma2, mask_radius=mask_r)[0] for a in accs]
     _, curve = fsc(maps[0].numpy(), maps[1].numpy())
     freq = np.arange(len(curve)) / d
     r05, r0143 = fsc_resolution_px(freq, curve, 0.5), fsc_resolution_px(freq, curve, 0.143)
@@ -263,7 +270,7 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     chance = (theta - math.sin(theta)) / math.pi      # fraction of SO(3) within theta of a given rotation
     held = dict.fromkeys(("signal_ratio", "signal_z", "heldout_gain_median", "heldout_agreement"))
     if n_ho >= 2:
-        vh = slicing_volume(_map(sdata, rows_all, rot_t, trans_t, sigma2, mask_r))
+        vh = slicing_volume(full_acc.solve(sigma2, mask_radius=mask_r)[0])
         # shifts of the held-out images are searched (their predicted shifts may be wrong), over the range the
         # fitted particles' shifts span, in 1-px steps of the diagnosis box
         ext = float(np.clip(np.quantile(trans_t[rows_all].abs().numpy(), 0.98), 1.0, d / 8))

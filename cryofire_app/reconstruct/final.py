@@ -43,14 +43,6 @@ class FinalMaps:
     state_volumes: np.ndarray | None = None
 
 
-def _merged(accs: list[HartleyAccumulator]) -> HartleyAccumulator:
-    out = HartleyAccumulator(accs[0].d)
-    for a in accs:
-        out.num += a.num
-        out.den += a.den
-    return out
-
-
 def final_maps(read: Callable[[np.ndarray], np.ndarray], n: int, ctf_params, rot, trans_px, state=None,
                seed: int = 0, chunk: int = 1000) -> FinalMaps:
     """Reconstruct ``n`` particles: ``read(rows)`` returns their images ``(len(rows), D, D)`` (any units and offset;
@@ -84,7 +76,7 @@ def final_maps(read: Callable[[np.ndarray], np.ndarray], n: int, ctf_params, rot
         if first is None:
             first = (data, r, t)
     mask = MASK_FRACTION * D / 2
-    full = _merged(accs)
+    full = HartleyAccumulator.merged(accs)
     # noise variance per coefficient: the first chunk's residuals against the map (solved once with a rough value)
     data, r, t = first
     rough = float((data.Y ** 2).mean())

@@ -67,6 +67,15 @@ class HartleyAccumulator:
                     self.num.index_add_(0, idx, tri * vals)
                     self.den.index_add_(0, idx, tri * wts)
 
+    @classmethod
+    def merged(cls, accs: list["HartleyAccumulator"]) -> "HartleyAccumulator":
+        """One accumulator holding the sums of ``accs`` (same box): e.g. the full map of two half maps' images."""
+        out = cls(accs[0].d, device=accs[0].device, dtype=accs[0].num.dtype)
+        for a in accs:
+            out.num += a.num
+            out.den += a.den
+        return out
+
     def _shell_index(self) -> torch.Tensor:
         ax = torch.arange(self.n, dtype=torch.float32, device=self.device) - self.d
         r = torch.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2)

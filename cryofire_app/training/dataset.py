@@ -152,6 +152,15 @@ class ParticleData:
         raw[order] = self.images[pos[order]]           # sorted reads are friendlier to the memory map
         return raw
 
+    def resized_images(self, pos: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Images (n, D, D) float32 at the training box for positions ``pos``: the Fourier crop of the raw stack, no
+        window, no normalisation, the raw data sign (what the seed and the final reconstruction read)."""
+        pos = np.asarray(pos, dtype=np.int64)
+        out = np.empty((len(pos), self.D, self.D), np.float32)
+        for i in range(0, len(pos), chunk):
+            out[i:i + chunk] = self.prep.resized(self.read(pos[i:i + chunk])).numpy()
+        return out
+
     def load(self, pos: np.ndarray, with_Y: bool = True) -> Batch:
         pos = np.asarray(pos, dtype=np.int64)
         y_real, Y = self.prep(self.read(pos), with_Y)

@@ -20,11 +20,6 @@ from cryofire_app.training.events import Verdict
 REPORT_NAME = "report.json"
 
 
-def _images(data, pos: np.ndarray) -> np.ndarray:
-    """Raw images at the training box (Fourier crop of the stack, no window, raw sign) of particles ``pos``."""
-    return np.concatenate([data.prep.resized(data.read(pos[i:i + 512])).numpy() for i in range(0, len(pos), 512)])
-
-
 def _finite(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -57,7 +52,7 @@ def final_reconstruction(trainer, rot: np.ndarray, trans_px: np.ndarray) -> dict
     st = _seed_states(trainer, pos)
     st = st if st is not None and np.all(st >= 0) else None
     ctf = data.ctf.numpy()[pos] if data.ctf is not None else None
-    fm = final_maps(lambda rows: data.prep.resized(data.read(pos[rows])).numpy(), len(pos), ctf, rot[pos],
+    fm = final_maps(lambda rows: data.resized_images(pos[rows]), len(pos), ctf, rot[pos],
                     trans_px[pos], state=st, seed=trainer.config.seed)
     folder = Path(trainer.outdir) / "reconstruction"
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +89,7 @@ def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray, reconstruction:
     if st is not None and np.all(st[~heldout] >= 0):
         state = np.where(st >= 0, st, 0)
     ctf = trainer.data.ctf.numpy()[pos] if trainer.data.ctf is not None else None
-    diag = diagnose(_images(trainer.data, pos), ctf, rot[pos], trans_px[pos], state=state,
+    diag = diagnose(trainer.data.resized_images(pos), ctf, rot[pos], trans_px[pos], state=state,
                     apix=trainer.data.apix, heldout=heldout, config=dcfg)
     agree = target = None
     if cfg.schedule == "seeded" and trainer.seed is not None:

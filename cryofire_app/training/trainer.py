@@ -294,7 +294,6 @@ class Trainer:
         self.seed_done = False
         self.joint_ok = False          # seeded: the encoder has reproduced the seed's poses (see seed_agreement_deg)
         self.agreement_deg: float | None = None
-        self.seed_failed = False
         self.next_agreement = 0
         self.seed_pose_fraction = 0.0
         self.seed: dict | None = None
@@ -613,13 +612,6 @@ class Trainer:
                                          f"{self.synth.fit_images} particles)"))
 
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
-    def _seed_images(self) -> np.ndarray:
-        """Training-split images at the training box (Fourier crop of the raw stack, no window, raw data sign)."""
-        out = np.empty((len(self.train_pos), self.D, self.D), np.float32)
-        for i in range(0, len(self.train_pos), 512):
-            out[i:i + 512] = self.data.prep.resized(self.data.read(self.train_pos[i:i + 512])).numpy()
-        return out
-
     @property
     def seed_path(self) -> Path:
         return self.outdir / "checkpoints" / "seed.npz"
@@ -667,7 +659,7 @@ class Trainer:
             raise InputError(f"bad seed_config {cfg.seed_config!r}: {exc}") from exc
         yield self._emit(Message("info", f"seeding: ab initio pose search and state classification on the "
                                          f"{len(self.train_pos)} training particles at box {self.D}"))
-        imgs = self._seed_images()
+        imgs = self.data.resized_images(self.train_pos)
         ctf = self.data.ctf.numpy() if self.data.ctf is not None else None
         ctf = ctf[self.train_pos] if ctf is not None else None
         gen = iter_seed_abinit(imgs, ctf, scfg, device=self.device)
@@ -688,7 +680,6 @@ class Trainer:
                 yield self._emit(Failed(f"the ab initio seed failed in its '{stage or 'prepare'}' stage: {exc}. "
                                         "No training checkpoint was written; check the particles (NaN/Inf pixels, "
                                         "blank images, wrong CTF) or give more particles"))
-                self.seed_failed = True
                 return
             if e.stage != stage:
                 stage = e.stage
@@ -705,7 +696,6 @@ class Trainer:
         if not (np.all(np.isfinite(res.rot)) and np.all(np.isfinite(res.trans_px)) and np.all(np.isfinite(res.volume))):
             yield self._emit(Failed("the ab initio seed returned non-finite poses or map (NaN/Inf): the particles "
                                     "or their CTF parameters hold values the search cannot use; nothing was saved"))
-            self.seed_failed = True
             return
         sgn = int(res.history.get("density_sign", 1))
         score = res.state_score if res.state_score is not None else np.zeros(0, np.float32)
@@ -1005,9 +995,9 @@ class Trainer:
         stopped = False
         if self.phase == "seed":
             yield from self._run_seed(t0)
-            if self.seed_failed:
-                return
             stopped = self._stop.is_set()
+            if not self.seed_done and not stopped:   # the seed failed (its Failed event is out): nothing to train
+                return
         if not stopped and self.phase == "distill":
             yield from self._prepare_synth()
         sched = (g[self.rank::self.world] for g in batch_schedule(self.train_pos, self.batch, cfg.seed,
