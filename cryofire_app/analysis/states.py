@@ -1,12 +1,22 @@
-"""The ab initio seed's state labels of a seeded run (``seed_states.npz``), read and checked.
+"""The ab initio seed's heterogeneity of a seeded run (``seed_states.npz``): states, coordinates, read and checked.
 
-A run trained with the seeded schedule writes ``seed_states.npz`` beside ``seed_pose.pkl``: arrays ``index`` (int,
-(M,): **positions** of the classified particles in the run's particle stack, i.e. rows of the run's per-particle
-arrays ``Run.z/rot/trans/index``, not the user's original particle indices), ``state`` (int, (M,), 0 = the larger
-state) and ``state_score`` (float, (M,), the seed's log posterior odds of state 1; larger = state 1). Only the
-training split is classified: held-out (validation) particles have no seed label. On issue 5's benchmark set these
-labels separate two states better than PC1 of the encoder's z, so ``cryofire analyze``, the demo and the Latent dock
-use them as the state split when they exist, and keep z for the continuous heterogeneity.
+A run trained with the seeded schedule writes ``seed_states.npz`` beside ``seed_pose.pkl``. Arrays (M particles):
+
+- ``index`` int (M,): **positions** of the classified particles in the run's particle stack, i.e. rows of the run's
+  per-particle arrays ``Run.z/rot/trans/index``, not the user's original particle indices;
+- ``state`` int (M,): the seed's discrete state, 0..K-1, 0 = the largest; K >= 1 (K = 1: no separated states);
+- ``state_score`` float (M,): for K = 2 the seed's log posterior odds of state 1 (larger = state 1), otherwise the
+  first heterogeneity coordinate;
+- ``coords`` float (M, q), optional (issue 20): the seed's continuous heterogeneity coordinates (standardised, the
+  first the strongest), q >= 1; absent (or q = 0) when the seed found no heterogeneity;
+- ``kind`` 0-d string, optional (issue 20): ``"discrete"`` (K >= 2 separated states), ``"continuous"`` (K = 1, q >= 1
+  coordinates) or ``"homogeneous"`` (K = 1, no coordinates). Files without it (before issue 20: K = 2, no coords)
+  read as ``"discrete"`` when K >= 2, else ``"continuous"`` with coords, ``"homogeneous"`` without.
+
+Only the training split is classified: held-out (validation) particles have no seed label or coordinate. On issue
+5's benchmark set the labels separate two states better than PC1 of the encoder's z, so ``cryofire analyze``, the
+demo and the Latent dock use them as the state split when K >= 2, and the coordinates as the continuous landscape
+when the seed found no discrete states.
 """
 from __future__ import annotations
 
@@ -20,21 +30,36 @@ from cryofire_app.io.errors import InputError
 
 SEED_STATES_FILE = "seed_states.npz"
 UNLABELLED = -1   # label of a run row the seed did not classify (held-out particles)
+KINDS = ("discrete", "continuous", "homogeneous")
 
 
 @dataclass
 class SeedStates:
-    """rows: (M,) int64 rows of the run's per-particle arrays; state: (M,) int64 in 0..K-1 (0 = larger state);
-    score: (M,) float32 log posterior odds of state 1; path: the file they came from."""
+    """rows: (M,) int64 rows of the run's per-particle arrays; state: (M,) int64 in 0..K-1 (0 = largest state);
+    score: (M,) float32 (K = 2: log posterior odds of state 1; else the first coordinate); path: the file they came
+    from; coords: (M, q) float32 continuous coordinates (q >= 1) or None; kind: "discrete", "continuous" or
+    "homogeneous" (from the file, or derived from K and coords for files without it)."""
 
     rows: np.ndarray
     state: np.ndarray
     score: np.ndarray
     path: Path
+    coords: np.ndarray | None = None
+    kind: str = "discrete"
 
     @property
     def n_states(self) -> int:
         return int(self.state.max()) + 1
+
+    @property
+    def q(self) -> int:
+        """Number of continuous coordinates (0 without coords)."""
+        return 0 if self.coords is None else int(self.coords.shape[1])
+
+    @property
+    def continuous(self) -> bool:
+        """True when the seed's answer is a continuum: no separated states (K = 1) but coordinates."""
+        return self.kind == "continuous" or (self.n_states == 1 and self.coords is not None)
 
     def counts(self) -> np.ndarray:
         """(K,) particles per state."""
@@ -44,13 +69,36 @@ class SeedStates:
         """Run rows labelled state ``k`` (in file order)."""
         return self.rows[self.state == k]
 
-    def labels_for_rows(self, n: int) -> np.ndarray:
-        """(n,) int64 state of every run row, :data:`UNLABELLED` (-1) for rows the seed did not classify."""
+    def _check_rows(self, n: int) -> None:
         if len(self.rows) and int(self.rows.max()) >= n:
             raise InputError(f"labels particle row {int(self.rows.max())} but the run has {n} particles", self.path)
+
+    def labels_for_rows(self, n: int) -> np.ndarray:
+        """(n,) int64 state of every run row, :data:`UNLABELLED` (-1) for rows the seed did not classify."""
+        self._check_rows(n)
         out = np.full(n, UNLABELLED, np.int64)
         out[self.rows] = self.state
         return out
+
+    def coords_for_rows(self, n: int) -> np.ndarray | None:
+        """(n, q) float32 seed coordinates of every run row, NaN for rows the seed did not classify (held-out
+        particles); None when the file has no coordinates."""
+        if self.coords is None:
+            return None
+        self._check_rows(n)
+        out = np.full((n, self.q), np.nan, np.float32)
+        out[self.rows] = self.coords
+        return out
+
+    def coordinate_for_rows(self, n: int, j: int = 1) -> np.ndarray | None:
+        """(n,) float32 seed coordinate ``j`` (1-based: 1 = the strongest) of every run row, NaN for unclassified
+        rows; None without coordinates. ValueError for a j outside 1..q."""
+        c = self.coords_for_rows(n)
+        if c is None:
+            return None
+        if not 1 <= int(j) <= self.q:
+            raise ValueError(f"seed coordinate {j}: the seed has {self.q} coordinate(s) (1..{self.q})")
+        return c[:, int(j) - 1]
 
 
 def read_seed_states(path: str | Path, n_particles: int | None = None) -> SeedStates:
@@ -58,7 +106,10 @@ def read_seed_states(path: str | Path, n_particles: int | None = None) -> SeedSt
 
     Raises InputError naming the file for anything malformed: not an .npz, a missing array, arrays of different
     lengths or not 1-D, no particles, non-integer or out-of-range or repeated rows, labels that are not 0..K-1 with
-    every state present, non-finite scores.
+    every state present (K = 1 is legal), non-finite scores; with the optional ``coords``: not (M, q) floating point,
+    non-finite; with the optional ``kind``: not a 0-d string, not one of :data:`KINDS`, or contradicting K and coords
+    ("discrete" needs K >= 2; "continuous" K = 1 and coords; "homogeneous" K = 1 and no coords). A (M, 0) coords
+    array reads as no coords.
     """
     path = Path(path)
     try:
@@ -70,6 +121,8 @@ def read_seed_states(path: str | Path, n_particles: int | None = None) -> SeedSt
                 raise InputError(f"not a seed state file: array(s) {', '.join(missing)} missing "
                                  f"(has {', '.join(f.files) or 'none'})", path)
             rows, state, score = f["index"], f["state"], f["state_score"]
+            coords = f["coords"] if "coords" in f.files else None
+            kind = f["kind"] if "kind" in f.files else None
     except InputError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -97,4 +150,32 @@ def read_seed_states(path: str | Path, n_particles: int | None = None) -> SeedSt
     if state.min() < 0 or np.any(np.bincount(state) == 0):
         raise InputError(f"state labels must be 0..K-1 with every state present, got {np.unique(state).tolist()}",
                          path)
-    return SeedStates(rows=rows, state=state, score=score.astype(np.float32), path=path)
+    K = int(state.max()) + 1
+    if coords is not None:
+        if coords.ndim != 2 or coords.shape[0] != len(rows):
+            raise InputError(f"coords must have shape (M, q) with M = {len(rows)} particles, got {coords.shape}",
+                             path)
+        if coords.dtype.kind != "f":
+            raise InputError(f"coords must hold floating-point numbers, got dtype {coords.dtype}", path)
+        if not np.all(np.isfinite(coords)):
+            raise InputError(f"coords hold {int((~np.isfinite(coords)).sum())} NaN/Inf value(s)", path)
+        coords = coords.astype(np.float32) if coords.shape[1] else None
+    if kind is not None:
+        if kind.ndim != 0 or kind.dtype.kind not in "US":
+            raise InputError(f"kind must be a single string, got dtype {kind.dtype} shape {kind.shape}", path)
+        kind = kind.item()
+        kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else str(kind)
+        if kind not in KINDS:
+            raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", path)
+        q = 0 if coords is None else coords.shape[1]
+        if kind == "discrete" and K < 2:
+            raise InputError("kind 'discrete' with a single state (K = 1): expected K >= 2", path)
+        if kind != "discrete" and K != 1:
+            raise InputError(f"kind {kind!r} with {K} states: expected one state (K = 1)", path)
+        if kind == "continuous" and q == 0:
+            raise InputError("kind 'continuous' without coords (M, q >= 1)", path)
+        if kind == "homogeneous" and q:
+            raise InputError(f"kind 'homogeneous' with {q} coordinate(s): expected none", path)
+    else:
+        kind = "discrete" if K >= 2 else ("continuous" if coords is not None else "homogeneous")
+    return SeedStates(rows=rows, state=state, score=score.astype(np.float32), path=path, coords=coords, kind=kind)
