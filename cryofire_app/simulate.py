@@ -25,11 +25,8 @@ the centres of K equal bins of the coordinate, which are also the labels) and se
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cryofire_app.io.atomic import atomic_save_npy, atomic_write_json
 from cryofire_app.io import (InputError, MrcStackWriter, read_map, write_ctf_pkl, write_mrc, write_particles_star,
                              write_pose_pkl)
 from cryofire_app.physics import (FourierProjector, Lattice, center_crop_pad, compute_ctf, fourier_resize,
@@ -384,20 +382,6 @@ def _read_metadata(path: Path, cfg: SimulationConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def _atomic_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        np.save(fh, arr)
-    os.replace(tmp, path)
-
-
 def _load_inputs(cfg: SimulationConfig) -> tuple[list[torch.Tensor], float, list[str]]:
     vols, names = [], []
     if cfg.volumes is not None:
@@ -554,10 +538,10 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
     write_pose_pkl(files["poses"], params.rot.astype(np.float32), (params.trans_px / D).astype(np.float32))
     write_particles_star(files["star"], ("particles.mrcs", n), params.ctf, params.rot, params.trans_px, apix_out, D,
                          extra_columns={"rlnClassNumber": params.labels + 1})
-    _atomic_npy(files["labels"], params.labels)
+    atomic_save_npy(files["labels"], params.labels)
     if params.u is not None:
         files["labels_continuous"] = out / "labels_continuous.npy"
-        _atomic_npy(files["labels_continuous"], params.u.astype(np.float32))
+        atomic_save_npy(files["labels_continuous"], params.u.astype(np.float32))
     for k, v in enumerate(gt):
         files[f"gt_state_{k}"] = out / f"gt_state_{k}.mrc"
         write_mrc(files[f"gt_state_{k}"], v.float().numpy(), apix=apix_out)
@@ -583,7 +567,7 @@ def simulate(cfg: SimulationConfig, progress: Callable[[int, int], None] | None 
             float(torch.clamp(hinge.moving, min=0).sum() / torch.clamp(resampled[0], min=0).sum()),
         "seconds": seconds, "files": {k: str(v.name) for k, v in files.items()},
     })
-    _atomic_json(files["settings"], settings)
+    atomic_write_json(files["settings"], settings, indent=2, default=str)
     return SimulationResult(outdir=out, n=n, D=D, apix=apix_out, n_states=n_states, noise_std=noise_std,
                             signal_var=signal_var, seconds=seconds, files=files)
 

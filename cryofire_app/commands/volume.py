@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.analysis.hand import mirror_volume
     from cryofire_app.analysis.run import Run
     from cryofire_app.io import write_mrc
+    from cryofire_app.io.atomic import atomic_write
 
     run = Run(args.outdir)
     if args.box is not None and args.box != run.D:
@@ -116,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         vol = run.decode(zz[None])[0]
         write_mrc(p, mirror_volume(vol) if args.flip_hand else vol, apix=apix)
     hand_note = " (hand flipped)" if args.flip_hand else ""
-    np.savetxt(ztxt, zs, fmt="%.6f", header="; ".join(labels) + hand_note)
+    atomic_write(ztxt, lambda fh: np.savetxt(fh, zs, fmt="%.6f", header="; ".join(labels) + hand_note))
     print(f"wrote {len(paths)} volume(s){hand_note}, box {run.D}, {apix:.3f} A/px: " +
           (str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/{paths[0].name} .. {paths[-1].name}"))
     print(f"  z values: {ztxt}")

@@ -36,6 +36,7 @@ def simulate_sample(folder: str | Path, n: int = SAMPLE_N, box: int = SAMPLE_BOX
     Files (see cryofire_app.simulate): particles.mrcs, particles.star (poses, CTF), ctf.pkl, poses.pkl, labels.npy
     (state per particle), gt_state_0.mrc, gt_state_1.mrc, settings.json.
     """
+    from cryofire_app.io.atomic import atomic_write_text
     from cryofire_app.simulate import demo_config, simulate
 
     folder = Path(folder)
@@ -53,9 +54,7 @@ def simulate_sample(folder: str | Path, n: int = SAMPLE_N, box: int = SAMPLE_BOX
     cfg.hinge.angle_deg = float(hinge_deg)
     cfg.overwrite = True
     simulate(cfg)
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(want))
-    os.replace(tmp, stamp)
+    atomic_write_text(stamp, json.dumps(want))
     return folder
 
 

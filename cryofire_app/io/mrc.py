@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.utils import data_dtype_from_header, data_shape_from_header
 
+from .atomic import atomic_mrc, commit, temp_path
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -173,12 +173,6 @@ def read_map(path: str | Path) -> tuple[np.ndarray, MrcInfo]:
     return vol, info
 
 
-def _temp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_mrc(path: str | Path, array: np.ndarray, apix: float = 1.0, origin: tuple | None = None,
               stack: bool = False) -> None:
     """Write `array` (volume `(z, y, x)`, image `(y, x)`, or stack `(n, y, x)` with `stack=True`) as float32 MRC.
@@ -190,21 +184,15 @@ def write_mrc(path: str | Path, array: np.ndarray, apix: float = 1.0, origin: tu
     data = np.ascontiguousarray(array, dtype=np.float32)
     if data.ndim not in (2, 3):
         raise ValueError(f"write_mrc: expected a 2D or 3D array, got shape {data.shape}")
-    tmp = _temp_path(path)
-    try:
-        with mrcfile.new(str(tmp), overwrite=True) as mrc:
-            mrc.set_data(data)
-            if stack:
-                mrc.set_image_stack()
-            mrc.voxel_size = float(apix)
-            if origin is not None:
-                ox, oy, oz = (float(v) for v in origin)
-                mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
-            mrc.update_header_stats()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_mrc(path) as mrc:
+        mrc.set_data(data)
+        if stack:
+            mrc.set_image_stack()
+        mrc.voxel_size = float(apix)
+        if origin is not None:
+            ox, oy, oz = (float(v) for v in origin)
+            mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
+        mrc.update_header_stats()
 
 
 class MrcStackWriter:
@@ -243,7 +231,7 @@ class MrcStackWriter:
             self.abort()
 
     def open(self) -> None:
-        tmp = _temp_path(self.path)
+        tmp = temp_path(self.path)
         try:
             # let mrcfile build a valid stack header (one placeholder image), then keep only the header
             with mrcfile.new(str(tmp), overwrite=True) as mrc:
@@ -298,7 +286,7 @@ class MrcStackWriter:
             hdr["rms"] = np.sqrt(var) if npx else -1.0
             hdr.flush()
             del hdr
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise

@@ -11,14 +11,13 @@ lists, dicts and builtin scalars, and rejects every other global (so a crafted f
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_pickle_dump
 from .errors import InputError
 
 # (module, name) pairs a numpy pickle needs, for numpy 1.x (numpy.core) and 2.x (numpy._core) module paths.
@@ -72,18 +71,6 @@ def load_pickle_safe(path: str | Path) -> Any:
         raise InputError(f"not a readable pickle ({type(exc).__name__}: {exc})", path) from None
 
 
-def _dump_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_ctf_pkl(path: str | Path) -> np.ndarray:
     """cryoDRGN ctf.pkl -> float32 (N, 9). InputError if it is not an (N, 9) numeric array."""
     obj = load_pickle_safe(path)
@@ -99,7 +86,7 @@ def write_ctf_pkl(path: str | Path, ctf: np.ndarray) -> None:
     ctf = np.asarray(ctf, dtype=np.float32)
     if ctf.ndim != 2 or ctf.shape[1] != 9:
         raise ValueError(f"write_ctf_pkl: expected (N, 9), got {ctf.shape}")
-    _dump_atomic(path, ctf)
+    atomic_pickle_dump(path, ctf)
 
 
 def read_pose_pkl(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -130,12 +117,12 @@ def write_pose_pkl(path: str | Path, rot: np.ndarray, trans_frac: np.ndarray | N
     if rot.ndim != 3 or rot.shape[1:] != (3, 3):
         raise ValueError(f"write_pose_pkl: rot must be (N, 3, 3), got {rot.shape}")
     if trans_frac is None:
-        _dump_atomic(path, rot)
+        atomic_pickle_dump(path, rot)
         return
     trans = np.asarray(trans_frac)
     if trans.shape != (len(rot), 2):
         raise ValueError(f"write_pose_pkl: trans must be ({len(rot)}, 2), got {trans.shape}")
-    _dump_atomic(path, (rot, trans))
+    atomic_pickle_dump(path, (rot, trans))
 
 
 def read_z_pkl(path: str | Path) -> np.ndarray:
@@ -153,7 +140,7 @@ def write_z_pkl(path: str | Path, z: np.ndarray) -> None:
     z = np.asarray(z, dtype=np.float32)
     if z.ndim != 2:
         raise ValueError(f"write_z_pkl: expected (N, zdim), got {z.shape}")
-    _dump_atomic(path, z)
+    atomic_pickle_dump(path, z)
 
 
 def read_ind_pkl(path: str | Path) -> np.ndarray:
@@ -172,4 +159,4 @@ def write_ind_pkl(path: str | Path, ind: np.ndarray) -> None:
     ind = np.asarray(ind)
     if ind.ndim != 1 or not (np.issubdtype(ind.dtype, np.integer) or ind.size == 0):
         raise ValueError(f"write_ind_pkl: expected 1D integer indices, got {ind.dtype} {ind.shape}")
-    _dump_atomic(path, ind.astype(np.int64))
+    atomic_pickle_dump(path, ind.astype(np.int64))

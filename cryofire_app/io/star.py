@@ -13,8 +13,6 @@ Conventions (same as cryoDRGN `parse_ctf_star` / `parse_pose_star`):
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from .atomic import atomic_path
 from .errors import InputError
 from .euler import euler_relion_to_rot, rot_to_euler_relion
 
@@ -374,11 +373,5 @@ def write_particles_star(path: str | Path, image_names, ctf: np.ndarray | None, 
         "rlnCtfDataAreCtfPremultiplied": np.zeros(len(uniq), dtype=np.int64),
     })
     particles = pd.DataFrame(parts)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".star", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
