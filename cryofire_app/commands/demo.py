@@ -28,14 +28,13 @@ from cryofire_app.io.errors import InputError
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (created; must not hold an earlier demo run)")
-    # defaults measured here (2 CPU cores): box 64 / 3,000 images gave 3.1 deg median view error and 2.3 % state
-    # confusion in 312 s, where box 32 / 2,000 images stayed at 26 deg and 48 % (too few pixels for the seed search)
+    # the sample's size: box 32 has too few pixels for the seed search (docs/decisions/009-demo-settings.md)
     p.add_argument("--n", type=int, default=3000, help="simulated particles (default 3000)")
     p.add_argument("--box", type=int, default=64, help="image box in pixels (even; default 64)")
     p.add_argument("--snr", type=float, default=1.0, help="signal-to-noise ratio of the images (default 1.0)")
     p.add_argument("--minutes", type=float, default=5.0,
-                   help="wall-clock budget for training after the ab initio seed (the seed always completes: ~1-2 "
-                        "min on 2 free cores, its own time is reported); default 5")
+                   help="wall-clock budget for training after the ab initio seed (the seed always completes; its "
+                        "own time is reported); default 5")
     p.add_argument("--num-images", type=int, default=200_000,
                    help="training budget in images, if reached before --minutes (default 200000)")
     p.add_argument("--pose-only-fraction", type=float, default=None,
@@ -90,18 +89,11 @@ def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -
 def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | None = None) -> dict:
     """TrainConfig fields of the seeded schedule at demo size (shared by `cryofire demo` and `cryofire gui --demo`).
 
-    Measured on 2 shared CPU cores (see tests/test_train_seeded.py): a light seed (two starts, 12 rounds on <= 2000
-    particles at box 16, local refinement up to the demo box; ~1 min), a narrow CNN that distils in ~600 steps of 32
-    (lr 1e-3), a 3x128 decoder at radius <= 12 px (~6x cheaper per image than 3x256), and 40 passes over the
-    particles, most of them distilling. Box 64 / 3,000 images / SNR 1: 3.1 deg median view error and 2.3 % state
-    confusion in 312 s; box 32 / 2,000 images stayed at 26 deg / 48 % (too few pixels for the seed search).
-    The encoder sees the whole 64-px image (box=None), not the default 32-px crop: with these narrow channels the crop
-    left z-PC1 at 16.2 % confusion, the whole image 1.7 % (2.0 vs 2.7 min; seed labels 0.0 % and 1.67 deg either way).
-    No synthetic distill images (distill_synth_ratio 0): they serve new images on large low-SNR sets, and at the
-    trainer's 0.5 per real image (with this whole-image encoder, full-band slices) the demo hit its 5-minute cap at
-    90k of 120k images, mid-distill, before the encoder's check against the seed (396 s of training, 2026-11-25).
-    No view encoder (view_dirs 0) for the same reason: it serves new particles, and with this whole-image encoder it
-    would double the distill's encoder cost.
+    Sized to finish in minutes on a CPU: a light seed (two starts, 12 rounds on <= 2000 particles at box 16, local
+    refinement up to the demo box), a narrow CNN reading the whole image (with these narrow channels the 32-px crop
+    loses the state split), a 3x128 decoder at radius <= 12 px, and 40 passes over the particles, most of them
+    distilling. No synthetic distill images and no view encoder: they serve new particles, and would push the demo
+    past its time cap. Why each: docs/decisions/009-demo-settings.md.
     """
     from cryofire_app.training.config import DecoderConfig, EncoderConfig
 

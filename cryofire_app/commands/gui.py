@@ -3,8 +3,8 @@
   cryofire gui                    the docks, nothing loaded
   cryofire gui --demo             also load the sample (3,000 two-state 70S ribosome particles simulated from the
                                   bundled map, box 64, SNR 1: the data of `cryofire demo`) and start training on it
-                                  with the demo's seeded settings (ab initio seed ~1-2 min, then distill and
-                                  fine-tune; measured by `cryofire demo`: ~5 min on 2 CPU cores)
+                                  with the demo's seeded settings (ab initio seed, then distill and fine-tune;
+                                  minutes on a CPU)
   cryofire gui --run OUTDIR       open a finished or running output folder for exploring
   cryofire gui FILE ...           open maps / particle stacks (.mrc, .mrcs, .map) as layers
 

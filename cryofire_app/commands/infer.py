@@ -30,8 +30,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="read each pose from this many in-plane turns of the image (default: 8 for runs trained "
                         "with in-plane augmentation, the seeded default, else 1). Grid head: the turns' score maps "
                         "are combined, the same for the mirrored image, and the encoder's own scores pick image or "
-                        "mirror (no decoder; --select is ignored). Measured on issue 5's held-out set: 7.27 deg "
-                        "with 1, 5.24 with 8")
+                        "mirror (no decoder; --select is ignored); more turns give more precise poses")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 

@@ -75,7 +75,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dec-arch", choices=("mlp", "grid"), default=None,
                    help="decoder: mlp (the original: Fourier features + residual MLP) or grid (a learnable "
                         "feature volume sampled at each lattice point + a 32-wide MLP, each (k, -k) pair evaluated "
-                        "once; ~55x cheaper per image at box 64 full radius, benchmarks/results/throughput-*)")
+                        "once; the default, much cheaper per image: docs/decisions/008-fast-architecture.md)")
     p.add_argument("--enc-stem", choices=("conv", "unshuffle"), default=None,
                    help="encoder stem: conv (the original) or unshuffle (lossless 2x2 pixel_unshuffle before "
                         "the first block: ~5x fewer encoder FLOPs at box 64)")
@@ -84,24 +84,24 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "--seed and --val-fraction (its folder or checkpoints/seed.npz) instead of searching again")
     p.add_argument("--enc-box", default=None,
                    help="encoder input box: the image is Fourier-cropped to this even size before the CNN, or 'full' "
-                        "(default 32: as accurate per image as 64 on issue 5's set at ~3x less cost)")
+                        "(default 32: as accurate per image as 64 at a third of the cost)")
     p.add_argument("--enc-norm", choices=("group", "batch"), default=None,
                    help="encoder normalisation after each conv block (default group)")
     p.add_argument("--rot-head", choices=("auto", "grid", "r6"), default="auto",
                    help="encoder rotation head: grid (scores over a 512 x 24 rotation grid, learnt by cross-entropy "
-                        "on the seed's poses: ~5x fewer images to the same accuracy on issue 5's set) or r6 (the "
+                        "on the seed's poses: far fewer images to the same accuracy) or r6 (the "
                         "original 6D regression); auto = grid for --schedule seeded, r6 for amortized")
     p.add_argument("--view-dirs", type=int, default=None, metavar="N",
                    help="seeded schedule, grid head: a view encoder of N directions that reads each image turned "
-                        "and re-centred at the encoder's pose, refining the view at inference (default 1024: held "
-                        "out 3.1 against 4.2 deg on issue 5's set); 0: none")
+                        "and re-centred at the encoder's pose, refining the view of new particles at inference "
+                        "(default 1024); 0: none")
     p.add_argument("--augment", choices=("auto", "yes", "no"), default="auto",
                    help="in-plane rotation augmentation of the encoder's input with the matching pose change (auto: "
                         "on for --schedule seeded, off for amortized; never with the symmetric loss). Without it the "
                         "encoder memorises the training images and new images get poor poses")
     p.add_argument("--fast", action="store_true",
-                   help="the fast preset: --dec-arch grid --enc-stem unshuffle (issue 6; the default since its "
-                        "accuracy benchmark; kept so older command lines still work)")
+                   help="the fast preset: --dec-arch grid --enc-stem unshuffle (now the default; kept so older "
+                        "command lines still work)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of the networks (fp16 needs CUDA; physics and loss stay fp32; default fp32)")
     p.add_argument("--channels-last", choices=("auto", "yes", "no"), default="auto",

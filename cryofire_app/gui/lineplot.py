@@ -1,10 +1,9 @@
 """A small line plot drawn with one QPainter pass (no scene graph).
 
 Why not pyqtgraph here: while training runs in a worker thread, every Python call made by the GUI thread has to win
-the GIL back from that thread. pyqtgraph paints its axes and items through hundreds of Python calls per repaint, which
-stretched each loss-plot repaint to ~110 ms during training on 2 cores (measured: the Qt event loop never blocked for
-more than ~35 ms with the loss plot switched off). This widget paints in a handful of Python calls: curves are
-decimated with numpy to at most two points per pixel column before they are handed to Qt.
+the GIL back from that thread, and pyqtgraph paints through hundreds of them per repaint
+(docs/decisions/010-gui-painting.md). This widget paints in a handful of Python calls: curves are decimated with
+numpy to at most two points per pixel column before they are handed to Qt.
 """
 from __future__ import annotations
 

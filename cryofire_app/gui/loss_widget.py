@@ -3,9 +3,8 @@
 x axis: images seen. Top: loss per step (grey) and an exponential moving average (blue), validation loss at
 checkpoints (orange dots), the pose-only phase shaded. Bottom: the frequency-marching mask radius (lattice pixels).
 Events are appended to numpy buffers in O(1); the curves are redrawn by a timer at most `REDRAW_MS` apart, so the
-GUI-thread cost per event is microseconds and per redraw ~1 ms of data update plus one QPainter pass over curves
-peak-decimated to the widget's pixel columns (see lineplot.py for why this is not pyqtgraph: its Python-heavy
-painting stretched to ~110 ms per repaint while the training thread competed for the GIL).
+GUI-thread cost per event is microseconds and per redraw a small data update plus one QPainter pass over curves
+peak-decimated to the widget's pixel columns (lineplot.py says why this is not pyqtgraph).
 
 The seeded schedule starts with an ab initio seed that sees no training image for minutes (its Step events count
 search rounds, its loss is a noise variance in its own units): a seed row shows its stage (from the trainer's

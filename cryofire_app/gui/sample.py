@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-# The data of `cryofire demo` (simulate.demo_config: 20-degree hinge, shifts <= 2 px, defocus 1-2.5 um), whose
-# seeded training was measured to converge (box 64 / 3,000 images / SNR 1: 3.1 deg median view error, 2.3 % state
-# confusion in 312 s on 2 CPU cores). Box 32 did not converge (26 deg, 48 %): too few pixels for the seed search.
+# The data of `cryofire demo` (simulate.demo_config: 20-degree hinge, shifts <= 2 px, defocus 1-2.5 um), on which the
+# demo's seeded training converges; box 32 has too few pixels for the seed search (docs/decisions/009-demo-settings.md).
 SAMPLE_N = 3000
 SAMPLE_BOX = 64
 SAMPLE_SNR = 1.0

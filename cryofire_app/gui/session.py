@@ -164,9 +164,9 @@ def seed_stage(text: str) -> str | None:
 def stable_label(label) -> None:
     """Keep a status QLabel from resizing its dock when its text changes.
 
-    A label that grows with its text re-lays out the main window, which resizes (and re-renders) the napari canvas:
-    measured here at 100-180 ms per status update on software OpenGL. Ignored horizontal size policy + elision-free
-    single line keeps layout fixed.
+    A label that grows with its text re-lays out the main window, which resizes (and re-renders) the napari canvas on
+    every status update (docs/decisions/010-gui-painting.md). Ignored horizontal size policy + elision-free single
+    line keeps layout fixed.
     """
     from qtpy.QtWidgets import QSizePolicy
 

@@ -137,8 +137,7 @@ class CryoFIRE(nn.Module):
         ``pose_as_given=False`` (training) skips ``rot0``/``trans0`` and so the pose heads on those rows. One CNN
         call on (K + 1) B rows. Training (one turn per image) makes the pose come from the particle's appearance at
         any in-plane angle, so the encoder cannot memorise the training images' poses; z is left free to use the
-        image as given (measured on issue 5's set: turning the image for z as well left the 10 % state at chance
-        after 400k images, while z from the image as given separates it, see TrainConfig.augment_inplane).
+        image as given, since a turned z loses the state split (docs/decisions/004-encoder-in-plane-augmentation.md).
         Inference combines K turns (training.inference.encode_with_turns). ``pose_images`` (P, D, D) with ``angles``
         (P,): turn these instead of ``y_real`` for the pose (and ``z_turned``) rows; the distill phase passes the B real
         images followed by synthetic ones."""

@@ -69,8 +69,8 @@ class Encoder(nn.Module):
     holds pixels [2i + dy, 2j + dx]), so the first block runs at D/2 (~5x fewer FLOPs at box 64 with the default
     widths, no pixel discarded). `channels_last`: NHWC memory format for the convolutions (faster with oneDNN on CPU
     and tensor cores on GPU; same math). `box`: the CNN sees the (B, D, D) input Fourier-cropped to this box
-    (None or >= D: the input as is); a low-pass that drops frequencies which carry mostly noise at low SNR, measured
-    on issue 5's set (SNR 0.1, box 64): box 32 learns the seed's poses as fast per image as box 64 at ~3x less cost.
+    (None or >= D: the input as is); a low-pass that drops frequencies which carry mostly noise at low SNR
+    (docs/decisions/005-grid-rotation-head.md).
     `rot_head="r6"`: the 6D regression head (the original); `"grid"`: scores over a `grid_dirs x grid_psi` rotation
     grid (reconstruct.grids.so3_grid), trained by cross-entropy against soft targets (`grid_loss`) where poses are
     known (the seeded schedule's distill phase) and through `rot` (`grid_pose`) by the reconstruction loss."""
@@ -139,8 +139,8 @@ class Encoder(nn.Module):
     def grid_score(self, logp: torch.Tensor, rot: torch.Tensor, width: float = 0.5) -> torch.Tensor:
         """Log-density ``(n,)`` of score maps ``logp (n, G)`` (log-probabilities over the grid) at rotations
         ``rot (n, 3, 3)`` off the grid: ``log sum_g p(g) exp(-|rot - g|_F^2 / (4 (width sigma)^2))``,
-        the target's kernel at ``width`` view spacings (measured for choosing between an image's pose and its
-        mirror's, issue 5's held-out set: 0.5 gives 5.24 deg, 1 gives 5.31)."""
+        the target's kernel at ``width`` view spacings (0.5 chooses best between an image's pose and its mirror's:
+        docs/decisions/005-grid-rotation-head.md)."""
         return torch.logsumexp(logp.float() + self.grid_target_logits(rot, width), -1)
 
     def grid_turn_index(self, angle: float) -> torch.Tensor | None:

@@ -8,11 +8,7 @@ and 4 in-plane angles (the frame only; the targets' in-plane angle stays near 0)
 pose rows, canonicalised at their target pose jittered as the main encoder errs; at inference it reads the image
 canonicalised at the main encoder's pose, and its pose is turned back.
 
-Measured on issue 5's set (held-out split, 1,000 new particles, median view error; benchmarks/canon_probe.py, stage 1
-= a default run's encoder, 8 turns + mirror, 4.21 deg): a view encoder of 1,024 directions trained from scratch on
-300k pose rows reads 3.06 deg (2,048 directions: 3.14; the main encoder's own probe at 300k rows: 4.74). In the
-trainer, from scratch at the defaults (benchmarks/results/accuracy-20261125-1208): held out 3.04 deg against 4.2 in
-earlier runs without it, training split 1.29 deg, 23.4 min in all on 2 cores.
+Why, and what it gains on new particles: docs/decisions/007-view-encoder.md.
 
 Conventions as in physics.inplane: ``rot`` rows = the volume-frame directions of the image x, y and view axes; turning
 an image by ``a`` (content at offset p -> Q(a) p) gives pose ``Q3(a) rot``; ``trans (tx, ty)`` px re-centres it.
@@ -74,8 +70,7 @@ class ViewEncoder(nn.Module):
     """An :class:`Encoder` (no z, grid head of ``dirs`` directions x 4 in-plane angles) on canonicalised images.
 
     ``jitter_deg`` / ``jitter_px``: the spread (per axis, Gaussian) of the target pose at which training rows are
-    canonicalised, standing for the main encoder's errors (issue 5's held-out set: median 4.2 deg view, 2.3 deg
-    in-plane, 1.7 px)."""
+    canonicalised, standing for the main encoder's typical errors (docs/decisions/007-view-encoder.md)."""
 
     def __init__(self, D: int, dirs: int = 1024, jitter_deg: float = 3.0, jitter_px: float = 1.0, **encoder_kwargs):
         super().__init__()
