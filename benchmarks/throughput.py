@@ -18,7 +18,8 @@ first conv block, NCHW); "fast" = feature-grid decoder with half-lattice evaluat
 channels-last (`decoder.arch="grid"`, `encoder.stem="unshuffle"`). The original preset is timed at two radii only
 (it takes ~0.4 s per image at the full radius); the two presets run in the same invocation, so their ratio is
 meaningful even on a shared machine (the load average is recorded).
-"Before" column: the numbers of an earlier results file (--before, default the last run before issue 6's changes).
+"Before" column: the numbers of an earlier results file (--before; default results/baseline/
+throughput-20261124-0532-vm.json, the last run before issue 6's changes).
 Results: benchmarks/results/throughput-<date>-<host>.json and .md, also printed.
 
 usage:  python benchmarks/throughput.py [--boxes 64] [--batch 64] [--steps 12] [--threads 2] [--device cpu]
@@ -41,7 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BEFORE = RESULTS / "throughput-20261124-0532-vm.json"
+BEFORE = RESULTS / "baseline" / "throughput-20261124-0532-vm.json"  # the original model, before issue 6
 PRESETS = ("fast", "original")
 
 
