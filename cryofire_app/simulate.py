@@ -35,12 +35,28 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cryofire_app.io import (
+    InputError,
+    MrcStackWriter,
+    read_map,
+    write_ctf_pkl,
+    write_mrc,
+    write_particles_star,
+    write_pose_pkl,
+)
 from cryofire_app.io.atomic import atomic_save_npy, atomic_write_json
-from cryofire_app.io import (InputError, MrcStackWriter, read_map, write_ctf_pkl, write_mrc, write_particles_star,
-                             write_pose_pkl)
-from cryofire_app.physics import (FourierProjector, Lattice, center_crop_pad, compute_ctf, fourier_resize,
-                                  lattice_to_image, quaternion_to_matrix, rotate_volume, rotvec_to_matrix,
-                                  translate_ht)
+from cryofire_app.physics import (
+    FourierProjector,
+    Lattice,
+    center_crop_pad,
+    compute_ctf,
+    fourier_resize,
+    lattice_to_image,
+    quaternion_to_matrix,
+    rotate_volume,
+    rotvec_to_matrix,
+    translate_ht,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""io/atomic.py: a write that fails midway leaves the earlier file intact, a good write replaces it, no temp file stays."""
+"""io/atomic.py: a write that fails midway leaves the earlier file intact, a good write replaces it, no temp stays."""
 import json
 import os
 import pickle

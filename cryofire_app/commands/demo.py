@@ -163,7 +163,7 @@ def write_handed_maps(out: Path, run, res: dict, gt_maps: list, states_dir: Path
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cryofire_app.analysis.evaluate import load_gt_maps, predictions_from_run, evaluate, table_row, write_json
+    from cryofire_app.analysis.evaluate import evaluate, load_gt_maps, predictions_from_run, table_row, write_json
     from cryofire_app.analysis.run import Run
     from cryofire_app.commands.analyze import analyze
     from cryofire_app.io import read_pose_pkl

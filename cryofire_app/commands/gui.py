@@ -55,9 +55,9 @@ def launch(files: list[str] | None = None, demo: bool = False, run: str | None =
 
     Does not start the Qt event loop. `train_overrides` go into the demo's TrainConfig (after the demo settings).
     """
-    from cryofire_app.gui import sample
-
     import napari
+
+    from cryofire_app.gui import sample
 
     if viewer is None:
         viewer = napari.Viewer(title="cryoFIRE")

@@ -42,14 +42,13 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from cryofire_app.analysis.run import Run
+    from cryofire_app.commands import _checks
     from cryofire_app.io import load_particles, write_pose_pkl, write_z_pkl
     from cryofire_app.io.atomic import atomic_save_npz
     from cryofire_app.io.errors import InputError
     from cryofire_app.training.dataset import ParticleData
     from cryofire_app.training.inference import default_turns, predict
     from cryofire_app.training.trainer import resolve_device
-
-    from cryofire_app.commands import _checks
 
     _checks.at_least("--batch-size", args.batch_size, 1, " (images per batch)")
     _checks.at_least("--threads", args.threads, 1)

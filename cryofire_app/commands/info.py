@@ -200,7 +200,8 @@ def describe_particles(path: Path, datadir: str | None = None, n_check: int = 64
     if ps.ctf is not None:
         c = ps.ctf
         lines.append(_row("CTF", f"defocus U {_fmt_range(c[:, 2], ' A', '{:.0f}')}, "
-                                 f"V {_fmt_range(c[:, 3], ' A', '{:.0f}')}; {_fmt_range(c[:, 5], ' kV', '{:g}')}, Cs {_fmt_range(c[:, 6], ' mm', '{:g}')}, "
+                                 f"V {_fmt_range(c[:, 3], ' A', '{:.0f}')}; {_fmt_range(c[:, 5], ' kV', '{:g}')}, "
+                                 f"Cs {_fmt_range(c[:, 6], ' mm', '{:g}')}, "
                                  f"w {_fmt_range(c[:, 7], '', '{:g}')}, phase {_fmt_range(c[:, 8], ' deg', '{:g}')}"))
     else:
         lines.append(_row("CTF", "none"))

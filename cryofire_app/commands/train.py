@@ -57,11 +57,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=20_000, help="images between checkpoints (default 20000)")
     p.add_argument("--keep-checkpoints", type=int, default=3,
                    help="numbered checkpoints kept besides last.pt, oldest deleted first (default 3)")
-    p.add_argument("--freq-start", type=int, default=4, help="amortized: initial frequency-mask radius in pixels (default 4)")
+    p.add_argument("--freq-start", type=int, default=4,
+                   help="amortized: initial frequency-mask radius in pixels (default 4)")
     p.add_argument("--freq-add-every", type=int, default=10_000,
                    help="amortized: images per +1 pixel of the frequency-mask radius (default 10000)")
-    p.add_argument("--freq-max", type=int, default=None, help="largest mask radius in pixels (default D/2; seeded on CPU: 12, "
-                        "the fixed radius of its distill/joint phases)")
+    p.add_argument("--freq-max", type=int, default=None,
+                   help="largest mask radius in pixels (default D/2; seeded on CPU: 12, the fixed radius of its "
+                        "distill/joint phases)")
     p.add_argument("--invert-data", choices=("auto", "yes", "no"), default="auto",
                    help="multiply the images by -1: auto (when the consensus density comes out negative, checked "
                         "early and logged), yes, no (default auto)")
@@ -103,14 +105,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="the fast preset: --dec-arch grid --enc-stem unshuffle (now the default; kept so older "
                         "command lines still work)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="autocast precision of the networks (fp16 needs CUDA; physics and loss stay fp32; default fp32)")
+                   help="autocast precision of the networks (fp16 needs CUDA; physics and loss stay fp32; default "
+                        "fp32)")
     p.add_argument("--channels-last", choices=("auto", "yes", "no"), default="auto",
                    help="NHWC encoder convolutions: auto = on with CUDA only (default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (worth it on a GPU; slow start)")
     p.add_argument("--variational", action="store_true", help="variational z (KL weight --beta)")
     p.add_argument("--beta", type=float, default=0.0, help="KL weight for --variational (default 0)")
-    p.add_argument("--no-sym-loss", action="store_true", help="amortized: disable the symmetric (mirror) loss (the seeded schedule "
-                        "trains without it: its seeded poses are unmirrored)")
+    p.add_argument("--no-sym-loss", action="store_true",
+                   help="amortized: disable the symmetric (mirror) loss (the seeded schedule trains without it: its "
+                        "seeded poses are unmirrored)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

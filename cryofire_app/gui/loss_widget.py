@@ -22,7 +22,6 @@ from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QProgressBar, QSpinBo
 from cryofire_app.gui.lineplot import LinePlot
 from cryofire_app.gui.session import SEED_STAGE_NAMES, SEED_STAGES, get_session, seed_stage, stable_label
 
-
 REDRAW_MS = 500
 
 

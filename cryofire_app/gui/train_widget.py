@@ -10,14 +10,14 @@ stop between steps: it writes a checkpoint and the final outputs first, so nothi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from cryofire_app.gui.session import SEED_STAGE_NAMES, get_session, seed_stage, stable_label

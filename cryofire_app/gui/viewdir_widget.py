@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from qtpy.QtWidgets import QLabel, QSpinBox, QHBoxLayout, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from cryofire_app.gui import engine_api
 from cryofire_app.gui.session import LatentSet, get_session, stable_label

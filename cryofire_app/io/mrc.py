@@ -102,7 +102,7 @@ def read_mrc_header(path: str | Path) -> MrcHeader:
             raise InputError("not a readable MRC file (no header)", path)
         try:
             dtype = data_dtype_from_header(mrc.header)
-        except ValueError as exc:
+        except ValueError:
             raise InputError(f"unsupported MRC mode {int(mrc.header.mode)}: not an MRC file, or its header is damaged",
                              path) from None
         shape = tuple(int(s) for s in data_shape_from_header(mrc.header))

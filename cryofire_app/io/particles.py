@@ -21,8 +21,16 @@ from .cs import cs_box_size, cs_has_ctf, cs_has_poses, cs_image_refs, cs_poses_p
 from .errors import InputError
 from .pickles import read_ctf_pkl, read_pose_pkl
 from .stack import ImageStack
-from .star import (OPTICS_KEY, parse_ctf_star, parse_image_names, read_star, star_box_size, star_pixel_size,
-                   star_rotations, star_translations_px)
+from .star import (
+    OPTICS_KEY,
+    parse_ctf_star,
+    parse_image_names,
+    read_star,
+    star_box_size,
+    star_pixel_size,
+    star_rotations,
+    star_translations_px,
+)
 
 log = logging.getLogger(__name__)
 

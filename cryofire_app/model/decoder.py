@@ -89,7 +89,8 @@ class HartleyDecoder(nn.Module):
 
 
 class GridDecoder(nn.Module):
-    """Explicit Hartley voxel grid V(k) (no z): trilinear slices of a symmetrized (Dl, Dl, Dl) volume, axes (kz, ky, kx).
+    """Explicit Hartley voxel grid V(k) (no z): trilinear slices of a symmetrized (Dl, Dl, Dl) volume, axes
+    (kz, ky, kx).
 
     Same call signature as HartleyDecoder (z is ignored). `from_volume(vol)` builds it from a real-space (D, D, D)
     map (z, y, x) divided by `scale`; used as a fixed ground-truth decoder and as a cheap consensus volume.

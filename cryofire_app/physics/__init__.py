@@ -5,14 +5,35 @@ inputs' device and dtype (float32 by default).
 """
 from . import ctf, fft, lattice, projector, rotations, shift
 from .ctf import compute_ctf, ctf_from_params
-from .fft import (center_crop_pad, fft2_center, fft3_center, fourier_resize, ht2_center, ht3_center, ifft2_center,
-                  ifft3_center, iht2_center, iht3_center, symmetrize_ht, symmetrize_ht3, window_mask)
+from .fft import (
+    center_crop_pad,
+    fft2_center,
+    fft3_center,
+    fourier_resize,
+    ht2_center,
+    ht3_center,
+    ifft2_center,
+    ifft3_center,
+    iht2_center,
+    iht3_center,
+    symmetrize_ht,
+    symmetrize_ht3,
+    window_mask,
+)
 from .lattice import Lattice
-from .projector import (FourierProjector, lattice_to_image, project_fourier, project_real, rotate_volume,
-                        slice_ht_volume)
-from .rotations import (cryosparc_pose_to_matrix, euler_relion_to_matrix, geodesic_angle, matrix_to_euler_relion,
-                        matrix_to_quaternion, matrix_to_r6, quaternion_to_matrix, r6_to_matrix, random_rotations,
-                        rotvec_to_matrix)
+from .projector import FourierProjector, lattice_to_image, project_fourier, project_real, rotate_volume, slice_ht_volume
+from .rotations import (
+    cryosparc_pose_to_matrix,
+    euler_relion_to_matrix,
+    geodesic_angle,
+    matrix_to_euler_relion,
+    matrix_to_quaternion,
+    matrix_to_r6,
+    quaternion_to_matrix,
+    r6_to_matrix,
+    random_rotations,
+    rotvec_to_matrix,
+)
 from .shift import translate_ht, translate_ht_full
 
 __all__ = [

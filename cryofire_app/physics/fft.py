@@ -127,12 +127,14 @@ def _crop_pad_center(x: torch.Tensor, n_new: int, ndim: int) -> torch.Tensor:
 
 
 def center_crop_pad(x: torch.Tensor, n_new: int, ndim: int = 2) -> torch.Tensor:
-    """Real-space centered crop or zero pad of the last ``ndim`` (2 or 3) axes; the centre pixel ``n//2`` stays the centre."""
+    """Real-space centered crop or zero pad of the last ``ndim`` (2 or 3) axes; the centre pixel ``n//2`` stays the
+    centre."""
     return _crop_pad_center(x, n_new, ndim)
 
 
 def fourier_resize(x: torch.Tensor, d_new: int, ndim: int | None = None) -> torch.Tensor:
-    """Resize images ``(..., D, D)`` or volumes ``(..., D, D, D)`` to box ``d_new`` by Fourier crop (down) / zero pad (up).
+    """Resize images ``(..., D, D)`` or volumes ``(..., D, D, D)`` to box ``d_new`` by Fourier crop (down) / zero pad
+    (up).
 
     The centered Hartley transform is cropped or padded around DC, so the pixel size becomes ``apix * D / d_new``.
     Intensities are rescaled so the real-space **mean value is preserved** (a constant map stays the same constant).

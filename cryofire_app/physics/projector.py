@@ -54,9 +54,9 @@ class FourierProjector:
     centered 3D HT is symmetrized to the odd lattice, and each image's ``(D+1)^2`` lattice is sampled on the rotated
     plane. ``gridding`` divides the padded volume by the trilinear kernel's transform first: ``"radial"`` (default,
     RELION's ``griddingCorrect``: sinc^2 of the radius), ``"separable"`` (product of sinc^2 per axis) or ``"none"``
-    (also ``False``; ``True`` means radial). Frequencies beyond ``rmax`` cycles/px (default 0.5 = Nyquist; None keeps the
-    whole cube) are zeroed in the 3D transform and in the slices. The defaults reproduce ``relion_project`` (gridding
-    correction, Nyquist sphere): tests/test_physics_oracles.py.
+    (also ``False``; ``True`` means radial). Frequencies beyond ``rmax`` cycles/px (default 0.5 = Nyquist; None keeps
+    the whole cube) are zeroed in the 3D transform and in the slices. The defaults reproduce ``relion_project``
+    (gridding correction, Nyquist sphere): tests/test_physics_oracles.py.
     """
 
     def __init__(self, vol: torch.Tensor, pad: int = 2, gridding: bool | str = "radial", rmax: float | None = 0.5):

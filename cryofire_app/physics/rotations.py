@@ -27,7 +27,8 @@ def r6_to_matrix(r6: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def matrix_to_r6(rot: torch.Tensor) -> torch.Tensor:
-    """Rotation ``(..., 3, 3)`` -> 6D ``(..., 6)``: its first two rows concatenated (inverse of :func:`r6_to_matrix`)."""
+    """Rotation ``(..., 3, 3)`` -> 6D ``(..., 6)``: its first two rows concatenated (inverse of
+    :func:`r6_to_matrix`)."""
     return torch.cat([rot[..., 0, :], rot[..., 1, :]], dim=-1)
 
 
