@@ -90,9 +90,10 @@ def plot_loss(log_path: str | Path, out_png: str | Path) -> Path:
 
 
 def plot_pc_scatter(scores, out_png: str | Path, labels=None, centers=None, explained=None,
-                    title: str = "Latent space") -> Path:
-    """PC1 vs PC2 of z (a histogram of PC1 when z has one component); colours = cluster labels, crosses = centres
-    (given in PC coordinates)."""
+                    title: str = "Latent space", values=None, value_label: str = "") -> Path:
+    """PC1 vs PC2 of z (a histogram of PC1 when z has one component); colours = cluster labels, or with ``values``
+    (N,) a continuous quantity (viridis, colour bar ``value_label``; NaN points grey), crosses = centres (given in PC
+    coordinates)."""
     Figure = _plt()
     s = np.asarray(scores, dtype=float)
     fig = Figure(figsize=(5.5, 5))
@@ -110,7 +111,14 @@ def plot_pc_scatter(scores, out_png: str | Path, labels=None, centers=None, expl
         ax.set_ylabel("particles")
     else:
         kw = dict(s=3, alpha=0.5, linewidths=0)
-        if labels is None:
+        if values is not None:
+            v = np.asarray(values, dtype=float).reshape(-1)
+            nan = ~np.isfinite(v)
+            if nan.any():
+                ax.scatter(s[nan, 0], s[nan, 1], color="0.7", **kw)
+            sc = ax.scatter(s[~nan, 0], s[~nan, 1], c=v[~nan], cmap="viridis", **kw)
+            fig.colorbar(sc, ax=ax, shrink=0.8, label=value_label)
+        elif labels is None:
             ax.hexbin(s[:, 0], s[:, 1], gridsize=50, mincnt=1, cmap="viridis") if len(s) > 2000 else \
                 ax.scatter(s[:, 0], s[:, 1], **kw)
         else:
@@ -123,6 +131,28 @@ def plot_pc_scatter(scores, out_png: str | Path, labels=None, centers=None, expl
         ax.set_xlabel(l1)
         ax.set_ylabel("PC2" + (f" ({100 * ev[1]:.1f} %)" if ev and len(ev) > 1 else ""))
     ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_coordinate_vs_pc(pc, coord, out_png: str | Path, labels=None, rho: float | None = None,
+                          xlabel: str = "PC1 of z", ylabel: str = "seed coordinate 1",
+                          title: str = "Seed coordinate against z") -> Path:
+    """Scatter of a per-particle coordinate (y) against a PC of z (x), coloured by ``labels`` when given; the
+    Spearman ``rho`` in the title."""
+    Figure = _plt()
+    x = np.asarray(pc, dtype=float).reshape(-1)
+    y = np.asarray(coord, dtype=float).reshape(-1)
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot(111)
+    kw = dict(s=3, alpha=0.5, linewidths=0)
+    if labels is None or len(np.unique(labels)) < 2:
+        ax.scatter(x, y, color="C0", **kw)
+    else:
+        ax.scatter(x, y, c=labels, cmap="tab10", vmin=0, vmax=9, **kw)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + (f" (Spearman {rho:+.2f})" if rho is not None and np.isfinite(rho) else ""))
     fig.tight_layout()
     return _save(fig, out_png)
 

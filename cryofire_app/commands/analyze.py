@@ -1,21 +1,36 @@
-"""Analyze a trained run: PCA and k-means of z, volumes at the cluster centres and along principal components, plots.
+"""Analyze a trained run: the landscape of z (PCA, k-means with k chosen from the data or given, volumes at the
+cluster centres and along principal components), the ab initio seed's states or continuous coordinate, plots.
 
 Writes into DIR (default OUTDIR/analyze):
-  kmeans<K>/vol_<i>.mrc     volumes at the K cluster centres (cluster 0 is the largest), labels.npy, centers.txt
-  pc<j>/vol_<i>.mrc         volumes at --n evenly spaced points along PC j (5th to 95th percentile of the particles)
+  kmeans<K>/vol_<i>.mrc     volumes at the K cluster centres (cluster 0 is the largest), labels.npy, centers.txt;
+                            only for K >= 2 (K = 1: no discrete clusters, no kmeans folder)
+  pc<j>/vol_<i>.mrc         volumes at --n evenly spaced points along PC j (5th to 95th percentile of the particles),
+                            z_values.txt: the motion along z's principal components (always written)
   loss.png, pc_scatter.png, views.png   training curve, PC1/PC2 of z coloured by cluster, viewing directions
   particles.star            RELION 3.1: the original images with the predicted poses, CTF and cluster (rlnClassNumber)
-  seed_states/              seeded runs (the run has seed_states.npz: the ab initio seed's state labels of the training
-                            particles): vol_<i>.mrc at each state's mean z, labels.npy (per particle, -1 = held out,
-                            not classified), centers.txt, and per state the selection state_<i>.star / .ind.pkl /
-                            _index.csv (or .cs), as for any exported selection; pc_scatter_seed_states.png
-  summary.json              what was written, PCA explained variance, cluster sizes, seed state sizes and which split
-                            ("state_source": seed_states or kmeans) is the run's two-state answer
+  seed_states/              seeded runs (the run has seed_states.npz: the ab initio seed's heterogeneity of the
+                            training particles): labels.npy (per particle, -1 = held out, not classified); with
+                            K >= 2 discrete states: vol_<i>.mrc at each state's mean z, centers.txt, per state the
+                            selection state_<i>.star / .ind.pkl / _index.csv (or .cs), pc_scatter_seed_states.png;
+                            with the seed's continuous coordinates (coords): coords.npy (per particle, NaN = held
+                            out), seed_coords.csv (coordinates beside z's PCs), seed_coord_vs_pc1.png,
+                            pc_scatter_seed_coord.png, and when the seed found no discrete states (K = 1)
+                            coord1/vol_<i>.mrc at the mean z of --n equal-count bins of seed coordinate 1
+  summary.json              what was written, PCA explained variance, k and why ("k_choice"), cluster sizes, seed
+                            state sizes / kind / Spearman of the seed coordinate against z's PCs, and which split
+                            ("state_source": seed_states, kmeans, or null for no discrete states) is the run's
+                            state answer
 Volumes are real-space MRC maps at the training box with its voxel size (Angstrom). A seeded run's seed states are
-its state split (on issue 5's benchmark they separate states better than z); z (PCA, k-means, PC walks) still carries
-the continuous heterogeneity.
+its state split when it found K >= 2 (on issue 5's benchmark they separate states better than z); z (PCA, k-means,
+PC walks) still carries the continuous heterogeneity.
 
-example:  cryofire analyze run1 -k 5
+-k auto (the default) chooses the number of clusters from z (analysis.latent.choose_k): Gaussian mixtures of 1..8
+components on z's leading 4 principal components, the number by the lowest BIC, then components joined unless a
+density valley below 35 % of the lower peak separates them (a continuum such as a hinge motion has none: k = 1);
+states holding under 3 % of the particles are not counted. -k N uses N clusters.
+
+examples:  cryofire analyze run1              (k chosen from the data)
+           cryofire analyze run1 -k 5
 """
 from __future__ import annotations
 
@@ -32,7 +47,10 @@ log = logging.getLogger(__name__)
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("outdir", help="run folder written by `cryofire train`")
-    p.add_argument("-k", "--k", type=int, default=5, help="number of k-means clusters of z (default 5)")
+    p.add_argument("-k", "--k", default="auto",
+                   help="number of k-means clusters of z, or 'auto' (default): chosen from the data (Gaussian-mixture "
+                        "BIC on z's leading PCs, components joined unless a density valley separates them; 1 = no "
+                        "discrete clusters, e.g. a continuous motion: no k-means volumes)")
     p.add_argument("-o", "--out", default=None, help="output folder (default OUTDIR/analyze)")
     p.add_argument("--pcs", default="1,2", help="principal components to walk along, 1-based, comma separated "
                                                  "(default 1,2; empty for none)")
@@ -41,7 +59,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="decode each cluster at the particle nearest its centre instead of at the mean z")
     p.add_argument("--no-volumes", action="store_true", help="skip volume decoding (plots and tables only)")
     p.add_argument("--no-star", action="store_true", help="do not write particles.star")
-    p.add_argument("--seed", type=int, default=0, help="k-means random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="k-means and -k auto random seed (default 0)")
     p.add_argument("--flip-hand", action="store_true",
                    help="write the mirror images of the maps and the matching poses in particles.star (the hand of "
                         "an ab initio run is not determined by the data; see `cryofire volume --flip-hand`)")
@@ -88,20 +106,43 @@ def _reopen_particles(run):
         return None
 
 
-def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: list[int] | None = (1, 2),
-            n: int = 10, on_data: bool = False, volumes: bool = True, star: bool = True, seed: int = 0,
-            run=None, flip_hand: bool = False) -> dict:
+def _k_choice(z: np.ndarray, k, seed: int) -> dict:
+    """summary["k_choice"]: the number of k-means clusters, given (int) or chosen from z ("auto")."""
+    from cryofire_app.analysis import latent
+
+    n_distinct = len(np.unique(z, axis=0))
+    if k == "auto":
+        ch = latent.choose_k(z, seed=seed)
+        return dict(ch.to_dict(), requested="auto")
+    k = int(k)
+    if n_distinct < k:
+        log.warning("z holds only %d distinct point(s) (a run stopped in its pose-only phase?): k-means with k=%d",
+                    n_distinct, max(1, n_distinct))
+    used = max(1, min(k, len(z), n_distinct))
+    reason = f"given with -k {k}" + ("" if used == k else f", reduced to {used}: z holds {n_distinct} distinct "
+                                                             f"point(s) among {len(z)} particles")
+    return {"k": used, "requested": k, "reason": reason}
+
+
+def analyze(outdir: str | Path, k: int | str = "auto", out: str | Path | None = None,
+            pcs: list[int] | None = (1, 2), n: int = 10, on_data: bool = False, volumes: bool = True,
+            star: bool = True, seed: int = 0, run=None, flip_hand: bool = False) -> dict:
     """The work of `cryofire analyze`; returns the summary (also written to DIR/summary.json).
 
-    A run with seed_states.npz (seeded schedule) also gets its seed states analysed (seed_states/) and
-    ``summary["state_source"] = "seed_states"``; otherwise the state split is k-means of z (``"kmeans"``; None for
-    zdim 0). InputError when seed_states.npz is malformed."""
+    ``k``: the number of k-means clusters of z, or "auto" (analysis.latent.choose_k); ``summary["k_choice"]`` says
+    which k and why. k = 1 means no discrete clusters: no k-means folder and no ``summary["kmeans"]``; PCA and the PC
+    walks are written for every k. A run with seed_states.npz (seeded schedule) also gets the seed's heterogeneity
+    analysed (seed_states/: per-state outputs for K >= 2, the continuous coordinate for any K when the file has it).
+    ``summary["state_source"]``: "seed_states" when the seed found K >= 2 states, else "kmeans" when k >= 2, else
+    None (no discrete states). InputError when seed_states.npz is malformed."""
     from cryofire_app.analysis import latent, plots
     from cryofire_app.analysis.evaluate import write_json
     from cryofire_app.analysis.hand import mirror_rotations
     from cryofire_app.analysis.run import Run
     from cryofire_app.analysis.selection import export_selection, rows_to_index
 
+    if k != "auto" and (isinstance(k, bool) or int(k) < 1):
+        raise InputError(f"k must be 'auto' or at least 1, got {k!r}")
     run = run if run is not None else Run(outdir)
     try:
         z = np.asarray(run.z, np.float32)
@@ -125,24 +166,26 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
         if volumes:
             files["volume"] = _write_volumes(run, np.zeros((1, 0), np.float32), out, apix, flip_hand)
     else:
-        n_distinct = len(np.unique(z, axis=0))
-        if n_distinct < k:
-            log.warning("z holds only %d distinct point(s) (a run stopped in its pose-only phase?): k-means with k=%d",
-                        n_distinct, max(1, n_distinct))
-        k = max(1, min(int(k), len(z), n_distinct))
         lp = latent.fit_pca(z)
-        km = latent.kmeans(z, k, seed=seed)
-        labels = km.labels
         summary["pca_explained_variance_ratio"] = lp.explained_variance_ratio.tolist()
-        summary["kmeans"] = {"k": k, "sizes": km.sizes.tolist(), "center_index": km.center_index.tolist(),
-                             "center_particle": np.asarray(run.index)[km.center_index].tolist()}
-        centers, vols = _group_outputs(run, z, labels, out / f"kmeans{k}", km.centers, km.center_index, on_data,
-                                       volumes, flip_hand, apix, "cluster")
+        choice = summary["k_choice"] = _k_choice(z, k, seed)
+        k = int(choice["k"])
+        centers_pc = None
+        if k >= 2:
+            km = latent.kmeans(z, k, seed=seed)
+            labels = km.labels
+            summary["kmeans"] = {"k": k, "sizes": km.sizes.tolist(), "center_index": km.center_index.tolist(),
+                                 "center_particle": np.asarray(run.index)[km.center_index].tolist()}
+            centers, vols = _group_outputs(run, z, labels, out / f"kmeans{k}", km.centers, km.center_index,
+                                           on_data, volumes, flip_hand, apix, "cluster")
+            centers_pc = lp.pca.transform(centers)
+            if vols is not None:
+                files["kmeans_volumes"] = vols
+        title = f"z: PCA, k-means k={k}" + (" (chosen)" if choice["requested"] == "auto" else "") if k >= 2 else \
+            "z: PCA (k = 1: no discrete clusters)"
         files["pc_scatter"] = str(plots.plot_pc_scatter(
-            lp.scores, out / "pc_scatter.png", labels=labels, centers=lp.pca.transform(centers),
-            explained=lp.explained_variance_ratio, title=f"z: PCA, k-means k={k}"))
-        if vols is not None:
-            files["kmeans_volumes"] = vols
+            lp.scores, out / "pc_scatter.png", labels=labels, centers=centers_pc,
+            explained=lp.explained_variance_ratio, title=title))
         for pc in pcs or []:
             if pc > lp.n_components:
                 log.warning("PC%d skipped: z has %d principal components", pc, lp.n_components)
@@ -158,9 +201,10 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
     rot = mirror_rotations(run.rot) if flip_hand else np.asarray(run.rot)
     if seeds is not None:
         summary["seed_states"] = _seed_state_outputs(run, z, seeds, out / "seed_states", lp, on_data, volumes,
-                                                     flip_hand, apix, rot, particles)
+                                                     flip_hand, apix, rot, particles, n)
         files.update(summary["seed_states"].pop("files"))
-    summary["state_source"] = "seed_states" if seeds is not None else ("kmeans" if "kmeans" in summary else None)
+    summary["state_source"] = ("seed_states" if seeds is not None and seeds.n_states >= 2 else
+                               "kmeans" if "kmeans" in summary else None)
     if particles is not None:
         try:
             written = export_selection(out / "particles", rows_to_index(run, np.arange(len(z))), rot=rot,
@@ -173,20 +217,25 @@ def analyze(outdir: str | Path, k: int = 5, out: str | Path | None = None, pcs: 
 
 
 def _seed_state_outputs(run, z: np.ndarray, seeds, folder: Path, lp, on_data: bool, volumes: bool, flip_hand: bool,
-                        apix: float, rot: np.ndarray, particles) -> dict:
-    """seed_states/: the seed's states as groups (labels.npy over every run row, -1 = not classified; centres and
-    volumes at each state's mean z) and one particle selection per state (poses in the chosen hand)."""
+                        apix: float, rot: np.ndarray, particles, n: int = 10) -> dict:
+    """seed_states/: the seed's states as groups (labels.npy over every run row, -1 = not classified; for K >= 2
+    centres and volumes at each state's mean z and one particle selection per state, poses in the chosen hand) and,
+    when the file has them, the seed's continuous coordinates (:func:`_seed_coordinate_outputs`)."""
     from cryofire_app.analysis import latent, plots
-    from cryofire_app.analysis.selection import export_selection, rows_to_index
+    from cryofire_app.analysis.selection import atomic_write, export_selection, rows_to_index
 
     K = seeds.n_states
     per_row = seeds.labels_for_rows(len(z))
     files: dict = {}
-    info = {"file": str(seeds.path), "n_states": K, "sizes": seeds.counts().tolist(),
-            "n_classified": int(len(seeds.rows)), "n_not_classified": int(len(z) - len(seeds.rows)),
-            "note": "the ab initio seed's two-state labels (seed_states.npz) of the training particles; held-out "
-                    "particles are not classified (label -1)"}
-    if z.shape[1]:
+    info = {"file": str(seeds.path), "kind": seeds.kind, "n_states": K, "sizes": seeds.counts().tolist(),
+            "n_coordinates": seeds.q, "n_classified": int(len(seeds.rows)),
+            "n_not_classified": int(len(z) - len(seeds.rows)),
+            "note": (f"the ab initio seed's {K}-state labels (seed_states.npz) of the training particles"
+                     if K >= 2 else "the ab initio seed found no discrete states among the training particles "
+                                    f"(kind {seeds.kind}, seed_states.npz)")
+                    + "; held-out particles are not classified (label -1)"}
+    folder.mkdir(parents=True, exist_ok=True)
+    if z.shape[1] and K >= 2:
         centers, center_index = latent.group_centers(z, per_row, K)
         c, vols = _group_outputs(run, z, per_row, folder, centers, center_index, on_data, volumes, flip_hand,
                                  apix, "seed state")
@@ -197,24 +246,104 @@ def _seed_state_outputs(run, z: np.ndarray, seeds, folder: Path, lp, on_data: bo
         has = per_row >= 0
         files["pc_scatter_seed_states"] = str(plots.plot_pc_scatter(
             lp.scores[has], folder.parent / "pc_scatter_seed_states.png", labels=per_row[has],
-            centers=lp.pca.transform(c), explained=lp.explained_variance_ratio, title="z: PCA, seed states"))
+            centers=lp.pca.transform(c), explained=lp.explained_variance_ratio,
+            title=f"z: PCA, {K} seed states"))
     else:
-        from cryofire_app.analysis.selection import atomic_write
-
-        folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / "labels.npy", lambda fh: np.save(fh, per_row))
-    trans = np.asarray(run.trans)
-    sel = []
-    for j in range(K):
-        r = seeds.rows_of(j)
-        # without the particle metadata (--no-star, or it could not be reopened): the index lists only
-        sel += [str(p) for p in export_selection(folder / f"state_{j}", rows_to_index(run, r), rot=rot[r],
-                                                 trans=trans[r], particles=particles,
-                                                 run=run if particles is not None else None,
-                                                 labels=np.full(len(r), j, np.int64))]
-    files["seed_state_selections"] = sel
+    if K >= 2:
+        trans = np.asarray(run.trans)
+        sel = []
+        for j in range(K):
+            r = seeds.rows_of(j)
+            # without the particle metadata (--no-star, or it could not be reopened): the index lists only
+            sel += [str(p) for p in export_selection(folder / f"state_{j}", rows_to_index(run, r), rot=rot[r],
+                                                     trans=trans[r], particles=particles,
+                                                     run=run if particles is not None else None,
+                                                     labels=np.full(len(r), j, np.int64))]
+        files["seed_state_selections"] = sel
+    if seeds.coords is not None:
+        info["coordinates"] = _seed_coordinate_outputs(run, z, seeds, per_row, folder, lp, volumes, flip_hand,
+                                                       apix, n, files)
     info["files"] = files
     return info
+
+
+def _seed_coordinate_outputs(run, z: np.ndarray, seeds, per_row: np.ndarray, folder: Path, lp, volumes: bool,
+                             flip_hand: bool, apix: float, n: int, files: dict) -> dict:
+    """The seed's continuous coordinates: coords.npy (N, q) per run row (NaN = held out), seed_coords.csv (each
+    classified particle's coordinates beside z's leading PCs), the Spearman correlation of every coordinate with
+    z's leading PCs, the plots seed_coord_vs_pc1.png / pc_scatter_seed_coord.png and, when the seed found no
+    discrete states (K = 1), volumes at the mean z of ``n`` equal-count bins of coordinate 1 (coord1/)."""
+    from scipy.stats import spearmanr
+
+    from cryofire_app.analysis import plots
+    from cryofire_app.analysis.selection import atomic_write
+
+    q = seeds.q
+    coords = seeds.coords_for_rows(len(z))
+    atomic_write(folder / "coords.npy", lambda fh: np.save(fh, coords))
+    files["seed_coords"] = str(folder / "coords.npy")
+    rows = np.sort(seeds.rows)
+    c = coords[rows]
+    info: dict = {"q": q, "note": "the seed's continuous heterogeneity coordinates (standardised, 1 = the strongest); "
+                                  "Spearman against z's PCs over the classified particles (a PC's sign is "
+                                  "arbitrary, so is the correlation's)"}
+    npc = 0 if lp is None else min(4, lp.n_components)
+    scores = None if lp is None else lp.scores[rows, :npc]
+    cols = ["row", "particle_index", "seed_state"] + [f"seed_coord_{j + 1}" for j in range(q)] + \
+        [f"pc{i + 1}" for i in range(npc)]
+    table = np.column_stack([rows, np.asarray(run.index)[rows], per_row[rows], c] +
+                            ([] if scores is None else [scores]))
+    fmt = ["%d", "%d", "%d"] + ["%.6g"] * (q + npc)
+    atomic_write(folder / "seed_coords.csv", lambda fh: np.savetxt(fh, table, fmt=fmt, delimiter=",",
+                                                                      header=",".join(cols), comments=""))
+    files["seed_coords_csv"] = str(folder / "seed_coords.csv")
+    if scores is None or len(rows) < 3:
+        return info
+
+    def rho(a, b) -> float | None:
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            return None
+        r = float(spearmanr(a, b).statistic)
+        return r if np.isfinite(r) else None
+
+    table_rho = [[rho(c[:, j], scores[:, i]) for i in range(npc)] for j in range(min(q, 4))]
+    info["spearman_pc"] = table_rho   # [coordinate j][PC i]
+    info["spearman_coord1_pc1"] = table_rho[0][0]
+    absr = [abs(v) if v is not None else -1.0 for v in table_rho[0]]
+    info["best_pc_for_coord1"] = int(np.argmax(absr)) + 1 if max(absr) >= 0 else None
+    files["seed_coord_vs_pc1"] = str(plots.plot_coordinate_vs_pc(
+        scores[:, 0], c[:, 0], folder.parent / "seed_coord_vs_pc1.png",
+        labels=per_row[rows] if seeds.n_states >= 2 else None, rho=table_rho[0][0]))
+    files["pc_scatter_seed_coord"] = str(plots.plot_pc_scatter(
+        lp.scores, folder.parent / "pc_scatter_seed_coord.png", values=coords[:, 0],
+        explained=lp.explained_variance_ratio, value_label="seed coordinate 1 (grey: held out)",
+        title="z: PCA, coloured by the seed's coordinate 1"))
+    if seeds.n_states == 1:
+        nb = max(1, min(int(n), len(rows)))
+        order = rows[np.argsort(c[:, 0], kind="stable")]
+        bins = np.array_split(order, nb)
+        zs = np.stack([z[b].mean(0) for b in bins]).astype(np.float32)
+        med = [float(np.median(coords[b, 0])) for b in bins]
+        cdir = folder / "coord1"
+        cdir.mkdir(parents=True, exist_ok=True)
+        np.savetxt(cdir / "z_values.txt", zs, fmt="%.6f", header="mean z of equal-count bins of seed coordinate 1; "
+                   "bin medians: " + " ".join(f"{v:.4f}" for v in med))
+        info["coord1_bins"] = {"n": nb, "median": med, "sizes": [int(len(b)) for b in bins]}
+        if volumes:
+            files["seed_coord1_volumes"] = _write_volumes(run, zs, cdir, apix, flip_hand)
+    return info
+
+
+def _parse_k(value) -> int | str:
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        k = int(text)
+    except ValueError:
+        raise InputError(f"-k must be 'auto' or a number of clusters, got {value!r}") from None
+    return k
 
 
 def main(args: argparse.Namespace) -> int:
@@ -224,21 +353,37 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--pcs must be comma-separated integers, got {args.pcs!r}") from None
     if any(p < 1 for p in pcs):
         raise InputError("--pcs are 1-based (PC1 is the first)")
-    if args.k < 1 or args.n < 1:
+    k = _parse_k(args.k)
+    if (k != "auto" and k < 1) or args.n < 1:
         raise InputError(f"-k and --n must be at least 1, got -k {args.k} --n {args.n}")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError("-o/--out: exists and is not a folder", args.out)
-    s = analyze(args.outdir, k=args.k, out=args.out, pcs=pcs, n=args.n, on_data=args.on_data,
+    s = analyze(args.outdir, k=k, out=args.out, pcs=pcs, n=args.n, on_data=args.on_data,
                 volumes=not args.no_volumes, star=not args.no_star, seed=args.seed, flip_hand=args.flip_hand)
     out = Path(args.out) if args.out else Path(args.outdir) / "analyze"
     print(f"analyzed {s['n_particles']} particles (zdim {s['zdim']}, box {s['D']}, {s['apix']:.3f} A/px) -> {out}")
     if "seed_states" in s:
         ss = s["seed_states"]
-        print(f"  states: from the ab initio seed's labels ({Path(ss['file']).name}): sizes {ss['sizes']}"
-              + (f", {ss['n_not_classified']} held-out particles not classified" if ss["n_not_classified"] else ""))
+        held = f", {ss['n_not_classified']} held-out particles not classified" if ss["n_not_classified"] else ""
+        if ss["n_states"] >= 2:
+            print(f"  states: from the ab initio seed's labels ({Path(ss['file']).name}): sizes {ss['sizes']}" + held)
+        else:
+            print(f"  states: the ab initio seed found no discrete states ({ss['kind']}, "
+                  f"{ss['n_coordinates']} continuous coordinate(s), {Path(ss['file']).name})" + held)
+        rho = ss.get("coordinates", {}).get("spearman_coord1_pc1")
+        if rho is not None:
+            print(f"  seed coordinate 1 against PC1 of z: Spearman {rho:+.3f}")
+    if "k_choice" in s:
+        kc = s["k_choice"]
+        print(f"  k = {kc['k']}" + (" chosen from z" if kc["requested"] == "auto" else "") + f": {kc['reason']}")
     if "kmeans" in s:
         print(f"  k-means cluster sizes of z: {s['kmeans']['sizes']}"
-              + ("" if "seed_states" in s else " (the state split: the run has no seed states)"))
+              + ("" if s["state_source"] == "seed_states" else
+                 " (the state split: the run has no seed states)" if "seed_states" not in s else
+                 " (the state split: the seed found no discrete states)"))
+    elif "k_choice" in s:
+        print("  no k-means clusters (k = 1): the landscape is the PCA and the PC walks")
+    if "pca_explained_variance_ratio" in s:
         ev = s["pca_explained_variance_ratio"]
         print("  PCA explained variance: " + ", ".join(f"PC{i + 1} {100 * v:.1f}%" for i, v in enumerate(ev[:4])))
     for key, val in s["files"].items():
