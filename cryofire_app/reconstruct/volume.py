@@ -51,19 +51,22 @@ class HartleyAccumulator:
         ``coords (B, M, 3)`` (cycles/px, volume frame) with trilinear weights."""
         g = (coords.reshape(-1, 3) + 0.5) * (2 * self.d)  # float lattice index per axis (x, y, z)
         g = torch.clamp(g, 0.0, self.n - 1.0)
-        g0 = torch.clamp(torch.floor(g), max=self.n - 2).long()
-        f = g - g0.to(g.dtype)
+        g0 = torch.clamp(torch.floor(g), max=self.n - 2)
+        f = g - g0
+        g0 = g0.long()
+        n = self.n
+        base = (g0[:, 2] * n + g0[:, 1]) * n + g0[:, 0]
+        fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
+        wx = (1 - fx, fx)
+        wy = (1 - fy, fy)
         vals = num.reshape(-1)
         wts = den.reshape(-1)
-        n = self.n
-        for dz in (0, 1):
-            fz = f[:, 2] if dz else 1 - f[:, 2]
+        for dz, wz in ((0, 1 - fz), (1, fz)):
             for dy in (0, 1):
-                fy = f[:, 1] if dy else 1 - f[:, 1]
+                wyz = wy[dy] * wz
                 for dx in (0, 1):
-                    fx = f[:, 0] if dx else 1 - f[:, 0]
-                    tri = fx * fy * fz
-                    idx = ((g0[:, 2] + dz) * n + (g0[:, 1] + dy)) * n + (g0[:, 0] + dx)
+                    tri = wx[dx] * wyz
+                    idx = base + ((dz * n + dy) * n + dx)
                     self.num.index_add_(0, idx, tri * vals)
                     self.den.index_add_(0, idx, tri * wts)
 
