@@ -1,6 +1,7 @@
 """Latent-space dock: z on a pair of principal axes, coloured by k-means cluster, the ab initio seed's state (a seeded
-run's seed_states.npz: the run's two-state split, chosen automatically when a run has it), density or a ground-truth
-label.
+run's seed_states.npz: the run's state split, any number K >= 2 of states, chosen automatically when a run has it),
+the seed's continuous coordinate (issue 20: chosen automatically when the seed found a continuum, K = 1 with
+coordinates, instead of discrete states), density or a ground-truth label.
 
 - Click a point: its z is decoded (worker thread) and shown as an isosurface in the viewer, one layer updated in
   place; a newer click supersedes an older one (`LatestOnly`).
@@ -18,8 +19,8 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
-                            QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout,
+                            QLabel, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from cryofire_app.gui import engine_api
 from cryofire_app.gui.scatter import ScatterCanvas
@@ -51,6 +52,23 @@ def state_colors(labels: np.ndarray, alpha: float = 0.8) -> np.ndarray:
     return rgba
 
 
+def coordinate_colors(values: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """Colour a continuous per-particle value (the seed's coordinate) with viridis between its 2nd and 98th
+    percentiles (outliers clipped, so a few extreme particles do not wash out the rest); NaN (held-out particles the
+    seed did not see) grey, as unclassified particles are for the seed's states."""
+    from vispy.color import get_colormap
+
+    v = np.asarray(values, np.float64).reshape(-1)
+    ok = np.isfinite(v)
+    rgba = np.tile(UNLABELLED_RGBA, (len(v), 1))
+    if ok.any():
+        lo, hi = np.percentile(v[ok], [2, 98])
+        t = np.clip((v[ok] - lo) / (hi - lo), 0, 1) if hi > lo else np.full(int(ok.sum()), 0.5)
+        rgba[ok] = np.asarray(get_colormap("viridis").map(t), np.float32)
+        rgba[ok, 3] = alpha
+    return rgba
+
+
 def density_colors(xy: np.ndarray, bins: int = 96, alpha: float = 0.8) -> np.ndarray:
     """Colour each point by the log count of its 2-D histogram bin (a fast stand-in for a KDE), viridis."""
     from vispy.color import get_colormap
@@ -68,7 +86,9 @@ def density_colors(xy: np.ndarray, bins: int = 96, alpha: float = 0.8) -> np.nda
 
 
 SEED_STATE = "seed state"
-COLOR_MODES = ["k-means cluster", SEED_STATE, "density", "ground truth", "none"]
+SEED_COORD = "seed coordinate"
+COLOR_MODES = ["k-means cluster", SEED_STATE, SEED_COORD, "density", "ground truth", "none"]
+AUTO_MODES = ("k-means cluster", SEED_STATE, SEED_COORD)   # the colourings the dock may choose itself for a new run
 
 _THREADPOOLS = None  # threadpoolctl controller, created on the GUI thread by _preimport()
 
@@ -154,10 +174,14 @@ class LatentWidget(QWidget):
         self.color_combo = QComboBox()
         self.color_combo.addItems(COLOR_MODES)
         self.color_combo.setToolTip("Colour points by k-means cluster of z; by the ab initio seed's state (seeded "
-                                    "runs: their two-state split, from seed_states.npz; grey = held-out particles the "
-                                    "seed did not classify); by local point density; or by a ground-truth label when "
-                                    "one is loaded (e.g. the simulated state)")
-        self._set_seed_state_available(False)
+                                    "runs: their state split, from seed_states.npz; grey = held-out particles the "
+                                    "seed did not classify); by the seed's continuous coordinate 1 (viridis; chosen "
+                                    "when the seed found a continuous motion rather than discrete states); by local "
+                                    "point density; or by a ground-truth label when one is loaded (e.g. the "
+                                    "simulated state)")
+        self.seed_coords: np.ndarray | None = None   # (n, q) the seed's coordinates per scatter row, NaN = held out
+        self.seed_kind: str | None = None            # "discrete" / "continuous" / "homogeneous", None: no seed states
+        self._set_seed_modes(None)
         self.k_spin = QSpinBox()
         self.k_spin.setRange(1, 50)
         self.k_spin.setValue(4)
@@ -273,21 +297,67 @@ class LatentWidget(QWidget):
     def set_latents(self, latents: LatentSet) -> None:
         """New z for the plot (training snapshot or a run's final pass): analysed on a worker, then drawn.
 
-        Latents that carry the seed's states (a seeded run's final pass) switch the colouring to "seed state" when
-        they arrive, as the run's state split; latents without them make that choice unavailable."""
+        Latents that carry the seed's states (a seeded run's final pass) make "seed state" available and, when the
+        run's seed file has coordinates, "seed coordinate". When the seed's answer changes (another run, or the final
+        pass after training snapshots) the colouring follows it, unless the user chose density / ground truth /
+        none: "seed state" for K >= 2 discrete states, "seed coordinate" for a continuum (kind "continuous", or
+        K = 1 with coordinates), k-means otherwise. Latents without seed states make both unavailable."""
         self.latents = latents
-        self._set_seed_state_available(latents.seed_state is not None)
+        self.seed_coords, kind = self._seed_info(latents)
+        self._set_seed_modes(kind)
         self._reanalyze()
 
-    def _set_seed_state_available(self, available: bool) -> None:
-        item = self.color_combo.model().item(COLOR_MODES.index(SEED_STATE))
-        was = item.isEnabled()
-        item.setEnabled(available)
+    def _seed_info(self, latents: LatentSet) -> tuple[np.ndarray | None, str | None]:
+        """(the seed's coordinates per latents row (n, q) or None, the seed's kind or None without seed states).
+
+        The coordinates come from the LatentSet when it carries them (``seed_coords``/``seed_kind``), else from
+        the opened run's seed_states.npz (``session.run``: the run these final latents were read from, checked by
+        its labels matching ``latents.seed_state``); a file that cannot be read leaves the states alone."""
+        st = latents.seed_state
+        if st is None:
+            return None, None
+        coords = getattr(latents, "seed_coords", None)
+        kind = getattr(latents, "seed_kind", None)
+        run = self.session.run if self.session is not None else None
+        if coords is None and latents.final and run is not None:
+            from cryofire_app.io.errors import InputError
+
+            try:
+                seeds = run.seed_states
+                if seeds is not None and np.array_equal(seeds.labels_for_rows(len(st)), st):
+                    coords, kind = seeds.coords_for_rows(len(st)), seeds.kind
+            except (InputError, OSError, ValueError):
+                pass
+        if coords is not None:
+            coords = np.asarray(coords, np.float32).reshape(len(st), -1)
+            if coords.shape[1] == 0:
+                coords = None
+        K = int(st.max()) + 1 if len(st) and st.max() >= 0 else 0
+        if kind is None:
+            kind = "discrete" if K >= 2 else ("continuous" if coords is not None else "homogeneous")
+        return coords, kind
+
+    def preferred_mode(self) -> str:
+        """The colouring that shows the run's heterogeneity: the seed's states for K >= 2, its coordinate for a
+        continuum, else k-means of z."""
+        st = self.latents.seed_state if self.latents is not None else None
+        if st is None:
+            return "k-means cluster"
+        if self.seed_coords is not None and (self.seed_kind == "continuous" or int(st.max()) < 1):
+            return SEED_COORD
+        return SEED_STATE if int(st.max()) >= 1 else "k-means cluster"
+
+    def _set_seed_modes(self, kind: str | None) -> None:
+        model = self.color_combo.model()
+        has_states = self.latents is not None and self.latents.seed_state is not None
+        model.item(COLOR_MODES.index(SEED_STATE)).setEnabled(has_states)
+        model.item(COLOR_MODES.index(SEED_COORD)).setEnabled(has_states and self.seed_coords is not None)
+        changed = kind != self.seed_kind
+        self.seed_kind = kind
+        current = self.color_combo.currentText()
         self.color_combo.blockSignals(True)  # the analysis that follows redraws
-        if available and not was and self.color_combo.currentText() == "k-means cluster":
-            self.color_combo.setCurrentText(SEED_STATE)
-        elif not available and self.color_combo.currentText() == SEED_STATE:
-            self.color_combo.setCurrentText("k-means cluster")
+        if (changed and current in AUTO_MODES) or not model.item(self.color_combo.currentIndex()).isEnabled():
+            self.color_combo.setCurrentText(self.preferred_mode())
         self.color_combo.blockSignals(False)
 
     def _reanalyze(self) -> None:
@@ -321,8 +391,14 @@ class LatentWidget(QWidget):
         states = ""
         if lat.seed_state is not None:
             st = lat.seed_state
-            states = "; seed states " + "/".join(f"{int((st == j).sum()):,}" for j in range(int(st.max()) + 1)) + \
-                (f" ({int((st < 0).sum()):,} not classified)" if (st < 0).any() else "")
+            K = int(st.max()) + 1
+            held = f" ({int((st < 0).sum()):,} not classified)" if (st < 0).any() else ""
+            q = 0 if self.seed_coords is None else self.seed_coords.shape[1]
+            if K >= 2:
+                states = "; seed states " + "/".join(f"{int((st == j).sum()):,}" for j in range(K)) + held
+            else:
+                states = (f"; seed: {self.seed_kind or 'one state'}, no discrete states"
+                          + (f", {q} coordinate{'s' if q > 1 else ''}" if q else "") + held)
         self.status.setText(f"{len(lat.z):,} particles, z dim {lat.z.shape[1]}" + (f" ({where})" if where else "")
                             + states)
 
@@ -338,6 +414,8 @@ class LatentWidget(QWidget):
             return categorical_colors(self.analysis["clusters"])
         if mode == SEED_STATE and self.latents is not None and self.latents.seed_state is not None:
             return state_colors(self.latents.seed_state)
+        if mode == SEED_COORD and self.seed_coords is not None and len(self.seed_coords) == n:
+            return coordinate_colors(self.seed_coords[:, 0])
         if mode == "density":
             return density_colors(xy)
         if mode == "ground truth":
@@ -361,6 +439,7 @@ class LatentWidget(QWidget):
     def _clear(self) -> None:
         self.latents = None
         self.analysis = None
+        self.seed_coords = None
         self.scatter.set_data(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
         self.status.setText("waiting for latents")
 
