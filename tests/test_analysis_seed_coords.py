@@ -139,3 +139,40 @@ def test_given_k_and_old_format(continuous_run, tmp_path, capsys):
     assert "coordinates" not in summ["seed_states"]
     assert sorted(p.name for p in (tmp_path / "o" / "seed_states").iterdir()) == [
         "centers.txt", "labels.npy", "state_0.ind.pkl", "state_0_index.csv", "state_1.ind.pkl", "state_1_index.csv"]
+
+
+def test_evaluate_reports_the_seed_coordinate_against_the_truth(continuous_run, three_state_run):
+    """evaluate: |Spearman| of the seed's coordinate 1 (classified particles) and of z's best PC against ordered
+    true labels, beside PC1's; the seed's K-state confusion for K = 3."""
+    from cryofire_app.analysis import evaluate as E
+    from cryofire_app.analysis.latent import fit_pca
+    from cryofire_app.analysis.metrics import spearman
+    from cryofire_app.analysis.run import Run
+
+    z, arrays, t = continuous_case()
+    run = Run(continuous_run[0])
+    pred = E.predictions_from_run(run)
+    n = len(t)
+    assert pred.seed_coord.shape == (n,) and np.isnan(pred.seed_coord).sum() == 40
+    steps = np.digitize(t, np.linspace(-1, 1, 9)[1:-1])   # 8 ordered hinge steps
+    gt_rot = np.zeros((n + 1000, 3, 3))
+    gt_rot[1000:] = run.rot
+    labels = np.zeros(n + 1000, np.int64)
+    labels[1000:] = steps
+    res = E.evaluate(pred, gt_rot, gt_labels=labels)
+    rows = np.sort(arrays["index"])
+    assert res["spearman_seed_coord1"] == pytest.approx(spearman(pred.seed_coord[rows], steps[rows]), abs=1e-12)
+    assert res["spearman_seed_coord1"] > 0.9 and res["seed_coord_n_images"] == len(rows)
+    best = res["spearman_best_pc"]
+    scores = fit_pca(run.z).scores
+    assert best["pc"] == 1 and best["spearman"] == pytest.approx(spearman(scores[:, 0], steps), abs=1e-12)
+    assert res["confusion_seed_states"] == pytest.approx(1 - np.max(np.bincount(steps[rows])) / len(rows))
+
+    z3, a3, truth = three_state_case()
+    run3 = Run(three_state_run[0])
+    labels3 = np.zeros(len(truth) + 1000, np.int64)
+    labels3[1000:] = truth
+    gt3 = np.zeros((len(truth) + 1000, 3, 3))
+    gt3[1000:] = run3.rot
+    r3 = E.evaluate(E.predictions_from_run(run3), gt3, gt_labels=labels3)
+    assert r3["confusion_seed_states"] == 0.0 and r3["seed_states_n_images"] == len(a3["index"])

@@ -30,18 +30,22 @@ class Predictions:
     apix: float | None = None
     source: str = ""
     state: np.ndarray | None = None   # (n,) hard state labels (the seed's, seed_states.npz); -1 = not classified
+    seed_coord: np.ndarray | None = None   # (n,) the seed's continuous coordinate 1 (seed_states.npz coords); NaN =
+                                           # not classified
 
 
 def predictions_from_run(run) -> Predictions:
     """From an opened ``cryofire_app.analysis.Run`` (final eval pass of a training run); ``state`` holds the seed's
-    state labels when the run has seed_states.npz (InputError when that file is malformed)."""
+    state labels when the run has seed_states.npz, ``seed_coord`` its first continuous coordinate when the file has
+    coordinates (InputError when that file is malformed)."""
     z = None if run.z is None or np.asarray(run.z).size == 0 else np.asarray(run.z, np.float32)
     index = np.asarray(run.index, np.int64)
     seeds = getattr(run, "seed_states", None)
     return Predictions(rot=np.asarray(run.rot, np.float64), trans_px=None if run.trans is None else
                        np.asarray(run.trans, np.float64), z=z, index=index,
                        D=int(run.D), apix=run.apix, source=str(run.outdir) if hasattr(run, "outdir") else "",
-                       state=None if seeds is None else seeds.labels_for_rows(len(index)))
+                       state=None if seeds is None else seeds.labels_for_rows(len(index)),
+                       seed_coord=None if seeds is None else seeds.coordinate_for_rows(len(index), 1))
 
 
 def predictions_from_pkls(folder: str | Path, D: int | None, ind: np.ndarray | None = None) -> Predictions:
@@ -128,7 +132,11 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
 
     With ``gt_labels``: ``confusion`` is that of PC1 of z (best thresholds, metrics.confusion_by_thresholds); when
     ``pred.state`` holds hard labels (a seeded run's seed_states.npz) also ``confusion_seed_states`` over the
-    ``seed_states_n_images`` classified particles (metrics.label_confusion)."""
+    ``seed_states_n_images`` classified particles (metrics.label_confusion); with more than one state, also
+    ``spearman_pc1`` (|Spearman| of PC1 of z against the labels, taken as ordered: a continuum's steps),
+    ``spearman_best_pc`` (the PC of z with the largest |Spearman|: an oracle choice, for a ceiling) and, when
+    ``pred.seed_coord`` holds the seed's coordinate, ``spearman_seed_coord1`` over the ``seed_coord_n_images``
+    classified particles."""
     gt_rot = np.asarray(gt_rot, np.float64)
     idx = pred.index
     if len(idx) and (idx.min() < 0 or idx.max() >= len(gt_rot)):
@@ -164,6 +172,15 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
             res["confusion_thresholds_pc1"] = conf["thresholds"]
             rho = metrics.spearman(pc1, lab) if len(classes) > 1 else float("nan")
             res["spearman_pc1"] = rho if np.isfinite(rho) else None
+            if len(classes) > 1:
+                scores = fit_pca(pred.z).scores
+                rhos = [metrics.spearman(scores[:, j], lab) for j in range(scores.shape[1])]
+                rhos = [r if np.isfinite(r) else -1.0 for r in rhos]
+                j = int(np.argmax(rhos))
+                if rhos[j] >= 0:
+                    res["spearman_best_pc"] = {"pc": j + 1, "spearman": rhos[j],
+                                               "note": "the PC of z that ranks the labels best (chosen with the "
+                                                       "truth: a ceiling for a 1-D coordinate of z)"}
             groups = [np.nonzero(conf["pred_labels"] == c)[0] for c in classes]
         if pred.state is not None:
             st = np.asarray(pred.state).reshape(-1)
@@ -174,6 +191,15 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
                 # the seed's own hard labels: no threshold is chosen with the ground truth (only the label matching)
                 res["confusion_seed_states"] = metrics.label_confusion(st[has], lab[has])["confusion"]
                 res["seed_states_n_images"] = int(has.sum())
+        if pred.seed_coord is not None and len(classes) > 1:
+            sc = np.asarray(pred.seed_coord, np.float64).reshape(-1)
+            if len(sc) != len(idx):
+                raise InputError(f"{len(sc)} seed coordinates for {len(idx)} predicted particles")
+            has = np.isfinite(sc)
+            if has.sum() > 2:
+                r = metrics.spearman(sc[has], lab[has])
+                res["spearman_seed_coord1"] = r if np.isfinite(r) else None
+                res["seed_coord_n_images"] = int(has.sum())
     if gt_maps:
         if decode is None:
             raise InputError("ground-truth maps given but no decoder: evaluate a training run folder or pass --model")
