@@ -37,8 +37,7 @@ def _per_row_coord(arrays, n):
 
 def test_continuous_seed_colours_by_coordinate_and_trajectory_decodes(make_napari_viewer, qtbot, runs):
     from cryofire_app.commands.gui import open_docks
-    from cryofire_app.gui.latent_widget import (CATEGORICAL, SEED_COORD, SEED_STATE, UNLABELLED_RGBA,
-                                                coordinate_colors)
+    from cryofire_app.gui.latent_widget import CATEGORICAL, SEED_COORD, SEED_STATE, UNLABELLED_RGBA, coordinate_colors
     from cryofire_app.gui.volume_display import TRAJECTORY_LAYER
 
     viewer = make_napari_viewer()
@@ -89,8 +88,13 @@ def test_continuous_seed_colours_by_coordinate_and_trajectory_decodes(make_napar
 
 def test_three_states_and_switching_runs(make_napari_viewer, qtbot, runs):
     from cryofire_app.commands.gui import open_docks
-    from cryofire_app.gui.latent_widget import (SEED_COORD, SEED_STATE, UNLABELLED_RGBA, categorical_colors,
-                                                coordinate_colors)
+    from cryofire_app.gui.latent_widget import (
+        SEED_COORD,
+        SEED_STATE,
+        UNLABELLED_RGBA,
+        categorical_colors,
+        coordinate_colors,
+    )
 
     viewer = make_napari_viewer()
     docks = open_docks(viewer)
