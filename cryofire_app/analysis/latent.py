@@ -24,7 +24,8 @@ def _as_z(z) -> np.ndarray:
 
 @dataclass
 class LatentPCA:
-    """A fitted PCA of z. ``scores (N, k)`` are the particles' PC coordinates; ``std (k,)`` their standard deviations."""
+    """A fitted PCA of z. ``scores (N, k)`` are the particles' PC coordinates; ``std (k,)`` their standard
+    deviations."""
 
     pca: object  # sklearn.decomposition.PCA
     scores: np.ndarray
@@ -39,7 +40,8 @@ class LatentPCA:
 
     @property
     def explained_variance_ratio(self) -> np.ndarray:
-        """Fraction of the variance along each PC (all 0 when z is constant, e.g. a run still in its pose-only phase)."""
+        """Fraction of the variance along each PC (all 0 when z is constant, e.g. a run still in its pose-only
+        phase)."""
         return np.nan_to_num(np.asarray(self.pca.explained_variance_ratio_, dtype=np.float64), nan=0.0)
 
     def _check_pc(self, pc: int) -> int:

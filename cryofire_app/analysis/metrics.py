@@ -6,9 +6,9 @@ Volumes are ``(z, y, x)`` arrays. Frequencies are in cycles/pixel; a resolution 
 
 Global alignment of predicted rotations ``P_j`` onto ground truth ``G_j`` (method_spec §7): a reconstruction is only
 defined up to a global rotation, and an ab initio one also up to its hand. For the hand ``H`` (identity, or
-``F = diag(1, 1, -1)`` for a mirrored map) we look for an orthogonal ``A`` (det ``+1`` for ``H = I``, ``-1`` for ``H = F``)
-such that ``H P_j A ~= G_j``. ``F`` only negates the viewing direction, which never changes a central slice (its
-``k_z = 0``), so ``F P_j`` describes the same images as ``P_j``.
+``F = diag(1, 1, -1)`` for a mirrored map) we look for an orthogonal ``A`` (det ``+1`` for ``H = I``, ``-1`` for
+``H = F``) such that ``H P_j A ~= G_j``. ``F`` only negates the viewing direction, which never changes a central
+slice (its ``k_z = 0``), so ``F P_j`` describes the same images as ``P_j``.
 """
 from __future__ import annotations
 
@@ -120,10 +120,10 @@ def align_rotations(pred_rot, gt_rot, n_anchors: int = 100, trim: float = 0.5, s
 
     Anchor search as in cryoFIRE (each of up to ``n_anchors`` particles proposes ``A = (H P_i)^T G_i``; the one with the
     smallest score wins, where the score is the ``trim / 2`` quantile of the squared Frobenius residuals -- cryoFIRE
-    uses the median, which fails beyond 50 % bad poses), then a robust refinement: orthogonal Procrustes (SVD) on the inliers, i.e. the
-    particles whose residual angle is below three times the median residual of the best ``trim`` fraction, iterated
-    until that set is stable. Works for any N >= 1. The refined fit replaces the anchor only when its score is not
-    worse. The hand with the lower score wins.
+    uses the median, which fails beyond 50 % bad poses), then a robust refinement: orthogonal Procrustes (SVD) on the
+    inliers, i.e. the particles whose residual angle is below three times the median residual of the best ``trim``
+    fraction, iterated until that set is stable. Works for any N >= 1. The refined fit replaces the anchor only when
+    its score is not worse. The hand with the lower score wins.
     """
     P = _as_rot_stack(pred_rot, "predicted rotations")
     G = _as_rot_stack(gt_rot, "ground-truth rotations")
@@ -434,7 +434,8 @@ def fsc_report(v1, v2, apix: float | None = None) -> dict:
 
 
 def rotate_volume(vol, A: np.ndarray, order: int = 3) -> np.ndarray:
-    """Resample ``out(x) = vol(x @ A^T)`` for row-vector voxel coordinates ``x = (x, y, z)`` about the centre ``D // 2``.
+    """Resample ``out(x) = vol(x @ A^T)`` for row-vector voxel coordinates ``x = (x, y, z)`` about the centre
+    ``D // 2``.
 
     With a pose alignment ``H P_j A = G_j`` (see :func:`align_rotations`), this brings a model volume into the
     ground-truth frame and hand: ``V_gt(x) = V_model(x A^T)`` (``A`` improper for a mirrored reconstruction).

@@ -1,4 +1,5 @@
-"""PNG plots for a run (matplotlib Agg rendering via bare Figures, no pyplot, no display needed): loss curve, PC scatter, viewing directions.
+"""PNG plots for a run (matplotlib Agg rendering via bare Figures, no pyplot, no display needed): loss curve, PC
+scatter, seed coordinate against z, viewing directions, FSC.
 
 Every function writes its PNG atomically (temp file in the same folder, then rename) and returns the path.
 """

@@ -22,7 +22,6 @@ import torch
 
 from cryofire_app.io.errors import InputError
 
-
 # what `Run` reads from a checkpoint besides the weights
 RUN_CHECKPOINT_KEYS = ("model", "config", "D", "apix", "sigma_ht", "mask_radius", "images_seen")
 # per-particle arrays of latents.npz: name -> trailing shape (None: any), all with the same first dimension N

@@ -1,4 +1,5 @@
-"""Export a particle subset for other programs: RELION 3.1 .star, cryoSPARC (.cs subset or index list), cryoDRGN ind.pkl.
+"""Export a particle subset for other programs: RELION 3.1 .star, cryoSPARC (.cs subset or index list), cryoDRGN
+ind.pkl.
 
 Particles are named by ``index``: the row in the user's original metadata/stack (0-based), which every run carries
 (``Run.index`` maps a run's rows to it). The STAR points at the original images (absolute paths), with the original
