@@ -19,8 +19,7 @@ N = 200
 TINY = dict(num_threads=1, latents_subset=200, val_max=16, norm_sample=100)
 # the seed at toy size: one start, few rounds, coarse grids (the stages run as in a real seeded run, only shorter)
 TINY_SEED = dict(box_global=16, n_subset=N, n_restarts=1, iters_global=3, grid_dirs=48, grid_psi=12, max_shift_px=2.0,
-                 box_search=16, iters_search=1, boxes_local=[16], iters_local=1, box_hetero=16, iters_hetero=1,
-                 iters_als=1, seed=0)
+                 box_search=16, iters_search=1, boxes_local=[16], iters_local=1, box_hetero=16, iters_als=1, seed=0)
 
 
 @pytest.fixture(scope="module")

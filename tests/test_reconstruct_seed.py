@@ -42,7 +42,7 @@ def test_seed_abinit_tiny_problem():
     t = torch.cat([t0, t1]).numpy()
     labels = np.r_[np.zeros(n0, int), np.ones(n1, int)]
     cfg = SeedConfig(box_global=16, radius_global=(4.0, 5.0), n_restarts=1, iters_global=10, max_shift_px=1.5,
-                     boxes_local=(16, 24, 32), iters_local=2, box_hetero=24, iters_hetero=4, iters_als=4, seed=0)
+                     boxes_local=(16, 24, 32), iters_local=2, box_hetero=24, iters_als=4, seed=0)
     events: list[SeedEvent] = []
     res = seed_abinit(img, ctf, cfg, callback=events.append)
     assert res.rot.shape == (1000, 3, 3) and res.trans_px.shape == (1000, 2) and res.volume.shape == (d, d, d)

@@ -54,7 +54,7 @@ def seeded_config(particles: str, outdir, **kw) -> TrainConfig:
                 decoder=DecoderConfig(pe_dim=32, hidden=64, layers=2),
                 seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=8,
                                  max_shift_px=2.0, box_search=16, iters_search=2, boxes_local=[16, 24, 32],
-                                 iters_local=1, box_hetero=32, iters_hetero=8, iters_als=8, seed=0))
+                                 iters_local=1, box_hetero=32, iters_als=8, seed=0))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -244,7 +244,7 @@ def test_seeded_resume_skips_the_seed(tmp_path):
     # is opened unconditionally so that the resume path through distill -> joint is what is tested here
     small = dict(num_images=128, batch_size=16, seed_agreement_deg=180.0, seed_config=dict(box_global=16, radius_global=[4.0, 5.0],
                  n_restarts=1, iters_global=2, max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16],
-                 iters_local=1, box_hetero=16, iters_hetero=1, iters_als=1, seed=0))
+                 iters_local=1, box_hetero=16, iters_als=1, seed=0))
     cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", **small)
     tr = Trainer(cfg)
     for ev in tr.run():

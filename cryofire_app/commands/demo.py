@@ -103,7 +103,7 @@ def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | Non
         seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_subset=2000, n_restarts=2, iters_global=12,
                          max_shift_px=2.0, box_search=16, iters_search=2,
                          boxes_local=sorted({min(b, box) for b in (16, 24, box)}), iters_local=1,
-                         box_hetero=min(32, box), iters_hetero=8, seed=int(seed)),
+                         box_hetero=min(32, box), seed=int(seed)),
         encoder=EncoderConfig(channels=(8, 16, 32, 64), hidden=256, box=None, view_dirs=0),
         decoder=DecoderConfig(hidden=128),
         freq_max=min(12, box // 2), lr=1e-3, distill_fraction=0.85, distill_synth_ratio=0.0,

@@ -16,9 +16,9 @@ Schedule (all sizes in :class:`SeedConfig`):
    every round down to ``min_step_deg``) at the boxes of ``boxes_local``; the radius at each box follows the spectral
    SNR of the current reconstruction (frequency marching). Then one exhaustive re-search at ``box_research`` with the
    refined map (the current pose stays a candidate) and one local round per box from there up.
-3. ``n_states`` > 1: residual rank-1 analysis (alternating least squares of ``r_i ~ a_i C_i P_i u``) at
-   ``box_hetero``; two states: a two-component mixture on ``a_i`` gives the labels; more states: k-means labels, then
-   hard-assignment 3D classification with the poses fixed.
+3. Heterogeneity with the poses fixed (:mod:`.hetero`, at ``box_hetero``): the residual directions that reproduce
+   across two halves give each particle continuous coordinates; the number of discrete states is chosen from them
+   (``n_states = 0``) or forced (``n_states >= 2``); one state means continuous or no heterogeneity.
 4. Final consensus (and per-state) reconstruction at the input box.
 
 Conventions (docs/design.md): ``rot (N, 3, 3)`` cryoDRGN rows (``k_vol = k_img @ rot``), ``trans_px (N, 2)`` in pixels
@@ -41,6 +41,7 @@ from ..physics.fft import fourier_resize
 from ..physics.projector import slice_ht_volume
 from ..physics.rotations import random_rotations
 from .data import StageData, prepare_particles, stage_data
+from .hetero import HeteroConfig, iter_analyse
 from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
 from .search import backproject, em_search, global_search, local_search, residual_sigma2, scores_at, slices
 from .volume import HartleyAccumulator, slicing_volume
@@ -73,16 +74,13 @@ class SeedConfig:
     max_radius_frac: float = 0.9  # cap of the refinement radius as a fraction of the box's Nyquist
     ssnr_threshold: float = 1.0  # frequency marching: refine up to the shell where the spectral SNR drops below this
     mask_radius_frac: float = 0.9  # real-space soft sphere, fraction of the half box
-    n_states: int = 2
-    box_hetero: int = 48  # measured on issue 5's set: the residual direction is found at box 48 radius 16, not at 32
+    n_states: int = 0  # 0: the number of states from the data (reconstruct.hetero); 1: no heterogeneity step; K >= 2
+    box_hetero: int = 48  # the residual directions need box 48 radius 16 on the 70S two-state set, not box 32
     hetero_radius_frac: float = 0.67  # floor of the heterogeneity radius, fraction of box_hetero's Nyquist
-    iters_hetero: int = 8  # hard classification rounds (n_states > 2 only)
+    hetero_components: int = 3  # residual directions tried (each kept only if it reproduces across halves)
+    hetero_max_states: int = 6  # largest number of discrete states tried when n_states = 0
     hetero_scale_fit: bool = True  # fit a contrast scale per particle before the residual analysis
-    # residual analysis: alternating least squares until the residual direction stops turning (1 - cos between
-    # rounds <= als_tol), at most iters_als rounds. Measured on issue 5's set (seed poses, box 48): 8 fixed rounds
-    # left the direction unconverged (1 - cos 1e-2; confusion 0.48-1.31 % depending on the random start and radius);
-    # converged (~17 rounds) every start gives 0.51 %.
-    iters_als: int = 40
+    iters_als: int = 20  # ALS rounds per residual direction (stops when it turns by <= als_tol)
     als_tol: float = 1e-5
     seed: int = 0
     batch: int = 32
@@ -93,8 +91,18 @@ class SeedConfig:
                 raise ValueError(f"boxes must be even and >= 8, got {b}")
         if self.n_restarts < 1 or self.iters_global < 1 or self.n_hypotheses < 1:
             raise ValueError("n_restarts, iters_global and n_hypotheses must be >= 1")
-        if self.n_states < 1:
-            raise ValueError("n_states must be >= 1")
+        if self.n_states < 0:
+            raise ValueError("n_states must be >= 0 (0: chosen from the data)")
+        if self.hetero_components < 1 or self.hetero_max_states < 1:
+            raise ValueError("hetero_components and hetero_max_states must be >= 1")
+
+
+RETIRED_KEYS = frozenset({"iters_hetero"})   # SeedConfig fields that no longer exist; ignored in old configs
+
+
+def seed_config_from(overrides: dict | None) -> SeedConfig:
+    """A SeedConfig from a dict of field overrides (TrainConfig.seed_config), ignoring retired fields of older runs."""
+    return SeedConfig(**{k: v for k, v in (overrides or {}).items() if k not in RETIRED_KEYS})
 
 
 @dataclass
@@ -117,9 +125,12 @@ class SeedEvent:
 
 @dataclass
 class SeedResult:
-    """``rot (N, 3, 3)``, ``trans_px (N, 2)`` (input-box px), ``volume (D, D, D)`` consensus; ``state (N,)`` int or
-    None (``n_states == 1``), ``state_score (N,)`` a 1D heterogeneity coordinate (log-likelihood ratio for two states),
-    ``state_volumes (K, D, D, D)`` or None; ``history`` a list of event summaries plus run facts."""
+    """``rot (N, 3, 3)``, ``trans_px (N, 2)`` (input-box px), ``volume (D, D, D)`` consensus; ``state (N,)`` int
+    labels (0 = the largest; all 0 for one state) or None (``n_states == 1``: no heterogeneity step), ``state_score
+    (N,)`` a 1D heterogeneity coordinate (two states: log posterior odds of state 1) or None, ``coords (N, q)`` the
+    continuous heterogeneity coordinates (reconstruct.hetero; q may be 0) or None, ``hetero_kind`` 'discrete',
+    'continuous' or 'homogeneous' (None without the step), ``state_volumes (K, D, D, D)`` for K >= 2 states or None;
+    ``history`` a list of event summaries plus run facts."""
 
     rot: np.ndarray
     trans_px: np.ndarray
@@ -128,6 +139,8 @@ class SeedResult:
     history: dict
     state_score: np.ndarray | None = None
     state_volumes: np.ndarray | None = None
+    coords: np.ndarray | None = None
+    hetero_kind: str | None = None
 
 
 def _solve(acc: HartleyAccumulator, sigma2: float, cfg: SeedConfig) -> tuple[torch.Tensor, dict]:
@@ -319,13 +332,17 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     history["final_refine_box"] = d_prev
 
     # ---------------------------------------------------------------- 4. heterogeneity with fixed poses
-    state = state_score = None
+    state = state_score = coords = kind = None
     state_vols = None
-    if cfg.n_states > 1:
+    if cfg.n_states != 1:
         dh = min(cfg.box_hetero, D)
         rh = _ssnr_radius(info, d_prev, dh, cfg, floor=cfg.hetero_radius_frac * dh / 2)
         hdata = stage_data(parts, dh, rh)
-        state, state_score = yield from _heterogeneity(hdata, rot, trans * (dh / D), sigma2, cfg, gen, ev)
+        het = yield from _heterogeneity(hdata, rot, trans * (dh / D), sigma2, cfg, ev)
+        state, state_score, coords, kind = het.labels, het.score, het.coords, het.kind
+        history["hetero"] = {"kind": kind, "n_states": het.n_states, "components": het.components,
+                             "bic": {str(k): v for k, v in het.bic.items()}, "certainty": het.certainty,
+                             "box": dh, "radius": rh}
 
     # ---------------------------------------------------------------- 5. final maps at the input box
     fdata = stage_data(parts, D, D // 2)
@@ -333,9 +350,9 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     backproject(acc, fdata, rot, trans)
     sig_final = residual_sigma2(scores_at(slicing_volume(resize_volume(vol, D)), fdata, rot, trans), fdata)
     volume, _ = _solve(acc, sig_final, cfg)
-    if state is not None:
+    if state is not None and int(state.max()) >= 1:
         svols = []
-        for kk in range(cfg.n_states):
+        for kk in range(int(state.max()) + 1):
             sel = torch.nonzero(torch.as_tensor(state) == kk).reshape(-1)
             if len(sel) == 0:
                 svols.append(torch.zeros(D, D, D))
@@ -350,7 +367,8 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
              state=None if state is None else np.asarray(state), volume=volume_np)
     return SeedResult(rot.numpy().astype(np.float32), trans.numpy().astype(np.float32), volume_np.astype(np.float32),
                       None if state is None else np.asarray(state, dtype=np.int64), history,
-                      None if state_score is None else np.asarray(state_score, dtype=np.float32), state_vols)
+                      None if state_score is None else np.asarray(state_score, dtype=np.float32), state_vols,
+                      None if coords is None else np.asarray(coords, dtype=np.float32), kind)
 
 
 def _local_round(vh, data: StageData, rot_h, trans_h, step: float, tstep: float, D: int, cfg: SeedConfig):
@@ -421,117 +439,26 @@ def density_sign(vol: np.ndarray) -> int:
     return 1 if abs(hi - np.median(x)) >= abs(lo - np.median(x)) else -1
 
 
-def _kmeans_1d(x: np.ndarray, k: int, iters: int = 50) -> np.ndarray:
-    c = np.quantile(x, (np.arange(k) + 0.5) / k)
-    for _ in range(iters):
-        lab = np.argmin(np.abs(x[:, None] - c[None]), axis=1)
-        for j in range(k):
-            if np.any(lab == j):
-                c[j] = x[lab == j].mean()
-    return np.argmin(np.abs(x[:, None] - c[None]), axis=1)
-
-
-def _two_components(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two-component 1D Gaussian mixture (scikit-learn, seeded): labels with state 0 = the larger component, and the
-    log posterior odds of state 1 (a signed per-particle state score)."""
-    from sklearn.mixture import GaussianMixture
-
-    x = np.asarray(x, np.float64)[:, None]
-    gm = GaussianMixture(2, n_init=3, random_state=seed).fit(x)
-    major = int(np.argmax(gm.weights_))
-    logp = gm.predict_proba(x).clip(1e-300, 1.0)
-    odds = np.log(logp[:, 1 - major]) - np.log(logp[:, major])
-    labels = (odds > 0).astype(np.int64)
-    return labels, odds
-
-
-def _heterogeneity(data: StageData, rot, trans, sigma2, cfg: SeedConfig, gen, ev):
-    """Rank-1 residual analysis (ALS) for initial labels, then K-state hard classification with fixed poses."""
-    n, d = data.n, data.d
-    K = cfg.n_states
-    vol, info = _reconstruct(data, rot, trans, sigma2, cfg)
-    vh = slicing_volume(vol)
-    # residuals r_i = T_t[Y_i] - C_i P_i (consensus)
-    resid = torch.empty_like(data.Y)
-    for s in range(0, n, 512):
-        j = slice(s, s + 512)
-        r = torch.arange(s, min(s + 512, n))
-        y = data.shifted(r, trans[j][:, None])[:, 0]
-        q = data.ctf[j] * slice_ht_volume(vh, data.coords @ rot[j])
-        if cfg.hetero_scale_fit:   # per-particle contrast scale, so that u does not become the consensus itself
-            q = q * ((y * q).sum(1, keepdim=True) / (q * q).sum(1, keepdim=True).clamp(min=1e-30))
-        resid[j] = y - q
-    sigma2 = float((resid ** 2).mean())
-    # ALS: r_i ~ a_i C_i P_i(u)
-    u = torch.randn(d, d, d, generator=gen)
-    u = fourier_resize(fourier_resize(u, max(8, d // 4), ndim=3), d, ndim=3)
-
-    def coordinate(u):   # least-squares a_i per particle, standardised over particles
-        uh = slicing_volume(u)
-        a = torch.empty(n)
-        for s in range(0, n, 512):
-            j = slice(s, s + 512)
-            q = data.ctf[j] * slice_ht_volume(uh, data.coords @ rot[j])
-            a[j] = (resid[j] * q).sum(1) / ((q * q).sum(1) + 1e-12)
-        a = a - a.mean()
-        return a / (a.std() + 1e-12)
-
-    for it in range(cfg.iters_als):
-        a = coordinate(u)
-        acc = HartleyAccumulator(d)
-        for s in range(0, n, 512):
-            j = slice(s, s + 512)
-            acc.insert(resid[j], data.ctf[j] * a[j, None], data.coords @ rot[j])
-        u_prev = u / (u.norm() + 1e-12)
-        u, _ = _solve(acc, sigma2, cfg)
-        u = u / (u.norm() + 1e-12)
-        turn = 1.0 - abs(float((u * u_prev).sum()))
-        yield ev("hetero", it + 1, cfg.iters_als + cfg.iters_hetero, f"residual analysis round {it + 1}: "
-                 f"direction change {turn:.1e}", {"a_bimodality": float(((a ** 4).mean())), "direction_change": turn})
-        if turn <= cfg.als_tol:
+def _heterogeneity(data: StageData, rot, trans, sigma2, cfg: SeedConfig, ev):
+    """reconstruct.hetero.analyse about the consensus at the stage's box, its progress as 'hetero' events."""
+    hcfg = HeteroConfig(max_components=cfg.hetero_components, max_states=cfg.hetero_max_states,
+                        n_states=cfg.n_states, iters_als=cfg.iters_als, als_tol=cfg.als_tol,
+                        scale_fit=cfg.hetero_scale_fit, mask_radius_frac=cfg.mask_radius_frac, seed=cfg.seed)
+    vol, _ = _reconstruct(data, rot, trans, sigma2, cfg)
+    total = 2 * cfg.hetero_components + 2
+    g = iter_analyse(data, rot, trans, vol, hcfg)
+    k = 0
+    while True:
+        try:
+            msg, metrics = next(g)
+        except StopIteration as stop:
+            het = stop.value
             break
-    score = coordinate(u).numpy()
-    if K == 2:
-        # two states: the residual direction u is estimated from *all* particles, so the coordinate a_i is a far
-        # better discriminant than scores against class volumes reconstructed from the few members of the small class
-        # (measured on issue 5's set from scratch, with the direction converged (als_tol): 0.48 % confusion here;
-        # 8 rounds of hard classification started from these labels drained the small class to 1 member, with or
-        # without half-set / posterior-variance scores)
-        labels, post = _two_components(score, cfg.seed)
-        yield ev("hetero", cfg.iters_als + 1, cfg.iters_als + 1, f"two-component mixture on the residual coordinate: "
-                 f"sizes {np.bincount(labels, minlength=2).tolist()}",
-                 {**{f"size_{k}": int(c) for k, c in enumerate(np.bincount(labels, minlength=2))}}, state=labels.copy())
-        return labels, post
-    labels = _kmeans_1d(score, K)
-    # hard classification with the poses fixed
-    llr = None
-    for it in range(cfg.iters_hetero):
-        res = torch.empty(n, K)
-        counts = np.bincount(labels, minlength=K)
-        logprior = torch.as_tensor(np.log(np.maximum(counts, 1) / n), dtype=torch.float32)
-        for k in range(K):
-            sel = torch.as_tensor(np.nonzero(labels == k)[0])
-            if len(sel) == 0:
-                res[:, k] = float("inf")
-                continue
-            vk, _ = _reconstruct(data, rot[sel], trans[sel], sigma2, cfg, rows=sel)
-            res[:, k] = scores_at(slicing_volume(vk), data, rot, trans)
-        logpost = -res / (2 * sigma2) + logprior
-        new = logpost.argmax(1).numpy()
-        changed = int((new != labels).sum())
-        labels = new
-        if K == 2:
-            llr = (logpost[:, 1] - logpost[:, 0]).numpy()
-        yield ev("hetero", cfg.iters_als + it + 1, cfg.iters_als + cfg.iters_hetero,
-                 f"classification round {it + 1}: {changed} changed, sizes {np.bincount(labels, minlength=K).tolist()}",
-                 {"changed": changed, **{f"size_{k}": int(c) for k, c in enumerate(np.bincount(labels, minlength=K))}},
-                 state=labels.copy())
-        if changed == 0:
-            break
-    if K == 2 and (labels == 1).sum() > (labels == 0).sum():
-        labels = 1 - labels
-        llr = -llr
-    return labels, (llr if llr is not None else score)
+        k = min(k + 1, total - 1)
+        yield ev("hetero", k, total, msg, metrics)
+    yield ev("hetero", total, total, f"{het.kind}: {het.n_states} state(s), {het.coords.shape[1]} continuous "
+             "coordinate(s)", {"n_states": het.n_states, "n_coords": int(het.coords.shape[1])}, state=het.labels.copy())
+    return het
 
 
 def seed_abinit(images, ctf_params=None, config: SeedConfig | None = None, device: torch.device | str = "cpu",

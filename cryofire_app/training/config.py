@@ -378,10 +378,10 @@ def validate_config(cfg: "TrainConfig") -> "TrainConfig":
     if not isinstance(cfg.seed_config, dict):
         _fail("seed_config", "a dict of reconstruct.SeedConfig fields", cfg.seed_config)
     if cfg.seed_config:
-        from cryofire_app.reconstruct import SeedConfig
+        from cryofire_app.reconstruct import seed_config_from
 
         try:
-            SeedConfig(**cfg.seed_config)
+            seed_config_from(cfg.seed_config)
         except (TypeError, ValueError) as exc:
             raise InputError(f"seed_config {cfg.seed_config!r}: {exc}") from None
     if cfg.seed_from is not None and not isinstance(cfg.seed_from, str):

@@ -33,11 +33,11 @@ def split_sizes(N: int, val_fraction: float, val_max: int) -> tuple[int, int]:
 
 def min_train_particles(config) -> int:
     """The fewest training-split particles `config` (a TrainConfig) can train on: MIN_TRAIN_PARTICLES, and for the
-    seeded schedule at least 8 per state of the seed's classification."""
+    seeded schedule at least 8 per state of the seed's classification (two when it chooses)."""
     if config.schedule != "seeded":
         return MIN_TRAIN_PARTICLES
-    n_states = int((config.seed_config or {}).get("n_states", 2))
-    return max(MIN_TRAIN_PARTICLES, 8 * n_states)
+    n_states = int((config.seed_config or {}).get("n_states", 0))
+    return max(MIN_TRAIN_PARTICLES, 8 * max(n_states, 2))   # 0: chosen from the data, at least 2 tried
 
 
 def check_trainable(N: int, config, source=None) -> None:

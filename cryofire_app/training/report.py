@@ -50,7 +50,7 @@ def final_reconstruction(trainer, rot: np.ndarray, trans_px: np.ndarray) -> dict
 
     data, pos = trainer.data, np.asarray(trainer.train_pos)
     st = _seed_states(trainer, pos)
-    st = st if st is not None and np.all(st >= 0) else None
+    st = st if st is not None and np.all(st >= 0) and st.max() >= 1 else None   # K >= 2 states only
     ctf = data.ctf.numpy()[pos] if data.ctf is not None else None
     fm = final_maps(lambda rows: data.resized_images(pos[rows]), len(pos), ctf, rot[pos],
                     trans_px[pos], state=st, seed=trainer.config.seed)

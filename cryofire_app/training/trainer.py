@@ -562,11 +562,11 @@ class Trainer:
             rot_l = (((enc["rot"] - R_p) ** 2).sum((1, 2)) * has_p).sum() / nh_p
         tr_l = (((enc["trans"] - t_p) ** 2).sum(1) * has_p).sum() / nh_p
         loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l
-        if cfg.zdim > 0 and sd.get("score_t") is not None and cfg.distill_z_weight > 0:
-            tgt = sd["score_t"][pos].to(self.device)
-            # z_0 learns the seed's state score; the other coordinates, which have no target, are held at 0 so
-            # that they do not drift into a large nuisance direction before the joint phase can give them a use
-            zt = torch.cat([tgt[:, None], enc["z_mu"].new_zeros(len(tgt), cfg.zdim - 1)], 1)
+        if cfg.zdim > 0 and sd.get("z_t") is not None and cfg.distill_z_weight > 0:
+            tgt = sd["z_t"][pos].to(self.device)
+            # z_0..z_{q-1} learn the seed's heterogeneity coordinates; the others, which have no target, are held at
+            # 0 so that they do not drift into a large nuisance direction before the joint phase can give them a use
+            zt = torch.cat([tgt, enc["z_mu"].new_zeros(len(tgt), cfg.zdim - tgt.shape[1])], 1)
             zerr = ((enc["z_mu"] - zt) ** 2).sum(1)
             if "z_turned" in enc:   # the real rows' turned copies (synthetic images have no state)
                 zerr = 0.5 * (zerr + ((enc["z_turned"][:n] - zt) ** 2).sum(1))
@@ -616,20 +616,27 @@ class Trainer:
     def seed_path(self) -> Path:
         return self.outdir / "checkpoints" / "seed.npz"
 
-    def _seed_arrays(self, pos, rot, trans, score) -> dict:
-        """Full-size (N) torch lookups of the seed's per-particle results (identity/zero where not seeded)."""
+    def _seed_arrays(self, pos, rot, trans, score, coords=None) -> dict:
+        """Full-size (N) torch lookups of the seed's per-particle results (identity/zero where not seeded). ``z_t``
+        (N, q) are the z targets of the distill phase: the seed's continuous heterogeneity coordinates ``coords``
+        (q <= zdim of them), or for a seed file without them its 1-D ``score``; each standardised; None when the seed
+        found no heterogeneity."""
         N = self.data.N
         R = np.tile(np.eye(3, dtype=np.float32), (N, 1, 1))
         T = np.zeros((N, 2), np.float32)
         has = np.zeros(N, bool)
         R[pos], T[pos], has[pos] = rot, trans, True
         out = {"rot_t": torch.as_tensor(R), "trans_t": torch.as_tensor(T), "has_t": torch.as_tensor(has),
-               "score_t": None}
-        if score is not None and len(score) == len(pos) and np.all(np.isfinite(score)):
-            sc = np.zeros(N, np.float32)
-            s = np.asarray(score, np.float64)
-            sc[pos] = ((s - np.median(s)) / (s.std() + 1e-12)).astype(np.float32)
-            out["score_t"] = torch.as_tensor(sc)
+               "z_t": None}
+        c = None
+        if coords is not None and coords.ndim == 2 and coords.shape[1] and len(coords) == len(pos):
+            c = np.asarray(coords, np.float64)[:, : self.config.zdim]
+        elif score is not None and len(score) == len(pos):
+            c = np.asarray(score, np.float64)[:, None]
+        if c is not None and c.shape[1] and np.all(np.isfinite(c)):
+            zt = np.zeros((N, c.shape[1]), np.float32)
+            zt[pos] = ((c - np.median(c, 0)) / (c.std(0) + 1e-12)).astype(np.float32)
+            out["z_t"] = torch.as_tensor(zt)
         return out
 
     def _load_seed(self) -> dict:
@@ -638,12 +645,11 @@ class Trainer:
             raise InputError("the checkpoint says the seeding stage is done but its results are missing", path)
         d = self._read_seed_file(path)
         score = d["state_score"] if d["state_score"].size else None
-        out = dict(d, **self._seed_arrays(d["pos"], d["rot"], d["trans"], score))
-        return out
+        return dict(d, **self._seed_arrays(d["pos"], d["rot"], d["trans"], score, d.get("coords")))
 
     def _run_seed(self, t0: float) -> Iterator:
         """Run reconstruct.iter_seed_abinit on the training split; forward progress as Message / Step("seed")."""
-        from cryofire_app.reconstruct import SeedConfig, iter_seed_abinit
+        from cryofire_app.reconstruct import iter_seed_abinit, seed_config_from
 
         cfg = self.config
         if cfg.seed_from:
@@ -654,7 +660,7 @@ class Trainer:
             yield from self._adopt_seed(self._read_seed_file(path), source=path)
             return
         try:
-            scfg = SeedConfig(**cfg.seed_config)
+            scfg = seed_config_from(cfg.seed_config)
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad seed_config {cfg.seed_config!r}: {exc}") from exc
         yield self._emit(Message("info", f"seeding: ab initio pose search and state classification on the "
@@ -698,12 +704,15 @@ class Trainer:
                                     "or their CTF parameters hold values the search cannot use; nothing was saved"))
             return
         sgn = int(res.history.get("density_sign", 1))
+        n = len(self.train_pos)
         score = res.state_score if res.state_score is not None else np.zeros(0, np.float32)
         state = res.state if res.state is not None else np.zeros(0, np.int64)
+        coords = res.coords if res.coords is not None else np.zeros((n, 0), np.float32)
         arrays = dict(pos=self.train_pos.astype(np.int64), rot=res.rot.astype(np.float32),
                       trans=res.trans_px.astype(np.float32), state=state.astype(np.int64),
                       state_score=score.astype(np.float32), volume=(sgn * res.volume).astype(np.float32),
-                      density_sign=np.int64(sgn), wall_s=np.float64(res.history.get("wall_s", float("nan"))))
+                      density_sign=np.int64(sgn), wall_s=np.float64(res.history.get("wall_s", float("nan"))),
+                      coords=coords.astype(np.float32), kind=np.str_(res.hetero_kind or ""))
         yield from self._adopt_seed(arrays)
 
     SEED_KEYS = ("pos", "rot", "trans", "state", "state_score", "volume", "density_sign", "wall_s")
@@ -743,7 +752,7 @@ class Trainer:
         if self.rank == 0:
             atomic_save_npz(self.seed_path, **arrays)
         self.seed = dict(arrays, **self._seed_arrays(arrays["pos"], arrays["rot"], arrays["trans"],
-                                                     score if score.size else None))
+                                                     score if score.size else None, arrays.get("coords")))
         # the seed's map has the sign `sgn` on the raw data; the trainer models sign * data = C * V with V > 0
         if cfg.invert_data == "auto":
             self.sign = float(sgn)
@@ -754,7 +763,10 @@ class Trainer:
             yield self._emit(Message("warning", f"--invert-data {cfg.invert_data} disagrees with the seed's map (density "
                                                 f"sign {sgn:+d} on the raw data): the map will come out negative"))
         self.seed_done = True
+        kind = str(arrays.get("kind", ""))
         sizes = "" if not state.size else f"; state sizes {np.bincount(state).tolist()}"
+        if kind:
+            sizes += f" ({kind} heterogeneity, {np.asarray(arrays['coords']).shape[-1]} continuous coordinate(s))"
         made = f"seed {'(reused) made' if reused else 'done'} in {float(arrays['wall_s']):.0f} s{sizes}"
         yield self._emit(Message("info", f"{made}; distilling into the encoder "
                                          f"for {self.distill_images} images at radius "
@@ -951,10 +963,18 @@ class Trainer:
             write_pose_pkl(self.outdir / "seed_pose.pkl", self.seed["rot"].astype(np.float32),
                            (self.seed["trans"] / self.D).astype(np.float32))
             write_ind_pkl(self.outdir / "seed_ind.pkl", self.seed["pos"].astype(np.int64))
-            if np.asarray(self.seed["state"]).size:   # the seed's state labels (0 = larger state), rows of seed_ind.pkl
+            if np.asarray(self.seed["state"]).size:   # the seed's heterogeneity (0 = largest state), rows of seed_ind.pkl
+                extra = {}
+                coords = np.asarray(self.seed.get("coords", np.zeros((0, 0))), np.float32)
+                if coords.ndim == 2 and coords.shape[1] and len(coords) == len(self.seed["pos"]):
+                    extra["coords"] = coords
+                if str(self.seed.get("kind", "")):
+                    extra["kind"] = np.str_(str(self.seed["kind"]))
+                score = np.asarray(self.seed["state_score"], np.float32)
+                if score.size != len(self.seed["pos"]):   # no heterogeneity found: no score, one state
+                    score = np.zeros(len(self.seed["pos"]), np.float32)
                 atomic_save_npz(self.outdir / "seed_states.npz", index=self.seed["pos"].astype(np.int64),
-                                state=np.asarray(self.seed["state"], np.int64),
-                                state_score=np.asarray(self.seed["state_score"], np.float32))
+                                state=np.asarray(self.seed["state"], np.int64), state_score=score, **extra)
         return pr
 
     def _diagnose(self, pr) -> Iterator:
