@@ -14,7 +14,6 @@ def test_demo_runs_headless_and_reports(tmp_path, capsys):
     from cryofire_app.analysis import hand
     from cryofire_app.analysis.run import Run
     from cryofire_app.io import read_mrc, read_pose_pkl
-
     from cryofire_app.training.config import TrainConfig
 
     out = tmp_path / "demo"
@@ -25,7 +24,8 @@ def test_demo_runs_headless_and_reports(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "Results in" in text and "eval.json" in text
-    for f in ("demo_summary.json", "maps/consensus.mrc", "maps/state_0.mrc", "data/particles.star", "data/gt_state_0.mrc", "data/gt_state_1.mrc", "run/latents.npz",
+    for f in ("demo_summary.json", "maps/consensus.mrc", "maps/state_0.mrc", "data/particles.star",
+              "data/gt_state_0.mrc", "data/gt_state_1.mrc", "run/latents.npz",
               "analysis/kmeans2/vol_000.mrc", "analysis/kmeans2/vol_001.mrc", "analysis/pc1/vol_004.mrc",
               "analysis/loss.png", "analysis/pc_scatter.png", "analysis/views.png", "analysis/particles.star"):
         assert (out / f).is_file(), f

@@ -10,9 +10,23 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryofire_app.io import (ImageStack, InputError, MrcStackWriter, check_finite, load_particles, load_pickle_safe,
-                             parse_ctf_star, read_ctf_pkl, read_map, read_mrc, read_star, write_ctf_pkl,
-                             write_mrc, write_particles_star, write_pose_pkl)
+from cryofire_app.io import (
+    ImageStack,
+    InputError,
+    MrcStackWriter,
+    check_finite,
+    load_particles,
+    load_pickle_safe,
+    parse_ctf_star,
+    read_ctf_pkl,
+    read_map,
+    read_mrc,
+    read_star,
+    write_ctf_pkl,
+    write_mrc,
+    write_particles_star,
+    write_pose_pkl,
+)
 
 
 # --- restricted unpickler --------------------------------------------------------------------------------------
@@ -120,7 +134,7 @@ def test_voxel_size_zero_fallbacks(fixtures_dir, tmp_path, caplog):
     assert ps.apix is None and any("--apix" in n for n in ps.notes) and "--apix" in caplog.text
     assert load_particles(sample, apix=1.34).apix == 1.34
     # voxel size 0 + STAR that has a pixel size: taken from the STAR (see also the empiar test)
-    f = _stack(tmp_path / "p.mrcs", np.zeros((2, 8, 8)), apix=None)
+    _stack(tmp_path / "p.mrcs", np.zeros((2, 8, 8)), apix=None)
     ctf = np.tile(np.array([8, 3.0, 1e4, 1e4, 0, 300, 2.7, 0.1, 0], np.float32), (2, 1))
     write_particles_star(tmp_path / "p.star", ("p.mrcs", 2), ctf, None, None, 3.0, 8)
     ps = load_particles(tmp_path / "p.star")

@@ -58,8 +58,9 @@ def test_info_cs_and_stack_and_map(fixtures_dir, tmp_path, capsys):
 
 
 def test_info_nan_and_missing(tmp_path, capsys):
-    import mrcfile
     import warnings
+
+    import mrcfile
 
     data = np.zeros((4, 8, 8), np.float32)
     data[1, 0, 0] = np.nan

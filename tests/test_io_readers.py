@@ -8,9 +8,22 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryofire_app.io import (ImageStack, InputError, MrcStackWriter, load_particles, load_pickle_safe, parse_ctf_cs,
-                             parse_ctf_star, parse_pose_cs, parse_pose_star, read_star, rotvec_to_rot,
-                             write_ctf_pkl, write_particles_star, write_pose_pkl)
+from cryofire_app.io import (
+    ImageStack,
+    InputError,
+    MrcStackWriter,
+    load_particles,
+    load_pickle_safe,
+    parse_ctf_cs,
+    parse_ctf_star,
+    parse_pose_cs,
+    parse_pose_star,
+    read_star,
+    rotvec_to_rot,
+    write_ctf_pkl,
+    write_particles_star,
+    write_pose_pkl,
+)
 
 PFCRT = "cryodrgn/FinalRefinement-OriginalParticles-PfCRT.star"
 P12 = "cryodrgn/cryosparc_P12_J24_001_particles.cs"

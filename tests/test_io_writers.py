@@ -9,10 +9,26 @@ import pytest
 import starfile
 from scipy.spatial.transform import Rotation
 
-from cryofire_app.io import (InputError, MrcStackWriter, euler_relion_to_rot, parse_ctf_star, parse_pose_star,
-                             read_ctf_pkl, read_ind_pkl, read_mrc, read_pose_pkl, read_z_pkl, rot_to_euler_relion,
-                             rotvec_to_rot, write_ctf_pkl, write_ind_pkl, write_mrc, write_particles_star,
-                             write_pose_pkl, write_z_pkl)
+from cryofire_app.io import (
+    InputError,
+    MrcStackWriter,
+    euler_relion_to_rot,
+    parse_ctf_star,
+    parse_pose_star,
+    read_ctf_pkl,
+    read_ind_pkl,
+    read_mrc,
+    read_pose_pkl,
+    read_z_pkl,
+    rot_to_euler_relion,
+    rotvec_to_rot,
+    write_ctf_pkl,
+    write_ind_pkl,
+    write_mrc,
+    write_particles_star,
+    write_pose_pkl,
+    write_z_pkl,
+)
 
 
 def _ctf_rows(n: int, D: int = 32, apix: float = 1.5) -> np.ndarray:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import pytest
 import torch
 
 from cryofire_app.model import CryoFIRE, Encoder, HartleyDecoder, compensate_mirror, mask_points, mirror_images

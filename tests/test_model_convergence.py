@@ -18,7 +18,6 @@ from cryofire_app.training.dataset import Batch
 from cryofire_app.training.inference import predict_batch
 from test_train_data import blob_volume, ctf_rows, simulate_images
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -46,7 +45,7 @@ def test_decoder_with_ground_truth_poses_recovers_the_map(dec):
     opt = torch.optim.Adam(model.decoder.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     z = torch.zeros(32, 0)
-    for it in range(300):
+    for _ in range(300):
         idx = torch.randint(0, n, (32,), generator=g)
         err = model.branch_errors(Y[idx], ctf[idx], {"rot": rot[idx], "trans": t[idx]}, z, mp, sym=False)
         opt.zero_grad()
@@ -82,7 +81,7 @@ def test_encoder_learns_poses_against_a_fixed_ground_truth_decoder():
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     mp = mask_points(Lattice(D), D // 2)
     gb = torch.Generator().manual_seed(5)
-    for it in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, n_train, (32,), generator=gb)
         err, _ = model(yr[idx], Yn[idx], ctf[idx], mp)
         loss = err.min(0).values.mean()

@@ -18,7 +18,6 @@ from cryofire_app.training.dataset import ParticleData
 from cryofire_app.training.inference import predict
 from test_train_data import ctf_rows, make_dataset
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

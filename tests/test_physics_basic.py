@@ -8,11 +8,31 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from cryofire_app.physics import (Lattice, compute_ctf, ctf_from_params, euler_relion_to_matrix, fft2_center,
-                                  fourier_resize, geodesic_angle, ht2_center, ht3_center, ifft2_center, iht2_center,
-                                  iht3_center, matrix_to_euler_relion, matrix_to_quaternion, matrix_to_r6,
-                                  quaternion_to_matrix, r6_to_matrix, random_rotations, rotvec_to_matrix,
-                                  symmetrize_ht, translate_ht, translate_ht_full, window_mask)
+from cryofire_app.physics import (
+    Lattice,
+    compute_ctf,
+    ctf_from_params,
+    euler_relion_to_matrix,
+    fft2_center,
+    fourier_resize,
+    geodesic_angle,
+    ht2_center,
+    ht3_center,
+    ifft2_center,
+    iht2_center,
+    iht3_center,
+    matrix_to_euler_relion,
+    matrix_to_quaternion,
+    matrix_to_r6,
+    quaternion_to_matrix,
+    r6_to_matrix,
+    random_rotations,
+    rotvec_to_matrix,
+    symmetrize_ht,
+    translate_ht,
+    translate_ht_full,
+    window_mask,
+)
 
 D = 16
 
@@ -38,7 +58,8 @@ def test_ht_is_cas_sum_from_centre_pixel():
     r = torch.arange(8, dtype=torch.float64) - 4
     k = r / 8
     # H[p, q] = sum_{i,j} x[i, j] cas(2 pi (ky_p y_i + kx_q x_j))
-    arg = 2 * math.pi * (k[:, None, None, None] * r[None, None, :, None] + k[None, :, None, None] * r[None, None, None, :])
+    arg = 2 * math.pi * (k[:, None, None, None] * r[None, None, :, None]
+                         + k[None, :, None, None] * r[None, None, None, :])
     ref = (x[None, None] * (torch.cos(arg) + torch.sin(arg))).sum((-1, -2))
     assert torch.allclose(ht2_center(x), ref, atol=1e-10)
     # DC is at [D//2, D//2] and equals the sum

@@ -23,10 +23,24 @@ import pytest
 import starfile
 import torch
 
-from cryofire_app.physics import (FourierProjector, Lattice, compute_ctf, cryosparc_pose_to_matrix,
-                                  euler_relion_to_matrix, fft2_center, fourier_resize, ht2_center, ht3_center,
-                                  lattice_to_image, project_real, random_rotations, slice_ht_volume, symmetrize_ht,
-                                  symmetrize_ht3, translate_ht_full)
+from cryofire_app.physics import (
+    FourierProjector,
+    Lattice,
+    compute_ctf,
+    cryosparc_pose_to_matrix,
+    euler_relion_to_matrix,
+    fft2_center,
+    fourier_resize,
+    ht2_center,
+    ht3_center,
+    lattice_to_image,
+    project_real,
+    random_rotations,
+    slice_ht_volume,
+    symmetrize_ht,
+    symmetrize_ht3,
+    translate_ht_full,
+)
 
 
 # ---------------------------------------------------------------- helpers

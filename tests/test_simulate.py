@@ -11,11 +11,26 @@ import pytest
 import torch
 
 from cryofire_app.cli import main as cli_main
-from cryofire_app.io import (InputError, load_particles, parse_ctf_star, parse_pose_star, read_ctf_pkl, read_pose_pkl, read_star,
-                             write_mrc)
+from cryofire_app.io import (
+    InputError,
+    load_particles,
+    parse_ctf_star,
+    parse_pose_star,
+    read_ctf_pkl,
+    read_pose_pkl,
+    read_star,
+    write_mrc,
+)
 from cryofire_app.physics import FourierProjector, fourier_resize, rotate_volume
-from cryofire_app.simulate import (DEMO_MAP, DEMO_MAP_APIX, HingeConfig, SimulationConfig, demo_config,
-                                   hinge_states, simulate)
+from cryofire_app.simulate import (
+    DEMO_MAP,
+    DEMO_MAP_APIX,
+    HingeConfig,
+    SimulationConfig,
+    demo_config,
+    hinge_states,
+    simulate,
+)
 
 D = 32
 
