@@ -2,7 +2,8 @@
 state confusion beside the z-PC1 one and writes its state maps from them; `cryofire analyze` writes per-state
 selections and volumes; the Latent dock colours the scatter by seed state (real widgets under Xvfb).
 
-One module-scoped toy demo (200 images, box 16, 640 training images, ~20 s on one thread) is the run for every test:
+One module-scoped toy demo (200 images, box 16, 640 training images, two states asked for with --states 2, ~20 s on
+one thread) is the run for every test:
 its bookkeeping is under test, not convergence (at this size the seed's labels are near chance).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ def seeded_demo(tmp_path_factory) -> tuple[Path, str]:
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         rc = cli(["demo", "-o", str(out), "--n", "200", "--box", "16", "--minutes", "5", "--num-images", "640",
-                  "--threads", "1", "--schedule", "seeded"])
+                  "--threads", "1", "--schedule", "seeded", "--states", "2"])
     assert rc == 0
     return out, text.getvalue()
 
@@ -128,8 +129,8 @@ def test_analyze_writes_seed_state_selections_and_volumes(seeded_demo, tmp_path,
     assert cli(["analyze", str(out / "run"), "-k", "2", "--pcs", "", "--no-volumes", "--no-star", "-o",
                 str(tmp_path / "an2")]) == 0
     names = sorted(p.name for p in (tmp_path / "an2" / "seed_states").iterdir())
-    assert names == ["centers.txt", "labels.npy", "state_0.ind.pkl", "state_0_index.csv", "state_1.ind.pkl",
-                     "state_1_index.csv"]
+    assert names == ["centers.txt", "coords.npy", "labels.npy", "seed_coords.csv", "state_0.ind.pkl",
+                     "state_0_index.csv", "state_1.ind.pkl", "state_1_index.csv"]   # + the seed's coordinates
 
 
 def test_analyze_without_seed_states_and_with_malformed_ones(seeded_demo, tmp_path, capsys):

@@ -46,6 +46,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zdim", type=int, default=2, help="latent dimension (default 2)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--states", type=int, default=None, metavar="K",
+                   help="seeded schedule: number of discrete states the seed looks for (default: chosen from the "
+                        "data; 1: no heterogeneity step)")
     p.add_argument("--schedule", default=None, choices=("seeded", "amortized"),
                    help="training schedule: seeded (the trainer's default: ab initio seed, distill, joint fine-tune) "
                         "or amortized (the paper's pure cryoFIRE loop; needs far more images than a demo has)")
@@ -116,6 +119,8 @@ def seeded_demo_settings(cfg, args: argparse.Namespace) -> None:
         setattr(cfg, k, v)
     if args.distill_fraction is not None:
         cfg.distill_fraction = float(args.distill_fraction)
+    if getattr(args, "states", None) is not None:
+        cfg.seed_config = dict(cfg.seed_config, n_states=int(args.states))
 
 
 def write_handed_maps(out: Path, run, res: dict, gt_maps: list, states_dir: Path | None) -> dict:

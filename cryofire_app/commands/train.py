@@ -84,6 +84,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-from", default=None, metavar="RUN",
                    help="seeded: reuse the seed (pose search + states) of an earlier run on the same particles, "
                         "--seed and --val-fraction (its folder or checkpoints/seed.npz) instead of searching again")
+    p.add_argument("--states", type=int, default=None, metavar="K",
+                   help="seeded: the number of discrete states the seed classifies into (default: chosen from the "
+                        "data, which may find a continuum or none; 1: no heterogeneity step)")
     p.add_argument("--enc-box", default=None,
                    help="encoder input box: the image is Fourier-cropped to this even size before the CNN, or 'full' "
                         "(default 32: as accurate per image as 64 at a third of the cost)")
@@ -168,6 +171,10 @@ def config_from_args(args: argparse.Namespace):
     cfg.encoder.rot_head = None if args.rot_head == "auto" else args.rot_head
     cfg.augment_inplane = {"auto": None, "yes": True, "no": False}[args.augment]
     cfg.seed_from = args.seed_from
+    if args.states is not None:
+        if args.states < 1:
+            raise InputError(f"--states must be >= 1 (leave it out to let the data choose), got {args.states}")
+        cfg.seed_config = dict(cfg.seed_config, n_states=int(args.states))
     if args.precision == "fp16" and args.device == "cpu":
         raise InputError("--precision fp16 needs a CUDA device (use bf16 on the CPU)")
     cfg.precision = args.precision

@@ -1,0 +1,83 @@
+"""The seed's heterogeneity step (reconstruct.hetero) at the true poses of small 70S simulations: a continuous hinge
+gives one state and a coordinate that follows the hinge angle, K = 3 hinge states give three states, no motion gives
+no reproducible direction, and forced states are honoured."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from cryofire_app.analysis.metrics import label_confusion
+from cryofire_app.reconstruct.data import prepare_particles, stage_data
+from cryofire_app.reconstruct.hetero import HeteroConfig, analyse
+from cryofire_app.reconstruct.search import backproject
+from cryofire_app.reconstruct.volume import HartleyAccumulator
+
+BOX = 32
+
+
+def _simulate(out, fixtures, n: int, hinge, fractions=None, snr: float = 1.0, seed: int = 0):
+    from cryofire_app.io import read_ctf_pkl, read_mrc, read_pose_pkl
+    from cryofire_app.simulate import SimulationConfig, simulate
+
+    simulate(SimulationConfig(outdir=str(out), n=n, maps=[str(fixtures / "aspire" / "clean70SRibosome_vol_65p.mrc")],
+                              apix=5.0, box=BOX, snr=snr, fractions=fractions, max_shift_px=1.5, seed=seed,
+                              progress=False, hinge=hinge))
+    rot, trans = read_pose_pkl(out / "poses.pkl")
+    cont = out / "labels_continuous.npy"
+    return (read_mrc(out / "particles.mrcs")[0], read_ctf_pkl(out / "ctf.pkl"), rot, trans * BOX,
+            np.load(out / "labels.npy"), np.load(cont) if cont.is_file() else None)
+
+
+def _analyse(images, ctf, rot, trans, **kw):
+    parts = prepare_particles(images, ctf)
+    data = stage_data(parts, BOX, 0.67 * BOX / 2)
+    R, T = torch.as_tensor(rot, dtype=torch.float32), torch.as_tensor(trans, dtype=torch.float32)
+    acc = HartleyAccumulator(BOX)
+    backproject(acc, data, R, T)
+    vol, _ = acc.solve(float(data.Y.var()), mask_radius=0.9 * BOX / 2)
+    return analyse(data, R, T, vol, HeteroConfig(**kw))
+
+
+def test_continuous_hinge_is_one_state_with_a_coordinate_along_the_angle(tmp_path, fixtures_dir):
+    from cryofire_app.simulate import HingeConfig
+
+    images, ctf, rot, trans, _, u = _simulate(tmp_path, fixtures_dir, 1500,
+                                              HingeConfig(steps=8, continuous=True, angle_deg=30.0))
+    res = _analyse(images, ctf, rot, trans)
+    assert res.kind == "continuous" and res.n_states == 1, (res.kind, res.n_states, res.components)
+    assert res.coords.shape[1] >= 1
+    assert abs(spearmanr(res.coords[:, 0], u)[0]) >= 0.9
+    assert res.components[0]["reproducibility"] > 0.8
+
+
+def test_three_hinge_states_are_found_as_three(tmp_path, fixtures_dir):
+    from cryofire_app.simulate import HingeConfig
+
+    images, ctf, rot, trans, labels, _ = _simulate(tmp_path, fixtures_dir, 1500, HingeConfig(steps=3, angle_deg=30.0),
+                                                   fractions=(0.5, 0.3, 0.2))
+    res = _analyse(images, ctf, rot, trans)
+    assert res.kind == "discrete" and res.n_states == 3, (res.kind, res.n_states, res.components)
+    assert label_confusion(res.labels, labels)["confusion"] <= 0.03
+    sizes = np.bincount(res.labels)
+    assert sizes[0] == sizes.max()   # state 0 is the largest
+
+
+def test_no_motion_has_no_reproducible_direction_unless_states_are_forced(tmp_path, fixtures_dir):
+    from cryofire_app.simulate import HingeConfig
+
+    images, ctf, rot, trans, _, _ = _simulate(tmp_path, fixtures_dir, 800, HingeConfig(), snr=0.5)
+    res = _analyse(images, ctf, rot, trans, max_components=1)
+    assert res.kind == "homogeneous" and res.coords.shape == (800, 0) and res.score is None
+    assert abs(res.components[0]["reproducibility"]) < 0.3
+    forced = _analyse(images, ctf, rot, trans, max_components=1, n_states=2)
+    assert forced.n_states == 2 and forced.coords.shape == (800, 1)
+
+
+@pytest.mark.parametrize("kw", [dict(max_components=0), dict(max_states=0)])
+def test_seed_config_refuses_empty_searches(kw):
+    from cryofire_app.reconstruct import SeedConfig
+
+    with pytest.raises(ValueError):
+        SeedConfig(**{("hetero_components" if "max_components" in kw else "hetero_max_states"): 0})
