@@ -303,3 +303,44 @@ def test_configs_saved_before_the_fast_defaults_load_with_the_original_architect
     del d["decoder"]["arch"], d["encoder"]["stem"]
     old = TrainConfig.from_dict(d)
     assert old.decoder.arch == "mlp" and old.encoder.stem == "conv"
+
+
+def test_infer_refine_z_lowers_the_decoder_error_and_stays_near_the_encoder(data, tmp_path):
+    """--refine-z: a few steps on z per particle (decoder and poses fixed) fit the images better than the encoder's
+    z, move z by a bounded amount, and leave the poses as the encoder gave them."""
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.cli import main
+    from cryofire_app.model.cryofire import mask_points
+    from cryofire_app.physics.lattice import Lattice
+    from cryofire_app.training.inference import _prefetched, predict, refine_z
+
+    out = tmp_path / "run"
+    tr = Trainer(tiny_config(data, out))
+    for _ in tr.run():
+        pass
+    run = Run(out)
+    ck = run.checkpoint
+    pd = tr.data   # the training set, preprocessed as in training
+    model, sign, r = run.model, float(ck["data_sign"]), int(ck["mask_radius"])
+    pr = predict(model, pd, np.arange(pd.N), sign=sign, radius=r, select="encoder")
+    z1 = refine_z(model, pd, pr, 20, sign=sign, radius=r)
+    mp = mask_points(Lattice(model.D), r, "cpu")
+
+    def err(z):
+        total = 0.0
+        for b in _prefetched(pd, np.arange(pd.N), 256):
+            enc = {"rot": torch.as_tensor(pr.rot[b.pos]), "trans": torch.as_tensor(pr.trans[b.pos])}
+            with torch.no_grad():
+                total += float(model.branch_errors(b.Y * sign, b.ctf, enc, torch.as_tensor(z[b.pos]), mp,
+                                                   sym=False)[0].sum())
+        return total
+
+    assert err(z1) < err(pr.z)
+    assert 0 < np.abs(z1 - pr.z).max() < 3.0
+    pred = tmp_path / "pred"
+    assert main(["infer", str(out), str(data.mrcs), "--ctf", str(data.ctf_pkl), "-o", str(pred), "--select",
+                 "encoder", "--refine-z", "5"]) == 0
+    rot, _ = read_pose_pkl(pred / "pose.pkl")
+    np.testing.assert_allclose(rot, pr.rot, atol=1e-5)
+    assert not np.allclose(read_z_pkl(pred / "z.pkl"), pr.z)
+    assert main(["infer", str(out), str(data.mrcs), "-o", str(tmp_path / "p2"), "--refine-z", "-1"]) == 2

@@ -26,6 +26,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="branch choice: decoder error at --select-radius (default) or encoder only (branch 0)")
     p.add_argument("--select-radius", type=int, default=None,
                    help="frequency radius in pixels for --select decoder (default: the run's select_radius)")
+    p.add_argument("--refine-z", type=int, default=0, metavar="STEPS",
+                   help="semi-amortized z: after the encoder, STEPS gradient steps per particle on z alone (decoder "
+                        "and poses fixed) of the decoder's fit to the image, kept near the encoder's z by a unit "
+                        "Gaussian prior (default 0: the encoder's z)")
     p.add_argument("--turns", type=int, default=None,
                    help="read each pose from this many in-plane turns of the image (default: 8 for runs trained "
                         "with in-plane augmentation, the seeded default, else 1). Grid head: the turns' score maps "
@@ -47,13 +51,14 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.io.atomic import atomic_save_npz
     from cryofire_app.io.errors import InputError
     from cryofire_app.training.dataset import ParticleData
-    from cryofire_app.training.inference import default_turns, predict
+    from cryofire_app.training.inference import default_turns, predict, refine_z
     from cryofire_app.training.trainer import resolve_device
 
     _checks.at_least("--batch-size", args.batch_size, 1, " (images per batch)")
     _checks.at_least("--threads", args.threads, 1)
     _checks.at_least("--select-radius", args.select_radius, 1, " (pixels)")
     _checks.at_least("--turns", args.turns, 1)
+    _checks.at_least("--refine-z", args.refine_z, 0)
     _checks.device("--device", args.device)
     if Path(args.preddir).exists() and not Path(args.preddir).is_dir():
         raise InputError("-o/--preddir: exists and is not a folder", args.preddir)
@@ -86,6 +91,11 @@ def main(args: argparse.Namespace) -> int:
     pr = predict(model, data, np.arange(data.N), sign=float(ck["data_sign"]), radius=radius, select=select,
                  batch=args.batch_size, device=device, use_z=ck["phase"] not in ("pose_only", "seed"),
                  sym=run.config.sym_loss, turns=turns)
+    if args.refine_z > 0:
+        if data.ctf is None and run.config.ctf is not None:
+            raise InputError("--refine-z needs the particles' CTF (give --ctf)", args.particles)
+        pr.z = refine_z(model, data, pr, args.refine_z, sign=float(ck["data_sign"]), radius=int(ck["mask_radius"]),
+                        batch=args.batch_size, device=device)
     dt = time.time() - t0
     out = Path(args.preddir)
     out.mkdir(parents=True, exist_ok=True)

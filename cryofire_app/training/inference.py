@@ -187,3 +187,48 @@ def predict(model: CryoFIRE, data: ParticleData, pos: np.ndarray, sign: float = 
                "z": np.zeros((0, model.zdim), np.float32), "branch": np.zeros(0, np.int64),
                "loss": np.zeros(0, np.float32)}
     return Predictions(np.asarray(pos), cat["rot"], cat["trans"], cat["z"], cat["branch"], cat["loss"])
+
+
+def refine_z(model: CryoFIRE, data: ParticleData, pred: Predictions, steps: int, sign: float = 1.0,
+             radius: int | None = None, lr: float = 0.05, prior: float = 1.0, batch: int = 256,
+             device: torch.device | str = "cpu") -> np.ndarray:
+    """Semi-amortized z: from the encoder's ``pred.z``, ``steps`` Adam steps per particle on z alone (decoder and
+    poses fixed at ``pred.rot``/``pred.trans``, branch 0 after the mirror compensation predict() applied) of the
+    decoder's error on the lattice within ``radius`` px: the MAP z of a Gaussian likelihood (noise variance = the
+    image's error at the encoder's z) and a Gaussian prior of precision ``prior`` about the encoder's z, so that z
+    stays near the encoder's answer where the image says little. Returns ``(n, zdim)``."""
+    device = torch.device(device)
+    z_out = np.array(pred.z, dtype=np.float32, copy=True)
+    if steps <= 0 or model.zdim == 0 or len(pred.pos) == 0:
+        return z_out
+    r = min(int(radius if radius is not None else model.D // 2), model.D // 2)
+    mp = mask_points(Lattice(model.D), r, device)
+    row = {int(p): i for i, p in enumerate(pred.pos)}
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for b in _prefetched(data, np.asarray(pred.pos, dtype=np.int64), batch, with_Y=True):
+            ix = np.array([row[int(p)] for p in b.pos])
+            Y = b.Y.to(device) * sign
+            ctf = b.ctf.to(device) if b.ctf is not None else None
+            enc = {"rot": torch.as_tensor(pred.rot[ix], device=device),
+                   "trans": torch.as_tensor(pred.trans[ix], device=device)}
+            z0 = torch.as_tensor(z_out[ix], device=device)
+            z = z0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            with torch.no_grad():
+                scale = model.branch_errors(Y, ctf, enc, z0, mp, sym=False)[0].clamp(min=1e-12)
+            for _ in range(steps):
+                err = model.branch_errors(Y, ctf, enc, z, mp, sym=False)[0]   # mean over the mp.M points
+                loss = 0.5 * mp.M * (err / scale).sum() + 0.5 * prior * ((z - z0) ** 2).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            z_out[ix] = z.detach().float().cpu().numpy()
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train(was_training)
+    return z_out
