@@ -5,7 +5,8 @@ Data: two states (90 % / 10 %) of a real map from ../shared/fixtures (ASPIRE's 7
 random shifts (<= 2 px). A training split and a held-out test split are simulated independently (different seeds,
 never seen in training). The run is trained on the training split with `cryofire train`; the test split's poses
 and z come from `cryofire infer` on the trained run with its defaults (seeded runs: the encoder alone, its pose averaged
-over 8 in-plane turns; before that option existed, and for amortized runs: the decoder picks the image or mirror branch).
+over 8 in-plane turns; before that option existed, and for amortized runs: the decoder picks the image or mirror
+branch).
 
 Reported for train and test (Table 1 columns): wall time, images seen, confusion, resolution major/minor (FSC 0.5 in
 px; train only, as in the paper), rotation median/mean (viewing direction, degrees, after global alignment with both
@@ -99,7 +100,6 @@ def _errors(rot, z, gt_rot, labels) -> dict:
     import numpy as np
 
     from cryofire_app.analysis import metrics
-
     from cryofire_app.analysis.latent import fit_pca
 
     out = {"view_median_deg": metrics.rotation_errors(rot, gt_rot)["rot_view_median_deg"]}
@@ -173,7 +173,7 @@ def markdown(res: dict, meta: dict) -> str:
     lines = [f"# Accuracy, Table 1 protocol ({meta['date']}, {meta['host']}, {s['threads']} threads)", "",
              f"2 states 90/10 (hinge 20 deg) of {Path(res['map']).name} at {res['map_apix_assumed']} A/voxel, box "
              f"{s['box']}, SNR {s['snr']}, random CTF, shifts <= {s.get('max_shift', 2.0)} px, schedule "
-             f"{s.get('schedule', 'amortized')}{(' ' + s['train_args']) if s.get('train_args') else ''}; train {s['n_train']:,} / test {s['n_test']:,} "
+             f"{s.get('schedule', 'amortized')}{(' ' + s['train_args']) if s.get('train_args') else ''}; train {s['n_train']:,} / test {s['n_test']:,} "  # noqa: E501 (a table row)
              f"(held out, `cryofire infer` defaults).", "", head, "|" + "---|" * (len(COLUMNS) + 1)]
     for split in ("train", "test"):
         r = res[split]
@@ -187,7 +187,7 @@ def markdown(res: dict, meta: dict) -> str:
     if res.get("curve"):
         lines += ["", "Convergence (seed: its own poses/states on the training split; checkpoints: encoder-only "
                   "predictions on the held-out test split; confusion from thresholds on PC1 of z / the seed's state "
-                  "score):", "", "| what | images seen | wall time | view median (deg) | confusion | own labels | val loss |",
+                  "score):", "", "| what | images seen | wall time | view median (deg) | confusion | own labels | val loss |",  # noqa: E501 (a table row)
                   "|---|---|---|---|---|---|---|"]
         for p in res["curve"]:
             lines.append(f"| {p['what']} | {p['images_seen']:,} | {p['elapsed_s'] / 60:.1f} min | "

@@ -150,7 +150,6 @@ def preset_config(preset: str, **kw):
 def components(tr, batch_pos, device: str, reps: int = 3) -> dict:
     """ms/image of the parts of one joint step at the trainer's current radius (median of `reps`)."""
     import numpy as np
-    import torch
 
     from cryofire_app.training.trainer import mask_radius_at
 
@@ -279,7 +278,7 @@ def markdown(results: list[dict], meta: dict, before: dict | None) -> str:
             b = bt.get((r["box"], t["phase"], t["radius"]), {}).get("ms_per_image")
             frac = None if t["fraction_of_matmul"] is None else 100 * t["fraction_of_matmul"]
             lines.append(f"| {r['box']} | {r['preset']} | {t['phase']} | {t['radius']} | {t['ms_per_image']:.2f} | "
-                         f"{_fmt(t.get('cpu_ms_per_image'))} | {_fmt(b)} | {t['flops_per_image'] / 1e6:.1f} | {_fmt(t['gflops'], '{:.1f}')} | "
+                         f"{_fmt(t.get('cpu_ms_per_image'))} | {_fmt(b)} | {t['flops_per_image'] / 1e6:.1f} | {_fmt(t['gflops'], '{:.1f}')} | "  # noqa: E501 (a table row)
                          f"{_fmt(frac, '{:.0f}')} |")
     lines += ["", "Split of one joint step at the full radius (ms/image; data = loading one batch in one thread, "
               "overlapped with compute by the prefetcher during training):", "",
@@ -292,22 +291,22 @@ def markdown(results: list[dict], meta: dict, before: dict | None) -> str:
                 lines.append(f"| {r['box']} | {r['preset']} | {r.get('n_particles', '-')} | {t['radius']} | "
                              f"{c['data']:.2f} | {c['encoder']:.2f} | {c['decoder_physics']:.2f} | "
                              f"{c['optimizer']:.2f} |")
-    lines += ["", "| box | preset | N | inference images/s | images per CPU-s | before images/s | MFLOP/image | GFLOP/s | matmul GFLOP/s | "
+    lines += ["", "| box | preset | N | inference images/s | images per CPU-s | before images/s | MFLOP/image | GFLOP/s | matmul GFLOP/s | "  # noqa: E501 (a table row)
               "peak RSS (MB) | before peak RSS | anon RSS between steps (MB) | file RSS at end (MB) |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         i = r.get("infer") or {}
         bi = bt.get((r["box"], "infer")) or {}
-        lines.append(f"| {r['box']} | {r['preset']} | {r.get('n_particles', '-')} | {_fmt(i.get('images_per_s'), '{:.0f}')} | "
+        lines.append(f"| {r['box']} | {r['preset']} | {r.get('n_particles', '-')} | {_fmt(i.get('images_per_s'), '{:.0f}')} | "  # noqa: E501 (a table row)
                      f"{_fmt(i.get('images_per_cpu_s'), '{:.0f}')} | "
-                     f"{_fmt(bi.get('images_per_s'), '{:.0f}')} | {_fmt(i.get('flops_per_image', 0) / 1e6, '{:.1f}')} | "
+                     f"{_fmt(bi.get('images_per_s'), '{:.0f}')} | {_fmt(i.get('flops_per_image', 0) / 1e6, '{:.1f}')} | "  # noqa: E501 (a table row)
                      f"{_fmt(i.get('gflops'), '{:.1f}')} | {r['matmul_gflops']:.1f} | {r['peak_rss_mb']:.0f} | "
                      f"{_fmt(bt.get((r['box'], 'rss')), '{:.0f}')} | {r['max_rss_anon_mb']:.0f} | "
                      f"{_fmt(r.get('rss_file_mb_end'), '{:.0f}')} |")
     lines += ["", "Memory: peak RSS = VmHWM of the worker (anonymous + file-backed pages, incl. the memory-mapped "
               "stack and torch's libraries); anon RSS between steps = the largest RssAnon sampled after each "
               "measurement, i.e. without a step's transient activations; file RSS = RssFile at the end (libraries + "
-              "mapped stack pages).", "", "FLOPs: matmul/conv FLOPs of forward + backward counted by torch.utils.flop_counter (FFTs, grid "
+              "mapped stack pages).", "", "FLOPs: matmul/conv FLOPs of forward + backward counted by torch.utils.flop_counter (FFTs, grid "  # noqa: E501 (a table row)
               "sampling and elementwise ops excluded). Symmetric loss "
               f"{'on' if results and results[0]['sym_loss'] else 'off'}; inference is encoder-only with data loading. "
               "Presets: see the script's docstring."]

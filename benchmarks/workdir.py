@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 @dataclass
 class Workdir:
     """``path/run`` (a finished seeded run), ``path/train_data`` and ``path/test_data`` (particles.star, poses.pkl)."""
@@ -39,7 +38,8 @@ class Workdir:
         return d
 
     def renderer(self, train):
-        """The seed map's synthetic-image renderer fitted on ``train`` (this run's training split) as the trainer does."""
+        """The seed map's synthetic-image renderer fitted on ``train`` (this run's training split), as the trainer
+        does."""
         from cryofire_app.training.synthetic import SeedRenderer
 
         sd = self.seed

@@ -72,6 +72,8 @@ case "$mode" in
       exec "$VENV/bin/cryofire" demo -o "$out" "$@"
     fi ;;
   test)
+    # lint first (ruff, configured in pyproject.toml): a style fault fails the suite like a test would
+    "$VPY" -m ruff check cryofire_app tests benchmarks
     # pytest-xvfb starts its own Xvfb; GUI tests run on a real Qt (xcb) display.
     set +e
     "$VPY" -m pytest -p xvfb -q -ra "$@"

@@ -131,9 +131,9 @@ def test_confusion_two_and_three_classes():
     assert 0.05 < rr["confusion"] <= 0.1
     # brute force check of optimality on a small case
     s = rng.normal(size=12)
-    l = rng.integers(0, 2, 12)
-    best = min(min(((s > t) != l).mean(), ((s > t) == l).mean()) for t in np.r_[s, s.min() - 1])
-    assert M.confusion_by_thresholds(s, l)["confusion"] == pytest.approx(best)
+    lab = rng.integers(0, 2, 12)
+    best = min(min(((s > t) != lab).mean(), ((s > t) == lab).mean()) for t in np.r_[s, s.min() - 1])
+    assert M.confusion_by_thresholds(s, lab)["confusion"] == pytest.approx(best)
 
 
 def test_label_confusion_matches_labels_whatever_their_numbers():

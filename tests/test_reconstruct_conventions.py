@@ -14,8 +14,16 @@ import pytest
 import torch
 
 from cryofire_app.io import read_mrc
-from cryofire_app.physics import (FourierProjector, Lattice, ctf_from_params, fourier_resize, geodesic_angle,
-                                  lattice_to_image, random_rotations, translate_ht)
+from cryofire_app.physics import (
+    FourierProjector,
+    Lattice,
+    ctf_from_params,
+    fourier_resize,
+    geodesic_angle,
+    lattice_to_image,
+    random_rotations,
+    translate_ht,
+)
 from cryofire_app.reconstruct.data import prepare_particles, stage_data
 from cryofire_app.reconstruct.grids import local_perturbations, shift_grid, so3_grid
 from cryofire_app.reconstruct.search import backproject, global_search, local_search

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
 
 from cryofire_app.training import Step, Trainer

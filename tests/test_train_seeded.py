@@ -25,11 +25,19 @@ from cryofire_app.analysis.run import Run
 from cryofire_app.io import load_particles, read_ind_pkl, read_map, read_pose_pkl
 from cryofire_app.io.errors import InputError
 from cryofire_app.simulate import DEMO_MAP, DEMO_MAP_APIX, SimulationConfig, simulate
-from cryofire_app.training import (Checkpoint, DecoderConfig, EncoderConfig, Finished, Message, Step, TrainConfig,
-                                   Trainer)
+from cryofire_app.training import (
+    Checkpoint,
+    DecoderConfig,
+    EncoderConfig,
+    Finished,
+    Message,
+    Step,
+    TrainConfig,
+    Trainer,
+)
 from cryofire_app.training.checkpoint import load_checkpoint
-from cryofire_app.training.events import Verdict
 from cryofire_app.training.dataset import ParticleData
+from cryofire_app.training.events import Verdict
 from cryofire_app.training.inference import predict
 
 N, BOX = 600, 32
@@ -242,9 +250,10 @@ def test_seeded_resume_skips_the_seed(tmp_path):
                               snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
     # seed_agreement_deg 180: this tiny encoder cannot reproduce the seed's poses in 128 images; the joint phase
     # is opened unconditionally so that the resume path through distill -> joint is what is tested here
-    small = dict(num_images=128, batch_size=16, seed_agreement_deg=180.0, seed_config=dict(box_global=16, radius_global=[4.0, 5.0],
-                 n_restarts=1, iters_global=2, max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16],
-                 iters_local=1, box_hetero=16, iters_als=1, seed=0))
+    small = dict(num_images=128, batch_size=16, seed_agreement_deg=180.0,
+                 seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
+                                  max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16], iters_local=1,
+                                  box_hetero=16, iters_als=1, seed=0))
     cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", **small)
     tr = Trainer(cfg)
     for ev in tr.run():

@@ -91,7 +91,8 @@ def test_band_limited_renderer_gives_the_encoder_the_same_images(sim):
     rel = float(((seen(band) - a) ** 2).sum() / (a ** 2).sum())
     # what the band drops is visible at the full box: the clean images there differ by much more
     rel_full = float(((band.clean(R, ctf, t) - c_full) ** 2).sum() / (c_full ** 2).sum())
-    print(f"\nband-limited vs full, relative power of the difference: encoder's crop {rel:.2e}, full box {rel_full:.2e}")
+    print(f"\nband-limited vs full, relative power of the difference: encoder's crop {rel:.2e}, "
+          f"full box {rel_full:.2e}")
     # measured 9.6e-4 (the window's spread across the disc's edge): 0.1 % of the signal's power, where issue 5's
     # images carry 10x the signal's power in noise; the full box loses 7 %
     assert rel < 2e-3 and rel_full > 20 * rel, (rel, rel_full)

@@ -298,17 +298,6 @@ def _finite(o):
 
 def write_json(path: str | Path, obj: dict) -> Path:
     """Write strict JSON atomically (numpy values converted, NaN/Inf written as null)."""
-    import os
-    import tempfile
+    from cryofire_app.io.atomic import atomic_write_text
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_finite(obj), fh, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(_finite(obj), indent=1, allow_nan=False))

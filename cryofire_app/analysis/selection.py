@@ -8,12 +8,11 @@ converted here to the original box) or the original metadata's poses.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from cryofire_app.io.atomic import atomic_write
 from cryofire_app.io.errors import InputError
 
 
@@ -58,20 +57,6 @@ def _positions(particles, index: np.ndarray) -> np.ndarray:
         raise InputError(f"{len(missing)} selected particle index(es) (e.g. {int(missing[0])}) are not in the particle "
                          f"file ({len(pidx)} particles)", particles.source)
     return order[loc]
-
-
-def atomic_write(path: Path, writer) -> Path:
-    """Write ``path`` atomically: ``writer(binary file handle)`` fills a temp file in the same folder, then
-    os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def export_selection(prefix: str | Path, index, rot: np.ndarray | None = None, trans: np.ndarray | None = None,

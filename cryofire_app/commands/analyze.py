@@ -85,7 +85,7 @@ def _group_outputs(run, z: np.ndarray, labels: np.ndarray, folder: Path, centers
     """labels.npy, centers.txt and (with `volumes`) vol_<i>.mrc of groups of particles (k-means clusters or seed
     states) in `folder`; the centres are the groups' mean z, or with `on_data` the particles nearest them.
     Returns the centres used and the volume paths (None without volumes)."""
-    from cryofire_app.analysis.selection import atomic_write
+    from cryofire_app.io.atomic import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "labels.npy", lambda fh: np.save(fh, labels))
@@ -222,7 +222,8 @@ def _seed_state_outputs(run, z: np.ndarray, seeds, folder: Path, lp, on_data: bo
     centres and volumes at each state's mean z and one particle selection per state, poses in the chosen hand) and,
     when the file has them, the seed's continuous coordinates (:func:`_seed_coordinate_outputs`)."""
     from cryofire_app.analysis import latent, plots
-    from cryofire_app.analysis.selection import atomic_write, export_selection, rows_to_index
+    from cryofire_app.analysis.selection import export_selection, rows_to_index
+    from cryofire_app.io.atomic import atomic_write
 
     K = seeds.n_states
     per_row = seeds.labels_for_rows(len(z))
@@ -277,7 +278,7 @@ def _seed_coordinate_outputs(run, z: np.ndarray, seeds, per_row: np.ndarray, fol
     from scipy.stats import spearmanr
 
     from cryofire_app.analysis import plots
-    from cryofire_app.analysis.selection import atomic_write
+    from cryofire_app.io.atomic import atomic_write
 
     q = seeds.q
     coords = seeds.coords_for_rows(len(z))

@@ -34,9 +34,9 @@ KINDS = ("discrete", "continuous", "homogeneous")
 class HeteroConfig:
     """``max_components``: residual directions tried per half; ``min_reproducibility``: correlation across halves a
     direction needs to count; ``max_states``: the largest K the mixture tries; ``n_states``: 0 = choose K from the data,
-    K >= 1 forces K states; ``max_overlap``/``min_state_fraction``: mixture components that overlap more (see :func:`_merge`) or
-    hold fewer particles are merged; ``iters_als``/``als_tol``: ALS rounds per direction and its convergence (1 - cos of
-    the direction between rounds)."""
+    K >= 1 forces K states; ``max_overlap``/``min_state_fraction``: mixture components that overlap more (see
+    :func:`_merge`) or hold fewer particles are merged; ``iters_als``/``als_tol``: ALS rounds per direction and
+    its convergence (1 - cos of the direction between rounds)."""
 
     max_components: int = 3
     min_reproducibility: float = 0.3

@@ -109,7 +109,7 @@ def local_search(vol_ht: torch.Tensor, data: StageData, rot: torch.Tensor, trans
     best_s = torch.full((n,), float("inf"))
     best_r = rot[:, 0].clone()
     best_t = trans[:, 0].clone()
-    Pn, T = len(perturb), len(shift_offsets)
+    Pn = len(perturb)
     for s in range(0, n, batch):
         r = torch.arange(s, min(s + batch, n))
         C = data.ctf[r]

@@ -38,11 +38,10 @@ import numpy as np
 import torch
 
 from ..physics.fft import fourier_resize
-from ..physics.projector import slice_ht_volume
 from ..physics.rotations import random_rotations
 from .data import StageData, prepare_particles, stage_data
-from .hetero import HeteroConfig, iter_analyse
 from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
+from .hetero import HeteroConfig, iter_analyse
 from .search import backproject, em_search, global_search, local_search, residual_sigma2, scores_at, slices
 from .volume import HartleyAccumulator, slicing_volume
 
@@ -267,7 +266,7 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
         if info is not None:
             r_cur = _ssnr_radius(info, d_prev, d, cfg, floor=r_cur * d / d_prev)
         data = stage_data(parts, d, r_cur)
-        for it in range(cfg.iters_local):
+        for _ in range(cfg.iters_local):
             vol, info = _reconstruct(data, rot, trans * (d / D), sigma2, cfg) if k else (vol, info)
             vh = slicing_volume(resize_volume(vol, d))
             cands = (rot_h, trans_h) if H > 1 else (rot[:, None], trans[:, None])   # all hypotheses in round 1

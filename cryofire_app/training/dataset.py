@@ -19,7 +19,6 @@ import torch
 
 from cryofire_app.physics.fft import fourier_resize, ht2_center, symmetrize_ht, window_mask
 
-
 MIN_TRAIN_PARTICLES = 16   # fewest particles in the training split: below this no reconstruction is meaningful (and the
                            # seed's state split, a two-component mixture over per-particle scores, degenerates)
 

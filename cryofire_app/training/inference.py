@@ -14,14 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryofire_app.model.cryofire import (MIRROR_ROT, CryoFIRE, MaskPoints, autocast_context, compensate_mirror,
-                                         mask_points, mirror_images)
+from cryofire_app.model.cryofire import (
+    MIRROR_ROT,
+    CryoFIRE,
+    MaskPoints,
+    autocast_context,
+    compensate_mirror,
+    mask_points,
+    mirror_images,
+)
 from cryofire_app.model.encoder import Encoder, grid_pose
 from cryofire_app.physics.fft import fourier_resize
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import chordal_mean
 from cryofire_app.training.dataset import Batch, ParticleData
-
 
 INFER_TURNS = 8   # turns per image for encoders trained with in-plane augmentation (infer's default, final outputs)
 
