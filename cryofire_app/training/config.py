@@ -34,9 +34,7 @@ class EncoderConfig:
     rot_head: str | None = None   # r6 (the original: 6D regression) | grid (scores over a grid_dirs x grid_psi
                               # rotation grid, cross-entropy on the seed's poses, model/encoder.py); None: grid for the
                               # seeded schedule, r6 for the paper's (saved configs without the field load as r6).
-                              # Measured on issue 5's set, encoder alone supervised on the seed's poses, box 32: held out
-                              # 12.3 / 8.4 / 7.6 deg after 100k / 200k / 300k images, r6 65 / 43 / 33 deg; whole
-                              # trainer (accuracy-20261124-1638): held out 7.8 deg against 25.6 (-1456, r6)
+                              # Why: fewer images to the same accuracy (docs/decisions/005-grid-rotation-head.md)
     grid_dirs: int = 512      # grid head: view directions (~9 deg apart)
     grid_psi: int = 24        # grid head: in-plane angles (15 deg apart)
     view_dirs: int = 1024     # seeded schedule, grid head: a view encoder (model/view.py) of this many directions
@@ -124,7 +122,10 @@ class TrainConfig:
                                          # narrowing, half the rows synthetic): held out 5.15 deg one pass, 5.98
                                          # without; from 1/2 instead of 3/4: 5.79 vs 5.68 (1/3 synthetic); runs
                                          # saved before it load 1
-    distill_z_weight: float = 1.0        # seeded distill: weight of (z_0 - standardized seed state score)^2
+    distill_z_weight: float = 1.0        # seeded distill: weight of |z_0..q-1 - the seed's coordinates|^2
+    # seeded distill: the decoder reads the seed's coordinates as z (not the encoder's guess of them), so that it
+    # learns how the map changes along them, which --refine-z and the joint phase then rely on
+    distill_decoder_seed_z: bool = True
     distill_synth_ratio: float = 0.5     # seeded distill with in-plane augmentation: synthetic pose rows added per
                                          # real image in each step (the seed's map at uniform random poses with the
                                          # data's CTFs, shifts and fitted noise spectrum: training.synthetic); their
@@ -172,8 +173,8 @@ class TrainConfig:
     num_threads: int | None = None       # torch intra-op threads (None: leave torch's default)
     # speed (issue 6): precision of the training/inference forward passes under torch.autocast: fp32 | bf16 | fp16
     # (fp16 only on CUDA, with a gradient scaler; bf16 runs on CPU too but is only fast with AVX512-BF16/AMX);
-    # channels_last: NHWC encoder convolutions (None: on with CUDA, off on the CPU); compile: torch.compile the encoder and decoder (off;
-    # first steps pay the compile time, worth it on a GPU)
+    # channels_last: NHWC encoder convolutions (None: on with CUDA, off on the CPU); compile: torch.compile the
+    # encoder and decoder (off; the first steps pay the compile time, worth it on a GPU)
     precision: str = "fp32"
     channels_last: bool | None = None
     compile: bool = False

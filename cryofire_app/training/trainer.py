@@ -32,16 +32,21 @@ import numpy as np
 import torch
 
 from cryofire_app.io.errors import InputError
-from cryofire_app.model.cryofire import (PRECISIONS, CryoFIRE, MaskPoints, autocast_context, compensate_mirror,
-                                         mask_points)
+from cryofire_app.model.cryofire import (
+    PRECISIONS,
+    CryoFIRE,
+    MaskPoints,
+    autocast_context,
+    compensate_mirror,
+    mask_points,
+)
 from cryofire_app.physics.inplane import rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
 from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule, check_trainable
-from cryofire_app.training.events import (Checkpoint, Failed, Finished, Latents, Message, Started, Step,
-                                          event_to_json)
+from cryofire_app.training.events import Checkpoint, Failed, Finished, Latents, Message, Started, Step, event_to_json
 from cryofire_app.training.inference import default_turns, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
 from cryofire_app.training.synthetic import SeedRenderer
@@ -545,7 +550,12 @@ class Trainer:
         nh = has.sum().clamp(min=1.0)
         recon = y_real.new_zeros(())
         if self.step % max(cfg.distill_decoder_every, 1) == 0:   # the decoder with the seeded poses fixed
-            err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z, mp, sym=False)[0]
+            z_dec = z
+            if cfg.distill_decoder_seed_z and cfg.zdim > 0 and sd.get("z_t") is not None:
+                zt = sd["z_t"][pos].to(self.device)
+                zt = torch.cat([zt, zt.new_zeros(len(zt), cfg.zdim - zt.shape[1])], 1).to(z.dtype)
+                z_dec = torch.where(has[:, None] > 0, zt, z)
+            err = self.model.branch_errors(Y, ctf, {"rot": R_s, "trans": t_s}, z_dec, mp, sym=False)[0]
             recon = (err * has).sum() / nh
         nh_p = has_p.sum().clamp(min=1.0)
         if "rot_logits" in enc:   # grid head: cross-entropy against the seed's pose of the image the encoder read
@@ -760,8 +770,9 @@ class Trainer:
             yield self._emit(Message("info", f"data sign from the seed's map: {'inverting' if sgn < 0 else 'keeping'} "
                                              "the data (particles " + ("white" if sgn < 0 else "black") + ")"))
         elif self.sign != sgn:
-            yield self._emit(Message("warning", f"--invert-data {cfg.invert_data} disagrees with the seed's map (density "
-                                                f"sign {sgn:+d} on the raw data): the map will come out negative"))
+            yield self._emit(Message("warning", f"--invert-data {cfg.invert_data} disagrees with the seed's map "
+                                                f"(density sign {sgn:+d} on the raw data): the map will come out "
+                                                "negative"))
         self.seed_done = True
         kind = str(arrays.get("kind", ""))
         sizes = "" if not state.size else f"; state sizes {np.bincount(state).tolist()}"
@@ -963,7 +974,8 @@ class Trainer:
             write_pose_pkl(self.outdir / "seed_pose.pkl", self.seed["rot"].astype(np.float32),
                            (self.seed["trans"] / self.D).astype(np.float32))
             write_ind_pkl(self.outdir / "seed_ind.pkl", self.seed["pos"].astype(np.int64))
-            if np.asarray(self.seed["state"]).size:   # the seed's heterogeneity (0 = largest state), rows of seed_ind.pkl
+            if np.asarray(self.seed["state"]).size:   # the seed's heterogeneity (0 = largest state), rows of
+                # seed_ind.pkl
                 extra = {}
                 coords = np.asarray(self.seed.get("coords", np.zeros((0, 0))), np.float32)
                 if coords.ndim == 2 and coords.shape[1] and len(coords) == len(self.seed["pos"]):
