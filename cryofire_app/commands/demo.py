@@ -3,7 +3,8 @@
 1. simulate a small two-state set (a 20-degree hinge motion of part of the map; 2 states, CTF, small shifts, noise)
 2. train cryoFIRE on it for a fixed budget of images or wall-clock minutes (whichever ends first)
 3. analyze: PCA/k-means of z, volumes at the 2 cluster centres and along PC1, plots; with the seeded schedule also
-   the ab initio seed's two-state labels (run/seed_states.npz): per-state selections and volumes at each state's mean z
+   the ab initio seed's state labels (run/seed_states.npz; the seed chooses the number of states, unless --states):
+   per-state selections and volumes at each state's mean z
 4. evaluate against the simulation's ground truth (pose errors, FSC, and the state confusion of both splits: the seed's
    labels and PC1 of the encoder's z) -> eval.json
 5. hand: ab initio cannot know the hand of its map (a mirrored map with mirrored poses explains the same images);

@@ -103,7 +103,7 @@ class LossWidget(QWidget):
         self.seed_bar = QProgressBar()
         self.seed_bar.setRange(0, len(SEED_STAGES) - 1)
         self.seed_bar.setFormat("ab initio seed: stage %v of %m")
-        self.seed_bar.setToolTip("Seeded schedule: explicit ab initio pose search and two-state classification "
+        self.seed_bar.setToolTip("Seeded schedule: explicit ab initio pose search and heterogeneity analysis "
                                  "before the first training image (minutes on a CPU)")
         self.seed_label = QLabel("")
         stable_label(self.seed_label)

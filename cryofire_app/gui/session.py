@@ -143,7 +143,7 @@ class Session(QObject):
 SEED_STAGES = ("prepare", "abinit", "global", "local", "hetero", "done")
 SEED_STAGE_NAMES = {"prepare": "preparing the images", "abinit": "ab initio EM at a small box",
                     "global": "exhaustive pose search", "local": "local pose refinement, growing box",
-                    "hetero": "two-state classification", "done": "finishing"}
+                    "hetero": "heterogeneity (states or a continuum)", "done": "finishing"}
 
 
 def seed_stage(text: str) -> str | None:

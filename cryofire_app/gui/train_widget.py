@@ -83,9 +83,10 @@ class TrainWidget(QWidget):
         self.outdir_edit = FileEdit(label="output folder", mode="d", value="",
                                     tooltip="Where checkpoints, log.jsonl, pose.pkl, z.pkl and latents.npz go")
         self.schedule = ComboBox(label="schedule", choices=list(SCHEDULES), value=d.schedule,
-                                 tooltip="seeded (default): an explicit ab initio pose search and two-state "
-                                         "classification (minutes on a CPU, before any training image), distilled "
-                                         "into the encoder, then a joint fine-tune: converges on a laptop CPU.\n"
+                                 tooltip="seeded (default): an explicit ab initio pose search and a "
+                                         "heterogeneity analysis (minutes on a CPU, before any training image), "
+                                         "distilled into the encoder, then a joint fine-tune: converges on a laptop "
+                                         "CPU.\n"
                                          "amortized: the paper's pure cryoFIRE schedule (pose-only phase, frequency "
                                          "marching); needs on the order of a million images (a GPU).")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value=d.device,
