@@ -202,6 +202,9 @@ def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_da
     assert any(isinstance(e, Message) and e.text.startswith("synthetic distill images: 0.5 per real image")
                for e in events)
     assert tr.synth is not None and tr.synth.amplitude > 0
+    # ... drawn from maps of the seed's states, so that they teach the z head too (one map per state)
+    n_states = int(np.asarray(tr.seed["state"]).max()) + 1
+    assert n_states >= 2 and tr.synth_z is not None and len(tr.synth_z.renderers) == n_states
     pt, ph = encoder_answers(tr, seeded_data)
     tr_err, held_err = encoder_errors(tr, seeded_data, (pt, ph))
     print(f"\nencoder alone, training vs new images: no augmentation {tr_err0:.1f} / {held_err0:.1f} deg, "

@@ -97,3 +97,23 @@ def test_band_limited_renderer_gives_the_encoder_the_same_images(sim):
     # images carry 10x the signal's power in noise; the full box loses 7 %
     assert rel < 2e-3 and rel_full > 20 * rel, (rel, rel_full)
     assert full.limit_band(BOX).rmax == 0.5                 # an encoder reading the whole box: the whole disc
+
+
+def test_hetero_renderer_draws_each_group_with_its_own_map_and_z():
+    """HeteroRenderer: groups drawn by size; each image is its group's map (noise-free here) and carries its z."""
+    from cryofire_app.training.synthetic import HeteroRenderer, SeedRenderer
+
+    D = 16
+    rng = np.random.default_rng(0)
+    vols = [torch.as_tensor(rng.normal(size=(D, D, D)).astype(np.float32)) for _ in range(2)]
+    win, psd = torch.ones(D, D), torch.zeros(D, D)
+    rs = [SeedRenderer(v, win, 1.0, 1.0, psd, None, torch.zeros(4, 2)) for v in vols]
+    hr = HeteroRenderer(rs, torch.tensor([[-1.0, 0.5], [2.0, 0.0]]), np.array([300, 100]))
+    x, rot, t, z = hr.render(400, torch.Generator().manual_seed(1))
+    assert x.shape == (400, D, D) and rot.shape == (400, 3, 3) and z.shape == (400, 2)
+    first = (z[:, 0] == -1.0)
+    assert torch.all(first | (z[:, 0] == 2.0)) and 0.65 < float(first.float().mean()) < 0.85
+    for k, sel in ((0, first), (1, ~first)):
+        np.testing.assert_allclose(x[sel].numpy(), rs[k].clean(rot[sel], None, t[sel]).numpy(), atol=1e-4)
+    with pytest.raises(ValueError):
+        HeteroRenderer(rs, torch.zeros(1, 2), np.array([1, 1]))

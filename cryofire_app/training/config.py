@@ -126,6 +126,11 @@ class TrainConfig:
     # seeded distill: the decoder reads the seed's coordinates as z (not the encoder's guess of them), so that it
     # learns how the map changes along them, which --refine-z and the joint phase then rely on
     distill_decoder_seed_z: bool = True
+    # seeded distill: the synthetic images are drawn from maps of the seed's states (or of this many bins of its
+    # continuous coordinates) and teach the encoder's z head too, with each map's z: unlimited images of every
+    # conformation, where the real images are few enough to be memorised
+    distill_synth_z: bool = True
+    distill_synth_z_bins: int = 8
     distill_synth_ratio: float = 0.5     # seeded distill with in-plane augmentation: synthetic pose rows added per
                                          # real image in each step (the seed's map at uniform random poses with the
                                          # data's CTFs, shifts and fitted noise spectrum: training.synthetic); their
@@ -218,6 +223,8 @@ class TrainConfig:
         enc.setdefault("view_dirs", 0)    # runs from before the view encoder have none
         d.setdefault("distill_grid_width", 1.0)   # the grid target kept its width before the narrowing existed
         d.setdefault("distill_synth_ratio", 0.0)      # runs from before synthetic distill images read real ones only
+        d.setdefault("distill_decoder_seed_z", False)  # runs from before: the decoder read the encoder's z
+        d.setdefault("distill_synth_z", False)         # runs from before: synthetic images of the consensus only
         d.setdefault("distill_decay_from", 1.0)       # and kept the distill learning rate constant
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
@@ -353,6 +360,7 @@ def validate_config(cfg: "TrainConfig") -> "TrainConfig":
             _fail(key, "a path", v)
     _even_box("D", cfg.D)
     _int_at_least("zdim", cfg.zdim, 0, what=" (0: no conformational latent)")
+    _int_at_least("distill_synth_z_bins", cfg.distill_synth_z_bins, 2)
     if cfg.num_images is not None and cfg.epochs is not None:
         raise InputError("give either --num-images (num_images) or --epochs (epochs), not both")
     _int_at_least("num_images", cfg.num_images, 1, none_ok=True, what=" (images to train on)")

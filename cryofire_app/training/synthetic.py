@@ -132,3 +132,59 @@ class SeedRenderer:
         renderer.fit_images = len(pick)
         renderer.noise_amp = (psd.float().to(renderer.device) ** 0.5) / renderer.D
         return renderer
+
+
+class HeteroRenderer:
+    """Synthetic images of the seed's heterogeneity: one :class:`SeedRenderer` per group of particles (the seed's
+    states, or bins of its continuous coordinates), each with the group's mean z target. :meth:`render` draws the
+    groups by their sizes, so the encoder's z head sees unlimited images of every conformation with known z."""
+
+    def __init__(self, renderers: list[SeedRenderer], z_targets: torch.Tensor, sizes: np.ndarray):
+        if not renderers or len(renderers) != len(z_targets) or len(sizes) != len(renderers):
+            raise ValueError("one renderer, z target and size per group")
+        self.renderers = renderers
+        self.z = z_targets.to(renderers[0].device, torch.float32)
+        self.p = torch.as_tensor(np.asarray(sizes, np.float64) / float(np.sum(sizes)))
+
+    @property
+    def amplitude(self) -> float:
+        return float(np.mean([r.amplitude for r in self.renderers]))
+
+    @property
+    def fit_images(self) -> int:
+        return int(sum(r.fit_images for r in self.renderers))
+
+    def limit_band(self, box: int) -> "HeteroRenderer":
+        for r in self.renderers:
+            r.limit_band(box)
+        return self
+
+    def render(self, n: int, generator: torch.Generator):
+        """``n`` images ``(n, D, D)``, rotations, shifts (as :meth:`SeedRenderer.render`) and z targets ``(n, q)``."""
+        g = torch.multinomial(self.p, n, replacement=True, generator=generator)
+        xs, rs, ts, zs = [], [], [], []
+        for k in torch.unique(g).tolist():
+            m = int((g == k).sum())
+            x, r, t = self.renderers[k].render(m, generator)
+            xs.append(x)
+            rs.append(r)
+            ts.append(t)
+            zs.append(self.z[k].expand(m, -1))
+        return torch.cat(xs), torch.cat(rs), torch.cat(ts), torch.cat(zs)
+
+    @classmethod
+    def fit(cls, volumes: np.ndarray, groups: np.ndarray, z_targets: np.ndarray, data, pos: np.ndarray,
+            rot: np.ndarray, trans: np.ndarray, sign: float = 1.0, device: torch.device | str = "cpu",
+            min_size: int = 50) -> "HeteroRenderer":
+        """``volumes (K, D, D, D)`` positive density, one per group; ``groups (n,)`` the group of each seeded particle
+        at ``pos``/``rot``/``trans`` (SeedRenderer.fit's meaning); ``z_targets (K, q)``. Groups of fewer than
+        ``min_size`` particles are left out; ValueError when fewer than two remain or a map does not fit."""
+        keep = [k for k in range(len(volumes)) if int((groups == k).sum()) >= min_size]
+        if len(keep) < 2:
+            raise ValueError(f"fewer than two groups of >= {min_size} particles")
+        rs = []
+        for k in keep:
+            sel = groups == k
+            rs.append(SeedRenderer.fit(volumes[k], data, pos[sel], rot[sel], trans[sel], sign=sign, device=device))
+        sizes = np.array([int((groups == k).sum()) for k in keep])
+        return cls(rs, torch.as_tensor(np.asarray(z_targets, np.float32)[keep]), sizes)

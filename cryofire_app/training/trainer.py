@@ -49,7 +49,7 @@ from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedu
 from cryofire_app.training.events import Checkpoint, Failed, Finished, Latents, Message, Started, Step, event_to_json
 from cryofire_app.training.inference import default_turns, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
-from cryofire_app.training.synthetic import SeedRenderer
+from cryofire_app.training.synthetic import HeteroRenderer, SeedRenderer
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,7 @@ class Trainer:
         # synthetic distill images (training.synthetic): their own stream per rank, made once the seed exists
         self.synth_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 54321 + self.rank)
         self.synth: SeedRenderer | None = None
+        self.synth_z: HeteroRenderer | None = None   # synthetic images of the seed's states / coordinate bins
         self.sign = -1.0 if cfg.invert_data == "yes" else 1.0
         self.contrast_checked = cfg.invert_data != "auto"
         self.prev_val: dict | None = None
@@ -533,11 +534,15 @@ class Trainer:
         cfg, sd = self.config, self.seed
         n = len(pos)
         ns = self._synth_rows(n) if ang is not None else 0
+        z_synth = None
         # pose rows: the n real images turned, then ns synthetic images (exact poses, not turned: uniform already)
         R_p, t_p, has_p, ang_p, y_pose = R_s, t_s, has, ang, None
         if ns:
             with torch.autocast(self.device.type, enabled=False):   # physics in fp32
-                xs, Rs, ts = self.synth.render(ns, self.synth_gen)
+                if self.synth_z is not None:
+                    xs, Rs, ts, z_synth = self.synth_z.render(ns, self.synth_gen)
+                else:
+                    xs, Rs, ts = self.synth.render(ns, self.synth_gen)
             y_pose = torch.cat([y_real, xs.to(y_real.dtype)])
             R_p, t_p = torch.cat([R_s, Rs.to(R_s.dtype)]), torch.cat([t_s, ts.to(t_s.dtype)])
             has_p, ang_p = torch.cat([has, has.new_ones(ns)]), torch.cat([ang, ang.new_zeros(ns)])
@@ -578,9 +583,13 @@ class Trainer:
             # 0 so that they do not drift into a large nuisance direction before the joint phase can give them a use
             zt = torch.cat([tgt, enc["z_mu"].new_zeros(len(tgt), cfg.zdim - tgt.shape[1])], 1)
             zerr = ((enc["z_mu"] - zt) ** 2).sum(1)
-            if "z_turned" in enc:   # the real rows' turned copies (synthetic images have no state)
+            if "z_turned" in enc:   # the real rows' turned copies
                 zerr = 0.5 * (zerr + ((enc["z_turned"][:n] - zt) ** 2).sum(1))
             loss = loss + cfg.distill_z_weight * (zerr * has).sum() / nh
+            if z_synth is not None and "z_turned" in enc:   # synthetic images of a known state / coordinate bin
+                zs = torch.cat([z_synth, z_synth.new_zeros(len(z_synth), cfg.zdim - z_synth.shape[1])], 1)
+                loss = loss + cfg.distill_z_weight * ((enc["z_turned"][n:] - zs.to(enc["z_turned"].dtype)) ** 2
+                                                      ).sum(1).mean()
         if cfg.encoder.variational and cfg.beta > 0 and cfg.zdim > 0:
             loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / (self.Dl ** 2)
         with torch.no_grad():   # bookkeeping for Latents snapshots (positions are numpy, as in train_step)
@@ -620,6 +629,44 @@ class Trainer:
         yield self._emit(Message("info", f"synthetic distill images: {ratio:g} per real image, from the seed's map "
                                          f"(amplitude {self.synth.amplitude:.3g}, noise spectrum fitted on "
                                          f"{self.synth.fit_images} particles)"))
+        if self.config.distill_synth_z and self.config.zdim > 0 and sd.get("z_t") is not None:
+            try:
+                self.synth_z = self._hetero_renderer()
+            except ValueError as exc:
+                yield self._emit(Message("info", f"synthetic images of the seed's heterogeneity off: {exc}"))
+                return
+            if self.synth_z is not None:
+                yield self._emit(Message("info", f"synthetic distill images drawn from {len(self.synth_z.renderers)} "
+                                                 "maps of the seed's states or coordinate bins, with their z"))
+
+    def _hetero_renderer(self) -> HeteroRenderer | None:
+        """Maps of the seed's states (K >= 2) or of ``distill_synth_z_bins`` k-means bins of its coordinates,
+        reconstructed at the seed's poses (reconstruct.final), as synthetic-image renderers with each group's mean z
+        target; None when the seed found no heterogeneity or too few particles for two groups."""
+        from sklearn.cluster import KMeans
+
+        from cryofire_app.reconstruct.final import final_maps
+
+        sd, cfg = self.seed, self.config
+        pos = np.asarray(sd["pos"], np.int64)
+        zt = sd["z_t"][torch.as_tensor(pos)].numpy().astype(np.float64)
+        state = np.asarray(sd["state"], np.int64)
+        if state.size == len(pos) and state.max() >= 1:
+            groups = state
+        else:
+            bins = min(cfg.distill_synth_z_bins, len(pos) // 100)
+            if bins < 2:
+                return None
+            groups = KMeans(bins, n_init=4, random_state=cfg.seed).fit_predict(zt).astype(np.int64)
+        K = int(groups.max()) + 1
+        targets = np.stack([zt[groups == k].mean(0) if np.any(groups == k) else np.zeros(zt.shape[1])
+                            for k in range(K)])
+        ctf = self.data.ctf.numpy()[pos] if self.data.ctf is not None else None
+        fm = final_maps(lambda rows: self.data.resized_images(pos[rows]), len(pos), ctf, sd["rot"], sd["trans"],
+                        state=groups, seed=cfg.seed)
+        vols = self.sign * np.asarray(fm.state_volumes, np.float32)
+        return HeteroRenderer.fit(vols, groups, targets, self.data, pos, sd["rot"], sd["trans"], sign=self.sign,
+                                  device=self.device).limit_band(self.model.encoder.box)
 
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
     @property
