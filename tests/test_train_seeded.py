@@ -317,3 +317,43 @@ def test_seeded_distill_runs_under_bf16_autocast(tmp_path):
     steps = [e for e in tr.run() if isinstance(e, Step) and e.phase == "distill"]
     assert steps and all(np.isfinite(s.loss) for s in steps)
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())   # autocast: fp32 weights, bf16 compute
+
+
+def test_bounded_seed_searches_a_subset_and_training_reads_everyone(tmp_path):
+    """seed_max_particles: the seed searches a fixed random subset of the training particles (the same on resume);
+    distill batches come from that subset only, joint batches from all training particles, and every particle gets
+    its pose and z in the outputs."""
+    torch.set_num_threads(1)
+    sim = tmp_path / "sim"
+    simulate(SimulationConfig(outdir=str(sim), n=200, volumes=two_state_maps(), apix=DEMO_MAP_APIX, box=16,
+                              snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
+    small = dict(num_images=320, batch_size=16, seed_agreement_deg=180.0, seed_max_particles=64,
+                 distill_fraction=0.5,
+                 seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
+                                  max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16], iters_local=1,
+                                  box_hetero=16, iters_als=1, seed=0))
+    cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", **small)
+    tr = Trainer(cfg)
+    read: dict[str, set] = {"distill": set(), "joint": set()}
+    steps, real_train = tr.distill_step, tr.train_step
+
+    def spy(kind, fn):
+        def call(b):
+            read[kind].update(int(p) for p in b.pos)
+            return fn(b)
+        return call
+
+    tr.distill_step, tr.train_step = spy("distill", steps), spy("joint", real_train)
+    evs = list(tr.run())
+    assert isinstance(evs[-1], Finished)
+    assert any(isinstance(e, Message) and "a random 64 of the 200" in e.text for e in evs)
+    with np.load(tmp_path / "run" / "checkpoints" / "seed.npz") as f:
+        pos = f["pos"]
+    assert len(pos) == 64 and set(pos.tolist()) <= set(tr.train_pos.tolist())
+    assert read["distill"] and read["distill"] <= set(pos.tolist())
+    assert read["joint"] - set(pos.tolist())   # the joint phase trains on particles the seed never saw
+    rot, _ = read_pose_pkl(tmp_path / "run" / "pose.pkl")
+    assert rot.shape == (200, 3, 3)
+    again = Trainer(seeded_config(str(sim / "particles.star"), tmp_path / "run2", **small))
+    again._setup()
+    assert np.array_equal(again.seed_pos, tr.seed_pos)   # a function of the split and --seed

@@ -87,6 +87,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--states", type=int, default=None, metavar="K",
                    help="seeded: the number of discrete states the seed classifies into (default: chosen from the "
                         "data, which may find a continuum or none; 1: no heterogeneity step)")
+    p.add_argument("--seed-particles", type=int, default=None, metavar="N",
+                   help="seeded: the ab initio seed searches at most N random training particles (default 20000; 0: "
+                        "all); the distilled encoder gives the others their poses and z")
     p.add_argument("--enc-box", default=None,
                    help="encoder input box: the image is Fourier-cropped to this even size before the CNN, or 'full' "
                         "(default 32: as accurate per image as 64 at a third of the cost)")
@@ -171,6 +174,8 @@ def config_from_args(args: argparse.Namespace):
     cfg.encoder.rot_head = None if args.rot_head == "auto" else args.rot_head
     cfg.augment_inplane = {"auto": None, "yes": True, "no": False}[args.augment]
     cfg.seed_from = args.seed_from
+    if args.seed_particles is not None:
+        cfg.seed_max_particles = int(args.seed_particles)
     if args.states is not None:
         if args.states < 1:
             raise InputError(f"--states must be >= 1 (leave it out to let the data choose), got {args.states}")

@@ -130,6 +130,9 @@ class TrainConfig:
     # continuous coordinates) and teach the encoder's z head too, with each map's z: unlimited images of every
     # conformation, where the real images are few enough to be memorised
     distill_synth_z: bool = True
+    # seeded: the seed searches at most this many training particles (0: all); the distilled encoder gives the
+    # others their poses and z, so the seed's cost stops growing with N
+    seed_max_particles: int = 20000
     distill_synth_z_bins: int = 8
     distill_synth_ratio: float = 0.5     # seeded distill with in-plane augmentation: synthetic pose rows added per
                                          # real image in each step (the seed's map at uniform random poses with the
@@ -253,7 +256,8 @@ CLI_FLAGS: dict[str, str] = {
     "freq_start": "--freq-start", "freq_add_every": "--freq-add-every", "freq_max": "--freq-max",
     "invert_data": "--invert-data", "val_fraction": "--val-fraction", "checkpoint_every": "--checkpoint-every",
     "keep_checkpoints": "--keep-checkpoints", "num_threads": "--threads", "precision": "--precision",
-    "seed_from": "--seed-from", "encoder.channels": "--enc-channels", "encoder.box": "--enc-box",
+    "seed_from": "--seed-from", "seed_max_particles": "--seed-particles",
+    "encoder.channels": "--enc-channels", "encoder.box": "--enc-box",
     "encoder.stem": "--enc-stem", "encoder.norm": "--enc-norm", "encoder.rot_head": "--rot-head",
     "encoder.view_dirs": "--view-dirs", "decoder.arch": "--dec-arch", "decoder.hidden": "--dec-hidden",
     "decoder.layers": "--dec-layers", "decoder.pe_dim": "--pe-dim",
@@ -361,6 +365,9 @@ def validate_config(cfg: "TrainConfig") -> "TrainConfig":
     _even_box("D", cfg.D)
     _int_at_least("zdim", cfg.zdim, 0, what=" (0: no conformational latent)")
     _int_at_least("distill_synth_z_bins", cfg.distill_synth_z_bins, 2)
+    _int_at_least("seed_max_particles", cfg.seed_max_particles, 0, what=" (0: all)")
+    if 0 < cfg.seed_max_particles < 16:
+        _fail("seed_max_particles", "0 (all) or at least 16", cfg.seed_max_particles)
     if cfg.num_images is not None and cfg.epochs is not None:
         raise InputError("give either --num-images (num_images) or --epochs (epochs), not both")
     _int_at_least("num_images", cfg.num_images, 1, none_ok=True, what=" (images to train on)")

@@ -273,6 +273,7 @@ class Trainer:
                 self.data.prep.fit_norm(self.data.images, sample)
             except ValueError as exc:
                 raise InputError(str(exc), cfg.particles) from exc
+        self.seed_pos = self._seed_subset()
         self.batch = min(cfg.batch_size, len(self.train_pos))
         if self.batch % self.world:
             raise InputError(f"batch size {self.batch} is not divisible by the {self.world} processes")
@@ -704,6 +705,24 @@ class Trainer:
         score = d["state_score"] if d["state_score"].size else None
         return dict(d, **self._seed_arrays(d["pos"], d["rot"], d["trans"], score, d.get("coords")))
 
+    def _prefetcher(self) -> Prefetcher:
+        """Batches from the current image count on: of the seeded particles while distilling (the others have no
+        seed pose to learn from), of all training particles otherwise."""
+        cfg = self.config
+        pos = self.seed_pos if self.phase in ("seed", "distill") else self.train_pos
+        sched = (g[self.rank::self.world] for g in batch_schedule(pos, self.batch, cfg.seed, self.images_seen))
+        return Prefetcher(self.data, sched)
+
+    def _seed_subset(self) -> np.ndarray:
+        """The training particles the seed searches: all of them, or a random ``seed_max_particles`` (sorted; a
+        function of the split and --seed, so a resumed run finds the same): the seed's cost stays flat in N, and the
+        distilled encoder gives the other particles their poses and z."""
+        cap = int(self.config.seed_max_particles)
+        if cap <= 0 or len(self.train_pos) <= cap:
+            return self.train_pos
+        rng = np.random.default_rng([self.config.seed, 5])
+        return np.sort(rng.choice(self.train_pos, size=cap, replace=False))
+
     def _run_seed(self, t0: float) -> Iterator:
         """Run reconstruct.iter_seed_abinit on the training split; forward progress as Message / Step("seed")."""
         from cryofire_app.reconstruct import iter_seed_abinit, seed_config_from
@@ -721,10 +740,13 @@ class Trainer:
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad seed_config {cfg.seed_config!r}: {exc}") from exc
         yield self._emit(Message("info", f"seeding: ab initio pose search and state classification on the "
-                                         f"{len(self.train_pos)} training particles at box {self.D}"))
-        imgs = self.data.resized_images(self.train_pos)
+                                         f"{len(self.seed_pos)} training particles at box {self.D}"
+                                         + ("" if len(self.seed_pos) == len(self.train_pos) else
+                                            f" (a random {len(self.seed_pos)} of the {len(self.train_pos)}: the "
+                                            "encoder gives the others their poses)")))
+        imgs = self.data.resized_images(self.seed_pos)
         ctf = self.data.ctf.numpy() if self.data.ctf is not None else None
-        ctf = ctf[self.train_pos] if ctf is not None else None
+        ctf = ctf[self.seed_pos] if ctf is not None else None
         gen = iter_seed_abinit(imgs, ctf, scfg, device=self.device)
         stage, k, loss, radius = None, 0, float("nan"), 0
         while True:
@@ -761,11 +783,11 @@ class Trainer:
                                     "or their CTF parameters hold values the search cannot use; nothing was saved"))
             return
         sgn = int(res.history.get("density_sign", 1))
-        n = len(self.train_pos)
+        n = len(self.seed_pos)
         score = res.state_score if res.state_score is not None else np.zeros(0, np.float32)
         state = res.state if res.state is not None else np.zeros(0, np.int64)
         coords = res.coords if res.coords is not None else np.zeros((n, 0), np.float32)
-        arrays = dict(pos=self.train_pos.astype(np.int64), rot=res.rot.astype(np.float32),
+        arrays = dict(pos=self.seed_pos.astype(np.int64), rot=res.rot.astype(np.float32),
                       trans=res.trans_px.astype(np.float32), state=state.astype(np.int64),
                       state_score=score.astype(np.float32), volume=(sgn * res.volume).astype(np.float32),
                       density_sign=np.int64(sgn), wall_s=np.float64(res.history.get("wall_s", float("nan"))),
@@ -785,8 +807,8 @@ class Trainer:
         missing = [k for k in self.SEED_KEYS if k not in d]
         if missing:
             raise InputError(f"not a cryofire seed file (missing {', '.join(missing)})", path)
-        n = len(self.train_pos)
-        if not np.array_equal(np.asarray(d["pos"], np.int64), self.train_pos.astype(np.int64)):
+        n = len(self.seed_pos)
+        if not np.array_equal(np.asarray(d["pos"], np.int64), self.seed_pos.astype(np.int64)):
             raise InputError(f"the seed was made on another training split ({len(d['pos'])} particles; this run's "
                              f"split has {n}): reuse a seed only with the same particles, --seed and "
                              "--val-fraction", path)
@@ -1079,9 +1101,7 @@ class Trainer:
                 return
         if not stopped and self.phase == "distill":
             yield from self._prepare_synth()
-        sched = (g[self.rank::self.world] for g in batch_schedule(self.train_pos, self.batch, cfg.seed,
-                                                                   self.images_seen))
-        pf = Prefetcher(self.data, sched)
+        pf = self._prefetcher()
         try:
             while self.images_seen < self.images_total and not stopped:
                 while not self._go.wait(0.1):
@@ -1117,6 +1137,9 @@ class Trainer:
                 if self.images_seen >= self.next_ckpt and self.images_seen < self.images_total:
                     self.next_ckpt += cfg.checkpoint_every
                     yield self._emit(self._checkpoint_event())
+                if phase == "distill" and self.phase != "distill" and len(self.seed_pos) < len(self.train_pos):
+                    pf.close()   # joint training reads every training particle, not only the seeded ones
+                    pf = self._prefetcher()
         except KeyboardInterrupt:
             if self.rank == 0 and self.model is not None:
                 self.save_checkpoint(numbered=False)
