@@ -126,7 +126,7 @@ def latent_scores(z: np.ndarray, labels: np.ndarray, u: np.ndarray | None, K: in
     return out, pca
 
 
-def ceiling(data: Path, K: int, u: np.ndarray | None, labels: np.ndarray) -> dict:
+def ceiling(data: Path, K: int, u: np.ndarray | None, labels: np.ndarray) -> dict:  # u None: score as states
     """The seed's residual analysis at the true poses (at the seed's heterogeneity box and radius defaults)."""
     import torch
 
@@ -169,6 +169,7 @@ def ceiling_only(names: list[str]) -> list[dict]:
         data = WORKDIR / c.name / "train"
         simulate_set(c, data, c.n, c.seed)
         labels, u = truth(data)
+        u = u if c.kind == "continuous" else None
         row = {"case": asdict(c), "ceiling": ceiling(data, c.steps, u, labels)}
         print(json.dumps(row, default=float), flush=True)
         rows.append(row)
@@ -222,6 +223,8 @@ def run_case(case: Case, threads: int, with_ceiling: bool) -> dict:
         return row
     labels, u = truth(train_d)
     labels_new, u_new = truth(new_d)
+    if case.kind != "continuous":   # discrete hinge steps also carry a hinge coordinate: score them as states
+        u = u_new = None
     K = case.steps
     z = np.load(run / "latents.npz")["z"]
     z_new = np.load(cdir / "pred_new" / "latents.npz")["z"]
