@@ -192,7 +192,7 @@ def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_da
     assert held_err0 - tr_err0 > 30.0, (tr_err0, held_err0)
     torch.set_num_threads(1)
     cfg = seeded_config(str(seeded_data / "sim" / "particles.star"), seeded_data / "run_aug",
-                        seed_from=str(seeded_data / "run"))
+                        seed_from=str(seeded_data / "run"), distill_synth_z=True)
     assert cfg.augment_inplane is None        # the default: on for the seeded schedule
     tr = Trainer(cfg)
     events = list(tr.run())
@@ -202,7 +202,7 @@ def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_da
     assert any(isinstance(e, Message) and e.text.startswith("synthetic distill images: 0.5 per real image")
                for e in events)
     assert tr.synth is not None and tr.synth.amplitude > 0
-    # ... drawn from maps of the seed's states, so that they teach the z head too (one map per state)
+    # ... with distill_synth_z drawn from maps of the seed's states, teaching the z head too (one map per state)
     n_states = int(np.asarray(tr.seed["state"]).max()) + 1
     assert n_states >= 2 and tr.synth_z is not None and len(tr.synth_z.renderers) == n_states
     pt, ph = encoder_answers(tr, seeded_data)

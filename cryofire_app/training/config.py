@@ -127,9 +127,9 @@ class TrainConfig:
     # learns how the map changes along them, which --refine-z and the joint phase then rely on
     distill_decoder_seed_z: bool = True
     # seeded distill: the synthetic images are drawn from maps of the seed's states (or of this many bins of its
-    # continuous coordinates) and teach the encoder's z head too, with each map's z: unlimited images of every
-    # conformation, where the real images are few enough to be memorised
-    distill_synth_z: bool = True
+    # continuous coordinates) and teach the encoder's z head too, with each map's z. Off: on a continuous hinge it
+    # made the encoder's z worse, not better (docs/decisions/011-heterogeneity-from-the-data.md)
+    distill_synth_z: bool = False
     # seeded: the seed searches at most this many training particles (0: all); the distilled encoder gives the
     # others their poses and z, so the seed's cost stops growing with N
     seed_max_particles: int = 20000
