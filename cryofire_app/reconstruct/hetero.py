@@ -96,14 +96,12 @@ def _slices(data: StageData, rot: torch.Tensor, u: torch.Tensor, rows: torch.Ten
         yield s, r, data.ctf[r] * slice_ht_volume(uh, data.coords @ rot[r])
 
 
-def _coefficients(data, rot, resid, u, rows, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares ``a_i = <r_i, q_i> / |q_i|^2`` of ``rows`` on direction ``u`` and ``|q_i|^2``."""
+def _coefficients(data, rot, resid, u, rows, batch) -> torch.Tensor:
+    """Least-squares ``a_i = <r_i, q_i> / |q_i|^2`` of ``rows`` on direction ``u``."""
     a = torch.empty(len(rows))
-    qq = torch.empty(len(rows))
     for s, r, q in _slices(data, rot, u, rows, batch):
-        qq[s:s + len(r)] = (q * q).sum(1)
-        a[s:s + len(r)] = (resid[r] * q).sum(1) / (qq[s:s + len(r)] + 1e-12)
-    return a, qq
+        a[s:s + len(r)] = (resid[r] * q).sum(1) / ((q * q).sum(1) + 1e-12)
+    return a
 
 
 def _direction(data, rot, resid, rows, sigma2, cfg: HeteroConfig, gen) -> tuple[torch.Tensor, int]:
@@ -113,7 +111,7 @@ def _direction(data, rot, resid, rows, sigma2, cfg: HeteroConfig, gen) -> tuple[
     u = fourier_resize(fourier_resize(u, max(8, d // 4), ndim=3), d, ndim=3)
     u = u / (u.norm() + 1e-12)
     for it in range(cfg.iters_als):
-        a, _ = _coefficients(data, rot, resid, u, rows, cfg.batch)
+        a = _coefficients(data, rot, resid, u, rows, cfg.batch)
         a = (a - a.mean()) / (a.std() + 1e-12)
         acc = HartleyAccumulator(d)
         for s in range(0, len(rows), cfg.batch):
@@ -130,7 +128,7 @@ def _direction(data, rot, resid, rows, sigma2, cfg: HeteroConfig, gen) -> tuple[
 
 def _deflate(data, rot, res, u, rows, batch) -> None:
     """Remove direction ``u`` from the residuals ``res`` of ``rows`` (in place)."""
-    a, _ = _coefficients(data, rot, res, u, rows, batch)
+    a = _coefficients(data, rot, res, u, rows, batch)
     for s, r, q in _slices(data, rot, u, rows, batch):
         res[r] -= a[s:s + len(r), None] * q
 
