@@ -13,11 +13,11 @@ Resume continues exactly: images seen, step, phase and mask radius (functions of
 normalization, data sign. The epoch order is a pure function of (seed, epoch).
 Data-parallel: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel; each rank takes
 rows rank::world of every global batch and draws the same random numbers for the whole global batch, so the result
-matches one process on the same global batch. Rank 0 writes all files.
+matches one process on the same global batch. Rank 0 writes all files and runs the seed's pose search alone (on at
+most seed_max_particles particles), then broadcasts it; the other ranks wait instead of repeating it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -26,7 +26,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Generator, Iterator
 
 import numpy as np
 import torch
@@ -61,6 +61,8 @@ SCHEDULES = ("seeded", "amortized")
 # (box 64: 5.3 px = 1/12 cycles/px, about the seed's FSC range on issue 5's set) cuts the default decoder ~8x;
 # a 3x128 decoder (--dec-hidden 128) saves another ~5x.
 SEEDED_CPU_FREQ_MAX = 12
+# torchrun: how long the other ranks may wait for rank 0's seed (and any collective) before the run is abandoned
+SEED_WAIT_HOURS = 24
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,8 +191,11 @@ class Trainer:
         if not dist.is_available():
             return
         if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import datetime
+
             backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend)
+            # the other ranks wait while rank 0 runs the seed (_share_seed), which can outlast the default 30 min
+            dist.init_process_group(backend, timeout=datetime.timedelta(hours=SEED_WAIT_HOURS))
         if dist.is_initialized():
             self.world, self.rank = dist.get_world_size(), dist.get_rank()
             if self.device.type == "cuda":
@@ -325,12 +330,12 @@ class Trainer:
             self._scaler_state = ck.get("grad_scaler")    # fp16's loss scale, restored when the scaler is made
             if self.seed_done:
                 self.seed = self._load_seed()
-        self.ddp = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        self._ddp: torch.nn.Module | None = None
+        if self.world > 1:   # every rank starts from rank 0's weights (DDP, made later, would do this itself)
+            import torch.distributed as dist
 
-            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                           find_unused_parameters=True)
+            for t in self.model.state_dict().values():
+                dist.broadcast(t, src=0)
         self._mask_cache: dict[int, MaskPoints] = {}
         self.lattice = Lattice(D)
         N, d = self.data.N, cfg.zdim
@@ -378,6 +383,21 @@ class Trainer:
     def sym(self) -> bool:
         """Symmetric loss in the current schedule."""
         return self.config.sym_loss if self.config.schedule == "amortized" else self.config.seeded_sym_loss
+
+    @property
+    def ddp(self) -> torch.nn.Module:
+        """The model for the joint / pose-only forward: itself, or (torchrun) its DistributedDataParallel wrapper, made
+        on first use. Not before: the distill steps run the model outside DDP and average gradients by hand, and a
+        wrapper that existed then would count the parameters they used (the view encoder) as used by the next
+        synchronised step, which fails when that step leaves them without a gradient."""
+        if self.world == 1:
+            return self.model
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self._ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                            find_unused_parameters=True)
+        return self._ddp
 
     def _allreduce_mean(self, x: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -511,14 +531,13 @@ class Trainer:
             grp["lr"] = lr
         self.model.train()
         self.optim.zero_grad(set_to_none=True)
-        # the encoder/decoder are called outside the DDP wrapper here: no DDP sync, gradients averaged below
-        with self.ddp.no_sync() if self.world > 1 else contextlib.nullcontext():
-            with self._autocast():   # the same precision as train_step (the physics stays fp32 inside the model)
-                loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp, ang)
-            gloss = float(self._allreduce_mean(loss.detach()))
-            if not math.isfinite(gloss):
-                return gloss
-            self._backward(loss)
+        # the encoder/decoder are called outside the DDP wrapper (see `ddp`): gradients averaged by hand below
+        with self._autocast():   # the same precision as train_step (the physics stays fp32 inside the model)
+            loss = self._distill_loss(y_real, Y, ctf, pos, R_s, t_s, has, mp, ang)
+        gloss = float(self._allreduce_mean(loss.detach()))
+        if not math.isfinite(gloss):
+            return gloss
+        self._backward(loss)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -724,9 +743,10 @@ class Trainer:
         return np.sort(rng.choice(self.train_pos, size=cap, replace=False))
 
     def _run_seed(self, t0: float) -> Iterator:
-        """Run reconstruct.iter_seed_abinit on the training split; forward progress as Message / Step("seed")."""
-        from cryofire_app.reconstruct import iter_seed_abinit, seed_config_from
+        """Run reconstruct.iter_seed_abinit on the seed's particles; forward progress as Message / Step("seed").
 
+        Data-parallel: rank 0 searches alone and broadcasts the result (or why there is none) to the other ranks,
+        which wait; the seed is never repeated per rank."""
         cfg = self.config
         if cfg.seed_from:
             path = Path(cfg.seed_from)
@@ -735,6 +755,36 @@ class Trainer:
                 raise InputError("no seed to reuse here (give a run folder or its checkpoints/seed.npz)", path)
             yield from self._adopt_seed(self._read_seed_file(path), source=path)
             return
+        arrays = None
+        if self.rank == 0:
+            try:
+                arrays = yield from self._search_seed(t0)
+            finally:
+                self._share_seed(arrays)
+        else:
+            arrays = self._share_seed(None)
+        if arrays is not None:
+            yield from self._adopt_seed(arrays)
+
+    def _share_seed(self, arrays: dict | None) -> dict | None:
+        """Under torchrun: rank 0 sends the seed's arrays (None: it failed, or a stop was requested) and every rank
+        returns them; a stop on rank 0 becomes a stop on every rank, so all reach the same final barrier."""
+        if self.world == 1:
+            return arrays
+        import torch.distributed as dist
+
+        box = [(arrays, self._stop.is_set())]
+        dist.broadcast_object_list(box, src=0)
+        arrays, stopped = box[0]
+        if stopped:
+            self._stop.set()
+        return arrays
+
+    def _search_seed(self, t0: float) -> Generator[Any, None, dict | None]:
+        """The pose search itself (rank 0); returns seed.npz's arrays, or None after a Failed event or a stop."""
+        from cryofire_app.reconstruct import iter_seed_abinit, seed_config_from
+
+        cfg = self.config
         try:
             scfg = seed_config_from(cfg.seed_config)
         except (TypeError, ValueError) as exc:
@@ -754,7 +804,7 @@ class Trainer:
                 pass
             if self._stop.is_set():
                 gen.close()
-                return
+                return None
             try:
                 e = next(gen)
             except StopIteration as stop:
@@ -765,7 +815,7 @@ class Trainer:
                 yield self._emit(Failed(f"the ab initio seed failed in its '{stage or 'prepare'}' stage: {exc}. "
                                         "No training checkpoint was written; check the particles (NaN/Inf pixels, "
                                         "blank images, wrong CTF) or give more particles"))
-                return
+                return None
             if e.stage != stage:
                 stage = e.stage
                 yield self._emit(Message("info", f"seed {e.stage}: {e.message}"))
@@ -781,7 +831,7 @@ class Trainer:
         if not (np.all(np.isfinite(res.rot)) and np.all(np.isfinite(res.trans_px)) and np.all(np.isfinite(res.volume))):
             yield self._emit(Failed("the ab initio seed returned non-finite poses or map (NaN/Inf): the particles "
                                     "or their CTF parameters hold values the search cannot use; nothing was saved"))
-            return
+            return None
         sgn = int(res.history.get("density_sign", 1))
         n = len(self.seed_pos)
         score = res.state_score if res.state_score is not None else np.zeros(0, np.float32)
@@ -792,7 +842,7 @@ class Trainer:
                       state_score=score.astype(np.float32), volume=(sgn * res.volume).astype(np.float32),
                       density_sign=np.int64(sgn), wall_s=np.float64(res.history.get("wall_s", float("nan"))),
                       coords=coords.astype(np.float32), kind=np.str_(res.hetero_kind or ""))
-        yield from self._adopt_seed(arrays)
+        return arrays
 
     SEED_KEYS = ("pos", "rot", "trans", "state", "state_score", "volume", "density_sign", "wall_s")
 
