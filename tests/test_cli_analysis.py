@@ -86,6 +86,7 @@ def test_volume_command(tiny_run, capsys):
     from cryofire_app.analysis.latent import fit_pca
     from cryofire_app.analysis.run import Run
     from cryofire_app.io import read_mrc
+    from cryofire_app.physics import fourier_resize
 
     run_dir = str(tiny_run / "run")
     run = Run(run_dir)
@@ -103,8 +104,14 @@ def test_volume_command(tiny_run, capsys):
     assert "multiple of zdim = 2" in capsys.readouterr().err
     assert cli(["volume", run_dir, "--pc", "3", "-o", str(tiny_run / "bad")]) == 2
     capsys.readouterr()
-    assert cli(["volume", run_dir, "--z", "0,0", "--box", "64", "-o", str(tiny_run / "big.mrc")]) == 2
-    assert "training box 32" in capsys.readouterr().err and not (tiny_run / "big.mrc").exists()
+    # --box: the same map resampled over the same field of view (half the voxel size at twice the box)
+    assert cli(["volume", run_dir, "--z", "0.5,-1", "--box", "64", "-o", str(tiny_run / "big.mrc")]) == 0
+    big, hdr = read_mrc(tiny_run / "big.mrc")
+    assert big.shape == (64, 64, 64) and abs(hdr.apix - run.apix / 2) < 1e-3
+    back = fourier_resize(torch.from_numpy(np.array(big)), 32, ndim=3).numpy()
+    assert np.allclose(back, v, atol=1e-4 * np.abs(v).max())
+    assert cli(["volume", run_dir, "--z", "0,0", "--box", "33", "-o", str(tiny_run / "odd.mrc")]) == 2
+    assert "--box" in capsys.readouterr().err and not (tiny_run / "odd.mrc").exists()
 
 
 def test_eval_against_own_predictions_and_infer_folder(tiny_run, capsys):

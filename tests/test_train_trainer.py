@@ -352,3 +352,28 @@ def test_infer_refine_z_lowers_the_decoder_error_and_stays_near_the_encoder(data
     np.testing.assert_allclose(rot, pr.rot, atol=1e-5)
     assert not np.allclose(read_z_pkl(pred / "z.pkl"), pr.z)
     assert main(["infer", str(out), str(data.mrcs), "-o", str(tmp_path / "p2"), "--refine-z", "-1"]) == 2
+
+
+def test_large_stack_trains_fourier_cropped_unless_a_box_is_given(tmp_path):
+    """Without -D a stack larger than AUTO_BOX_MAX trains at that box (pixel size and CTF rows scaled to it, a message
+    says so); -D keeps the user's box; a stack at or below the limit trains at its own box."""
+    from cryofire_app.training import Message
+    from cryofire_app.training.config import AUTO_BOX_MAX, training_box
+
+    big = AUTO_BOX_MAX + 16
+    assert training_box(big) == AUTO_BOX_MAX and training_box(64) == 64 and training_box(big, 96) == 96
+    data = make_dataset(tmp_path / "big", n=24, D=big, seed=0, apix=2.0)
+    tr = Trainer(tiny_config(data, tmp_path / "run", D=None, num_images=16, pose_only_images=16, batch_size=8))
+    ev = []
+    for e in tr.run():
+        ev.append(e)
+        if isinstance(e, Step):
+            tr.request_stop()
+    assert tr.D == AUTO_BOX_MAX and tr.data.D0 == big
+    assert tr.data.apix == pytest.approx(2.0 * big / AUTO_BOX_MAX)
+    assert float(tr.data.ctf[0, 0]) == AUTO_BOX_MAX and float(tr.data.ctf[0, 1]) == pytest.approx(tr.data.apix)
+    assert any(isinstance(e, Message) and f"training box {AUTO_BOX_MAX} px" in e.text for e in ev)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["D"] == AUTO_BOX_MAX
+    given = Trainer(tiny_config(data, tmp_path / "run2", D=96))
+    given._setup()
+    assert given.D == 96

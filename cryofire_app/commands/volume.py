@@ -2,7 +2,9 @@
 
 OUT ending in .mrc: one volume is written there; several become OUT_000.mrc, OUT_001.mrc, ... beside it.
 Otherwise OUT is a folder receiving vol_000.mrc, ... and z_values.txt. Maps are real space at the training box, with
-its voxel size (Angstrom); other box sizes are refused (the decoder is tied to the training lattice).
+its voxel size (Angstrom); --box B resamples them in Fourier space to box B over the same field of view (voxel size
+apix * D / B): --box with the stack's box gives maps on the particles' own grid (detail beyond the decoder's band
+is zero, not invented).
 
 The hand of an ab initio map is not determined by the data: if a map comes out mirrored (compared with a known
 structure, or with secondary-structure handedness at high resolution), --flip-hand writes the mirror images
@@ -39,7 +41,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=10, help="number of volumes along --pc (default 10)")
     p.add_argument("-o", "--out", required=True, help="output .mrc file or folder")
     p.add_argument("--box", type=int, default=None,
-                   help="box of the output maps in pixels; only the training box is possible (default: it)")
+                   help="box of the output maps in pixels, even (default: the training box); e.g. the particle "
+                        "stack's box when training ran Fourier-cropped")
     p.add_argument("--flip-hand", action="store_true",
                    help="write the mirrored maps (the other hand; ab initio cannot tell which hand is right)")
     # let `--range -2,2` through: argparse would otherwise read "-2,2" as an option name
@@ -59,17 +62,19 @@ def _parse_range(text: str | None) -> tuple[float | None, float | None]:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from cryofire_app.analysis import latent
     from cryofire_app.analysis.hand import mirror_volume
     from cryofire_app.analysis.run import Run
     from cryofire_app.io import write_mrc
     from cryofire_app.io.atomic import atomic_write
+    from cryofire_app.physics.fft import fourier_resize
 
     run = Run(args.outdir)
-    if args.box is not None and args.box != run.D:
-        raise InputError(f"--box {args.box}: this run's decoder is tied to its training box {run.D} (the positional "
-                         "encoding scales with it), so maps can only be decoded at box "
-                         f"{run.D}; resample the written map instead", args.outdir)
+    box = run.D if args.box is None else int(args.box)
+    if box < 8 or box % 2:
+        raise InputError(f"--box must be an even number >= 8, got {args.box}")
     zdim = int(run.model.zdim)
     labels: list[str]
     if args.z is not None:
@@ -112,13 +117,15 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / f"vol_{i:03d}.mrc" for i in range(len(zs))]
         ztxt = out / "z_values.txt"
-    apix = float(run.apix)
+    apix = float(run.apix) * run.D / box
     for p, zz in zip(paths, zs):
         vol = run.decode(zz[None])[0]
+        if box != run.D:
+            vol = fourier_resize(torch.from_numpy(np.ascontiguousarray(vol, np.float32)), box, ndim=3).numpy()
         write_mrc(p, mirror_volume(vol) if args.flip_hand else vol, apix=apix)
     hand_note = " (hand flipped)" if args.flip_hand else ""
     atomic_write(ztxt, lambda fh: np.savetxt(fh, zs, fmt="%.6f", header="; ".join(labels) + hand_note))
-    print(f"wrote {len(paths)} volume(s){hand_note}, box {run.D}, {apix:.3f} A/px: " +
+    print(f"wrote {len(paths)} volume(s){hand_note}, box {box}, {apix:.3f} A/px: " +
           (str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/{paths[0].name} .. {paths[-1].name}"))
     print(f"  z values: {ztxt}")
     return 0

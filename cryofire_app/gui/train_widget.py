@@ -92,8 +92,9 @@ class TrainWidget(QWidget):
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value=d.device,
                                tooltip="auto: a CUDA GPU when torch sees one, else the CPU")
         self.box = SpinBox(label="box (px)", value=0, min=0, max=1024, step=2,
-                           tooltip="Training box after Fourier downsampling, even, in pixels. 0 keeps the stack's "
-                                   "box. A laptop without a GPU: 64; a GPU workstation: 128 or the full box.")
+                           tooltip="Training box after Fourier downsampling, even, in pixels. 0: the stack's box, "
+                                   "or 128 for larger stacks. A laptop without a GPU: 64; a GPU workstation: 128 or "
+                                   "the full box.")
         self.zdim = SpinBox(label="z dimension", value=d.zdim, min=1, max=128,
                             tooltip="Dimension of the conformational latent z (8 is the paper's default)")
         self.num_images = SpinBox(label="images to train", value=d.num_images or 500_000, min=1, max=10**9,

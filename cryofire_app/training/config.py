@@ -69,13 +69,27 @@ class DecoderConfig:
     grid_half_lattice: bool = True  # grid: evaluate each (k, -k) pair once (F(-k) = conj F(k), H = Re F - Im F)
 
 
+#: the largest training box chosen without -D: larger stacks are Fourier-cropped to it (see training_box)
+AUTO_BOX_MAX = 128
+
+
+def training_box(stack_box: int, requested: int | None = None) -> int:
+    """The training box in pixels: ``requested`` (-D) when given, else the stack's box up to AUTO_BOX_MAX, else
+    AUTO_BOX_MAX. A step's cost grows with the box squared (box 256 costs ~4x box 128 per image) while the seed and the
+    encoder work at small boxes anyway; the explicit final maps and ``cryofire volume --box`` give maps at the stack's
+    box and pixel size. The pixel size at the training box is ``apix * stack_box / box``."""
+    if requested:
+        return int(requested)
+    return int(stack_box) if stack_box <= AUTO_BOX_MAX else AUTO_BOX_MAX
+
+
 @dataclass
 class TrainConfig:
     particles: str = ""
     outdir: str = ""
     ctf: str | None = None
     datadir: str | None = None
-    D: int | None = None                 # training box (even); None = the stack's box
+    D: int | None = None                 # training box (even); None = training_box(the stack's box)
     zdim: int = 8
     num_images: int | None = None        # total images to see (exclusive with epochs)
     epochs: float | None = None

@@ -44,7 +44,7 @@ from cryofire_app.physics.inplane import rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
-from cryofire_app.training.config import TrainConfig
+from cryofire_app.training.config import TrainConfig, training_box
 from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule, check_trainable
 from cryofire_app.training.events import Checkpoint, Failed, Finished, Latents, Message, Started, Step, event_to_json
 from cryofire_app.training.inference import default_turns, predict
@@ -212,7 +212,7 @@ class Trainer:
                 raise InputError("no particle file given")
             ps = load_particles(cfg.particles, datadir=cfg.datadir, ctf=cfg.ctf)
         try:
-            return ParticleData(ps, cfg.D, cfg.window_r_in, cfg.window_r_out)
+            return ParticleData(ps, training_box(ps.images.D, cfg.D), cfg.window_r_in, cfg.window_r_out)
         except ValueError as exc:
             raise InputError(str(exc), cfg.particles) from exc
 
@@ -1137,6 +1137,10 @@ class Trainer:
             yield self._emit(Message("info", f"resumed at {self.images_seen} images ({self.phase}, mask radius "
                                              f"{mask_radius_at(cfg, self.D, self.images_seen)} px)"))
         yield self._emit(Started(cfg.to_dict(), len(self.train_pos), len(self.val_pos)))
+        if cfg.D is None and self.D < self.data.D0:
+            yield self._emit(Message("info", f"training box {self.D} px, {self.data.apix:.3f} A/px: the "
+                                             f"{self.data.D0}-px stack Fourier-cropped (give -D to choose; maps at the "
+                                             f"stack's box: cryofire volume --box {self.data.D0})"))
         if self.batch < cfg.batch_size:
             yield self._emit(Message("warning", f"batch size reduced to {self.batch}: only {len(self.train_pos)} "
                                                 "training particles"))
