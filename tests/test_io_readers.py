@@ -196,7 +196,7 @@ def test_float16_stacks_and_txt_list(fixtures_dir, tmp_path):
     assert np.array_equal(load_particles(rel, datadir=files[0].parent).images[:], raw)
 
 
-def test_image_stack_random_access_is_memory_mapped(tmp_path):
+def test_image_stack_random_access(tmp_path):
     rng = np.random.default_rng(5)
     data = rng.normal(size=(40, 16, 16)).astype(np.float32)
     with MrcStackWriter(tmp_path / "a.mrcs", D=16, apix=2.0) as w:
@@ -213,13 +213,44 @@ def test_image_stack_random_access_is_memory_mapped(tmp_path):
     mask = np.zeros(80, bool)
     mask[[1, 41, 79]] = True
     assert np.array_equal(stack[mask], both[mask])
-    assert all(isinstance(m, np.memmap) for m in stack._maps.values())
+    assert len(stack._files) == 2    # one open file per listed file, reused across reads
     with pytest.raises(IndexError):
         stack[80]
     sub = stack.subset([79, 0])
     assert np.array_equal(sub[:], both[[79, 0]])
-    clone = pickle.loads(pickle.dumps(stack))  # e.g. sent to a DataLoader worker: maps are reopened lazily
-    assert len(clone._maps) == 0 and np.array_equal(clone[idx], both[idx])
+    clone = pickle.loads(pickle.dumps(stack))  # e.g. sent to a DataLoader worker: files are reopened lazily
+    assert len(clone._files) == 0 and np.array_equal(clone[idx], both[idx])
+    few = ImageStack.from_files([tmp_path / "a.mrcs"] * 5, max_open=2)
+    assert np.array_equal(few[np.arange(0, 200, 9)], np.concatenate([data] * 5)[::9]) and len(few._files) == 2
+    few.close()
+    assert not few._files and np.array_equal(few[199], data[-1:])
+
+
+def _rss_mb() -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def test_a_pass_over_a_large_stack_does_not_grow_resident_memory(tmp_path):
+    """Reading every image of a 64 MB stack in batches leaves the process's resident set about where it was (the file
+    is read, not mapped into memory), so a pass over 10^5 particles costs no RAM beyond a batch."""
+    if _rss_mb() is None:
+        pytest.skip("needs /proc/self/status (Linux) to measure the resident set")
+    n, d = 1000, 128
+    with MrcStackWriter(tmp_path / "big.mrcs", D=d, apix=1.0) as w:
+        for i in range(0, n, 100):
+            w.write(np.full((100, d, d), i, np.float32))
+    stack = ImageStack.from_files([tmp_path / "big.mrcs"])
+    stack[0:50]
+    before = _rss_mb()
+    for i in range(0, n, 50):
+        assert float(stack[i:i + 50][0, 0, 0]) == (i // 100) * 100
+    assert _rss_mb() - before < 24, (before, _rss_mb())   # the file is 64 MB
 
 
 def test_mrc_mode_int16_reads_as_float32(tmp_path):

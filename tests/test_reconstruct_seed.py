@@ -58,3 +58,27 @@ def test_seed_abinit_tiny_problem():
     conf = min(np.mean(res.state != labels), np.mean(res.state == labels))
     assert conf < 0.05, conf
     assert res.history["hand"] == "undetermined"
+
+
+def test_final_maps_do_not_depend_on_the_chunk_size():
+    """The seed's final maps are built from the full-lattice data a chunk of particles at a time (memory flat in N):
+    any chunk size gives the same consensus and state maps (to float rounding), states with no member are zero."""
+    from cryofire_app.reconstruct.data import prepare_particles
+    from cryofire_app.reconstruct.seed import _final_maps
+
+    torch.set_num_threads(1)
+    d, n = 16, 150
+    v0, _ = two_states(d)
+    img, ctf, rot, t = simulate(v0, n, max_shift=1.0, seed=5, snr=5.0)
+    parts = prepare_particles(img, ctf)
+    vol = torch.zeros(d, d, d)
+    state = np.r_[np.zeros(90, int), np.ones(60, int)]
+    state3 = np.r_[state[:-1], 3]   # states 0, 1, 3 with members; state 2 empty
+    cfg = SeedConfig()
+    for st in (state, state3):
+        one, s1 = _final_maps(parts, rot, t, vol, st, cfg, chunk=10 ** 6)
+        many, sm = _final_maps(parts, rot, t, vol, st, cfg, chunk=32)
+        assert torch.allclose(one, many, atol=1e-5 * float(one.abs().max()))
+        assert s1.shape == (int(st.max()) + 1, d, d, d) and np.allclose(s1, sm, atol=1e-5 * np.abs(s1).max())
+    assert not s1[2].any() and s1[3].any()
+    assert _final_maps(parts, rot, t, vol, None, cfg)[1] is None

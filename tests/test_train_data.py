@@ -109,3 +109,10 @@ def test_particle_data_crops_to_the_training_box(tmp_path):
     b2 = batch_schedule(np.arange(40), 8, 0, 24)
     assert all(np.array_equal(x, y) for x, y in zip(first[3:], [next(b2) for _ in range(4)]))
     assert sorted(np.concatenate(first[:5]).tolist()) == list(range(40))
+    # the seed reads its particles through a view that resizes each slice on demand
+    pos = np.array([30, 3, 17, 8, 25])
+    view = data.resized_view(pos)
+    whole = data.resized_images(pos)
+    assert len(view) == 5 and whole.shape == (5, 16, 16)
+    assert np.array_equal(view[1:4], whole[1:4]) and np.array_equal(view[0:5], whole)
+    assert np.array_equal(view[2], whole[2])

@@ -44,7 +44,7 @@ class MrcInfo:
 
 @dataclass(frozen=True)
 class MrcHeader:
-    """Header facts needed to memory-map the data block of one file (see `read_mrc_header`)."""
+    """Header facts needed to read the data block of one file image by image (see `read_mrc_header`)."""
 
     path: Path
     shape: tuple  # (nz, ny, nx) in file order
@@ -117,7 +117,8 @@ def read_mrc_header(path: str | Path) -> MrcHeader:
                        axis_order=order)
         compressed = type(mrc).__name__ != "MrcFile"
     if compressed:
-        raise InputError("compressed (gzip/bzip2) particle stacks cannot be memory-mapped; decompress it first", path)
+        raise InputError("compressed (gzip/bzip2) particle stacks cannot be read image by image; decompress it first",
+                         path)
     hdr = MrcHeader(path=path, shape=shape, dtype=np.dtype(dtype), offset=offset, info=info,
                     file_bytes=os.path.getsize(path))
     if hdr.file_bytes < hdr.expected_bytes:
@@ -133,7 +134,7 @@ def read_mrc(path: str | Path) -> tuple[np.ndarray, MrcInfo]:
     """Read a whole MRC/MRCS file (gzip/bzip2 too) into memory.
 
     Returns `(data float32, MrcInfo)`; volumes come back `(z, y, x)` whatever the header's axis mapping, stacks
-    `(n, y, x)`, single images `(y, x)`. Use `ImageStack` for large particle stacks (memory-mapped).
+    `(n, y, x)`, single images `(y, x)`. Use `ImageStack` for large particle stacks (read image by image).
     """
     path = Path(path)
     with _open(path) as mrc:

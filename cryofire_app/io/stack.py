@@ -1,9 +1,11 @@
-"""`ImageStack`: lazy, memory-mapped random access to particle images spread over one or many MRC files.
+"""`ImageStack`: lazy random access to particle images spread over one or many MRC files.
 
 Nothing is read at construction except the headers (each file is checked against truncation). `stack[idx]` reads
-only the requested images through `numpy.memmap` and returns float32 `(n, D, D)` `[row, col]`, whatever the MRC mode
-(int8, int16, uint16, float16, float32). Open maps are cached (least recently used, `max_open` at a time), so a
-dataset of thousands of files never exhausts file handles. The object pickles without its maps (DataLoader workers).
+only the requested images (one read per run of consecutive frames) and returns float32 `(n, D, D)` `[row, col]`,
+whatever the MRC mode (int8, int16, uint16, float16, float32). The images are read with plain file reads, not
+memory maps: the operating system still caches the file, but a pass over a large stack does not grow the process's
+resident memory. Open files are cached (least recently used, `max_open` at a time), so a dataset of thousands of
+files never exhausts file handles. The object pickles without its open files (DataLoader workers).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class ImageStack:
             raise ValueError("file_index and frames must have the same length")
         self.check_finite = check_finite
         self.max_open = max_open
-        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._files: OrderedDict[int, object] = OrderedDict()   # open data files, least recently used first
         self._lock = threading.Lock()  # the cache may be used from a GUI thread and a training thread
         self.headers = _headers if _headers is not None else [read_mrc_header(f) for f in self.files]
         if not self.files:
@@ -116,21 +118,45 @@ class ImageStack:
                 f"dtype {'/'.join(self.dtypes)})")
 
     # --- reading --------------------------------------------------------------------------------------------
-    def _map(self, fi: int) -> np.memmap:
+    def _handle(self, fi: int):
+        """The open file ``fi`` (caller holds ``_lock``)."""
+        fh = self._files.get(fi)
+        if fh is None:
+            try:
+                fh = open(self.headers[fi].path, "rb", buffering=0)
+            except OSError as exc:
+                raise InputError(f"cannot open the image data ({exc})", self.headers[fi].path) from None
+            self._files[fi] = fh
+            while len(self._files) > self.max_open:
+                self._files.popitem(last=False)[1].close()
+        else:
+            self._files.move_to_end(fi)
+        return fh
+
+    def _read_frames(self, fi: int, fr: np.ndarray) -> np.ndarray:
+        """Frames ``fr`` of file ``fi`` in the file's own dtype, ``(len(fr), ny, nx)``, one read per run of
+        consecutive frames."""
+        h = self.headers[fi]
+        per = int(np.prod(h.shape[1:])) * h.dtype.itemsize
+        raw = np.empty((len(fr),) + tuple(h.shape[1:]), dtype=h.dtype)
+        buf = memoryview(raw.reshape(-1).view(np.uint8))
+        starts = np.flatnonzero(np.r_[True, np.diff(fr) != 1])
+        ends = np.r_[starts[1:], len(fr)]
         with self._lock:
-            mm = self._maps.get(fi)
-            if mm is None:
-                h = self.headers[fi]
-                try:
-                    mm = np.memmap(h.path, dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape)
-                except (OSError, ValueError) as exc:
-                    raise InputError(f"cannot memory-map the image data ({exc})", h.path) from None
-                self._maps[fi] = mm
-                while len(self._maps) > self.max_open:
-                    self._maps.popitem(last=False)
-            else:
-                self._maps.move_to_end(fi)
-            return mm
+            fh = self._handle(fi)
+            try:
+                for a, b in zip(starts, ends):
+                    fh.seek(h.offset + int(fr[a]) * per)
+                    view, done = buf[a * per:b * per], 0
+                    while done < len(view):
+                        got = fh.readinto(view[done:])
+                        if not got:
+                            raise InputError(f"the file ended while reading image {int(fr[a]) + 1} (1-based): it "
+                                             "was truncated after it was opened", h.path)
+                        done += got
+            except OSError as exc:
+                raise InputError(f"cannot read the image data ({exc})", h.path) from None
+        return raw
 
     def read(self, idx, check_finite: bool | None = None) -> np.ndarray:
         """Images `idx` (int, slice, index array or boolean mask) as float32 `(n, D, D)`."""
@@ -142,12 +168,7 @@ class ImageStack:
         frames = self.frames[ids]
         for fi in np.unique(fidx):
             pos = np.flatnonzero(fidx == fi)
-            fr = frames[pos]
-            mm = self._map(int(fi))
-            if len(fr) > 1 and np.all(np.diff(fr) == 1):
-                out[pos] = mm[fr[0]:fr[-1] + 1]  # contiguous run: one slice read
-            else:
-                out[pos] = mm[fr]
+            out[pos] = self._read_frames(int(fi), frames[pos])
         check = self.check_finite if check_finite is None else check_finite
         if check:
             finite = np.isfinite(out).reshape(len(ids), -1).all(1)
@@ -168,18 +189,19 @@ class ImageStack:
 
 
     def close(self) -> None:
-        """Drop the cached memory maps (they are reopened on demand)."""
+        """Close the cached files (they are reopened on demand)."""
         with self._lock:
-            self._maps.clear()
+            while self._files:
+                self._files.popitem()[1].close()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_maps"], state["_lock"]
+        del state["_files"], state["_lock"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._maps = OrderedDict()
+        self._files = OrderedDict()
         self._lock = threading.Lock()
 
 

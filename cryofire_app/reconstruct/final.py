@@ -43,11 +43,20 @@ class FinalMaps:
     state_volumes: np.ndarray | None = None
 
 
+def chunk_size(D: int) -> int:
+    """Particles per chunk of a full-lattice pass at box ``D``: about 2^22 Hartley coefficients per chunk (~16 MB
+    per array; 1,024 particles at box 64, 256 at box 128), so the memory of a pass depends on neither N nor D."""
+    return max(64, 2 ** 22 // (D * D))
+
+
 def final_maps(read: Callable[[np.ndarray], np.ndarray], n: int, ctf_params, rot, trans_px, state=None,
-               seed: int = 0, chunk: int = 1000) -> FinalMaps:
+               seed: int = 0, chunk: int | None = None) -> FinalMaps:
     """Reconstruct ``n`` particles: ``read(rows)`` returns their images ``(len(rows), D, D)`` (any units and offset;
     each chunk is normalised like the seed's data, :func:`.data.prepare_particles`, then brought to the first
-    chunk's scale); ``ctf_params (n, 9)`` cryoDRGN rows or None; ``state (n,)`` ints for per-state maps."""
+    chunk's scale); ``ctf_params (n, 9)`` cryoDRGN rows or None; ``state (n,)`` ints for per-state maps;
+    ``chunk``: particles per pass (default :func:`chunk_size` of the images' box)."""
+    if chunk is None:
+        chunk = chunk_size(int(np.asarray(read(np.arange(min(1, n)))).shape[-1])) if n else 1
     rot = torch.as_tensor(np.asarray(rot, np.float32))
     trans = torch.as_tensor(np.asarray(trans_px, np.float32))
     half = np.random.default_rng([seed, 7]).permutation(n) % 2

@@ -39,7 +39,8 @@ import torch
 
 from ..physics.fft import fourier_resize
 from ..physics.rotations import random_rotations
-from .data import StageData, prepare_particles, stage_data
+from .data import Particles, StageData, prepare_particles, stage_data
+from .final import chunk_size
 from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
 from .hetero import HeteroConfig, iter_analyse
 from .search import backproject, em_search, global_search, local_search, residual_sigma2, scores_at, slices
@@ -161,6 +162,36 @@ def _reconstruct(data: StageData, rot, trans, sigma2: float, cfg: SeedConfig, we
     acc = HartleyAccumulator(data.d)
     backproject(acc, data, rot, trans, weight=weight, rows=rows)
     return _solve(acc, sigma2, cfg)
+
+
+def _final_maps(parts: Particles, rot: torch.Tensor, trans: torch.Tensor, vol: torch.Tensor, state, cfg: SeedConfig,
+                chunk: int | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The consensus map and (K >= 2 states) one map per state at the input box's full Nyquist, with the noise
+    variance of the current map ``vol`` at the final poses (``trans`` px of the input box). The full-lattice data are
+    made ``chunk`` particles at a time (default final.chunk_size), so the memory grows with neither N nor D."""
+    D = parts.D
+    chunk = chunk or chunk_size(D)
+    labels = None if state is None or int(np.max(state)) < 1 else torch.as_tensor(np.asarray(state))
+    acc = HartleyAccumulator(D)
+    accs = [] if labels is None else [HartleyAccumulator(D) for _ in range(int(labels.max()) + 1)]
+    vol_d = slicing_volume(resize_volume(vol, D))
+    resid = 0.0
+    for s in range(0, parts.n, chunk):
+        idx = torch.arange(s, min(s + chunk, parts.n))
+        fd = stage_data(parts, D, D // 2, idx)
+        backproject(acc, fd, rot[idx], trans[idx])
+        resid += residual_sigma2(scores_at(vol_d, fd, rot[idx], trans[idx]), fd) * len(idx)
+        for k, a in enumerate(accs):
+            sel = torch.nonzero(labels[idx] == k).reshape(-1)
+            if len(sel):
+                backproject(a, fd, rot[idx][sel], trans[idx][sel], rows=sel)
+    sig_final = resid / parts.n
+    volume, _ = _solve(acc, sig_final, cfg)
+    if labels is None:
+        return volume, None
+    svols = [_solve(a, sig_final, cfg)[0] if int((labels == k).sum()) else torch.zeros(D, D, D)
+             for k, a in enumerate(accs)]
+    return volume, torch.stack(svols).numpy()
 
 
 def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
@@ -344,20 +375,7 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
                              "box": dh, "radius": rh}
 
     # ---------------------------------------------------------------- 5. final maps at the input box
-    fdata = stage_data(parts, D, D // 2)
-    acc = HartleyAccumulator(D)
-    backproject(acc, fdata, rot, trans)
-    sig_final = residual_sigma2(scores_at(slicing_volume(resize_volume(vol, D)), fdata, rot, trans), fdata)
-    volume, _ = _solve(acc, sig_final, cfg)
-    if state is not None and int(state.max()) >= 1:
-        svols = []
-        for kk in range(int(state.max()) + 1):
-            sel = torch.nonzero(torch.as_tensor(state) == kk).reshape(-1)
-            if len(sel) == 0:
-                svols.append(torch.zeros(D, D, D))
-                continue
-            svols.append(_reconstruct(fdata, rot[sel], trans[sel], sig_final, cfg, rows=sel)[0])
-        state_vols = torch.stack(svols).numpy()
+    volume, state_vols = _final_maps(parts, rot, trans, vol, state, cfg)
     volume_np = volume.numpy()
     history["density_sign"] = density_sign(volume_np)
     history["wall_s"] = time.time() - t0

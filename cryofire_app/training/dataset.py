@@ -1,4 +1,4 @@
-"""Particle data for training: memory-mapped stack -> training-box images, normalized, in a prefetching thread.
+"""Particle data for training: stack (read image by image) -> training-box images, normalized, in a prefetching thread.
 
 Per image (method_spec §1): raw (D0, D0) -> Fourier crop/pad to the training box D (physics.fft.fourier_resize) ->
 soft real-space window -> encoder input y_real = x_w / sigma_real and Hartley target
@@ -160,11 +160,33 @@ class ParticleData:
             out[i:i + chunk] = self.prep.resized(self.read(pos[i:i + chunk])).numpy()
         return out
 
+    def resized_view(self, pos: np.ndarray) -> "ResizedView":
+        """``resized_images(pos)`` read on demand: ``len()`` and ``view[i:j]`` only, so a consumer that reads in
+        batches (the seed's preparation) never holds the whole subset at the training box in memory."""
+        return ResizedView(self, np.asarray(pos, dtype=np.int64))
+
     def load(self, pos: np.ndarray, with_Y: bool = True) -> Batch:
         pos = np.asarray(pos, dtype=np.int64)
         y_real, Y = self.prep(self.read(pos), with_Y)
         ctf = self.ctf[torch.as_tensor(pos)] if self.ctf is not None else None
         return Batch(pos, y_real, Y, ctf)
+
+
+class ResizedView:
+    """Particles ``pos`` of a ParticleData at the training box (ParticleData.resized_images), read per slice."""
+
+    def __init__(self, data: ParticleData, pos: np.ndarray):
+        self.data, self.pos = data, pos
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.data.resized_images(self.pos[[int(key)]])[0]
+        if not isinstance(key, slice):
+            raise TypeError(f"ResizedView takes an index or a slice, not {type(key).__name__}")
+        return self.data.resized_images(self.pos[key])
 
 
 def epoch_order(train_pos: np.ndarray, seed: int, epoch: int) -> np.ndarray:

@@ -794,7 +794,7 @@ class Trainer:
                                          + ("" if len(self.seed_pos) == len(self.train_pos) else
                                             f" (a random {len(self.seed_pos)} of the {len(self.train_pos)}: the "
                                             "encoder gives the others their poses)")))
-        imgs = self.data.resized_images(self.seed_pos)
+        imgs = self.data.resized_view(self.seed_pos)
         ctf = self.data.ctf.numpy() if self.data.ctf is not None else None
         ctf = ctf[self.seed_pos] if ctf is not None else None
         gen = iter_seed_abinit(imgs, ctf, scfg, device=self.device)
