@@ -44,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BEFORE = RESULTS / "baseline" / "throughput-20261124-0532-vm.json"  # the original model, before issue 6
 PRESETS = ("fast", "original")
+sys.path.insert(0, str(HERE))
+from scale import long_stack  # noqa: E402  (a stack listed k times: k times the particles, no new pixels)
 
 
 def matmul_gflops(device: str = "cpu", n: int = 2048, reps: int = 10) -> float:
@@ -88,19 +90,6 @@ def _simulate(outdir: Path, n: int, box: int) -> Path:
     cfg.overwrite = True
     simulate(cfg)
     return outdir / "particles.star"
-
-
-def _long_stack(star: Path, k: int) -> tuple[Path, Path]:
-    """A .txt listing the simulated stack k times and a k-times tiled ctf.pkl: N*k particles, no new image data."""
-    import numpy as np
-
-    from cryofire_app.io import read_ctf_pkl, write_ctf_pkl
-
-    txt = star.parent / f"long{k}.txt"
-    txt.write_text("".join(f"{star.parent / 'particles.mrcs'}\n" for _ in range(k)))
-    ctf = star.parent / f"long{k}_ctf.pkl"
-    write_ctf_pkl(ctf, np.tile(read_ctf_pkl(star.parent / "ctf.pkl"), (k, 1)))
-    return txt, ctf
 
 
 def _steps(gen, n_steps: int, device: str, flops: bool = False, seconds: float | None = None):
@@ -381,7 +370,7 @@ def main(argv=None) -> int:
                 if not ok:
                     return 1
             if args.n_large > 1 and "fast" in presets:
-                txt, ctf = _long_stack(star, args.n_large)
+                txt, ctf = long_stack(star, args.n_large)
                 if not run_worker(txt, ctf, box, full, batch, "fast", ""):
                     return 1
     now = dt.datetime.now(dt.timezone.utc)
