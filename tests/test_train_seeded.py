@@ -31,6 +31,8 @@ from cryofire_app.training import (
     EncoderConfig,
     Finished,
     Message,
+    PhaseChange,
+    SeedProgress,
     Step,
     TrainConfig,
     Trainer,
@@ -131,7 +133,10 @@ def test_seeded_schedule_from_scratch(seeded_data, seeded_run):
     assert phases[0] == "seed" and "distill" in phases and phases[-1] == "joint"
     assert phases.index("joint") > phases.index("distill") > phases.index("seed")
     assert all(s.images_seen == 0 and np.isfinite(s.loss) for s in steps if s.phase == "seed")
-    assert any(isinstance(e, Message) and e.text.startswith("seed ") for e in events)
+    stages = [e.stage for e in events if isinstance(e, SeedProgress)]
+    assert stages[0] == "prepare" and stages[-1] == "done" and len(set(stages)) == len(stages)
+    announced = [e.phase for e in events if isinstance(e, PhaseChange)]
+    assert announced == ["seed", "distill", "joint"]
     assert isinstance(events[-1], Finished) and events[-1].images_seen == 25600
 
     # data sign: RELION-convention particles -> the seed's map is negative on the raw data -> the trainer inverts

@@ -175,7 +175,17 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.io import read_pose_pkl
     from cryofire_app.simulate import demo_config, simulate
     from cryofire_app.training.config import TrainConfig
-    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step, Verdict
+    from cryofire_app.training.events import (
+        Checkpoint,
+        Failed,
+        Finished,
+        Message,
+        PhaseChange,
+        SeedProgress,
+        Started,
+        Step,
+        Verdict,
+    )
     from cryofire_app.training.report import summary_line
     from cryofire_app.training.trainer import Trainer
 
@@ -254,6 +264,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"      checkpoint at {ev.images_seen} images: validation loss {ev.val_loss:.4g}{pc}")
         elif isinstance(ev, Message):
             print(f"      {ev.level}: {ev.text}")
+        elif isinstance(ev, PhaseChange):
+            print(f"      info: {ev.text}")
+        elif isinstance(ev, SeedProgress):
+            print(f"      info: seed {ev.stage}: {ev.text}")
         elif isinstance(ev, Verdict):
             verdict = ev
             print(f"      {'' if ev.verdict == 'converged' else 'WARNING: '}{summary_line(ev)}")

@@ -223,7 +223,17 @@ def main(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step, Verdict
+    from cryofire_app.training.events import (
+        Checkpoint,
+        Failed,
+        Finished,
+        Message,
+        PhaseChange,
+        SeedProgress,
+        Started,
+        Step,
+        Verdict,
+    )
     from cryofire_app.training.report import summary_line
     from cryofire_app.training.trainer import Trainer
 
@@ -259,6 +269,10 @@ def main(args: argparse.Namespace) -> int:
                                               f"{dp}{dz}")
             elif isinstance(ev, Message):
                 (bar.write if bar else print)(f"{ev.level}: {ev.text}")
+            elif isinstance(ev, PhaseChange):
+                (bar.write if bar else print)(f"info: {ev.text}")
+            elif isinstance(ev, SeedProgress):
+                (bar.write if bar else print)(f"info: seed {ev.stage}: {ev.text}")
             elif isinstance(ev, Verdict):
                 prefix = "" if ev.verdict == "converged" else "WARNING: "
                 (bar.write if bar else print)(prefix + summary_line(ev))

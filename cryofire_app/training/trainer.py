@@ -46,7 +46,18 @@ from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
 from cryofire_app.training.config import TrainConfig, training_box
 from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule, check_trainable
-from cryofire_app.training.events import Checkpoint, Failed, Finished, Latents, Message, Started, Step, event_to_json
+from cryofire_app.training.events import (
+    Checkpoint,
+    Failed,
+    Finished,
+    Latents,
+    Message,
+    PhaseChange,
+    SeedProgress,
+    Started,
+    Step,
+    event_to_json,
+)
 from cryofire_app.training.inference import default_turns, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
 from cryofire_app.training.synthetic import HeteroRenderer, SeedRenderer
@@ -304,6 +315,7 @@ class Trainer:
         self.next_ckpt = cfg.checkpoint_every
         self.next_latents = cfg.latents_every
         self.seed_done = False
+        self._announced: str | None = None   # the phase the last PhaseChange event announced
         self.joint_ok = False          # seeded: the encoder has reproduced the seed's poses (see seed_agreement_deg)
         self.agreement_deg: float | None = None
         self.next_agreement = 0
@@ -355,6 +367,14 @@ class Trainer:
             self._log = None
 
     # ---- helpers ------------------------------------------------------------------------------------------------
+    def _announce(self, phase: str, text: str | None = None) -> PhaseChange:
+        """The PhaseChange event of entering ``phase`` now (``text``: the default names the phase and the count)."""
+        self._announced = phase
+        names = {"seed": "ab initio seed", "distill": "distilling the seed into the encoder",
+                 "pose_only": "pose-only training (one consensus map)", "joint": "joint training of poses and z"}
+        return self._emit(PhaseChange(phase, self.images_seen, text or f"{names.get(phase, phase)} from "
+                                                                       f"{self.images_seen} images"))
+
     def _emit(self, ev):
         if self._log is not None:
             self._log.write(json.dumps(event_to_json(ev)) + "\n")
@@ -789,11 +809,11 @@ class Trainer:
             scfg = seed_config_from(cfg.seed_config)
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad seed_config {cfg.seed_config!r}: {exc}") from exc
-        yield self._emit(Message("info", f"seeding: ab initio pose search and state classification on the "
-                                         f"{len(self.seed_pos)} training particles at box {self.D}"
-                                         + ("" if len(self.seed_pos) == len(self.train_pos) else
-                                            f" (a random {len(self.seed_pos)} of the {len(self.train_pos)}: the "
-                                            "encoder gives the others their poses)")))
+        yield self._announce("seed", f"seeding: ab initio pose search and state classification on the "
+                                     f"{len(self.seed_pos)} training particles at box {self.D}"
+                                     + ("" if len(self.seed_pos) == len(self.train_pos) else
+                                        f" (a random {len(self.seed_pos)} of the {len(self.train_pos)}: the "
+                                        "encoder gives the others their poses)"))
         imgs = self.data.resized_view(self.seed_pos)
         ctf = self.data.ctf.numpy() if self.data.ctf is not None else None
         ctf = ctf[self.seed_pos] if ctf is not None else None
@@ -818,7 +838,7 @@ class Trainer:
                 return None
             if e.stage != stage:
                 stage = e.stage
-                yield self._emit(Message("info", f"seed {e.stage}: {e.message}"))
+                yield self._emit(SeedProgress(e.stage, e.message, e.elapsed_s))
             m = e.metrics
             if "sigma2" in m:
                 loss = float(m["sigma2"])
@@ -898,9 +918,8 @@ class Trainer:
         if kind:
             sizes += f" ({kind} heterogeneity, {np.asarray(arrays['coords']).shape[-1]} continuous coordinate(s))"
         made = f"seed {'(reused) made' if reused else 'done'} in {float(arrays['wall_s']):.0f} s{sizes}"
-        yield self._emit(Message("info", f"{made}; distilling into the encoder "
-                                         f"for {self.distill_images} images at radius "
-                                         f"{mask_radius_at(cfg, self.D, 0)} px"))
+        yield self._announce("distill", f"{made}; distilling into the encoder for {self.distill_images} images at "
+                                        f"radius {mask_radius_at(cfg, self.D, 0)} px")
         if self.rank == 0:
             self.save_checkpoint(numbered=False)
         self._barrier()
@@ -1155,6 +1174,8 @@ class Trainer:
                 return
         if not stopped and self.phase == "distill":
             yield from self._prepare_synth()
+        if not stopped and self._announced != self.phase:   # an amortized run, or a resumed one
+            yield self._announce(self.phase)
         pf = self._prefetcher()
         try:
             while self.images_seen < self.images_total and not stopped:
@@ -1194,6 +1215,8 @@ class Trainer:
                 if phase == "distill" and self.phase != "distill" and len(self.seed_pos) < len(self.train_pos):
                     pf.close()   # joint training reads every training particle, not only the seeded ones
                     pf = self._prefetcher()
+                if self.phase != self._announced and self.images_seen < self.images_total:
+                    yield self._announce(self.phase)
         except KeyboardInterrupt:
             if self.rank == 0 and self.model is not None:
                 self.save_checkpoint(numbered=False)
