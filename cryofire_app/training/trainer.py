@@ -43,7 +43,7 @@ from cryofire_app.model.cryofire import (
 from cryofire_app.physics.inplane import rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
-from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
+from cryofire_app.training.checkpoint import CHECKPOINT_FORMAT, atomic_save_npz, atomic_torch_save, load_checkpoint
 from cryofire_app.training.config import TrainConfig, training_box
 from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule, check_trainable
 from cryofire_app.training.events import (
@@ -64,7 +64,6 @@ from cryofire_app.training.synthetic import HeteroRenderer, SeedRenderer
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
 SCHEDULES = ("seeded", "amortized")
 # seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
 # of the training box). Measured (decoder forward + backward, 1 thread on the shared 2-core machine, box 64):
