@@ -84,6 +84,17 @@ def test_run_emits_events_and_writes_cryodrgn_outputs(data, tmp_path):
     ck = load_checkpoint(out / "checkpoints" / "last.pt")     # weights_only=True
     assert ck["images_seen"] == 320 and ck["phase"] == "joint"
     assert len(list((out / "checkpoints").glob("ckpt_*.pt"))) == 3
+    # the run folder's layout is RunDir's, and its event log reads back through RunDir (a cut last line skipped)
+    from cryofire_app.io.rundir import RunDir
+
+    files = RunDir(out)
+    assert files.is_run() and files.numbered_checkpoint(320).is_file() and files.report.is_file()
+    assert {p.name for p in (files.config, files.log, files.pose, files.z, files.latents)} <= {
+        p.name for p in out.iterdir()}
+    assert files.events() == log == run.events()
+    with open(files.log, "a") as fh:
+        fh.write('{"event": "Step", "lo')
+    assert files.events() == log
 
 
 def test_stop_then_resume_continues_exactly(data, tmp_path):

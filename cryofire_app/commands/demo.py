@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -204,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
         if v is not None and not 0 <= v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
     out = Path(args.out)
-    if (out / "run" / "checkpoints" / "last.pt").exists():
+    if RunDir(out / "run").last_checkpoint.exists():
         raise InputError("already holds a demo run; choose another -o", out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()

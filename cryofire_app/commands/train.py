@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -206,7 +207,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise InputError("-o/--outdir: exists and is not a folder", out)
     if args.seed_from:
         seed = Path(args.seed_from)
-        seed = seed / "checkpoints" / "seed.npz" if seed.is_dir() else seed
+        seed = RunDir(seed).seed if seed.is_dir() else seed
         if not seed.is_file():
             raise InputError("--seed-from: no seed here (give a run folder or its checkpoints/seed.npz)", seed)
         try:
@@ -219,7 +220,6 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from tqdm import tqdm
 
@@ -238,7 +238,7 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.training.trainer import Trainer
 
     cfg = config_from_args(args)
-    last = Path(cfg.outdir) / "checkpoints" / "last.pt"
+    last = RunDir(cfg.outdir).last_checkpoint
     if last.exists() and not args.resume:
         raise InputError("already holds a training run; use --resume to continue it or choose another -o",
                          cfg.outdir)

@@ -236,36 +236,29 @@ class LossWidget(QWidget):
             self._dirty = True
 
     def load_run_log(self, run: Any) -> None:
-        """Fill the plot from a run folder's log.jsonl (one JSON object per event)."""
+        """Fill the plot from a run folder's log.jsonl (one JSON object per event) and its report.json."""
         import json
-        from pathlib import Path
         from types import SimpleNamespace
 
+        from cryofire_app.gui.engine_api import RunDir
+
         self.clear()
-        report = Path(getattr(run, "outdir", "")) / "report.json"
-        if report.is_file():
+        files = RunDir(getattr(run, "outdir", ""))
+        if files.report.is_file():
             try:
-                self.show_verdict(SimpleNamespace(**json.loads(report.read_text())))
+                self.show_verdict(SimpleNamespace(**json.loads(files.report.read_text())))
             except (json.JSONDecodeError, TypeError, OSError):
                 pass   # a damaged report: no banner, the run still opens
-        path = Path(getattr(run, "outdir", "")) / "log.jsonl"
-        if not path.is_file():
-            return
         seed_rounds, seed_s = 0, 0.0
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a running job may have a half-written last line
-                kind = rec.get("event") or rec.get("type") or rec.get("kind")
-                if kind == "Step" and "loss" in rec:
-                    if rec.get("phase") == "seed":  # a finished seed: summarised below, no live clock
-                        seed_rounds, seed_s = seed_rounds + 1, float(rec.get("elapsed_s", 0.0))
-                        continue
-                    self.add_step(SimpleNamespace(**rec))
-                elif kind == "Checkpoint":
-                    self.add_checkpoint(SimpleNamespace(**rec))
+        for rec in files.events():
+            kind = rec.get("event") or rec.get("type") or rec.get("kind")
+            if kind == "Step" and "loss" in rec:
+                if rec.get("phase") == "seed":  # a finished seed: summarised below, no live clock
+                    seed_rounds, seed_s = seed_rounds + 1, float(rec.get("elapsed_s", 0.0))
+                    continue
+                self.add_step(SimpleNamespace(**rec))
+            elif kind == "Checkpoint":
+                self.add_checkpoint(SimpleNamespace(**rec))
         if seed_rounds:
             self.seed_steps = seed_rounds
             self.seed_label.setText(f"ab initio seed: {seed_rounds} search rounds, {_fmt_s(seed_s)}")

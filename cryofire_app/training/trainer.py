@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 from cryofire_app.model.cryofire import (
     PRECISIONS,
     CryoFIRE,
@@ -170,6 +171,7 @@ class Trainer:
         self._particles = particles
         self.resume_requested = resume
         self.outdir = Path(config.outdir)
+        self.run_dir = RunDir(self.outdir)   # every file of the run folder
         self._stop = threading.Event()
         self._go = threading.Event()
         self._go.set()
@@ -240,7 +242,7 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         self._setup_distributed()
         ck = None
-        last = self.outdir / "checkpoints" / "last.pt"
+        last = self.run_dir.last_checkpoint
         if self.resume_requested:
             ck = load_checkpoint(last)
             saved = TrainConfig.from_dict(ck["config"])
@@ -357,11 +359,11 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, 3])
         self.latent_pos = np.sort(rng.permutation(self.train_pos)[: cfg.latents_subset])
         if self.rank == 0:
-            (self.outdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
             cfg_out = TrainConfig.from_dict(cfg.to_dict())
             cfg_out.D = D
-            cfg_out.save(self.outdir / "config.json")
-            self._log = open(self.outdir / "log.jsonl", "a", buffering=1)
+            cfg_out.save(self.run_dir.config)
+            self._log = open(self.run_dir.log, "a", buffering=1)
         else:
             self._log = None
 
@@ -710,7 +712,7 @@ class Trainer:
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
     @property
     def seed_path(self) -> Path:
-        return self.outdir / "checkpoints" / "seed.npz"
+        return self.run_dir.seed
 
     def _seed_arrays(self, pos, rot, trans, score, coords=None) -> dict:
         """Full-size (N) torch lookups of the seed's per-particle results (identity/zero where not seeded). ``z_t``
@@ -769,7 +771,7 @@ class Trainer:
         cfg = self.config
         if cfg.seed_from:
             path = Path(cfg.seed_from)
-            path = path / "checkpoints" / "seed.npz" if path.is_dir() else path
+            path = RunDir(path).seed if path.is_dir() else path
             if not path.is_file():
                 raise InputError("no seed to reuse here (give a run folder or its checkpoints/seed.npz)", path)
             yield from self._adopt_seed(self._read_seed_file(path), source=path)
@@ -995,13 +997,13 @@ class Trainer:
 
     def save_checkpoint(self, numbered: bool = True) -> Path:
         """Atomic write of checkpoints/last.pt (+ a numbered hard link); rank 0 only."""
-        ckdir = self.outdir / "checkpoints"
+        ckdir = self.run_dir.checkpoints
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             # NaN/Inf weights (an update that was not finite though its loss was): keep the last good checkpoint
-            return self.last_checkpoint or ckdir / "last.pt"
-        last = atomic_torch_save(self.checkpoint_state(), ckdir / "last.pt")
+            return self.last_checkpoint or self.run_dir.last_checkpoint
+        last = atomic_torch_save(self.checkpoint_state(), self.run_dir.last_checkpoint)
         if numbered:
-            num = ckdir / f"ckpt_{self.images_seen:010d}.pt"
+            num = self.run_dir.numbered_checkpoint(self.images_seen)
             try:
                 if num.exists():
                     num.unlink()
@@ -1016,7 +1018,7 @@ class Trainer:
 
     def _checkpoint_event(self) -> Checkpoint:
         val_loss, dpose, dz = self.validate()
-        path = self.save_checkpoint() if self.rank == 0 else self.outdir / "checkpoints" / "last.pt"
+        path = self.save_checkpoint() if self.rank == 0 else self.run_dir.last_checkpoint
         self._barrier()
         return Checkpoint(str(path), self.images_seen, val_loss, dpose, dz)
 
@@ -1097,20 +1099,20 @@ class Trainer:
             pr.trans[q] = self.seed["trans"][use]
             pr.branch[q] = 0
             self.seed_pose_fraction = float(use.mean()) if len(use) else 0.0
-        write_pose_pkl(self.outdir / "pose.pkl", pr.rot.astype(np.float32), (pr.trans / self.D).astype(np.float32))
-        write_z_pkl(self.outdir / "z.pkl", pr.z.astype(np.float32))
+        write_pose_pkl(self.run_dir.pose, pr.rot.astype(np.float32), (pr.trans / self.D).astype(np.float32))
+        write_z_pkl(self.run_dir.z, pr.z.astype(np.float32))
         split = np.zeros(self.data.N, np.int8)
         split[self.val_pos] = 1
-        atomic_save_npz(self.outdir / "latents.npz", index=np.asarray(self.data.particles.index, np.int64),
+        atomic_save_npz(self.run_dir.latents, index=np.asarray(self.data.particles.index, np.int64),
                         z=pr.z.astype(np.float32), rot=pr.rot.astype(np.float32),
                         trans=pr.trans.astype(np.float32), branch=pr.branch.astype(np.int8), val=split,
                         images_seen=np.int64(self.images_seen), D=np.int64(self.D), apix=np.float64(self.data.apix))
         if self.seed is not None:   # the seed's own per-particle poses (training split), for comparison
             from cryofire_app.io import write_ind_pkl
 
-            write_pose_pkl(self.outdir / "seed_pose.pkl", self.seed["rot"].astype(np.float32),
+            write_pose_pkl(self.run_dir.seed_pose, self.seed["rot"].astype(np.float32),
                            (self.seed["trans"] / self.D).astype(np.float32))
-            write_ind_pkl(self.outdir / "seed_ind.pkl", self.seed["pos"].astype(np.int64))
+            write_ind_pkl(self.run_dir.seed_ind, self.seed["pos"].astype(np.int64))
             if np.asarray(self.seed["state"]).size:   # the seed's heterogeneity (0 = largest state), rows of
                 # seed_ind.pkl
                 extra = {}
@@ -1122,7 +1124,7 @@ class Trainer:
                 score = np.asarray(self.seed["state_score"], np.float32)
                 if score.size != len(self.seed["pos"]):   # no heterogeneity found: no score, one state
                     score = np.zeros(len(self.seed["pos"]), np.float32)
-                atomic_save_npz(self.outdir / "seed_states.npz", index=self.seed["pos"].astype(np.int64),
+                atomic_save_npz(self.run_dir.seed_states, index=self.seed["pos"].astype(np.int64),
                                 state=np.asarray(self.seed["state"], np.int64), state_score=score, **extra)
         return pr
 
