@@ -173,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.analysis.evaluate import evaluate, load_gt_maps, predictions_from_run, table_row, write_json
     from cryofire_app.analysis.run import Run
     from cryofire_app.commands.analyze import analyze
+    from cryofire_app.commands.console import event_line
     from cryofire_app.io import read_pose_pkl
     from cryofire_app.simulate import demo_config, simulate
     from cryofire_app.training.config import TrainConfig
@@ -187,7 +188,6 @@ def main(args: argparse.Namespace) -> int:
         Step,
         Verdict,
     )
-    from cryofire_app.training.report import summary_line
     from cryofire_app.training.trainer import Trainer
 
     if args.box < 16 or args.box % 2:
@@ -260,18 +260,9 @@ def main(args: argparse.Namespace) -> int:
             if t_budget is not None and time.time() - t_budget > budget_s and not stopping:
                 stopping = True
                 trainer.request_stop()
-        elif isinstance(ev, Checkpoint):
-            pc = "" if ev.pose_change_deg is None else f", poses moved {ev.pose_change_deg:.1f} deg"
-            print(f"      checkpoint at {ev.images_seen} images: validation loss {ev.val_loss:.4g}{pc}")
-        elif isinstance(ev, Message):
-            print(f"      {ev.level}: {ev.text}")
-        elif isinstance(ev, PhaseChange):
-            print(f"      info: {ev.text}")
-        elif isinstance(ev, SeedProgress):
-            print(f"      info: seed {ev.stage}: {ev.text}")
-        elif isinstance(ev, Verdict):
-            verdict = ev
-            print(f"      {'' if ev.verdict == 'converged' else 'WARNING: '}{summary_line(ev)}")
+        elif isinstance(ev, (Checkpoint, Message, PhaseChange, SeedProgress, Verdict)):
+            verdict = ev if isinstance(ev, Verdict) else verdict
+            print(f"      {event_line(ev)}")
         elif isinstance(ev, Failed):
             print(f"cryofire demo: training failed: {ev.message}", file=sys.stderr)
             return 1

@@ -223,6 +223,7 @@ def main(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from cryofire_app.commands.console import event_line
     from cryofire_app.training.events import (
         Checkpoint,
         Failed,
@@ -234,7 +235,6 @@ def main(args: argparse.Namespace) -> int:
         Step,
         Verdict,
     )
-    from cryofire_app.training.report import summary_line
     from cryofire_app.training.trainer import Trainer
 
     cfg = config_from_args(args)
@@ -262,20 +262,8 @@ def main(args: argparse.Namespace) -> int:
                     bar.update(ev.images_seen - bar.n)
                     if ev.step % 10 == 0:
                         bar.set_postfix(loss=f"{ev.loss:.4g}", r=ev.mask_radius, phase=ev.phase, refresh=False)
-            elif isinstance(ev, Checkpoint):
-                dp = "" if ev.pose_change_deg is None else f", pose change {ev.pose_change_deg:.2f} deg"
-                dz = "" if ev.z_change is None else f", z change {ev.z_change:.3f}"
-                (bar.write if bar else print)(f"checkpoint at {ev.images_seen} images: val loss {ev.val_loss:.5g}"
-                                              f"{dp}{dz}")
-            elif isinstance(ev, Message):
-                (bar.write if bar else print)(f"{ev.level}: {ev.text}")
-            elif isinstance(ev, PhaseChange):
-                (bar.write if bar else print)(f"info: {ev.text}")
-            elif isinstance(ev, SeedProgress):
-                (bar.write if bar else print)(f"info: seed {ev.stage}: {ev.text}")
-            elif isinstance(ev, Verdict):
-                prefix = "" if ev.verdict == "converged" else "WARNING: "
-                (bar.write if bar else print)(prefix + summary_line(ev))
+            elif isinstance(ev, (Checkpoint, Message, PhaseChange, SeedProgress, Verdict)):
+                (bar.write if bar else print)(event_line(ev))
             elif isinstance(ev, Failed):
                 if bar:
                     bar.close()
