@@ -388,3 +388,17 @@ def test_large_stack_trains_fourier_cropped_unless_a_box_is_given(tmp_path):
     given = Trainer(tiny_config(data, tmp_path / "run2", D=96))
     given._setup()
     assert given.D == 96
+
+
+def test_resolved_config_fills_device_defaults_without_touching_the_callers(data, tmp_path):
+    from cryofire_app.training.config import SEEDED_CPU_FREQ_MAX
+
+    cfg = tiny_config(data, tmp_path / "r", schedule="seeded", lr=None, freq_max=None)
+    cpu, gpu = cfg.resolved("cpu"), cfg.resolved("cuda")
+    assert cfg.lr is None and cfg.freq_max is None   # the caller's config is not mutated
+    assert cpu.lr == 1e-3 and cpu.freq_max == SEEDED_CPU_FREQ_MAX and gpu.freq_max is None
+    am = tiny_config(data, tmp_path / "r", lr=None).resolved("cpu")
+    assert am.lr == 1e-4 and am.freq_max is None and am.to_dict() == am.resolved("cpu").to_dict()
+    tr = Trainer(tiny_config(data, tmp_path / "t", lr=None))
+    tr._setup()
+    assert tr.config.lr == 1e-4 and tr.config is not cfg

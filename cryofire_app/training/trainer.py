@@ -66,12 +66,6 @@ from cryofire_app.training.synthetic import HeteroRenderer, SeedRenderer
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("seeded", "amortized")
-# seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
-# of the training box). Measured (decoder forward + backward, 1 thread on the shared 2-core machine, box 64):
-# 3x256: r 32 204 ms/image, r 16 57, r 12 26, r 8 12; 3x128: r 32 65, r 16 6.4, r 12 4.4, r 8 1.1. A cap of 12 px
-# (box 64: 5.3 px = 1/12 cycles/px, about the seed's FSC range on issue 5's set) cuts the default decoder ~8x;
-# a 3x128 decoder (--dec-hidden 128) saves another ~5x.
-SEEDED_CPU_FREQ_MAX = 12
 # torchrun: how long the other ranks may wait for rank 0's seed (and any collective) before the run is abandoned
 SEED_WAIT_HOURS = 24
 
@@ -266,10 +260,7 @@ class Trainer:
         if not 0 <= cfg.distill_synth_ratio <= 4:
             raise InputError(f"distill_synth_ratio (synthetic images per real image) must lie in [0, 4]; got "
                              f"{cfg.distill_synth_ratio:g}")
-        if cfg.schedule == "seeded" and cfg.freq_max is None and self.device.type == "cpu":
-            cfg.freq_max = SEEDED_CPU_FREQ_MAX
-        if cfg.lr is None:
-            cfg.lr = 1e-3 if cfg.schedule == "seeded" else 1e-4
+        self.config = cfg = cfg.resolved(self.device.type)   # the caller's config is left as it was
         self.data = self._load_data()
         check_trainable(self.data.N, cfg, cfg.particles or None)   # too few particles: refused before any work
         D = self.data.D
