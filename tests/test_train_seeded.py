@@ -69,6 +69,17 @@ def seeded_config(particles: str, outdir, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def small_seeded(**kw) -> dict:
+    """TrainConfig overrides of a seconds-long seeded run on a box-16 set: a minimal seed, the joint phase open at
+    half the budget whatever the encoder's agreement (for tests of plumbing, not accuracy)."""
+    base = dict(batch_size=16, seed_agreement_deg=180.0, distill_fraction=0.5,
+                seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
+                                 max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16], iters_local=1,
+                                 box_hetero=16, iters_als=1, seed=0))
+    base.update(kw)
+    return base
+
+
 @pytest.fixture(scope="module")
 def seeded_data(tmp_path_factory):
     """The 600-image training set and a 300-image held-out set of the same two states (simulation seed 1)."""
@@ -332,11 +343,7 @@ def test_bounded_seed_searches_a_subset_and_training_reads_everyone(tmp_path):
     sim = tmp_path / "sim"
     simulate(SimulationConfig(outdir=str(sim), n=200, volumes=two_state_maps(), apix=DEMO_MAP_APIX, box=16,
                               snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
-    small = dict(num_images=320, batch_size=16, seed_agreement_deg=180.0, seed_max_particles=64,
-                 distill_fraction=0.5,
-                 seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
-                                  max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16], iters_local=1,
-                                  box_hetero=16, iters_als=1, seed=0))
+    small = small_seeded(num_images=320, seed_max_particles=64)
     cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", **small)
     tr = Trainer(cfg)
     read: dict[str, set] = {"distill": set(), "joint": set()}

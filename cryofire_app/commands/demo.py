@@ -155,17 +155,7 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.io import read_pose_pkl
     from cryofire_app.simulate import demo_config, simulate
     from cryofire_app.training.config import TrainConfig
-    from cryofire_app.training.events import (
-        Checkpoint,
-        Failed,
-        Finished,
-        Message,
-        PhaseChange,
-        SeedProgress,
-        Started,
-        Step,
-        Verdict,
-    )
+    from cryofire_app.training.events import Failed, Finished, Started, Step, Verdict
     from cryofire_app.training.trainer import Trainer
 
     if args.box < 16 or args.box % 2:
@@ -238,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
             if t_budget is not None and time.time() - t_budget > budget_s and not stopping:
                 stopping = True
                 trainer.request_stop()
-        elif isinstance(ev, (Checkpoint, Message, PhaseChange, SeedProgress, Verdict)):
+        elif event_line(ev) is not None:   # messages, phases, seed stages, checkpoints, the verdict
             verdict = ev if isinstance(ev, Verdict) else verdict
             print(f"      {event_line(ev)}")
         elif isinstance(ev, Failed):

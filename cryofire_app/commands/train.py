@@ -224,17 +224,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cryofire_app.commands.console import event_line
-    from cryofire_app.training.events import (
-        Checkpoint,
-        Failed,
-        Finished,
-        Message,
-        PhaseChange,
-        SeedProgress,
-        Started,
-        Step,
-        Verdict,
-    )
+    from cryofire_app.training.events import Failed, Finished, Started, Step
     from cryofire_app.training.trainer import Trainer
 
     cfg = config_from_args(args)
@@ -262,7 +252,7 @@ def main(args: argparse.Namespace) -> int:
                     bar.update(ev.images_seen - bar.n)
                     if ev.step % 10 == 0:
                         bar.set_postfix(loss=f"{ev.loss:.4g}", r=ev.mask_radius, phase=ev.phase, refresh=False)
-            elif isinstance(ev, (Checkpoint, Message, PhaseChange, SeedProgress, Verdict)):
+            elif event_line(ev) is not None:   # messages, phases, seed stages, checkpoints, the verdict
                 (bar.write if bar else print)(event_line(ev))
             elif isinstance(ev, Failed):
                 if bar:
