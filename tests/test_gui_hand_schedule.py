@@ -9,7 +9,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from cryofire_app.commands.gui import open_docks
-from cryofire_app.gui.session import get_session, seed_stage
+from cryofire_app.gui.session import get_session
 from cryofire_app.gui.volume_display import VOLUME_LAYER
 
 pytestmark = pytest.mark.gui
@@ -69,10 +69,11 @@ def test_schedule_choice_reaches_the_engine_and_the_seed_shows_progress(make_nap
     train.batch.value = 16
     seen = {"stages": [], "rows": [], "train_status": []}
 
-    def on_message(ev):
-        st = seed_stage(ev.text)
-        if st is not None:
-            seen["stages"].append(st)
+    def on_progress(ev):   # PhaseChange "seed" -> "start", "distill" -> "end", SeedProgress -> its stage
+        if type(ev).__name__ == "SeedProgress":
+            seen["stages"].append(ev.stage)
+        elif ev.phase in ("seed", "distill"):
+            seen["stages"].append("start" if ev.phase == "seed" else "end")
 
     def on_step(ev):
         if ev.phase == "seed":  # what the user sees at that moment (slots run after the docks' own slots)
@@ -82,7 +83,7 @@ def test_schedule_choice_reaches_the_engine_and_the_seed_shows_progress(make_nap
             seen["first_training_step"] = (loss.seed_label.text(), loss.seed_bar.isHidden())
 
     sess = get_session(viewer)
-    sess.message.connect(on_message)
+    sess.progress.connect(on_progress)
     sess.step.connect(on_step)
     train.start(seed_config=TINY_SEED, checkpoint_every=10_000, latents_every=10_000, **TINY)
     qtbot.waitUntil(lambda: loss.n_points >= 2, timeout=60_000)  # distill steps: the seed is over

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cryofire_app.gui.loss_widget import LossWidget, ema
-from cryofire_app.training.events import Checkpoint, Message, Step
+from cryofire_app.training.events import Checkpoint, PhaseChange, SeedProgress, Step
 
 pytestmark = pytest.mark.gui
 
@@ -66,12 +66,12 @@ def test_seed_steps_go_to_the_status_line_not_the_curve(qtbot):
     assert w.n_points == 0 and w.seed_steps == 5
     assert "seed" in w.status.text() and not w.seed_bar.isHidden()
     assert w.seed_label.text().startswith("seeding: ") and "round 5" in w.seed_label.text()
-    # the trainer's stage messages move the stage bar; its closing message ends the seed row
-    w.add_message(Message("info", "seed global: exhaustive search"))
+    # the trainer's SeedProgress events move the stage bar; the next phase ends the seed row
+    w.add_progress(SeedProgress("global", "exhaustive search", 2.0))
     assert w.seed_stage == "global" and w.seed_bar.value() == 2 and "exhaustive pose search" in w.seed_label.text()
-    w.add_message(Message("info", "seed done: done in 3 s; density sign -1; hand undetermined"))
+    w.add_progress(SeedProgress("done", "done in 3 s; density sign -1; hand undetermined", 3.0))
     assert w.seed_stage == "done"  # the seed's last stage, not yet the end
-    w.add_message(Message("info", "seed done in 3 s; distilling into the encoder"))
+    w.add_progress(PhaseChange("distill", 0, "seed done in 3 s; distilling into the encoder"))
     assert w.seed_stage is None and w.seed_bar.isHidden() and w.seed_label.text().startswith("ab initio seed done")
     w.add_step(Step(step=6, images_seen=32, loss=1.0, mask_radius=4, phase="distill", elapsed_s=6, images_total=1000))
     w._dirty = True

@@ -76,14 +76,13 @@ def test_cli_gui_arguments():
 
 def test_gui_demo_trains_like_the_measured_cli_demo():
     """`cryofire gui --demo` = the data and seeded settings of `cryofire demo` (measured to converge in minutes)."""
-    from cryofire_app.commands.demo import seeded_demo_overrides
-    from cryofire_app.commands.gui import DEMO_SETTINGS, demo_train_settings
+    from cryofire_app.training.presets import GUI_DEMO_SETTINGS, demo_overrides, gui_demo_settings
 
     demo = build_parser().parse_args(["demo", "-o", "x"])
     assert (sample.SAMPLE_N, sample.SAMPLE_BOX, sample.SAMPLE_SNR) == (demo.n, demo.box, demo.snr)
-    s = demo_train_settings(sample.SAMPLE_N, sample.SAMPLE_BOX)
+    s = gui_demo_settings(sample.SAMPLE_N, sample.SAMPLE_BOX)
     assert s["schedule"] == "seeded" and s["num_images"] == 40 * sample.SAMPLE_N
-    ref = seeded_demo_overrides(demo.n, demo.box, seed=demo.seed, num_images=demo.num_images)
-    assert {k: v for k, v in s.items() if k not in DEMO_SETTINGS} == ref
+    ref = demo_overrides(demo.n, demo.box, seed=demo.seed, num_images=demo.num_images)
+    assert {k: v for k, v in s.items() if k not in GUI_DEMO_SETTINGS} == ref
     assert s["zdim"] == demo.zdim
-    assert demo_train_settings(sample.SAMPLE_N, sample.SAMPLE_BOX, num_images=5000)["num_images"] == 5000
+    assert gui_demo_settings(sample.SAMPLE_N, sample.SAMPLE_BOX, num_images=5000)["num_images"] == 5000

@@ -364,6 +364,17 @@ def test_checkpoint_checks(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match=r"other\.pt: not a cryofire checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+    # the layout's version: a file from a newer release is refused by name, not misread
+    from cryofire_app.training.checkpoint import CHECKPOINT_FORMAT
+
+    atomic_torch_save({"model": {}, "config": {}, "format": CHECKPOINT_FORMAT + 1}, tmp_path / "new.pt")
+    with pytest.raises(InputError, match=r"new\.pt: checkpoint format \d+ was written by a newer cryofire-app"):
+        load_checkpoint(tmp_path / "new.pt")
+    atomic_torch_save({"model": {}, "config": {}, "format": "x"}, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match=r"bad\.pt: checkpoint format 'x' is not a version number"):
+        load_checkpoint(tmp_path / "bad.pt")
+    atomic_torch_save({"model": {}, "config": {}, "format": CHECKPOINT_FORMAT}, tmp_path / "cur.pt")
+    assert load_checkpoint(tmp_path / "cur.pt")["format"] == CHECKPOINT_FORMAT
 
 
 @pytest.mark.parametrize("field, value, needle", [

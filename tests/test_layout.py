@@ -39,3 +39,11 @@ def test_cli_lists_commands():
     out = subprocess.run([sys.executable, "-m", "cryofire_app.cli", "--help"], capture_output=True, text=True,
                          check=True)
     assert "cryofire" in out.stdout
+
+
+def test_gui_seed_stage_names_cover_the_engine_stages():
+    """The GUI's words for the seed's stages are the engine's stages, in the engine's order."""
+    from cryofire_app.gui.session import SEED_STAGE_NAMES
+    from cryofire_app.training.events import SEED_STAGES
+
+    assert tuple(SEED_STAGE_NAMES) == SEED_STAGES

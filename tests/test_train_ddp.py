@@ -61,16 +61,12 @@ def test_ddp_seed_runs_once_on_rank_zero_and_is_shared(tmp_path):
     """Seeded schedule under torchrun: rank 0 alone runs the seed's pose search (no seed progress on rank 1), every
     rank trains from the same seed, and that seed is the one a single process computes from the same data."""
     from cryofire_app.simulate import DEMO_MAP_APIX, SimulationConfig, simulate
-    from test_train_seeded import seeded_config, two_state_maps
+    from test_train_seeded import seeded_config, small_seeded, two_state_maps
 
     sim = tmp_path / "sim"
     simulate(SimulationConfig(outdir=str(sim), n=160, volumes=two_state_maps(), apix=DEMO_MAP_APIX, box=16,
                               snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
-    small = dict(num_images=256, batch_size=16, seed_agreement_deg=180.0, seed_max_particles=96,
-                 distill_fraction=0.5,
-                 seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
-                                  max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16], iters_local=1,
-                                  box_hetero=16, iters_als=1, seed=0))
+    small = small_seeded(num_images=256, seed_max_particles=96)
     torch.set_num_threads(1)
     single = Trainer(seeded_config(str(sim / "particles.star"), tmp_path / "one", **small))
     assert isinstance(list(single.run())[-1], Finished)

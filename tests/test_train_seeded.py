@@ -31,6 +31,8 @@ from cryofire_app.training import (
     EncoderConfig,
     Finished,
     Message,
+    PhaseChange,
+    SeedProgress,
     Step,
     TrainConfig,
     Trainer,
@@ -65,6 +67,17 @@ def seeded_config(particles: str, outdir, **kw) -> TrainConfig:
                                  iters_local=1, box_hetero=32, iters_als=8, seed=0))
     base.update(kw)
     return TrainConfig(**base)
+
+
+def small_seeded(**kw) -> dict:
+    """TrainConfig overrides of a seconds-long seeded run on a box-16 set: a minimal seed, the joint phase open at
+    half the budget whatever the encoder's agreement (for tests of plumbing, not accuracy)."""
+    base = dict(batch_size=16, seed_agreement_deg=180.0, distill_fraction=0.5,
+                seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
+                                 max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16], iters_local=1,
+                                 box_hetero=16, iters_als=1, seed=0))
+    base.update(kw)
+    return base
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +144,10 @@ def test_seeded_schedule_from_scratch(seeded_data, seeded_run):
     assert phases[0] == "seed" and "distill" in phases and phases[-1] == "joint"
     assert phases.index("joint") > phases.index("distill") > phases.index("seed")
     assert all(s.images_seen == 0 and np.isfinite(s.loss) for s in steps if s.phase == "seed")
-    assert any(isinstance(e, Message) and e.text.startswith("seed ") for e in events)
+    stages = [e.stage for e in events if isinstance(e, SeedProgress)]
+    assert stages[0] == "prepare" and stages[-1] == "done" and len(set(stages)) == len(stages)
+    announced = [e.phase for e in events if isinstance(e, PhaseChange)]
+    assert announced == ["seed", "distill", "joint"]
     assert isinstance(events[-1], Finished) and events[-1].images_seen == 25600
 
     # data sign: RELION-convention particles -> the seed's map is negative on the raw data -> the trainer inverts
@@ -327,11 +343,7 @@ def test_bounded_seed_searches_a_subset_and_training_reads_everyone(tmp_path):
     sim = tmp_path / "sim"
     simulate(SimulationConfig(outdir=str(sim), n=200, volumes=two_state_maps(), apix=DEMO_MAP_APIX, box=16,
                               snr=10.0, fractions=[0.6, 0.4], max_shift_px=1.0, seed=1, progress=False))
-    small = dict(num_images=320, batch_size=16, seed_agreement_deg=180.0, seed_max_particles=64,
-                 distill_fraction=0.5,
-                 seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_restarts=1, iters_global=2,
-                                  max_shift_px=1.0, box_search=16, iters_search=1, boxes_local=[16], iters_local=1,
-                                  box_hetero=16, iters_als=1, seed=0))
+    small = small_seeded(num_images=320, seed_max_particles=64)
     cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", **small)
     tr = Trainer(cfg)
     read: dict[str, set] = {"distill": set(), "joint": set()}

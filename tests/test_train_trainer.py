@@ -84,6 +84,17 @@ def test_run_emits_events_and_writes_cryodrgn_outputs(data, tmp_path):
     ck = load_checkpoint(out / "checkpoints" / "last.pt")     # weights_only=True
     assert ck["images_seen"] == 320 and ck["phase"] == "joint"
     assert len(list((out / "checkpoints").glob("ckpt_*.pt"))) == 3
+    # the run folder's layout is RunDir's, and its event log reads back through RunDir (a cut last line skipped)
+    from cryofire_app.io.rundir import RunDir
+
+    files = RunDir(out)
+    assert files.is_run() and files.numbered_checkpoint(320).is_file() and files.report.is_file()
+    assert {p.name for p in (files.config, files.log, files.pose, files.z, files.latents)} <= {
+        p.name for p in out.iterdir()}
+    assert files.events() == log == run.events()
+    with open(files.log, "a") as fh:
+        fh.write('{"event": "Step", "lo')
+    assert files.events() == log
 
 
 def test_stop_then_resume_continues_exactly(data, tmp_path):
@@ -377,3 +388,17 @@ def test_large_stack_trains_fourier_cropped_unless_a_box_is_given(tmp_path):
     given = Trainer(tiny_config(data, tmp_path / "run2", D=96))
     given._setup()
     assert given.D == 96
+
+
+def test_resolved_config_fills_device_defaults_without_touching_the_callers(data, tmp_path):
+    from cryofire_app.training.config import SEEDED_CPU_FREQ_MAX
+
+    cfg = tiny_config(data, tmp_path / "r", schedule="seeded", lr=None, freq_max=None)
+    cpu, gpu = cfg.resolved("cpu"), cfg.resolved("cuda")
+    assert cfg.lr is None and cfg.freq_max is None   # the caller's config is not mutated
+    assert cpu.lr == 1e-3 and cpu.freq_max == SEEDED_CPU_FREQ_MAX and gpu.freq_max is None
+    am = tiny_config(data, tmp_path / "r", lr=None).resolved("cpu")
+    assert am.lr == 1e-4 and am.freq_max is None and am.to_dict() == am.resolved("cpu").to_dict()
+    tr = Trainer(tiny_config(data, tmp_path / "t", lr=None))
+    tr._setup()
+    assert tr.config.lr == 1e-4 and tr.config is not cfg

@@ -16,6 +16,7 @@ import numpy as np
 
 from cryofire_app.analysis import metrics
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 
 @dataclass
@@ -56,7 +57,8 @@ def predictions_from_pkls(folder: str | Path, D: int | None, ind: np.ndarray | N
     from cryofire_app.io import read_pose_pkl, read_z_pkl
 
     folder = Path(folder)
-    lat = folder / "latents.npz"
+    files = RunDir(folder)
+    lat = files.latents
     if lat.is_file():
         from cryofire_app.analysis.run import read_latents
 
@@ -65,14 +67,14 @@ def predictions_from_pkls(folder: str | Path, D: int | None, ind: np.ndarray | N
         D = int(d["D"]) if "D" in d else D
         apix = float(d["apix"]) if "apix" in d else None
     else:
-        pose = folder / "pose.pkl"
+        pose = files.pose
         if not pose.is_file():
             raise InputError("no latents.npz or pose.pkl here (expected a training run folder or `cryofire infer` "
                              "output)", folder)
         rot, trans = read_pose_pkl(pose)
-        z = read_z_pkl(folder / "z.pkl") if (folder / "z.pkl").is_file() else None
+        z = read_z_pkl(files.z) if files.z.is_file() else None
         if z is not None and len(z) != len(rot):
-            raise InputError(f"z.pkl has {len(z)} rows but pose.pkl has {len(rot)}", folder / "z.pkl")
+            raise InputError(f"z.pkl has {len(z)} rows but pose.pkl has {len(rot)}", files.z)
         if trans is not None and D is None:
             raise InputError("translations are stored as box fractions: give the box size (--box) or a model run",
                              pose)

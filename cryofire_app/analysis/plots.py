@@ -5,12 +5,12 @@ Every function writes its PNG atomically (temp file in the same folder, then ren
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import read_events
 
 
 def _plt():
@@ -33,28 +33,22 @@ def _save(fig, path: str | Path) -> Path:
 def read_loss_log(log_path: str | Path) -> dict[str, np.ndarray]:
     """Training curve from ``log.jsonl``: records carrying ``loss`` with ``images_seen`` (step events), and
     ``val_loss`` (checkpoint events). Returns arrays ``images``, ``loss``, ``val_images``, ``val_loss``.
-    Lines that are not JSON (e.g. a half-written last line after a kill) are skipped."""
+    Lines that are not JSON (e.g. a half-written last line after a kill) are skipped, and so are the ab initio
+    seed's steps (their "loss" is a noise variance over search rounds, not a training loss over images)."""
     path = Path(log_path)
     if not path.is_file():
         raise InputError("training log not found", path)
     img, loss, vimg, vloss = [], [], [], []
-    with open(path) as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(rec, dict):
-                continue
-            seen = rec.get("images_seen")
-            if seen is None:
-                continue
-            if rec.get("loss") is not None and np.isfinite(rec["loss"]):
-                img.append(seen)
-                loss.append(rec["loss"])
-            if rec.get("val_loss") is not None and np.isfinite(rec["val_loss"]):
-                vimg.append(seen)
-                vloss.append(rec["val_loss"])
+    for rec in read_events(path):
+        seen = rec.get("images_seen")
+        if seen is None or rec.get("phase") == "seed":
+            continue
+        if rec.get("loss") is not None and np.isfinite(rec["loss"]):
+            img.append(seen)
+            loss.append(rec["loss"])
+        if rec.get("val_loss") is not None and np.isfinite(rec["val_loss"]):
+            vimg.append(seen)
+            vloss.append(rec["val_loss"])
     return {"images": np.asarray(img, float), "loss": np.asarray(loss, float),
             "val_images": np.asarray(vimg, float), "val_loss": np.asarray(vloss, float)}
 

@@ -14,13 +14,13 @@ is tied to the training box, so any other box size is refused with a ValueError.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 # what `Run` reads from a checkpoint besides the weights
 RUN_CHECKPOINT_KEYS = ("model", "config", "D", "apix", "sigma_ht", "mask_radius", "images_seen")
@@ -69,14 +69,15 @@ class Run:
         from cryofire_app.training.config import TrainConfig
 
         self.outdir = Path(outdir)
-        cfg_path = self.outdir / "config.json"
+        self.files = RunDir(self.outdir)
+        cfg_path = self.files.config
         if not cfg_path.is_file():
             raise InputError("not a cryofire run folder (config.json missing)", self.outdir)
         try:
             self.config = TrainConfig.load(cfg_path)
         except (ValueError, TypeError) as exc:
             raise InputError(f"bad config.json: {exc}", cfg_path) from exc
-        self.checkpoint_path = Path(checkpoint) if checkpoint else self.outdir / "checkpoints" / "last.pt"
+        self.checkpoint_path = Path(checkpoint) if checkpoint else self.files.last_checkpoint
         self._ck: dict | None = None
         self._model = None
         self._lat: dict | None = None
@@ -136,7 +137,7 @@ class Run:
     # ---- per-particle results ---------------------------------------------------------------------------------------
     def _latents(self, required: bool = True) -> dict | None:
         if self._lat is None:
-            p = self.outdir / "latents.npz"
+            p = self.files.latents
             if not p.is_file():
                 if required:
                     raise FileNotFoundError(f"{p}: no latents yet (written by the final eval pass of cryofire train)")
@@ -169,9 +170,9 @@ class Run:
     def seed_states(self):
         """The seed's state labels (``seed_states.npz``, analysis.states.SeedStates) or None when the run has none
         (amortized schedule, or a seeded run before its final pass). InputError naming the file when malformed."""
-        from cryofire_app.analysis.states import SEED_STATES_FILE, read_seed_states
+        from cryofire_app.analysis.states import read_seed_states
 
-        p = self.outdir / SEED_STATES_FILE
+        p = self.files.seed_states
         if not p.is_file():
             return None
         lat = self._latents(required=False)
@@ -179,18 +180,7 @@ class Run:
 
     def events(self) -> list[dict]:
         """All events of log.jsonl (one dict each, key "event" = class name)."""
-        p = self.outdir / "log.jsonl"
-        if not p.is_file():
-            return []
-        out = []
-        for line in p.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a line being written
-        return out
+        return self.files.events()
 
     # ---- volumes ------------------------------------------------------------------------------------------------
     @torch.no_grad()

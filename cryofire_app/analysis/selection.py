@@ -14,6 +14,7 @@ import numpy as np
 
 from cryofire_app.io.atomic import atomic_write
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 
 def rows_to_index(run, rows) -> np.ndarray:
@@ -33,7 +34,7 @@ def particles_for_run(run):
 
     cfg = run.config
     if not cfg.particles:
-        raise InputError("the run's config.json names no particle file", Path(run.outdir) / "config.json")
+        raise InputError("the run's config.json names no particle file", RunDir(run.outdir).config)
 
     def find(p):  # a relative path was relative to where `cryofire train` ran: try there, then beside the run
         if p is None or Path(p).is_absolute() or Path(p).exists():

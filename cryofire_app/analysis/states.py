@@ -29,7 +29,6 @@ import numpy as np
 from cryofire_app.io.errors import InputError
 from cryofire_app.reconstruct.hetero import KINDS  # the kinds of heterogeneity the seed reports
 
-SEED_STATES_FILE = "seed_states.npz"
 UNLABELLED = -1   # label of a run row the seed did not classify (held-out particles)
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def analyze(outdir: str | Path, k: int | str = "auto", out: str | Path | None = 
                      "apix": apix, "files": {}}
     files = summary["files"]
     try:
-        files["loss_plot"] = str(plots.plot_loss(Path(outdir) / "log.jsonl", out / "loss.png"))
+        files["loss_plot"] = str(plots.plot_loss(RunDir(outdir).log, out / "loss.png"))
     except InputError as exc:
         log.warning("no loss plot: %s", exc)
     files["views_plot"] = str(plots.plot_view_distribution(run.rot, out / "views.png"))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -90,33 +91,11 @@ def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -
     return max((i1 - i0) / max(t1 - t0, 1e-6), 1e-3)
 
 
-def seeded_demo_overrides(n: int, box: int, seed: int = 0, num_images: int | None = None) -> dict:
-    """TrainConfig fields of the seeded schedule at demo size (shared by `cryofire demo` and `cryofire gui --demo`).
-
-    Sized to finish in minutes on a CPU: a light seed (two starts, 12 rounds on <= 2000 particles at box 16, local
-    refinement up to the demo box), a narrow CNN reading the whole image (with these narrow channels the 32-px crop
-    loses the state split), a 3x128 decoder at radius <= 12 px, and 40 passes over the particles, most of them
-    distilling. No synthetic distill images and no view encoder: they serve new particles, and would push the demo
-    past its time cap. Why each: docs/decisions/009-demo-settings.md.
-    """
-    from cryofire_app.training.config import DecoderConfig, EncoderConfig
-
-    budget = 40 * int(n) if num_images is None else int(min(num_images, 40 * int(n)))
-    return dict(
-        schedule="seeded",
-        seed_config=dict(box_global=16, radius_global=[4.0, 5.0], n_subset=2000, n_restarts=2, iters_global=12,
-                         max_shift_px=2.0, box_search=16, iters_search=2,
-                         boxes_local=sorted({min(b, box) for b in (16, 24, box)}), iters_local=1,
-                         box_hetero=min(32, box), seed=int(seed)),
-        encoder=EncoderConfig(channels=(8, 16, 32, 64), hidden=256, box=None, view_dirs=0),
-        decoder=DecoderConfig(hidden=128),
-        freq_max=min(12, box // 2), lr=1e-3, distill_fraction=0.85, distill_synth_ratio=0.0,
-        num_images=budget, checkpoint_every=max(1000, budget // 4))
-
-
 def seeded_demo_settings(cfg, args: argparse.Namespace) -> None:
-    """Apply :func:`seeded_demo_overrides` to `cfg` (--distill-fraction, when given, replaces its 0.85)."""
-    for k, v in seeded_demo_overrides(args.n, args.box, args.seed, args.num_images).items():
+    """Apply training.presets.demo_overrides to `cfg` (--distill-fraction, when given, replaces its 0.85)."""
+    from cryofire_app.training.presets import demo_overrides
+
+    for k, v in demo_overrides(args.n, args.box, args.seed, args.num_images).items():
         setattr(cfg, k, v)
     if args.distill_fraction is not None:
         cfg.distill_fraction = float(args.distill_fraction)
@@ -172,11 +151,11 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.analysis.evaluate import evaluate, load_gt_maps, predictions_from_run, table_row, write_json
     from cryofire_app.analysis.run import Run
     from cryofire_app.commands.analyze import analyze
+    from cryofire_app.commands.console import event_line
     from cryofire_app.io import read_pose_pkl
     from cryofire_app.simulate import demo_config, simulate
     from cryofire_app.training.config import TrainConfig
-    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step, Verdict
-    from cryofire_app.training.report import summary_line
+    from cryofire_app.training.events import Failed, Finished, Started, Step, Verdict
     from cryofire_app.training.trainer import Trainer
 
     if args.box < 16 or args.box % 2:
@@ -194,7 +173,7 @@ def main(args: argparse.Namespace) -> int:
         if v is not None and not 0 <= v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
     out = Path(args.out)
-    if (out / "run" / "checkpoints" / "last.pt").exists():
+    if RunDir(out / "run").last_checkpoint.exists():
         raise InputError("already holds a demo run; choose another -o", out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -249,14 +228,9 @@ def main(args: argparse.Namespace) -> int:
             if t_budget is not None and time.time() - t_budget > budget_s and not stopping:
                 stopping = True
                 trainer.request_stop()
-        elif isinstance(ev, Checkpoint):
-            pc = "" if ev.pose_change_deg is None else f", poses moved {ev.pose_change_deg:.1f} deg"
-            print(f"      checkpoint at {ev.images_seen} images: validation loss {ev.val_loss:.4g}{pc}")
-        elif isinstance(ev, Message):
-            print(f"      {ev.level}: {ev.text}")
-        elif isinstance(ev, Verdict):
-            verdict = ev
-            print(f"      {'' if ev.verdict == 'converged' else 'WARNING: '}{summary_line(ev)}")
+        elif event_line(ev) is not None:   # messages, phases, seed stages, checkpoints, the verdict
+            verdict = ev if isinstance(ev, Verdict) else verdict
+            print(f"      {event_line(ev)}")
         elif isinstance(ev, Failed):
             print(f"cryofire demo: training failed: {ev.message}", file=sys.stderr)
             return 1

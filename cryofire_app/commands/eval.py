@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -69,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     folder = Path(args.run)
     decode = None
     model_run = None
-    if (folder / "config.json").is_file():
+    if RunDir(folder).is_run():
         from cryofire_app.analysis.run import Run
 
         run = Run(folder)
@@ -92,10 +93,10 @@ def run_eval(args: argparse.Namespace) -> dict:
             model_run = Run(args.model)
         D = args.box or (model_run.D if model_run is not None else None)
         ind = read_ind_pkl(args.ind) if args.ind else None
-        if (folder / "latents.npz").is_file():   # `cryofire infer` output: a damaged archive is named here
+        if RunDir(folder).latents.is_file():   # `cryofire infer` output: a damaged archive is named here
             from cryofire_app.analysis.run import read_latents
 
-            read_latents(folder / "latents.npz")
+            read_latents(RunDir(folder).latents)
         pred = E.predictions_from_pkls(folder, D, ind)
         if model_run is not None and pred.apix is None:
             pred.apix = float(model_run.apix)

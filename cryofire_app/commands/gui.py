@@ -18,18 +18,6 @@ from typing import Any
 PLUGIN = "cryofire-app"
 DOCKS = ("Train", "Loss", "Latent space", "Viewing directions", "Open run")
 
-# The --demo run: the seeded settings of `cryofire demo` at the sample's size (commands/demo.py), with latent
-# snapshots often enough to watch the states separate. zdim 2 as in the CLI demo.
-DEMO_SETTINGS = dict(batch_size=32, latents_every=4_000, zdim=2)
-
-
-def demo_train_settings(n: int, box: int, num_images: int | None = None) -> dict:
-    """TrainConfig fields of `cryofire gui --demo` for a sample of n particles at box `box`."""
-    from cryofire_app.commands.demo import seeded_demo_overrides
-
-    return dict(seeded_demo_overrides(n, box, seed=0, num_images=num_images), **DEMO_SETTINGS)
-
-
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="*", help="MRC maps or particle stacks to open as layers")
     parser.add_argument("--demo", action="store_true",
@@ -68,7 +56,9 @@ def launch(files: list[str] | None = None, demo: bool = False, run: str | None =
         docks["Open run"].open(run)
     if demo:
         viewer.open_sample(PLUGIN, "two_state_ribosome")
-        settings = demo_train_settings(sample.SAMPLE_N, sample.SAMPLE_BOX, demo_images)
+        from cryofire_app.training.presets import gui_demo_settings
+
+        settings = gui_demo_settings(sample.SAMPLE_N, sample.SAMPLE_BOX, demo_images)
         settings.update(train_overrides)
         train = docks["Train"]
         train.box.value = 0  # the sample is simulated at a CPU-friendly box already

@@ -50,6 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from cryofire_app.io import load_particles, write_pose_pkl, write_z_pkl
     from cryofire_app.io.atomic import atomic_save_npz
     from cryofire_app.io.errors import InputError
+    from cryofire_app.io.rundir import RunDir
     from cryofire_app.training.dataset import ParticleData
     from cryofire_app.training.inference import default_turns, predict, refine_z
     from cryofire_app.training.trainer import resolve_device
@@ -99,9 +100,10 @@ def main(args: argparse.Namespace) -> int:
     dt = time.time() - t0
     out = Path(args.preddir)
     out.mkdir(parents=True, exist_ok=True)
-    write_pose_pkl(out / "pose.pkl", pr.rot.astype(np.float32), (pr.trans / D).astype(np.float32))
-    write_z_pkl(out / "z.pkl", pr.z.astype(np.float32))
-    atomic_save_npz(out / "latents.npz", index=np.asarray(ps.index, np.int64), z=pr.z.astype(np.float32),
+    files = RunDir(out)
+    write_pose_pkl(files.pose, pr.rot.astype(np.float32), (pr.trans / D).astype(np.float32))
+    write_z_pkl(files.z, pr.z.astype(np.float32))
+    atomic_save_npz(files.latents, index=np.asarray(ps.index, np.int64), z=pr.z.astype(np.float32),
                     rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
                     branch=pr.branch.astype(np.int8), D=np.int64(D), apix=np.float64(data.apix))
     print(f"inferred {data.N} particles in {dt:.2f} s ({1e3 * dt / max(data.N, 1):.2f} ms/image); wrote {out}",

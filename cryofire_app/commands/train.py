@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -206,7 +207,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise InputError("-o/--outdir: exists and is not a folder", out)
     if args.seed_from:
         seed = Path(args.seed_from)
-        seed = seed / "checkpoints" / "seed.npz" if seed.is_dir() else seed
+        seed = RunDir(seed).seed if seed.is_dir() else seed
         if not seed.is_file():
             raise InputError("--seed-from: no seed here (give a run folder or its checkpoints/seed.npz)", seed)
         try:
@@ -219,16 +220,15 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from tqdm import tqdm
 
-    from cryofire_app.training.events import Checkpoint, Failed, Finished, Message, Started, Step, Verdict
-    from cryofire_app.training.report import summary_line
+    from cryofire_app.commands.console import event_line
+    from cryofire_app.training.events import Failed, Finished, Started, Step
     from cryofire_app.training.trainer import Trainer
 
     cfg = config_from_args(args)
-    last = Path(cfg.outdir) / "checkpoints" / "last.pt"
+    last = RunDir(cfg.outdir).last_checkpoint
     if last.exists() and not args.resume:
         raise InputError("already holds a training run; use --resume to continue it or choose another -o",
                          cfg.outdir)
@@ -252,16 +252,8 @@ def main(args: argparse.Namespace) -> int:
                     bar.update(ev.images_seen - bar.n)
                     if ev.step % 10 == 0:
                         bar.set_postfix(loss=f"{ev.loss:.4g}", r=ev.mask_radius, phase=ev.phase, refresh=False)
-            elif isinstance(ev, Checkpoint):
-                dp = "" if ev.pose_change_deg is None else f", pose change {ev.pose_change_deg:.2f} deg"
-                dz = "" if ev.z_change is None else f", z change {ev.z_change:.3f}"
-                (bar.write if bar else print)(f"checkpoint at {ev.images_seen} images: val loss {ev.val_loss:.5g}"
-                                              f"{dp}{dz}")
-            elif isinstance(ev, Message):
-                (bar.write if bar else print)(f"{ev.level}: {ev.text}")
-            elif isinstance(ev, Verdict):
-                prefix = "" if ev.verdict == "converged" else "WARNING: "
-                (bar.write if bar else print)(prefix + summary_line(ev))
+            elif event_line(ev) is not None:   # messages, phases, seed stages, checkpoints, the verdict
+                (bar.write if bar else print)(event_line(ev))
             elif isinstance(ev, Failed):
                 if bar:
                     bar.close()

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from cryofire_app.io.rundir import RunDir  # noqa: F401  (the run folder layout, for the docks)
+
 
 def latent_pca(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PC scores (n, k) of z and the explained-variance ratio (k,), via `cryofire_app.analysis.latent.fit_pca`."""
@@ -53,7 +55,7 @@ def open_run_for(outdir: Any) -> Any:
     """The engine's Run for a folder, or None when it has no config.json yet."""
     from cryofire_app.analysis.run import Run
 
-    if outdir is None or not (Path(outdir) / "config.json").is_file():
+    if outdir is None or not RunDir(outdir).is_run():
         return None
     return Run(outdir)
 

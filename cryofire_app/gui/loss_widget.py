@@ -8,7 +8,7 @@ peak-decimated to the widget's pixel columns (lineplot.py says why this is not p
 
 The seeded schedule starts with an ab initio seed that sees no training image for minutes (its Step events count
 search rounds, its loss is a noise variance in its own units): a seed row shows its stage (from the trainer's
-"seed <stage>: ..." messages) as a bar over the stages, the search round, the noise variance and a running clock,
+SeedProgress events) as a bar over the stages, the search round, the noise variance and a running clock,
 so the dock visibly moves while the loss curve is still empty.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QProgressBar, QSpinBox, QVBoxLayout, QWidget
 
 from cryofire_app.gui.lineplot import LinePlot
-from cryofire_app.gui.session import SEED_STAGE_NAMES, SEED_STAGES, get_session, seed_stage, stable_label
+from cryofire_app.gui.session import SEED_STAGE_NAMES, get_session, stable_label
 
 REDRAW_MS = 500
 
@@ -101,7 +101,7 @@ class LossWidget(QWidget):
         self.status = QLabel("no training yet")
         stable_label(self.status)
         self.seed_bar = QProgressBar()
-        self.seed_bar.setRange(0, len(SEED_STAGES) - 1)
+        self.seed_bar.setRange(0, len(SEED_STAGE_NAMES) - 1)
         self.seed_bar.setFormat("ab initio seed: stage %v of %m")
         self.seed_bar.setToolTip("Seeded schedule: explicit ab initio pose search and heterogeneity analysis "
                                  "before the first training image (minutes on a CPU)")
@@ -137,7 +137,7 @@ class LossWidget(QWidget):
             sess = get_session(napari_viewer)
             sess.step.connect(self.add_step)
             sess.checkpoint.connect(self.add_checkpoint)
-            sess.message.connect(self.add_message)
+            sess.progress.connect(self.add_progress)
             sess.verdict.connect(self.show_verdict)
             sess.reset.connect(self.clear)
             sess.run_opened.connect(self.load_run_log)
@@ -161,15 +161,14 @@ class LossWidget(QWidget):
         self._steps.append((float(ev.images_seen), float(ev.loss), float(ev.mask_radius), pose_only))
         self._dirty = True
 
-    def add_message(self, ev: Any) -> None:
-        """A trainer Message: seed stage changes drive the seed row."""
-        st = seed_stage(getattr(ev, "text", ""))
-        if st is None:
-            return
-        if st == "end":
+    def add_progress(self, ev: Any) -> None:
+        """A PhaseChange or SeedProgress event: seed stages drive the seed row; the phase after the seed ends it."""
+        if type(ev).__name__ == "SeedProgress":
+            self._seed_begin(ev.stage)
+        elif ev.phase == "seed":
+            self._seed_begin("prepare")
+        elif self.seed_stage is not None:
             self._seed_end()
-        else:
-            self._seed_begin("prepare" if st == "start" else st)
 
     def _seed_begin(self, stage: str) -> None:
         import time
@@ -178,7 +177,8 @@ class LossWidget(QWidget):
             self._seed_t0 = time.monotonic()
         self.seed_stage = stage
         self.seed_done = False
-        self.seed_bar.setValue(SEED_STAGES.index(stage) if stage in SEED_STAGES else 0)
+        stages = list(SEED_STAGE_NAMES)   # in the seed's order (training.events.SEED_STAGES)
+        self.seed_bar.setValue(stages.index(stage) if stage in stages else 0)
         self.seed_bar.setVisible(True)
         self.seed_label.setVisible(True)
         self._seed_text()
@@ -236,36 +236,29 @@ class LossWidget(QWidget):
             self._dirty = True
 
     def load_run_log(self, run: Any) -> None:
-        """Fill the plot from a run folder's log.jsonl (one JSON object per event)."""
+        """Fill the plot from a run folder's log.jsonl (one JSON object per event) and its report.json."""
         import json
-        from pathlib import Path
         from types import SimpleNamespace
 
+        from cryofire_app.gui.engine_api import RunDir
+
         self.clear()
-        report = Path(getattr(run, "outdir", "")) / "report.json"
-        if report.is_file():
+        files = RunDir(getattr(run, "outdir", ""))
+        if files.report.is_file():
             try:
-                self.show_verdict(SimpleNamespace(**json.loads(report.read_text())))
+                self.show_verdict(SimpleNamespace(**json.loads(files.report.read_text())))
             except (json.JSONDecodeError, TypeError, OSError):
                 pass   # a damaged report: no banner, the run still opens
-        path = Path(getattr(run, "outdir", "")) / "log.jsonl"
-        if not path.is_file():
-            return
         seed_rounds, seed_s = 0, 0.0
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a running job may have a half-written last line
-                kind = rec.get("event") or rec.get("type") or rec.get("kind")
-                if kind == "Step" and "loss" in rec:
-                    if rec.get("phase") == "seed":  # a finished seed: summarised below, no live clock
-                        seed_rounds, seed_s = seed_rounds + 1, float(rec.get("elapsed_s", 0.0))
-                        continue
-                    self.add_step(SimpleNamespace(**rec))
-                elif kind == "Checkpoint":
-                    self.add_checkpoint(SimpleNamespace(**rec))
+        for rec in files.events():
+            kind = rec.get("event") or rec.get("type") or rec.get("kind")
+            if kind == "Step" and "loss" in rec:
+                if rec.get("phase") == "seed":  # a finished seed: summarised below, no live clock
+                    seed_rounds, seed_s = seed_rounds + 1, float(rec.get("elapsed_s", 0.0))
+                    continue
+                self.add_step(SimpleNamespace(**rec))
+            elif kind == "Checkpoint":
+                self.add_checkpoint(SimpleNamespace(**rec))
         if seed_rounds:
             self.seed_steps = seed_rounds
             self.seed_label.setText(f"ab initio seed: {seed_rounds} search rounds, {_fmt_s(seed_s)}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from cryofire_app.gui.engine_api import RunDir
 from cryofire_app.gui.session import DecoderSource, LatentSet
 
 
@@ -35,7 +36,7 @@ class RunDecoder:
         self._lock = threading.Lock()
 
     def _checkpoint_stamp(self):
-        p = self.outdir / "checkpoints" / "last.pt"
+        p = RunDir(self.outdir).last_checkpoint
         try:
             st = os.stat(p)
             return (st.st_mtime_ns, st.st_size)

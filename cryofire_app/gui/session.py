@@ -78,7 +78,8 @@ class Session(QObject):
     step = Signal(object)  # training Step event
     checkpoint = Signal(object)  # training Checkpoint event
     finished = Signal(object)  # training Finished event, or None after a failure
-    message = Signal(object)  # training Message event (seed stage changes among them)
+    message = Signal(object)  # training Message event (for people: notifications)
+    progress = Signal(object)  # training PhaseChange or SeedProgress event
     verdict = Signal(object)  # training Verdict event: the run's self-diagnosis
     latents_changed = Signal(object)  # LatentSet
     decoder_changed = Signal(object)  # DecoderSource | None
@@ -133,6 +134,8 @@ class Session(QObject):
             self.checkpoint.emit(ev)
         elif kind == "Message":
             self.message.emit(ev)
+        elif kind in ("PhaseChange", "SeedProgress"):
+            self.progress.emit(ev)
         elif kind == "Verdict":
             self.verdict.emit(ev)
         elif kind in ("Finished", "Failed"):
@@ -140,25 +143,9 @@ class Session(QObject):
             self.finished.emit(ev)
 
 
-SEED_STAGES = ("prepare", "abinit", "global", "local", "hetero", "done")
 SEED_STAGE_NAMES = {"prepare": "preparing the images", "abinit": "ab initio EM at a small box",
                     "global": "exhaustive pose search", "local": "local pose refinement, growing box",
                     "hetero": "heterogeneity (states or a continuum)", "done": "finishing"}
-
-
-def seed_stage(text: str) -> str | None:
-    """The seed stage a trainer Message announces ("seed <stage>: ..." -> stage), "start" for the opening
-    "seeding: ..." message, "end" for the trainer's "seed done in ..." (the distill phase follows); None for other
-    messages."""
-    text = str(text)
-    if text.startswith("seeding:"):
-        return "start"
-    if text.startswith("seed done in"):  # the trainer's closing message ("seed done: ..." is the seed's last stage)
-        return "end"
-    if text.startswith("seed "):
-        stage = text[5:].split(":", 1)[0].strip()
-        return stage if stage in SEED_STAGES else None
-    return None
 
 
 def stable_label(label) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from cryofire_app.gui.session import SEED_STAGE_NAMES, get_session, seed_stage, stable_label
+from cryofire_app.gui.session import SEED_STAGE_NAMES, get_session, stable_label
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +290,17 @@ class TrainWidget(QWidget):
             self._progress(ev)
         elif kind == "Checkpoint":
             self._on_checkpoint(ev)
+        elif kind == "SeedProgress":   # seed stages go to the status line and the Loss dock's seed row
+            self._seed_stage = ev.stage
+            self.status.value = f"seeding: {SEED_STAGE_NAMES.get(ev.stage, ev.stage)} …"
+        elif kind == "PhaseChange":
+            if ev.phase == "seed":
+                self._seed_stage = "prepare"
+                self.status.value = f"seeding: {SEED_STAGE_NAMES['prepare']} …"
+            elif self._seed_stage is not None:   # the seed is over
+                self._seed_stage = None
+                self.status.value = "seed done: distilling its poses into the encoder …"
         elif kind == "Message":
-            st = seed_stage(ev.text)
-            if st is not None:
-                # seed stage changes go to the status line and the Loss dock's seed row, not to pop-ups
-                self._seed_stage = None if st == "end" else ("prepare" if st == "start" else st)
-                if self._seed_stage is not None:
-                    self.status.value = f"seeding: {SEED_STAGE_NAMES.get(self._seed_stage, self._seed_stage)} …"
-                else:
-                    self.status.value = "seed done: distilling its poses into the encoder …"
-                return
             {"error": show_error, "warning": show_warning}.get(ev.level, show_info)(f"cryoFIRE: {ev.text}")
         elif kind == "Verdict":
             note = {"converged": show_info, "uncertain": show_warning, "failed": show_error}[ev.verdict]

@@ -17,8 +17,13 @@ from cryofire_app.io.errors import InputError
 __all__ = ["atomic_save_npz", "atomic_torch_save", "atomic_write_text", "load_checkpoint"]
 
 
+#: version of the checkpoint layout this code writes and reads (the "format" key; files without it are version 1)
+CHECKPOINT_FORMAT = 1
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True; a missing or damaged file raises InputError naming it."""
+    """Load a checkpoint with weights_only=True; a missing or damaged file, or one written by a newer version of the
+    layout (``format`` > CHECKPOINT_FORMAT), raises InputError naming it."""
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
@@ -30,4 +35,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                          f"({type(exc).__name__}: {first})", path) from None
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise InputError("not a cryofire checkpoint (missing model/config)", path)
+    fmt = ck.get("format", 1)
+    if not isinstance(fmt, int) or fmt < 1:
+        raise InputError(f"checkpoint format {fmt!r} is not a version number: the file is damaged", path)
+    if fmt > CHECKPOINT_FORMAT:
+        raise InputError(f"checkpoint format {fmt} was written by a newer cryofire-app (this one reads up to format "
+                         f"{CHECKPOINT_FORMAT}): upgrade cryofire-app to open it", path)
     return ck

@@ -69,6 +69,13 @@ class DecoderConfig:
     grid_half_lattice: bool = True  # grid: evaluate each (k, -k) pair once (F(-k) = conj F(k), H = Re F - Im F)
 
 
+# seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
+# of the training box). Measured (decoder forward + backward, 1 thread on the shared 2-core machine, box 64):
+# 3x256: r 32 204 ms/image, r 16 57, r 12 26, r 8 12; 3x128: r 32 65, r 16 6.4, r 12 4.4, r 8 1.1. A cap of 12 px
+# (box 64: 5.3 px = 1/12 cycles/px, about the seed's FSC range on issue 5's set) cuts the default decoder ~8x;
+# a 3x128 decoder (--dec-hidden 128) saves another ~5x.
+SEEDED_CPU_FREQ_MAX = 12
+
 #: the largest training box chosen without -D: larger stacks are Fourier-cropped to it (see training_box)
 AUTO_BOX_MAX = 128
 
@@ -209,6 +216,17 @@ class TrainConfig:
         """Check every field (types, ranges, choices, that the device exists); InputError naming the option and what
         is allowed. Returns self. Called by `cryofire train`, the GUI's Train dock (through Trainer) and Trainer."""
         return validate_config(self)
+
+    def resolved(self, device_type: str) -> "TrainConfig":
+        """A copy with the defaults that depend on the schedule and the device filled in (this config unchanged):
+        ``lr`` 1e-3 (seeded) or 1e-4 (amortized); ``freq_max`` SEEDED_CPU_FREQ_MAX for the seeded schedule on a CPU
+        (``device_type`` "cpu" or "cuda")."""
+        out = TrainConfig.from_dict(self.to_dict())
+        if out.schedule == "seeded" and out.freq_max is None and device_type == "cpu":
+            out.freq_max = SEEDED_CPU_FREQ_MAX
+        if out.lr is None:
+            out.lr = 1e-3 if out.schedule == "seeded" else 1e-4
+        return out
 
     def augments_inplane(self) -> bool:
         """Whether training turns the encoder's input in plane (augment_inplane; None: the seeded schedule only)."""

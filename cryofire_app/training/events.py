@@ -54,6 +54,32 @@ class Message:
     text: str
 
 
+#: the ab initio seed's stages, in order (reconstruct.seed.SeedEvent.stage)
+SEED_STAGES = ("prepare", "abinit", "global", "local", "hetero", "done")
+SeedStage = Literal["prepare", "abinit", "global", "local", "hetero", "done"]
+Phase = Literal["seed", "distill", "pose_only", "joint"]
+
+
+@dataclass
+class PhaseChange:
+    """The run enters ``phase`` at ``images_seen`` images (a resumed run announces the phase it resumes in); ``text``
+    says so for a person (what the phase does, on how many particles)."""
+
+    phase: Phase
+    images_seen: int
+    text: str
+
+
+@dataclass
+class SeedProgress:
+    """The ab initio seed entered ``stage`` (one event per stage, in SEED_STAGES order); ``text`` is the stage's
+    first report for a person (e.g. the search's box and radius); ``elapsed_s`` since the seed began."""
+
+    stage: SeedStage
+    text: str
+    elapsed_s: float
+
+
 @dataclass
 class Finished:
     outdir: str
@@ -78,7 +104,7 @@ class Verdict:
     path: str
 
 
-Event = Started | Step | Latents | Checkpoint | Message | Finished | Failed | Verdict
+Event = Started | Step | Latents | Checkpoint | Message | PhaseChange | SeedProgress | Finished | Failed | Verdict
 
 
 def event_to_json(ev: Any) -> dict:

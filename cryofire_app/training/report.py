@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
+from cryofire_app.io.rundir import RunDir
 from cryofire_app.training.checkpoint import atomic_write_text
 from cryofire_app.training.events import Verdict
-
-REPORT_NAME = "report.json"
 
 
 def _finite(x):
@@ -54,7 +52,7 @@ def final_reconstruction(trainer, rot: np.ndarray, trans_px: np.ndarray) -> dict
     ctf = data.ctf.numpy()[pos] if data.ctf is not None else None
     fm = final_maps(lambda rows: data.resized_images(pos[rows]), len(pos), ctf, rot[pos],
                     trans_px[pos], state=st, seed=trainer.config.seed)
-    folder = Path(trainer.outdir) / "reconstruction"
+    folder = RunDir(trainer.outdir).reconstruction
     folder.mkdir(parents=True, exist_ok=True)
     apix, sign = float(data.apix), float(trainer.sign)
     files = {"map": fm.volume, "half_1": fm.half1, "half_2": fm.half2}
@@ -98,7 +96,7 @@ def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray, reconstruction:
     checks = diag.to_dict()
     checks["encoder_agreement_deg"] = agree
     checks["encoder_agreement_target_deg"] = target
-    path = Path(trainer.outdir) / REPORT_NAME
+    path = RunDir(trainer.outdir).report
     doc = {"verdict": level, "reasons": reasons, "checks": checks,
            "run": {"images_seen": int(trainer.images_seen), "box": int(trainer.D), "apix": trainer.data.apix,
                    "schedule": cfg.schedule, "n_train": int(len(trainer.train_pos)),

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cryofire_app.io.errors import InputError
+from cryofire_app.io.rundir import RunDir
 from cryofire_app.model.cryofire import (
     PRECISIONS,
     CryoFIRE,
@@ -43,24 +44,28 @@ from cryofire_app.model.cryofire import (
 from cryofire_app.physics.inplane import rotate_poses
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.physics.rotations import geodesic_angle
-from cryofire_app.training.checkpoint import atomic_save_npz, atomic_torch_save, load_checkpoint
+from cryofire_app.training.checkpoint import CHECKPOINT_FORMAT, atomic_save_npz, atomic_torch_save, load_checkpoint
 from cryofire_app.training.config import TrainConfig, training_box
 from cryofire_app.training.dataset import ParticleData, Prefetcher, batch_schedule, check_trainable
-from cryofire_app.training.events import Checkpoint, Failed, Finished, Latents, Message, Started, Step, event_to_json
+from cryofire_app.training.events import (
+    Checkpoint,
+    Failed,
+    Finished,
+    Latents,
+    Message,
+    PhaseChange,
+    SeedProgress,
+    Started,
+    Step,
+    event_to_json,
+)
 from cryofire_app.training.inference import default_turns, predict
 from cryofire_app.training.losses import kl_normal, symmetric_min
 from cryofire_app.training.synthetic import HeteroRenderer, SeedRenderer
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
 SCHEDULES = ("seeded", "amortized")
-# seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
-# of the training box). Measured (decoder forward + backward, 1 thread on the shared 2-core machine, box 64):
-# 3x256: r 32 204 ms/image, r 16 57, r 12 26, r 8 12; 3x128: r 32 65, r 16 6.4, r 12 4.4, r 8 1.1. A cap of 12 px
-# (box 64: 5.3 px = 1/12 cycles/px, about the seed's FSC range on issue 5's set) cuts the default decoder ~8x;
-# a 3x128 decoder (--dec-hidden 128) saves another ~5x.
-SEEDED_CPU_FREQ_MAX = 12
 # torchrun: how long the other ranks may wait for rank 0's seed (and any collective) before the run is abandoned
 SEED_WAIT_HOURS = 24
 
@@ -160,6 +165,7 @@ class Trainer:
         self._particles = particles
         self.resume_requested = resume
         self.outdir = Path(config.outdir)
+        self.run_dir = RunDir(self.outdir)   # every file of the run folder
         self._stop = threading.Event()
         self._go = threading.Event()
         self._go.set()
@@ -230,7 +236,7 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         self._setup_distributed()
         ck = None
-        last = self.outdir / "checkpoints" / "last.pt"
+        last = self.run_dir.last_checkpoint
         if self.resume_requested:
             ck = load_checkpoint(last)
             saved = TrainConfig.from_dict(ck["config"])
@@ -254,10 +260,7 @@ class Trainer:
         if not 0 <= cfg.distill_synth_ratio <= 4:
             raise InputError(f"distill_synth_ratio (synthetic images per real image) must lie in [0, 4]; got "
                              f"{cfg.distill_synth_ratio:g}")
-        if cfg.schedule == "seeded" and cfg.freq_max is None and self.device.type == "cpu":
-            cfg.freq_max = SEEDED_CPU_FREQ_MAX
-        if cfg.lr is None:
-            cfg.lr = 1e-3 if cfg.schedule == "seeded" else 1e-4
+        self.config = cfg = cfg.resolved(self.device.type)   # the caller's config is left as it was
         self.data = self._load_data()
         check_trainable(self.data.N, cfg, cfg.particles or None)   # too few particles: refused before any work
         D = self.data.D
@@ -304,6 +307,7 @@ class Trainer:
         self.next_ckpt = cfg.checkpoint_every
         self.next_latents = cfg.latents_every
         self.seed_done = False
+        self._announced: str | None = None   # the phase the last PhaseChange event announced
         self.joint_ok = False          # seeded: the encoder has reproduced the seed's poses (see seed_agreement_deg)
         self.agreement_deg: float | None = None
         self.next_agreement = 0
@@ -346,15 +350,23 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, 3])
         self.latent_pos = np.sort(rng.permutation(self.train_pos)[: cfg.latents_subset])
         if self.rank == 0:
-            (self.outdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
             cfg_out = TrainConfig.from_dict(cfg.to_dict())
             cfg_out.D = D
-            cfg_out.save(self.outdir / "config.json")
-            self._log = open(self.outdir / "log.jsonl", "a", buffering=1)
+            cfg_out.save(self.run_dir.config)
+            self._log = open(self.run_dir.log, "a", buffering=1)
         else:
             self._log = None
 
     # ---- helpers ------------------------------------------------------------------------------------------------
+    def _announce(self, phase: str, text: str | None = None) -> PhaseChange:
+        """The PhaseChange event of entering ``phase`` now (``text``: the default names the phase and the count)."""
+        self._announced = phase
+        names = {"seed": "ab initio seed", "distill": "distilling the seed into the encoder",
+                 "pose_only": "pose-only training (one consensus map)", "joint": "joint training of poses and z"}
+        return self._emit(PhaseChange(phase, self.images_seen, text or f"{names.get(phase, phase)} from "
+                                                                       f"{self.images_seen} images"))
+
     def _emit(self, ev):
         if self._log is not None:
             self._log.write(json.dumps(event_to_json(ev)) + "\n")
@@ -691,7 +703,7 @@ class Trainer:
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
     @property
     def seed_path(self) -> Path:
-        return self.outdir / "checkpoints" / "seed.npz"
+        return self.run_dir.seed
 
     def _seed_arrays(self, pos, rot, trans, score, coords=None) -> dict:
         """Full-size (N) torch lookups of the seed's per-particle results (identity/zero where not seeded). ``z_t``
@@ -750,7 +762,7 @@ class Trainer:
         cfg = self.config
         if cfg.seed_from:
             path = Path(cfg.seed_from)
-            path = path / "checkpoints" / "seed.npz" if path.is_dir() else path
+            path = RunDir(path).seed if path.is_dir() else path
             if not path.is_file():
                 raise InputError("no seed to reuse here (give a run folder or its checkpoints/seed.npz)", path)
             yield from self._adopt_seed(self._read_seed_file(path), source=path)
@@ -789,11 +801,11 @@ class Trainer:
             scfg = seed_config_from(cfg.seed_config)
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad seed_config {cfg.seed_config!r}: {exc}") from exc
-        yield self._emit(Message("info", f"seeding: ab initio pose search and state classification on the "
-                                         f"{len(self.seed_pos)} training particles at box {self.D}"
-                                         + ("" if len(self.seed_pos) == len(self.train_pos) else
-                                            f" (a random {len(self.seed_pos)} of the {len(self.train_pos)}: the "
-                                            "encoder gives the others their poses)")))
+        yield self._announce("seed", f"seeding: ab initio pose search and state classification on the "
+                                     f"{len(self.seed_pos)} training particles at box {self.D}"
+                                     + ("" if len(self.seed_pos) == len(self.train_pos) else
+                                        f" (a random {len(self.seed_pos)} of the {len(self.train_pos)}: the "
+                                        "encoder gives the others their poses)"))
         imgs = self.data.resized_view(self.seed_pos)
         ctf = self.data.ctf.numpy() if self.data.ctf is not None else None
         ctf = ctf[self.seed_pos] if ctf is not None else None
@@ -818,7 +830,7 @@ class Trainer:
                 return None
             if e.stage != stage:
                 stage = e.stage
-                yield self._emit(Message("info", f"seed {e.stage}: {e.message}"))
+                yield self._emit(SeedProgress(e.stage, e.message, e.elapsed_s))
             m = e.metrics
             if "sigma2" in m:
                 loss = float(m["sigma2"])
@@ -898,9 +910,8 @@ class Trainer:
         if kind:
             sizes += f" ({kind} heterogeneity, {np.asarray(arrays['coords']).shape[-1]} continuous coordinate(s))"
         made = f"seed {'(reused) made' if reused else 'done'} in {float(arrays['wall_s']):.0f} s{sizes}"
-        yield self._emit(Message("info", f"{made}; distilling into the encoder "
-                                         f"for {self.distill_images} images at radius "
-                                         f"{mask_radius_at(cfg, self.D, 0)} px"))
+        yield self._announce("distill", f"{made}; distilling into the encoder for {self.distill_images} images at "
+                                        f"radius {mask_radius_at(cfg, self.D, 0)} px")
         if self.rank == 0:
             self.save_checkpoint(numbered=False)
         self._barrier()
@@ -977,13 +988,13 @@ class Trainer:
 
     def save_checkpoint(self, numbered: bool = True) -> Path:
         """Atomic write of checkpoints/last.pt (+ a numbered hard link); rank 0 only."""
-        ckdir = self.outdir / "checkpoints"
+        ckdir = self.run_dir.checkpoints
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             # NaN/Inf weights (an update that was not finite though its loss was): keep the last good checkpoint
-            return self.last_checkpoint or ckdir / "last.pt"
-        last = atomic_torch_save(self.checkpoint_state(), ckdir / "last.pt")
+            return self.last_checkpoint or self.run_dir.last_checkpoint
+        last = atomic_torch_save(self.checkpoint_state(), self.run_dir.last_checkpoint)
         if numbered:
-            num = ckdir / f"ckpt_{self.images_seen:010d}.pt"
+            num = self.run_dir.numbered_checkpoint(self.images_seen)
             try:
                 if num.exists():
                     num.unlink()
@@ -998,7 +1009,7 @@ class Trainer:
 
     def _checkpoint_event(self) -> Checkpoint:
         val_loss, dpose, dz = self.validate()
-        path = self.save_checkpoint() if self.rank == 0 else self.outdir / "checkpoints" / "last.pt"
+        path = self.save_checkpoint() if self.rank == 0 else self.run_dir.last_checkpoint
         self._barrier()
         return Checkpoint(str(path), self.images_seen, val_loss, dpose, dz)
 
@@ -1079,20 +1090,20 @@ class Trainer:
             pr.trans[q] = self.seed["trans"][use]
             pr.branch[q] = 0
             self.seed_pose_fraction = float(use.mean()) if len(use) else 0.0
-        write_pose_pkl(self.outdir / "pose.pkl", pr.rot.astype(np.float32), (pr.trans / self.D).astype(np.float32))
-        write_z_pkl(self.outdir / "z.pkl", pr.z.astype(np.float32))
+        write_pose_pkl(self.run_dir.pose, pr.rot.astype(np.float32), (pr.trans / self.D).astype(np.float32))
+        write_z_pkl(self.run_dir.z, pr.z.astype(np.float32))
         split = np.zeros(self.data.N, np.int8)
         split[self.val_pos] = 1
-        atomic_save_npz(self.outdir / "latents.npz", index=np.asarray(self.data.particles.index, np.int64),
+        atomic_save_npz(self.run_dir.latents, index=np.asarray(self.data.particles.index, np.int64),
                         z=pr.z.astype(np.float32), rot=pr.rot.astype(np.float32),
                         trans=pr.trans.astype(np.float32), branch=pr.branch.astype(np.int8), val=split,
                         images_seen=np.int64(self.images_seen), D=np.int64(self.D), apix=np.float64(self.data.apix))
         if self.seed is not None:   # the seed's own per-particle poses (training split), for comparison
             from cryofire_app.io import write_ind_pkl
 
-            write_pose_pkl(self.outdir / "seed_pose.pkl", self.seed["rot"].astype(np.float32),
+            write_pose_pkl(self.run_dir.seed_pose, self.seed["rot"].astype(np.float32),
                            (self.seed["trans"] / self.D).astype(np.float32))
-            write_ind_pkl(self.outdir / "seed_ind.pkl", self.seed["pos"].astype(np.int64))
+            write_ind_pkl(self.run_dir.seed_ind, self.seed["pos"].astype(np.int64))
             if np.asarray(self.seed["state"]).size:   # the seed's heterogeneity (0 = largest state), rows of
                 # seed_ind.pkl
                 extra = {}
@@ -1104,7 +1115,7 @@ class Trainer:
                 score = np.asarray(self.seed["state_score"], np.float32)
                 if score.size != len(self.seed["pos"]):   # no heterogeneity found: no score, one state
                     score = np.zeros(len(self.seed["pos"]), np.float32)
-                atomic_save_npz(self.outdir / "seed_states.npz", index=self.seed["pos"].astype(np.int64),
+                atomic_save_npz(self.run_dir.seed_states, index=self.seed["pos"].astype(np.int64),
                                 state=np.asarray(self.seed["state"], np.int64), state_score=score, **extra)
         return pr
 
@@ -1155,6 +1166,8 @@ class Trainer:
                 return
         if not stopped and self.phase == "distill":
             yield from self._prepare_synth()
+        if not stopped and self._announced != self.phase:   # an amortized run, or a resumed one
+            yield self._announce(self.phase)
         pf = self._prefetcher()
         try:
             while self.images_seen < self.images_total and not stopped:
@@ -1194,6 +1207,8 @@ class Trainer:
                 if phase == "distill" and self.phase != "distill" and len(self.seed_pos) < len(self.train_pos):
                     pf.close()   # joint training reads every training particle, not only the seeded ones
                     pf = self._prefetcher()
+                if self.phase != self._announced and self.images_seen < self.images_total:
+                    yield self._announce(self.phase)
         except KeyboardInterrupt:
             if self.rank == 0 and self.model is not None:
                 self.save_checkpoint(numbered=False)
