@@ -358,7 +358,8 @@ def test_bounded_seed_searches_a_subset_and_training_reads_everyone(tmp_path):
     tr.distill_step, tr.train_step = spy("distill", steps), spy("joint", real_train)
     evs = list(tr.run())
     assert isinstance(evs[-1], Finished)
-    assert any(isinstance(e, Message) and "a random 64 of the 200" in e.text for e in evs)
+    seed_phase = next(e for e in evs if isinstance(e, PhaseChange) and e.phase == "seed")
+    assert "a random 64 of the 200" in seed_phase.text   # the user is told the seed reads a subset
     with np.load(tmp_path / "run" / "checkpoints" / "seed.npz") as f:
         pos = f["pos"]
     assert len(pos) == 64 and set(pos.tolist()) <= set(tr.train_pos.tolist())
