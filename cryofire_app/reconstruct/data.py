@@ -144,8 +144,11 @@ def stage_data(p: Particles, d: int, radius: float, index=None) -> StageData:
     Y = full[:, mask].contiguous()
     Yneg = full[:, lat.neg_index][:, mask].contiguous()
     coords = lat.coords[mask]
-    if p.ctf is not None:
-        ctf = ctf_from_params(lat.freqs2d[mask], p.ctf[idx], D_img=d).to(torch.float32)
+    if p.ctf is not None:   # 1,024 particles at a time: the CTF's float64 temporaries stay small
+        f2 = lat.freqs2d[mask]
+        ctf = torch.empty_like(Y)
+        for s in range(0, len(idx), 1024):
+            ctf[s:s + 1024] = ctf_from_params(f2, p.ctf[idx[s:s + 1024]], D_img=d)
     else:
         ctf = torch.ones_like(Y)
     return StageData(d, radius, idx, Y, Yneg, ctf, coords, (Y * Y).sum(1))

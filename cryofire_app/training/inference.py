@@ -180,6 +180,8 @@ def predict(model: CryoFIRE, data: ParticleData, pos: np.ndarray, sign: float = 
         mp = mask_points(Lattice(model.D), r, device)
     elif select != "encoder":
         raise ValueError(f"select must be 'decoder' or 'encoder', got {select!r}")
+    if turns > 1:   # K turns and the mirror make 2K encoder rows per image: ~1,024 rows a call (memory, speed)
+        batch = max(16, min(batch, 1024 // (2 * turns)))
     parts: dict[str, list] = {k: [] for k in ("rot", "trans", "z", "branch", "loss")}
     for b in _prefetched(data, np.asarray(pos, dtype=np.int64), batch, with_Y=mp is not None):
         out = predict_batch(model, b, sign, mp, device, use_z, sym, precision, turns)
