@@ -228,9 +228,9 @@ def main(args: argparse.Namespace) -> int:
             if t_budget is not None and time.time() - t_budget > budget_s and not stopping:
                 stopping = True
                 trainer.request_stop()
-        elif event_line(ev) is not None:   # messages, phases, seed stages, checkpoints, the verdict
+        elif (line := event_line(ev)) is not None:   # messages, phases, seed stages, checkpoints, the verdict
             verdict = ev if isinstance(ev, Verdict) else verdict
-            print(f"      {event_line(ev)}")
+            print(f"      {line}")
         elif isinstance(ev, Failed):
             print(f"cryofire demo: training failed: {ev.message}", file=sys.stderr)
             return 1

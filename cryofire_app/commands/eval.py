@@ -68,9 +68,10 @@ def run_eval(args: argparse.Namespace) -> dict:
     from cryofire_app.io import read_ind_pkl, read_pose_pkl
 
     folder = Path(args.run)
+    files = RunDir(folder)
     decode = None
     model_run = None
-    if RunDir(folder).is_run():
+    if files.is_run():
         from cryofire_app.analysis.run import Run
 
         run = Run(folder)
@@ -93,10 +94,10 @@ def run_eval(args: argparse.Namespace) -> dict:
             model_run = Run(args.model)
         D = args.box or (model_run.D if model_run is not None else None)
         ind = read_ind_pkl(args.ind) if args.ind else None
-        if RunDir(folder).latents.is_file():   # `cryofire infer` output: a damaged archive is named here
+        if files.latents.is_file():   # `cryofire infer` output: a damaged archive is named here
             from cryofire_app.analysis.run import read_latents
 
-            read_latents(RunDir(folder).latents)
+            read_latents(files.latents)
         pred = E.predictions_from_pkls(folder, D, ind)
         if model_run is not None and pred.apix is None:
             pred.apix = float(model_run.apix)

@@ -252,8 +252,8 @@ def main(args: argparse.Namespace) -> int:
                     bar.update(ev.images_seen - bar.n)
                     if ev.step % 10 == 0:
                         bar.set_postfix(loss=f"{ev.loss:.4g}", r=ev.mask_radius, phase=ev.phase, refresh=False)
-            elif event_line(ev) is not None:   # messages, phases, seed stages, checkpoints, the verdict
-                (bar.write if bar else print)(event_line(ev))
+            elif (line := event_line(ev)) is not None:   # messages, phases, seed stages, checkpoints, the verdict
+                (bar.write if bar else print)(line)
             elif isinstance(ev, Failed):
                 if bar:
                     bar.close()

@@ -41,6 +41,10 @@ class RunDir:
     def numbered_checkpoint(self, images_seen: int) -> Path:
         return self.checkpoints / f"ckpt_{int(images_seen):010d}.pt"
 
+    def numbered_checkpoints(self) -> list[Path]:
+        """The numbered checkpoints present, oldest (fewest images) first."""
+        return sorted(self.checkpoints.glob("ckpt_*.pt"))
+
     @property
     def seed(self) -> Path:
         return self.checkpoints / "seed.npz"

@@ -54,7 +54,8 @@ def final_maps(read: Callable[[np.ndarray], np.ndarray], n: int, ctf_params, rot
     """Reconstruct ``n`` particles: ``read(rows)`` returns their images ``(len(rows), D, D)`` (any units and offset;
     each chunk is normalised like the seed's data, :func:`.data.prepare_particles`, then brought to the first
     chunk's scale); ``ctf_params (n, 9)`` cryoDRGN rows or None; ``state (n,)`` ints for per-state maps;
-    ``chunk``: particles per pass (default :func:`chunk_size` of the images' box)."""
+    ``chunk``: particles per pass (default :func:`chunk_size` of the images' box, read off the first image; callers
+    that know the box pass it and save that read)."""
     if chunk is None:
         chunk = chunk_size(int(np.asarray(read(np.arange(min(1, n)))).shape[-1])) if n else 1
     rot = torch.as_tensor(np.asarray(rot, np.float32))

@@ -7,7 +7,7 @@ Units: `loss` is the mean squared error in normalized Hartley units; `mask_radiu
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -54,9 +54,9 @@ class Message:
     text: str
 
 
-#: the ab initio seed's stages, in order (reconstruct.seed.SeedEvent.stage)
-SEED_STAGES = ("prepare", "abinit", "global", "local", "hetero", "done")
 SeedStage = Literal["prepare", "abinit", "global", "local", "hetero", "done"]
+#: the ab initio seed's stages, in order (reconstruct.seed.SeedEvent.stage)
+SEED_STAGES: tuple[str, ...] = get_args(SeedStage)
 Phase = Literal["seed", "distill", "pose_only", "joint"]
 
 

@@ -44,14 +44,14 @@ def final_reconstruction(trainer, rot: np.ndarray, trans_px: np.ndarray) -> dict
     the run's hand and pixel size) and ``fsc.png``; returns what report.json records of it."""
     from cryofire_app.analysis.plots import plot_fsc
     from cryofire_app.io import write_mrc
-    from cryofire_app.reconstruct.final import final_maps
+    from cryofire_app.reconstruct.final import chunk_size, final_maps
 
     data, pos = trainer.data, np.asarray(trainer.train_pos)
     st = _seed_states(trainer, pos)
     st = st if st is not None and np.all(st >= 0) and st.max() >= 1 else None   # K >= 2 states only
     ctf = data.ctf.numpy()[pos] if data.ctf is not None else None
     fm = final_maps(lambda rows: data.resized_images(pos[rows]), len(pos), ctf, rot[pos],
-                    trans_px[pos], state=st, seed=trainer.config.seed)
+                    trans_px[pos], state=st, seed=trainer.config.seed, chunk=chunk_size(data.D))
     folder = RunDir(trainer.outdir).reconstruction
     folder.mkdir(parents=True, exist_ok=True)
     apix, sign = float(data.apix), float(trainer.sign)

@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("seeded", "amortized")
 # torchrun: how long the other ranks may wait for rank 0's seed (and any collective) before the run is abandoned
 SEED_WAIT_HOURS = 24
+# the phases' names in PhaseChange texts
+PHASE_NAMES = {"seed": "ab initio seed", "distill": "distilling the seed into the encoder",
+               "pose_only": "pose-only training (one consensus map)", "joint": "joint training of poses and z"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,7 +168,6 @@ class Trainer:
         self._particles = particles
         self.resume_requested = resume
         self.outdir = Path(config.outdir)
-        self.run_dir = RunDir(self.outdir)   # every file of the run folder
         self._stop = threading.Event()
         self._go = threading.Event()
         self._go.set()
@@ -362,9 +364,7 @@ class Trainer:
     def _announce(self, phase: str, text: str | None = None) -> PhaseChange:
         """The PhaseChange event of entering ``phase`` now (``text``: the default names the phase and the count)."""
         self._announced = phase
-        names = {"seed": "ab initio seed", "distill": "distilling the seed into the encoder",
-                 "pose_only": "pose-only training (one consensus map)", "joint": "joint training of poses and z"}
-        return self._emit(PhaseChange(phase, self.images_seen, text or f"{names.get(phase, phase)} from "
+        return self._emit(PhaseChange(phase, self.images_seen, text or f"{PHASE_NAMES.get(phase, phase)} from "
                                                                        f"{self.images_seen} images"))
 
     def _emit(self, ev):
@@ -677,7 +677,7 @@ class Trainer:
         target; None when the seed found no heterogeneity or too few particles for two groups."""
         from sklearn.cluster import KMeans
 
-        from cryofire_app.reconstruct.final import final_maps
+        from cryofire_app.reconstruct.final import chunk_size, final_maps
 
         sd, cfg = self.seed, self.config
         pos = np.asarray(sd["pos"], np.int64)
@@ -695,15 +695,16 @@ class Trainer:
                             for k in range(K)])
         ctf = self.data.ctf.numpy()[pos] if self.data.ctf is not None else None
         fm = final_maps(lambda rows: self.data.resized_images(pos[rows]), len(pos), ctf, sd["rot"], sd["trans"],
-                        state=groups, seed=cfg.seed)
+                        state=groups, seed=cfg.seed, chunk=chunk_size(self.D))
         vols = self.sign * np.asarray(fm.state_volumes, np.float32)
         return HeteroRenderer.fit(vols, groups, targets, self.data, pos, sd["rot"], sd["trans"], sign=self.sign,
                                   device=self.device).limit_band(self.model.encoder.box)
 
     # ---- seeding (schedule "seeded") ----------------------------------------------------------------------------
     @property
-    def seed_path(self) -> Path:
-        return self.run_dir.seed
+    def run_dir(self) -> RunDir:
+        """Every file of the run folder."""
+        return RunDir(self.outdir)
 
     def _seed_arrays(self, pos, rot, trans, score, coords=None) -> dict:
         """Full-size (N) torch lookups of the seed's per-particle results (identity/zero where not seeded). ``z_t``
@@ -729,7 +730,7 @@ class Trainer:
         return out
 
     def _load_seed(self) -> dict:
-        path = self.seed_path
+        path = self.run_dir.seed
         if not path.is_file():
             raise InputError("the checkpoint says the seeding stage is done but its results are missing", path)
         d = self._read_seed_file(path)
@@ -755,7 +756,8 @@ class Trainer:
         return np.sort(rng.choice(self.train_pos, size=cap, replace=False))
 
     def _run_seed(self, t0: float) -> Iterator:
-        """Run reconstruct.iter_seed_abinit on the seed's particles; forward progress as Message / Step("seed").
+        """Run reconstruct.iter_seed_abinit on the seed's particles; progress as PhaseChange, SeedProgress and
+        Step("seed") events.
 
         Data-parallel: rank 0 searches alone and broadcasts the result (or why there is none) to the other ranks,
         which wait; the seed is never repeated per rank."""
@@ -891,7 +893,7 @@ class Trainer:
         if reused:
             yield self._emit(Message("info", f"seed reused from {source} (no pose search)"))
         if self.rank == 0:
-            atomic_save_npz(self.seed_path, **arrays)
+            atomic_save_npz(self.run_dir.seed, **arrays)
         self.seed = dict(arrays, **self._seed_arrays(arrays["pos"], arrays["rot"], arrays["trans"],
                                                      score if score.size else None, arrays.get("coords")))
         # the seed's map has the sign `sgn` on the raw data; the trainer models sign * data = C * V with V > 0
@@ -988,7 +990,6 @@ class Trainer:
 
     def save_checkpoint(self, numbered: bool = True) -> Path:
         """Atomic write of checkpoints/last.pt (+ a numbered hard link); rank 0 only."""
-        ckdir = self.run_dir.checkpoints
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             # NaN/Inf weights (an update that was not finite though its loss was): keep the last good checkpoint
             return self.last_checkpoint or self.run_dir.last_checkpoint
@@ -1001,7 +1002,7 @@ class Trainer:
                 os.link(last, num)
             except OSError:
                 atomic_torch_save(self.checkpoint_state(), num)
-            olds = sorted(ckdir.glob("ckpt_*.pt"))
+            olds = self.run_dir.numbered_checkpoints()
             for p in olds[: max(0, len(olds) - self.config.keep_checkpoints)]:
                 p.unlink(missing_ok=True)
         self.last_checkpoint = last
