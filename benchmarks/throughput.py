@@ -156,14 +156,14 @@ def components(tr, batch_pos, device: str, reps: int = 3) -> dict:
         tr.optim.zero_grad(set_to_none=True)
         _sync(device)
         t0 = time.perf_counter()
-        with tr._autocast():
+        with tr.amp.autocast():
             enc = model.encode_branches(y, sym=tr.sym)
         sum(v.float().square().sum() for v in enc.values()).backward()
         _sync(device)
         parts["encoder"].append(time.perf_counter() - t0)
         encd = {k: v.detach().requires_grad_(True) for k, v in enc.items()}
         t0 = time.perf_counter()
-        with tr._autocast():
+        with tr.amp.autocast():
             err = model.branch_errors(Y, ctf, encd, encd["z_mu"], mp, sym=tr.sym)
         err.min(0).values.mean().backward()
         _sync(device)

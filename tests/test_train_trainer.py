@@ -124,14 +124,14 @@ def test_checkpoint_keeps_the_fp16_loss_scale(data, tmp_path):
     tr = Trainer(tiny_config(data, out, num_images=32))
     for _ in tr.run():
         pass
-    tr._scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    tr.amp.grad_scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
     tr.save_checkpoint()
     assert load_checkpoint(out / "checkpoints" / "last.pt")["grad_scaler"]["scale"] == 512.0
     res = Trainer(tiny_config(data, out, num_images=32), resume=True)
     list(res.run())
-    assert res._scaler is None                      # an fp32 run makes none ...
-    res.config.precision = "fp16"                   # ... an fp16 one (CUDA only) restores the saved one on first use
-    scaler = res._grad_scaler()
+    assert res.amp.grad_scaler is None              # an fp32 run makes none ...
+    res.amp.precision = "fp16"                      # ... an fp16 one (CUDA only) restores the saved one on first use
+    scaler = res.amp.scaler()
     assert scaler.get_scale() == 512.0 and scaler.get_growth_interval() == 7
     res.save_checkpoint()                           # and saves it again
     assert load_checkpoint(out / "checkpoints" / "last.pt")["grad_scaler"]["scale"] == 512.0

@@ -12,18 +12,16 @@ import torch
 
 from cryofire_app.io.atomic import atomic_save_npz, atomic_torch_save, atomic_write_text
 from cryofire_app.io.errors import InputError
+from cryofire_app.training.state import CHECKPOINT_FORMAT, migrate
 
 # the run folder's atomic writers (temp file beside the target, fsync, rename) live in io/atomic.py
-__all__ = ["atomic_save_npz", "atomic_torch_save", "atomic_write_text", "load_checkpoint"]
-
-
-#: version of the checkpoint layout this code writes and reads (the "format" key; files without it are version 1)
-CHECKPOINT_FORMAT = 1
+__all__ = ["CHECKPOINT_FORMAT", "atomic_save_npz", "atomic_torch_save", "atomic_write_text", "load_checkpoint"]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True; a missing or damaged file, or one written by a newer version of the
-    layout (``format`` > CHECKPOINT_FORMAT), raises InputError naming it."""
+    """Load a checkpoint with weights_only=True, migrated to the current layout (training/state.py); a missing or
+    damaged file, or one written by a newer version of the layout (``format`` > CHECKPOINT_FORMAT), raises InputError
+    naming it."""
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
@@ -41,4 +39,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if fmt > CHECKPOINT_FORMAT:
         raise InputError(f"checkpoint format {fmt} was written by a newer cryofire-app (this one reads up to format "
                          f"{CHECKPOINT_FORMAT}): upgrade cryofire-app to open it", path)
-    return ck
+    return migrate(ck)

@@ -1,0 +1,135 @@
+"""A run's final outputs (rank 0): an eval-mode pass over every particle writes pose.pkl, z.pkl (cryoDRGN formats;
+translations as fractions of the training box) and latents.npz; seeded runs also write the seed's poses and states;
+then the explicit reconstruction and the self-diagnosis (training/report.py) write reconstruction/ and report.json.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import torch
+
+from cryofire_app.io.atomic import atomic_save_npz
+from cryofire_app.model.cryofire import mask_points
+from cryofire_app.training.events import Message
+from cryofire_app.training.inference import Predictions, default_turns
+from cryofire_app.training.schedule import mask_radius_at
+
+if TYPE_CHECKING:
+    from cryofire_app.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["diagnose_events", "outputs_message", "seed_fits_better", "write_outputs"]
+
+
+@torch.no_grad()
+def seed_fits_better(tr: "Trainer", pos: np.ndarray, pr: Predictions, radius: int) -> np.ndarray:
+    """(len(pos),) bool: the decoder's error (mask radius ``radius``, the z of ``pr``) is lower at the seed's pose
+    than at the predicted one. ``pr`` holds predictions for every particle (row = position)."""
+    mp = mask_points(tr.lattice, radius, tr.device)
+    out = np.zeros(len(pos), bool)
+    tr.model.eval()
+    bs = tr.config.eval_batch_size
+    for i in range(0, len(pos), bs):
+        b = tr.data.load(pos[i:i + bs])
+        Y = b.Y.to(tr.device) * tr.sign
+        ctf = b.ctf.to(tr.device) if b.ctf is not None else None
+        z = torch.as_tensor(pr.z[b.pos], device=tr.device)
+        errs = []
+        for R, t in ((tr.seed["rot_t"][b.pos], tr.seed["trans_t"][b.pos]),
+                     (torch.as_tensor(pr.rot[b.pos]), torch.as_tensor(pr.trans[b.pos]))):
+            errs.append(tr.model.branch_errors(Y, ctf, {"rot": R.to(tr.device), "trans": t.to(tr.device)}, z, mp,
+                                               sym=False)[0])
+        out[i:i + len(b.pos)] = (errs[0] <= errs[1]).cpu().numpy()
+    tr.model.train()
+    return out
+
+
+def write_outputs(tr: "Trainer") -> Predictions:
+    """The final pass over every particle; returns the final predictions (``rot``, ``trans`` in training-box px,
+    ``z``, ``branch`` for every particle). Particles the seed saw keep whichever pose the decoder fits better at its
+    whole training radius: the seed's (exhaustive search and local refinement) or the encoder's (no labels needed;
+    the encoder can drift from, or never reach, the seed)."""
+    from cryofire_app.io import write_pose_pkl, write_z_pkl
+
+    cfg, rd = tr.config, tr.run_dir
+    r = min(cfg.select_radius, mask_radius_at(cfg, tr.D, tr.images_seen))
+    pr = tr.predict(np.arange(tr.data.N), r, default_turns(cfg))   # as `cryofire infer` would
+    if tr.seed is not None:
+        p = tr.seed["pos"]
+        use = seed_fits_better(tr, p, pr, mask_radius_at(cfg, tr.D, tr.images_seen))
+        q = p[use]
+        pr.rot[q] = tr.seed["rot"][use]
+        pr.trans[q] = tr.seed["trans"][use]
+        pr.branch[q] = 0
+        tr.seed_pose_fraction = float(use.mean()) if len(use) else 0.0
+    write_pose_pkl(rd.pose, pr.rot.astype(np.float32), (pr.trans / tr.D).astype(np.float32))
+    write_z_pkl(rd.z, pr.z.astype(np.float32))
+    split = np.zeros(tr.data.N, np.int8)
+    split[tr.val_pos] = 1
+    atomic_save_npz(rd.latents, index=np.asarray(tr.data.particles.index, np.int64), z=pr.z.astype(np.float32),
+                    rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
+                    branch=pr.branch.astype(np.int8), val=split, images_seen=np.int64(tr.images_seen),
+                    D=np.int64(tr.D), apix=np.float64(tr.data.apix))
+    if tr.seed is not None:
+        _write_seed_outputs(tr)
+    return pr
+
+
+def _write_seed_outputs(tr: "Trainer") -> None:
+    """The seed's own per-particle poses (seed_pose.pkl, rows of seed_ind.pkl) and its heterogeneity
+    (seed_states.npz: state 0 = the largest, state_score, coords and kind when it found any)."""
+    from cryofire_app.io import write_ind_pkl, write_pose_pkl
+
+    sd, rd = tr.seed, tr.run_dir
+    write_pose_pkl(rd.seed_pose, sd["rot"].astype(np.float32), (sd["trans"] / tr.D).astype(np.float32))
+    write_ind_pkl(rd.seed_ind, sd["pos"].astype(np.int64))
+    if not np.asarray(sd["state"]).size:
+        return
+    extra = {}
+    coords = np.asarray(sd.get("coords", np.zeros((0, 0))), np.float32)
+    if coords.ndim == 2 and coords.shape[1] and len(coords) == len(sd["pos"]):
+        extra["coords"] = coords
+    if str(sd.get("kind", "")):
+        extra["kind"] = np.str_(str(sd["kind"]))
+    score = np.asarray(sd["state_score"], np.float32)
+    if score.size != len(sd["pos"]):   # no heterogeneity found: no score, one state
+        score = np.zeros(len(sd["pos"]), np.float32)
+    atomic_save_npz(rd.seed_states, index=sd["pos"].astype(np.int64), state=np.asarray(sd["state"], np.int64),
+                    state_score=score, **extra)
+
+
+def outputs_message(tr: "Trainer") -> Message:
+    """Seeded runs: how many seeded particles kept the seed's pose, and a warning when the encoder never reached
+    the seed (its poses for the other particles, and `cryofire infer`, are then not reliable)."""
+    gap = f"{tr.agreement_deg:.1f} deg" if tr.agreement_deg is not None else "not checked"
+    msg = (f"outputs: the seed's pose fits the decoder better for {100 * tr.seed_pose_fraction:.0f} % of the "
+           f"{len(tr.seed['pos'])} training particles (kept there; the encoder's elsewhere)")
+    if not tr.joint_ok:
+        return Message("warning", msg + f"; the encoder stayed {gap} from the seed's poses, so its poses for other "
+                                        "particles, and `cryofire infer`, are not reliable yet: train longer, or "
+                                        "on a GPU")
+    return Message("info", msg)
+
+
+def diagnose_events(tr: "Trainer", pr: Predictions) -> Iterator:
+    """The final explicit reconstruction and the self-diagnosis of the final poses (training.report): maps in
+    reconstruction/, a Verdict event and report.json; a fault in either is a warning and never fails the run."""
+    from cryofire_app.training.report import diagnose_run, final_reconstruction
+
+    rec = None
+    try:
+        rec = final_reconstruction(tr, pr.rot, pr.trans)
+        yield Message("info", f"final reconstruction of {rec['n_particles']} particles at box {tr.D}: half-map FSC "
+                              f"0.143 at {rec['res_0.143_A']:.1f} A, 0.5 at {rec['res_0.5_A']:.1f} A "
+                              f"({rec['folder']})")
+    except (RuntimeError, ValueError, OSError) as exc:
+        log.exception("final reconstruction failed")
+        yield Message("warning", f"the final explicit reconstruction could not run ({exc})")
+    try:
+        yield diagnose_run(tr, pr.rot, pr.trans, rec)
+    except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
+        log.exception("self-diagnosis failed")
+        yield Message("warning", f"self-diagnosis could not run ({exc}); report.json not written")
