@@ -5,36 +5,34 @@ import json
 
 from cryofire_app.cli import main as cli
 
+OUTPUTS = ("demo_summary.json", "maps/consensus.mrc", "maps/state_0.mrc", "data/particles.star",
+           "data/gt_state_0.mrc", "data/gt_state_1.mrc", "run/latents.npz",
+           "analysis/kmeans2/vol_000.mrc", "analysis/kmeans2/vol_001.mrc", "analysis/pc1/vol_004.mrc",
+           "analysis/loss.png", "analysis/pc_scatter.png", "analysis/views.png", "analysis/particles.star")
 
-def test_demo_runs_headless_and_reports(tmp_path, capsys):
-    import dataclasses
 
-    import numpy as np
-
-    from cryofire_app.analysis import hand
-    from cryofire_app.analysis.run import Run
-    from cryofire_app.io import read_mrc, read_pose_pkl
-    from cryofire_app.training.config import TrainConfig
-
-    out = tmp_path / "demo"
-    # the pipeline's plumbing is under test here, not convergence: the cheapest real schedule when there is a choice
-    extra = ["--schedule", "amortized"] if "schedule" in {f.name for f in dataclasses.fields(TrainConfig)} else []
-    rc = cli(["demo", "-o", str(out), "--n", "200", "--box", "16", "--minutes", "5", "--num-images", "640",
-              "--threads", "1", *extra])
-    assert rc == 0
-    text = capsys.readouterr().out
+def _check_outputs_and_eval(out, text) -> dict:
+    """Every output file is there, the calibration folder is gone, eval.json is sane; returns eval.json."""
     assert "Results in" in text and "eval.json" in text
-    for f in ("demo_summary.json", "maps/consensus.mrc", "maps/state_0.mrc", "data/particles.star",
-              "data/gt_state_0.mrc", "data/gt_state_1.mrc", "run/latents.npz",
-              "analysis/kmeans2/vol_000.mrc", "analysis/kmeans2/vol_001.mrc", "analysis/pc1/vol_004.mrc",
-              "analysis/loss.png", "analysis/pc_scatter.png", "analysis/views.png", "analysis/particles.star"):
+    for f in OUTPUTS:
         assert (out / f).is_file(), f
     assert not (out / "calibration").exists()
     res = json.loads((out / "eval.json").read_text())
     assert res["n_images"] == 200 and 0 <= res["confusion"] <= 0.5
     assert 640 <= res["train_images_seen"] <= 640 + 32  # the image budget ends it (joint phase reached)
     assert set(res["state_counts"]) == {"0", "1"}
-    # step 5: the hand comes from the pose alignment against the simulated poses; maps/ holds the maps in that hand
+    return res
+
+
+def _check_hand(out, res: dict, text: str) -> None:
+    """Step 5: the hand comes from the pose alignment against the simulated poses; maps/ holds the maps (and
+    pose.pkl the poses) in that hand."""
+    import numpy as np
+
+    from cryofire_app.analysis import hand
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.io import read_mrc, read_pose_pkl
+
     summ = json.loads((out / "demo_summary.json").read_text())
     assert summ["hand_from_poses"] == res["alignment"]["hand"]
     flipped = res["alignment"]["hand"] == "flipped"
@@ -55,12 +53,36 @@ def test_demo_runs_headless_and_reports(tmp_path, capsys):
     rot, _ = read_pose_pkl(out / "maps" / "pose.pkl")
     np.testing.assert_allclose(rot, hand.mirror_rotations(run.rot) if flipped else run.rot, atol=1e-6)
 
-    # `cryofire volume --flip-hand` writes the mirror image of what it writes without the flag
+
+def _check_volume_flip_hand(out, tmp_path) -> None:
+    """`cryofire volume --flip-hand` writes the mirror image of what it writes without the flag."""
+    import numpy as np
+
+    from cryofire_app.analysis import hand
+    from cryofire_app.io import read_mrc
+
     assert cli(["volume", str(out / "run"), "--z", "0,0", "-o", str(tmp_path / "a.mrc")]) == 0
     assert cli(["volume", str(out / "run"), "--z", "0,0", "-o", str(tmp_path / "b.mrc"), "--flip-hand"]) == 0
     a, b = read_mrc(tmp_path / "a.mrc")[0], read_mrc(tmp_path / "b.mrc")[0]
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(hand.mirror_volume(a), b)
+
+
+def test_demo_runs_headless_and_reports(tmp_path, capsys):
+    import dataclasses
+
+    from cryofire_app.training.config import TrainConfig
+
+    out = tmp_path / "demo"
+    # the pipeline's plumbing is under test here, not convergence: the cheapest real schedule when there is a choice
+    extra = ["--schedule", "amortized"] if "schedule" in {f.name for f in dataclasses.fields(TrainConfig)} else []
+    rc = cli(["demo", "-o", str(out), "--n", "200", "--box", "16", "--minutes", "5", "--num-images", "640",
+              "--threads", "1", *extra])
+    assert rc == 0
+    text = capsys.readouterr().out
+    res = _check_outputs_and_eval(out, text)
+    _check_hand(out, res, text)
+    _check_volume_flip_hand(out, tmp_path)
 
     # a second demo into the same folder is refused cleanly
     assert cli(["demo", "-o", str(out), "--n", "200", "--box", "16"]) == 2

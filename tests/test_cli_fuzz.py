@@ -40,20 +40,10 @@ def _truncate(src: Path, dst: Path, keep: float) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def W(tmp_path_factory) -> Path:
-    """The work folder: sim/ (40 images, box 16), run/ (a finished tiny run), broken/ (damaged files), prev/ (an
-    output folder holding earlier results), badrun/ (the run with a truncated latents.npz)."""
-    from cryofire_app.simulate import DEMO_MAP, DEMO_MAP_APIX, SimulationConfig, simulate
-
-    w = tmp_path_factory.mktemp("fuzz")
-    simulate(SimulationConfig(outdir=str(w / "sim"), n=40, maps=[str(DEMO_MAP)], apix=DEMO_MAP_APIX, box=16,
-                              snr=1.0, seed=0, progress=False))
-    assert cli(["train", str(w / "sim" / "particles.star"), "-o", str(w / "run"), *TINY_TRAIN]) == 0
-    b = w / "broken"
-    b.mkdir()
+def _broken_stacks(w: Path, b: Path) -> None:
+    """Image stacks that must be refused: one image, odd or rectangular boxes, NaN pixels, a constant stack, a header
+    promising more images than the file holds, an empty stack and a zero-byte file."""
     imgs = mrcfile.read(str(w / "sim" / "particles.mrcs"))
-    star = (w / "sim" / "particles.star").read_text()
     _stack(b / "one.mrcs", imgs[:1])
     _stack(b / "odd.mrcs", np.zeros((20, 15, 15)))
     _stack(b / "rect.mrcs", np.zeros((20, 16, 18)))
@@ -65,6 +55,11 @@ def W(tmp_path_factory) -> Path:
     _truncate(w / "sim" / "particles.mrcs", b / "lying.mrcs", 0.27)
     _stack(b / "empty.mrcs", np.zeros((0, 16, 16)))
     (b / "zero_bytes.mrcs").write_bytes(b"")
+
+
+def _broken_metadata(w: Path, b: Path) -> None:
+    """Broken STAR/.cs/.txt files, CTF and pose pickles, and a non-cubic map."""
+    star = (w / "sim" / "particles.star").read_text()
     (b / "no_rows.star").write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n")
     (b / "garbage.mrcs").write_bytes(np.random.default_rng(0).bytes(3000))
     (b / "garbage.cs").write_bytes(b"not numpy at all" * 10)
@@ -88,7 +83,11 @@ def W(tmp_path_factory) -> Path:
     with mrcfile.new(str(b / "noncubic.mrc"), overwrite=True) as m:
         m.set_data(np.zeros((8, 16, 16), np.float32))
         m.voxel_size = 2.0
-    # the run with a truncated latents.npz, one with a truncated checkpoint, a seed archive cut short
+
+
+def _damaged_runs(w: Path, b: Path) -> None:
+    """Copies of the run with a truncated latents.npz (badrun/) or checkpoint (badckpt/), a cut-short `cryofire
+    infer` folder (badpred/), a seed archive cut short, a --z file with a word, and a folder that is not a run."""
     for name in ("badrun", "badckpt"):
         shutil.copytree(w / "run", w / name)
     (w / "badpred").mkdir()   # a `cryofire infer` folder whose latents.npz was cut short
@@ -98,6 +97,23 @@ def W(tmp_path_factory) -> Path:
     _truncate(w / "run" / "checkpoints" / "last.pt", w / "badckpt" / "checkpoints" / "last.pt", 0.5)
     (b / "seed.npz").write_bytes(b"PK\x03\x04" + b"\0" * 40)
     (w / "notarun").mkdir()
+
+
+@pytest.fixture(scope="module")
+def W(tmp_path_factory) -> Path:
+    """The work folder: sim/ (40 images, box 16), run/ (a finished tiny run), broken/ (damaged files), prev/ (an
+    output folder holding earlier results), badrun/ (the run with a truncated latents.npz)."""
+    from cryofire_app.simulate import DEMO_MAP, DEMO_MAP_APIX, SimulationConfig, simulate
+
+    w = tmp_path_factory.mktemp("fuzz")
+    simulate(SimulationConfig(outdir=str(w / "sim"), n=40, maps=[str(DEMO_MAP)], apix=DEMO_MAP_APIX, box=16,
+                              snr=1.0, seed=0, progress=False))
+    assert cli(["train", str(w / "sim" / "particles.star"), "-o", str(w / "run"), *TINY_TRAIN]) == 0
+    b = w / "broken"
+    b.mkdir()
+    _broken_stacks(w, b)
+    _broken_metadata(w, b)
+    _damaged_runs(w, b)
     prev = w / "prev"
     prev.mkdir()
     (prev / "earlier_result.txt").write_text("an earlier result\n")

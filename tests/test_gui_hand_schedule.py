@@ -47,12 +47,9 @@ def tiny_run(tiny_sample, tmp_path_factory) -> Path:
     return out
 
 
-def test_schedule_choice_reaches_the_engine_and_the_seed_shows_progress(make_napari_viewer, qtbot, tmp_path,
-                                                                         tiny_sample):
-    viewer = make_napari_viewer()
-    docks = open_docks(viewer)
-    train, loss = docks["Train"], docks["Loss"]
-    # the choice: seeded by default (pose-only length greyed out), amortized = the paper's schedule
+def _choose_schedules(train, tiny_sample, tmp_path):
+    """The choice: seeded by default (pose-only length greyed out), amortized = the paper's schedule; picked in the
+    combo box as a user does, it reaches the TrainConfig."""
     assert train.schedule.value == "seeded" and set(train.schedule.choices) == {"seeded", "amortized"}
     assert not train.pose_only.enabled
     train.schedule.native.setCurrentText("amortized")  # as a user picks it in the combo box
@@ -62,11 +59,10 @@ def test_schedule_choice_reaches_the_engine_and_the_seed_shows_progress(make_nap
     train.schedule.native.setCurrentText("seeded")
     assert train.make_config().schedule == "seeded" and not train.pose_only.enabled
 
-    # a real seeded run: while the seed runs (no training image yet) the Loss dock's seed row moves
-    train.box.value = BOX
-    train.zdim.value = 2
-    train.num_images.value = 100_000  # the test stops it
-    train.batch.value = 16
+
+def _record_seed_rows(sess, train, loss) -> dict:
+    """Record the seed's stages and, at each seed step, what the Loss dock's seed row and the Train dock's status
+    show; also the seed row at the first training step."""
     seen = {"stages": [], "rows": [], "train_status": []}
 
     def on_progress(ev):   # PhaseChange "seed" -> "start", "distill" -> "end", SeedProgress -> its stage
@@ -82,9 +78,24 @@ def test_schedule_choice_reaches_the_engine_and_the_seed_shows_progress(make_nap
         elif "first_training_step" not in seen:
             seen["first_training_step"] = (loss.seed_label.text(), loss.seed_bar.isHidden())
 
-    sess = get_session(viewer)
     sess.progress.connect(on_progress)
     sess.step.connect(on_step)
+    return seen
+
+
+def test_schedule_choice_reaches_the_engine_and_the_seed_shows_progress(make_napari_viewer, qtbot, tmp_path,
+                                                                         tiny_sample):
+    viewer = make_napari_viewer()
+    docks = open_docks(viewer)
+    train, loss = docks["Train"], docks["Loss"]
+    _choose_schedules(train, tiny_sample, tmp_path)
+
+    # a real seeded run: while the seed runs (no training image yet) the Loss dock's seed row moves
+    train.box.value = BOX
+    train.zdim.value = 2
+    train.num_images.value = 100_000  # the test stops it
+    train.batch.value = 16
+    seen = _record_seed_rows(get_session(viewer), train, loss)
     train.start(seed_config=TINY_SEED, checkpoint_every=10_000, latents_every=10_000, **TINY)
     qtbot.waitUntil(lambda: loss.n_points >= 2, timeout=60_000)  # distill steps: the seed is over
     train.stop()

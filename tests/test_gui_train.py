@@ -138,20 +138,9 @@ def _click_row(qtbot, latent, row):
                                                                               int(round(pos[1]))))
 
 
-def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, tmp_path, finished_run):
-    from cryofire_app.analysis.run import Run
-    from cryofire_app.io import read_ind_pkl, read_star
-
-    viewer, docks = _docks(make_napari_viewer, show=True)
-    latent, loss, views = docks["Latent space"], docks["Loss"], docks["Viewing directions"]
-    docks["Open run"].open(finished_run)
-    qtbot.waitUntil(lambda: latent.analysis is not None, timeout=30_000)
-    run = Run(finished_run)
-    assert len(latent.latents.z) == len(run.z) == N
-    assert loss.n_points > 0  # the loss log of the run
-    assert views.hist is not None and views.hist.sum() == N
-
-    # click a point (a real Qt mouse event on the scatter canvas): its volume appears, one layer, right shape/scale
+def _pick_two_points(qtbot, viewer, latent, run):
+    """Click a point (a real Qt mouse event on the scatter canvas): its volume appears, one layer, right shape/scale;
+    a second click updates the same layer in place."""
     latent.render_combo.setCurrentText("mesh (CPU)")
     row = int(np.argmax(latent.scatter.xy[:, 0]))
     _click_row(qtbot, latent, row)
@@ -163,7 +152,6 @@ def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, t
     np.testing.assert_allclose(layer.metadata["volume"], run.decode(run.z[row:row + 1])[0], rtol=1e-4, atol=1e-5)
     verts = layer.data[0]
     assert len(verts) > 100 and verts.min() >= 0 and verts.max() <= BOX - 1
-    # a second click updates the same layer in place
     n_layers = len(viewer.layers)
     row2 = int(np.argmin(latent.scatter.xy[:, 0]))
     _click_row(qtbot, latent, row2)
@@ -171,7 +159,9 @@ def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, t
                     timeout=30_000)
     assert len(viewer.layers) == n_layers
 
-    # the screenshot of a decoded volume is not blank (catches a broken GL setup)
+
+def _check_screenshot_not_blank(qtbot, viewer):
+    """The screenshot of a decoded volume is not blank (catches a broken GL setup)."""
     viewer.reset_view()
     qtbot.wait(100)
     shot = viewer.screenshot(canvas_only=True, flash=False)
@@ -181,19 +171,24 @@ def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, t
     lit = np.abs(rgb - background).sum(-1) > 30
     assert 0.005 < lit.mean() < 0.9, f"screenshot looks blank ({100 * lit.mean():.2f}% non-background pixels)"
 
-    # iso level: re-meshing at a higher level gives a smaller surface, same layer
+
+def _remesh_and_save(qtbot, viewer, latent, run, path):
+    """Re-meshing at a higher iso level gives a smaller surface, same layer; the shown map saved as MRC keeps its
+    voxel size."""
     nverts = len(viewer.layers[VOLUME_LAYER].data[0])
     latent.iso_spin.setValue(latent.iso_spin.value() + 1.5)
     qtbot.waitUntil(lambda: len(viewer.layers[VOLUME_LAYER].data[0]) != nverts, timeout=30_000)
     assert len(viewer.layers[VOLUME_LAYER].data[0]) < nverts
-
-    # the shown map saved as MRC keeps its voxel size
-    saved = latent.save_map(tmp_path / "picked.mrc")
+    saved = latent.save_map(path)
     with mrcfile.open(saved) as m:
         assert m.data.shape == (BOX, BOX, BOX)
         assert m.voxel_size.x == pytest.approx(run.apix, rel=1e-4)
 
-    # PC1 trajectory: one 4-D layer, axis 0 = frame
+
+def _pc1_trajectory(qtbot, viewer, latent, run):
+    """PC1 trajectory: one 4-D layer, axis 0 = frame, a straight walk along PC1."""
+    from cryofire_app.analysis.latent import fit_pca
+
     latent.pc_spin.setValue(1)
     latent.frames_spin.setValue(4)
     latent.run_trajectory()
@@ -204,13 +199,15 @@ def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, t
     assert sorted(np.unique(traj.data[0][:, 0]).tolist()) == [0, 1, 2, 3]
     np.testing.assert_allclose(traj.scale, [1.0] + [run.apix] * 3)
     zs = np.asarray(traj.metadata["z"])
-    from cryofire_app.analysis.latent import fit_pca
-
     p = fit_pca(run.z)
     t = p.pca.transform(zs)
     assert np.all(np.diff(t[:, 0]) > 0) and np.allclose(t[:, 1:], 0, atol=1e-4)  # a straight walk along PC1
 
-    # select a region and export it; re-read every file
+
+def _select_and_export(qtbot, latent, run, prefix):
+    """Select the left half of the scatter and export it; re-read every file."""
+    from cryofire_app.io import read_ind_pkl, read_star
+
     xy = latent.scatter.xy
     lo, hi = xy.min(0), xy.max(0)
     mid = (lo + hi) / 2
@@ -218,7 +215,7 @@ def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, t
                                                    [lo[0] - 1, hi[1] + 1]]))
     assert 0 < len(rows) < N
     with qtbot.waitSignal(latent.exported, timeout=30_000) as sig:
-        latent.export_selection(tmp_path / "sel")
+        latent.export_selection(prefix)
     files = {p.name: p for p in sig.args[0]}
     assert set(files) == {"sel.ind.pkl", "sel.star", "sel_index.csv"}
     ind = read_ind_pkl(files["sel.ind.pkl"])
@@ -227,6 +224,24 @@ def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, t
     assert len(star.particles) == len(rows)
     lines = files["sel_index.csv"].read_text().split()
     assert lines[0].startswith("index") and len(lines) == len(rows) + 1
+
+
+def test_open_run_pick_trajectory_export_screenshot(make_napari_viewer, qtbot, tmp_path, finished_run):
+    from cryofire_app.analysis.run import Run
+
+    viewer, docks = _docks(make_napari_viewer, show=True)
+    latent, loss, views = docks["Latent space"], docks["Loss"], docks["Viewing directions"]
+    docks["Open run"].open(finished_run)
+    qtbot.waitUntil(lambda: latent.analysis is not None, timeout=30_000)
+    run = Run(finished_run)
+    assert len(latent.latents.z) == len(run.z) == N
+    assert loss.n_points > 0  # the loss log of the run
+    assert views.hist is not None and views.hist.sum() == N
+    _pick_two_points(qtbot, viewer, latent, run)
+    _check_screenshot_not_blank(qtbot, viewer)
+    _remesh_and_save(qtbot, viewer, latent, run, tmp_path / "picked.mrc")
+    _pc1_trajectory(qtbot, viewer, latent, run)
+    _select_and_export(qtbot, latent, run, tmp_path / "sel")
 
 
 def test_trajectory_and_pick_in_iso_mode(make_napari_viewer, qtbot, finished_run):

@@ -35,6 +35,7 @@ examples:  cryofire analyze run1              (k chosen from the data)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -136,11 +137,10 @@ def analyze(outdir: str | Path, k: int | str = "auto", out: str | Path | None = 
     analysed (seed_states/: per-state outputs for K >= 2, the continuous coordinate for any K when the file has it).
     ``summary["state_source"]``: "seed_states" when the seed found K >= 2 states, else "kmeans" when k >= 2, else
     None (no discrete states). InputError when seed_states.npz is malformed."""
-    from cryofire_app.analysis import latent, plots
+    from cryofire_app.analysis import plots
     from cryofire_app.analysis.evaluate import write_json
     from cryofire_app.analysis.hand import mirror_rotations
     from cryofire_app.analysis.run import Run
-    from cryofire_app.analysis.selection import export_selection, rows_to_index
 
     if k != "auto" and (isinstance(k, bool) or int(k) < 1):
         raise InputError(f"k must be 'auto' or at least 1, got {k!r}")
@@ -161,180 +161,97 @@ def analyze(outdir: str | Path, k: int | str = "auto", out: str | Path | None = 
     except InputError as exc:
         log.warning("no loss plot: %s", exc)
     files["views_plot"] = str(plots.plot_view_distribution(run.rot, out / "views.png"))
-    labels = None
-    lp = None
+    vol_opts = _VolumeOptions(on_data, volumes, flip_hand, apix)
+    labels, lp = None, None
     if z.shape[1] == 0:
         if volumes:
             files["volume"] = _write_volumes(run, np.zeros((1, 0), np.float32), out, apix, flip_hand)
     else:
-        lp = latent.fit_pca(z)
-        summary["pca_explained_variance_ratio"] = lp.explained_variance_ratio.tolist()
-        choice = summary["k_choice"] = _k_choice(z, k, seed)
-        k = int(choice["k"])
-        centers_pc = None
-        if k >= 2:
-            km = latent.kmeans(z, k, seed=seed)
-            labels = km.labels
-            summary["kmeans"] = {"k": k, "sizes": km.sizes.tolist(), "center_index": km.center_index.tolist(),
-                                 "center_particle": np.asarray(run.index)[km.center_index].tolist()}
-            centers, vols = _group_outputs(run, z, labels, out / f"kmeans{k}", km.centers, km.center_index,
-                                           on_data, volumes, flip_hand, apix, "cluster")
-            centers_pc = lp.pca.transform(centers)
-            if vols is not None:
-                files["kmeans_volumes"] = vols
-        title = f"z: PCA, k-means k={k}" + (" (chosen)" if choice["requested"] == "auto" else "") if k >= 2 else \
-            "z: PCA (k = 1: no discrete clusters)"
-        files["pc_scatter"] = str(plots.plot_pc_scatter(
-            lp.scores, out / "pc_scatter.png", labels=labels, centers=centers_pc,
-            explained=lp.explained_variance_ratio, title=title))
-        for pc in pcs or []:
-            if pc > lp.n_components:
-                log.warning("PC%d skipped: z has %d principal components", pc, lp.n_components)
-                continue
-            t, zs = lp.points_along(pc, n=n)
-            pdir = out / f"pc{pc}"
-            pdir.mkdir(parents=True, exist_ok=True)
-            np.savetxt(pdir / "z_values.txt", zs, fmt="%.6f", header=f"PC{pc} coordinates: " +
-                       " ".join(f"{v:.4f}" for v in t))
-            if volumes:
-                files[f"pc{pc}_volumes"] = _write_volumes(run, zs, pdir, apix, flip_hand)
+        labels, lp = _latent_outputs(run, z, k, seed, out, pcs, n, vol_opts, summary)
     particles = _reopen_particles(run) if star else None
     rot = mirror_rotations(run.rot) if flip_hand else np.asarray(run.rot)
     if seeds is not None:
-        summary["seed_states"] = _seed_state_outputs(run, z, seeds, out / "seed_states", lp, on_data, volumes,
-                                                     flip_hand, apix, rot, particles, n)
+        from cryofire_app.commands._analyze_seed import seed_state_outputs
+
+        summary["seed_states"] = seed_state_outputs(run, z, seeds, out / "seed_states", lp, on_data, volumes,
+                                                    flip_hand, apix, rot, particles, n)
         files.update(summary["seed_states"].pop("files"))
     summary["state_source"] = ("seed_states" if seeds is not None and seeds.n_states >= 2 else
                                "kmeans" if "kmeans" in summary else None)
     if particles is not None:
-        try:
-            written = export_selection(out / "particles", rows_to_index(run, np.arange(len(z))), rot=rot,
-                                       trans=run.trans, particles=particles, run=run, labels=labels)
-            files["particles_star"] = [str(p) for p in written]
-        except InputError as exc:
-            log.warning("particles.star not written: %s", exc)
+        _particles_star(run, out, len(z), rot, particles, labels, files)
     write_json(out / "summary.json", summary)
     return summary
 
 
-def _seed_state_outputs(run, z: np.ndarray, seeds, folder: Path, lp, on_data: bool, volumes: bool, flip_hand: bool,
-                        apix: float, rot: np.ndarray, particles, n: int = 10) -> dict:
-    """seed_states/: the seed's states as groups (labels.npy over every run row, -1 = not classified; for K >= 2
-    centres and volumes at each state's mean z and one particle selection per state, poses in the chosen hand) and,
-    when the file has them, the seed's continuous coordinates (:func:`_seed_coordinate_outputs`)."""
-    from cryofire_app.analysis import latent, plots
+def _particles_star(run, out: Path, n_rows: int, rot: np.ndarray, particles, labels: np.ndarray | None,
+                    files: dict) -> None:
+    """particles.star (and .cs or the index list): every run row with its poses `rot` and k-means cluster; a
+    failure is a warning, not an error."""
     from cryofire_app.analysis.selection import export_selection, rows_to_index
-    from cryofire_app.io.atomic import atomic_write
 
-    K = seeds.n_states
-    per_row = seeds.labels_for_rows(len(z))
-    files: dict = {}
-    info = {"file": str(seeds.path), "kind": seeds.kind, "n_states": K, "sizes": seeds.counts().tolist(),
-            "n_coordinates": seeds.q, "n_classified": int(len(seeds.rows)),
-            "n_not_classified": int(len(z) - len(seeds.rows)),
-            "note": (f"the ab initio seed's {K}-state labels (seed_states.npz) of the training particles"
-                     if K >= 2 else "the ab initio seed found no discrete states among the training particles "
-                                    f"(kind {seeds.kind}, seed_states.npz)")
-                    + "; held-out particles are not classified (label -1)"}
-    folder.mkdir(parents=True, exist_ok=True)
-    if z.shape[1] and K >= 2:
-        centers, center_index = latent.group_centers(z, per_row, K)
-        c, vols = _group_outputs(run, z, per_row, folder, centers, center_index, on_data, volumes, flip_hand,
-                                 apix, "seed state")
-        info["center_index"] = center_index.tolist()
-        info["center_particle"] = np.asarray(run.index)[center_index].tolist()
+    try:
+        written = export_selection(out / "particles", rows_to_index(run, np.arange(n_rows)), rot=rot,
+                                   trans=run.trans, particles=particles, run=run, labels=labels)
+        files["particles_star"] = [str(p) for p in written]
+    except InputError as exc:
+        log.warning("particles.star not written: %s", exc)
+
+
+@dataclasses.dataclass(frozen=True)
+class _VolumeOptions:
+    """How analyze decodes maps: at the particle nearest each centre (on_data) or the mean z, at all (volumes),
+    mirrored (flip_hand), with voxel size apix (Angstrom)."""
+    on_data: bool
+    volumes: bool
+    flip_hand: bool
+    apix: float
+
+
+def _latent_outputs(run, z: np.ndarray, k, seed: int, out: Path, pcs, n: int, vo: _VolumeOptions,
+                    summary: dict) -> tuple[np.ndarray | None, object]:
+    """z's landscape (zdim >= 1): PCA, the k choice, k-means (k >= 2: kmeans<K>/), pc_scatter.png and the PC walks.
+    Returns (the k-means labels, None for k = 1; the fitted PCA)."""
+    from cryofire_app.analysis import latent, plots
+
+    files = summary["files"]
+    lp = latent.fit_pca(z)
+    summary["pca_explained_variance_ratio"] = lp.explained_variance_ratio.tolist()
+    choice = summary["k_choice"] = _k_choice(z, k, seed)
+    k = int(choice["k"])
+    labels = centers_pc = None
+    if k >= 2:
+        km = latent.kmeans(z, k, seed=seed)
+        labels = km.labels
+        summary["kmeans"] = {"k": k, "sizes": km.sizes.tolist(), "center_index": km.center_index.tolist(),
+                             "center_particle": np.asarray(run.index)[km.center_index].tolist()}
+        centers, vols = _group_outputs(run, z, labels, out / f"kmeans{k}", km.centers, km.center_index,
+                                       vo.on_data, vo.volumes, vo.flip_hand, vo.apix, "cluster")
+        centers_pc = lp.pca.transform(centers)
         if vols is not None:
-            files["seed_state_volumes"] = vols
-        has = per_row >= 0
-        files["pc_scatter_seed_states"] = str(plots.plot_pc_scatter(
-            lp.scores[has], folder.parent / "pc_scatter_seed_states.png", labels=per_row[has],
-            centers=lp.pca.transform(c), explained=lp.explained_variance_ratio,
-            title=f"z: PCA, {K} seed states"))
-    else:
-        atomic_write(folder / "labels.npy", lambda fh: np.save(fh, per_row))
-    if K >= 2:
-        trans = np.asarray(run.trans)
-        sel = []
-        for j in range(K):
-            r = seeds.rows_of(j)
-            # without the particle metadata (--no-star, or it could not be reopened): the index lists only
-            sel += [str(p) for p in export_selection(folder / f"state_{j}", rows_to_index(run, r), rot=rot[r],
-                                                     trans=trans[r], particles=particles,
-                                                     run=run if particles is not None else None,
-                                                     labels=np.full(len(r), j, np.int64))]
-        files["seed_state_selections"] = sel
-    if seeds.coords is not None:
-        info["coordinates"] = _seed_coordinate_outputs(run, z, seeds, per_row, folder, lp, volumes, flip_hand,
-                                                       apix, n, files)
-    info["files"] = files
-    return info
+            files["kmeans_volumes"] = vols
+    title = f"z: PCA, k-means k={k}" + (" (chosen)" if choice["requested"] == "auto" else "") if k >= 2 else \
+        "z: PCA (k = 1: no discrete clusters)"
+    files["pc_scatter"] = str(plots.plot_pc_scatter(
+        lp.scores, out / "pc_scatter.png", labels=labels, centers=centers_pc,
+        explained=lp.explained_variance_ratio, title=title))
+    _pc_walks(run, lp, pcs, n, out, vo, files)
+    return labels, lp
 
 
-def _seed_coordinate_outputs(run, z: np.ndarray, seeds, per_row: np.ndarray, folder: Path, lp, volumes: bool,
-                             flip_hand: bool, apix: float, n: int, files: dict) -> dict:
-    """The seed's continuous coordinates: coords.npy (N, q) per run row (NaN = held out), seed_coords.csv (each
-    classified particle's coordinates beside z's leading PCs), the Spearman correlation of every coordinate with
-    z's leading PCs, the plots seed_coord_vs_pc1.png / pc_scatter_seed_coord.png and, when the seed found no
-    discrete states (K = 1), volumes at the mean z of ``n`` equal-count bins of coordinate 1 (coord1/)."""
-    from scipy.stats import spearmanr
-
-    from cryofire_app.analysis import plots
-    from cryofire_app.io.atomic import atomic_write
-
-    q = seeds.q
-    coords = seeds.coords_for_rows(len(z))
-    atomic_write(folder / "coords.npy", lambda fh: np.save(fh, coords))
-    files["seed_coords"] = str(folder / "coords.npy")
-    rows = np.sort(seeds.rows)
-    c = coords[rows]
-    info: dict = {"q": q, "note": "the seed's continuous heterogeneity coordinates (standardised, 1 = the strongest); "
-                                  "Spearman against z's PCs over the classified particles (a PC's sign is "
-                                  "arbitrary, so is the correlation's)"}
-    npc = 0 if lp is None else min(4, lp.n_components)
-    scores = None if lp is None else lp.scores[rows, :npc]
-    cols = ["row", "particle_index", "seed_state"] + [f"seed_coord_{j + 1}" for j in range(q)] + \
-        [f"pc{i + 1}" for i in range(npc)]
-    table = np.column_stack([rows, np.asarray(run.index)[rows], per_row[rows], c] +
-                            ([] if scores is None else [scores]))
-    fmt = ["%d", "%d", "%d"] + ["%.6g"] * (q + npc)
-    atomic_write(folder / "seed_coords.csv", lambda fh: np.savetxt(fh, table, fmt=fmt, delimiter=",",
-                                                                      header=",".join(cols), comments=""))
-    files["seed_coords_csv"] = str(folder / "seed_coords.csv")
-    if scores is None or len(rows) < 3:
-        return info
-
-    def rho(a, b) -> float | None:
-        if np.ptp(a) == 0 or np.ptp(b) == 0:
-            return None
-        r = float(spearmanr(a, b).statistic)
-        return r if np.isfinite(r) else None
-
-    table_rho = [[rho(c[:, j], scores[:, i]) for i in range(npc)] for j in range(min(q, 4))]
-    info["spearman_pc"] = table_rho   # [coordinate j][PC i]
-    info["spearman_coord1_pc1"] = table_rho[0][0]
-    absr = [abs(v) if v is not None else -1.0 for v in table_rho[0]]
-    info["best_pc_for_coord1"] = int(np.argmax(absr)) + 1 if max(absr) >= 0 else None
-    files["seed_coord_vs_pc1"] = str(plots.plot_coordinate_vs_pc(
-        scores[:, 0], c[:, 0], folder.parent / "seed_coord_vs_pc1.png",
-        labels=per_row[rows] if seeds.n_states >= 2 else None, rho=table_rho[0][0]))
-    files["pc_scatter_seed_coord"] = str(plots.plot_pc_scatter(
-        lp.scores, folder.parent / "pc_scatter_seed_coord.png", values=coords[:, 0],
-        explained=lp.explained_variance_ratio, value_label="seed coordinate 1 (grey: held out)",
-        title="z: PCA, coloured by the seed's coordinate 1"))
-    if seeds.n_states == 1:
-        nb = max(1, min(int(n), len(rows)))
-        order = rows[np.argsort(c[:, 0], kind="stable")]
-        bins = np.array_split(order, nb)
-        zs = np.stack([z[b].mean(0) for b in bins]).astype(np.float32)
-        med = [float(np.median(coords[b, 0])) for b in bins]
-        cdir = folder / "coord1"
-        cdir.mkdir(parents=True, exist_ok=True)
-        np.savetxt(cdir / "z_values.txt", zs, fmt="%.6f", header="mean z of equal-count bins of seed coordinate 1; "
-                   "bin medians: " + " ".join(f"{v:.4f}" for v in med))
-        info["coord1_bins"] = {"n": nb, "median": med, "sizes": [int(len(b)) for b in bins]}
-        if volumes:
-            files["seed_coord1_volumes"] = _write_volumes(run, zs, cdir, apix, flip_hand)
-    return info
+def _pc_walks(run, lp, pcs, n: int, out: Path, vo: _VolumeOptions, files: dict) -> None:
+    """pc<j>/: z_values.txt and (with volumes) the maps at n points along each PC j (1-based) of `pcs`."""
+    for pc in pcs or []:
+        if pc > lp.n_components:
+            log.warning("PC%d skipped: z has %d principal components", pc, lp.n_components)
+            continue
+        t, zs = lp.points_along(pc, n=n)
+        pdir = out / f"pc{pc}"
+        pdir.mkdir(parents=True, exist_ok=True)
+        np.savetxt(pdir / "z_values.txt", zs, fmt="%.6f", header=f"PC{pc} coordinates: " +
+                   " ".join(f"{v:.4f}" for v in t))
+        if vo.volumes:
+            files[f"pc{pc}_volumes"] = _write_volumes(run, zs, pdir, vo.apix, vo.flip_hand)
 
 
 def _parse_k(value) -> int | str:

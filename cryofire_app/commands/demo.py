@@ -19,10 +19,12 @@ example:  cryofire demo -o demo_out            (a few minutes on 2 CPU cores)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from cryofire_app.io.errors import InputError
 from cryofire_app.io.rundir import RunDir
@@ -68,8 +70,6 @@ def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -
                       seed=args.seed, device="cpu", pose_only_images=32 * 6, num_threads=args.threads,
                       checkpoint_every=10 ** 9, latents_every=10 ** 9, invert_data="yes",
                       freq_start=max(4, 3 * args.box // 8))  # cost grows with the radius: plan for the upper part
-    import dataclasses
-
     if "schedule" in {f.name for f in dataclasses.fields(TrainConfig)}:
         cfg.schedule = "amortized"  # time plain gradient steps only, without a seeding stage
     steps = []
@@ -145,18 +145,9 @@ def write_handed_maps(out: Path, run, res: dict, gt_maps: list, states_dir: Path
                          "maps/<name>_gt_frame.mrc: rotated and shifted onto the simulated map"}
 
 
-def main(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from cryofire_app.analysis.evaluate import evaluate, load_gt_maps, predictions_from_run, table_row, write_json
-    from cryofire_app.analysis.run import Run
-    from cryofire_app.commands.analyze import analyze
-    from cryofire_app.commands.console import event_line
-    from cryofire_app.io import read_pose_pkl
-    from cryofire_app.simulate import demo_config, simulate
+def _check_args(args: argparse.Namespace) -> str:
+    """Refuse inconsistent arguments before any work; returns the schedule ("seeded" or "amortized")."""
     from cryofire_app.training.config import TrainConfig
-    from cryofire_app.training.events import Failed, Finished, Started, Step, Verdict
-    from cryofire_app.training.trainer import Trainer
 
     if args.box < 16 or args.box % 2:
         raise InputError(f"--box must be an even number >= 16, got {args.box}")
@@ -172,17 +163,24 @@ def main(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and not 0 <= v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
-    out = Path(args.out)
-    if RunDir(out / "run").last_checkpoint.exists():
-        raise InputError("already holds a demo run; choose another -o", out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
+    return schedule
+
+
+def _simulate_data(out: Path, args: argparse.Namespace) -> None:
+    """Step 1: the two-state particle set in out/data (particles.star, poses.pkl, labels.npy, gt_state_*.mrc)."""
+    from cryofire_app.simulate import demo_config, simulate
 
     print(f"[1/5] simulating {args.n} particles, box {args.box}, SNR {args.snr}, two states ...", flush=True)
     sim_cfg = demo_config(out / "data", n=args.n, box=args.box, snr=args.snr, seed=args.seed)
     sim_cfg.overwrite = True
     sim = simulate(sim_cfg)
     print(f"      {sim.n} images at {sim.apix:.2f} A/px in {sim.seconds:.1f} s -> {out / 'data'}")
+
+
+def _train_config(out: Path, args: argparse.Namespace, schedule: str):
+    """Step 2's TrainConfig and its image budget: amortized plans the budget from the measured speed (at most
+    --num-images, at least 2000), seeded takes training.presets.demo_overrides (a fixed number of passes)."""
+    from cryofire_app.training.config import TrainConfig
 
     budget_s = 60.0 * args.minutes
     particles = str((out / "data" / "particles.star").resolve())
@@ -201,6 +199,27 @@ def main(args: argparse.Namespace) -> int:
     if schedule == "seeded":
         seeded_demo_settings(cfg, args)
         n_img = cfg.num_images
+    return cfg, n_img
+
+
+@dataclasses.dataclass
+class _Training:
+    """Step 2's outcome: the trainer, its wall-clock seconds (all, and of them the ab initio seed's) and the run's
+    own Verdict event (None when it sent none)."""
+    trainer: Any
+    t_train: float
+    t_seed: float
+    verdict: Any
+
+
+def _train(cfg, args: argparse.Namespace, schedule: str, n_img: int) -> _Training | None:
+    """Step 2: run the trainer, printing its progress; the --minutes budget starts with the first training step on
+    images (the seed always completes). None when training failed (reported on stderr)."""
+    from cryofire_app.commands.console import event_line
+    from cryofire_app.training.events import Failed, Finished, Started, Step, Verdict
+    from cryofire_app.training.trainer import Trainer
+
+    budget_s = 60.0 * args.minutes
     first = "ab initio seed, then distill" if schedule == "seeded" else "pose-only phase first"
     print(f"[2/5] training (at most {args.minutes:g} min or {n_img} images; {schedule} schedule: {first}) ...",
           flush=True)
@@ -233,18 +252,20 @@ def main(args: argparse.Namespace) -> int:
             print(f"      {line}")
         elif isinstance(ev, Failed):
             print(f"cryofire demo: training failed: {ev.message}", file=sys.stderr)
-            return 1
+            return None
         elif isinstance(ev, Finished):
             print(f"      finished after {ev.images_seen} images in {time.time() - t0:.0f} s")
-    t_train = time.time() - t0
+    return _Training(trainer, time.time() - t0, t_seed, verdict)
 
-    if schedule == "amortized" and trainer.images_seen < cfg.pose_only_images:
-        print(f"      warning: training stopped in the pose-only phase ({trainer.images_seen} of "
-              f"{cfg.pose_only_images} images): z is not trained yet, so the two states cannot separate. "
-              "Give it more --minutes.")
-    print("[3/5] analyzing the latent space and decoding volumes ...", flush=True)
-    an_dir = out / "analysis"
-    summary = analyze(out / "run", k=2, out=an_dir, pcs=[1], n=5)
+
+def _evaluate(out: Path, t_start: float):
+    """Step 4: the run against the simulation's ground truth -> out/eval.json, printed as a table.
+    Returns (run, evaluation, ground-truth state labels, ground-truth maps at the run's box)."""
+    import numpy as np
+
+    from cryofire_app.analysis.evaluate import evaluate, load_gt_maps, predictions_from_run, table_row, write_json
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.io import read_pose_pkl
 
     print("[4/5] comparing with the ground truth ...", flush=True)
     run = Run(out / "run")
@@ -258,7 +279,12 @@ def main(args: argparse.Namespace) -> int:
     for name, val in table_row(res).items():
         print(f"      {name:28s} {val}")
     print(f"      (chance level: rotation median ~90 deg, confusion {min(labels.mean(), 1 - labels.mean()):.2f})")
+    return run, res, labels, maps
 
+
+def _hand_step(out: Path, an_dir: Path, run, res: dict, maps: list, summary: dict):
+    """Step 5: decide the hand and write maps/ (write_handed_maps), printing the decision and its cross-check.
+    Returns (the hand section, whether the state maps are the seed's states, the k-means k or None)."""
     print("[5/5] hand: deciding it against the simulated ground truth and writing the maps ...", flush=True)
     k = summary["kmeans"]["k"] if "kmeans" in summary else None
     # the state maps come from the run's state split: the seed's labels when the run has them, else k-means of z
@@ -272,61 +298,41 @@ def main(args: argparse.Namespace) -> int:
           "mirrored)")
     if hm["hand"] != "undetermined" and hm["hand"] != hand["hand_from_poses"]:
         print("      warning: the map check disagrees with the pose alignment; the maps follow the poses")
-    wall = time.time() - t_start
-    demo_summary = {
-        "hand": hand["hand"],
-        "verdict": None if verdict is None else verdict.verdict,
-        "verdict_reasons": None if verdict is None else verdict.reasons,
-        "schedule": schedule, "n_images": int(args.n), "box": int(args.box), "snr": float(args.snr),
-        "train_images_seen": int(run.images_seen), "train_s": t_train, "seed_s": t_seed, "wall_s_total": wall,
-        "rot_view_median_deg": res.get("rot_view_median_deg"), "rot_view_mean_deg": res.get("rot_view_mean_deg"),
-        "confusion": res.get("confusion"), "trans_median_px": res.get("trans_median_px"),
-        "confusion_z_pc1": res.get("confusion"), "confusion_seed_states": res.get("confusion_seed_states"),
-        "seed_states_n_images": res.get("seed_states_n_images"),
-        "seed_state_sizes": summary["seed_states"]["sizes"] if "seed_states" in summary else None,
-        "confusion_note": "confusion_seed_states: the ab initio seed's own hard two-state labels (run/seed_states.npz, "
-                          "training particles; only the label numbering is matched to the truth); confusion_z_pc1 "
-                          "(= confusion): PC1 of the encoder's z, thresholded where the truth says is best",
-        "state_maps_from": "seed states" if seeded_maps else ("k-means of z" if k else None),
-        "res_major_0.5_A": res.get("res_major_0.5_A"), "res_minor_0.5_A": res.get("res_minor_0.5_A"),
-        "res_major_0.143_A": res.get("res_major_0.143_A"), "res_minor_0.143_A": res.get("res_minor_0.143_A"),
-        "apix_A": float(run.apix), **{k2: v for k2, v in hand.items() if k2 != "hand"},
-    }
+    return hand, seeded_maps, k
+
+
+def main(args: argparse.Namespace) -> int:
+    from cryofire_app.analysis.evaluate import write_json
+    from cryofire_app.commands._demo_report import Outcome, demo_summary_dict, print_files, print_headline
+    from cryofire_app.commands.analyze import analyze
+
+    schedule = _check_args(args)
+    out = Path(args.out)
+    if RunDir(out / "run").last_checkpoint.exists():
+        raise InputError("already holds a demo run; choose another -o", out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    _simulate_data(out, args)
+    cfg, n_img = _train_config(out, args, schedule)
+    training = _train(cfg, args, schedule, n_img)
+    if training is None:
+        return 1
+    trainer = training.trainer
+    if schedule == "amortized" and trainer.images_seen < cfg.pose_only_images:
+        print(f"      warning: training stopped in the pose-only phase ({trainer.images_seen} of "
+              f"{cfg.pose_only_images} images): z is not trained yet, so the two states cannot separate. "
+              "Give it more --minutes.")
+    print("[3/5] analyzing the latent space and decoding volumes ...", flush=True)
+    an_dir = out / "analysis"
+    summary = analyze(out / "run", k=2, out=an_dir, pcs=[1], n=5)
+
+    run, res, labels, maps = _evaluate(out, t_start)
+    hand, seeded_maps, k = _hand_step(out, an_dir, run, res, maps, summary)
+    outcome = Outcome(out, an_dir, schedule, run, res, labels, summary, hand, seeded_maps, k, training.t_train,
+                      training.t_seed, training.verdict, wall=time.time() - t_start)
+    demo_summary = demo_summary_dict(outcome, args)
     write_json(out / "demo_summary.json", demo_summary)
-
-    def fmt(v, f):
-        return "-" if v is None else f.format(v)
-
-    print(f"\ndone in {wall:.0f} s (training {t_train:.0f} s" +
-          (f", of which the ab initio seed {t_seed:.0f} s" if t_seed else "") + "). Summary:")
-    print(f"  median view-direction error   {fmt(res.get('rot_view_median_deg'), '{:.2f}')} deg  (chance ~90)")
-    chance = f"chance {min(labels.mean(), 1 - labels.mean()):.0%}"
-    if res.get("confusion_seed_states") is not None:
-        print(f"  state confusion, seed labels  {res['confusion_seed_states']:.1%}  (the ab initio seed's own "
-              f"two-state labels of the {res['seed_states_n_images']} training particles, run/seed_states.npz; "
-              f"{chance})")
-    print(f"  state confusion, z PC1        {fmt(res.get('confusion'), '{:.1%}')}  (PC1 of the encoder's z, best "
-          f"threshold against the truth; {chance})")
-    print(f"  FSC 0.5 vs simulated maps     {fmt(res.get('res_major_0.5_A'), '{:.1f}')} A (major state), "
-          f"{fmt(res.get('res_minor_0.5_A'), '{:.1f}')} A (minor); Nyquist {2 * run.apix:.1f} A")
-    print(f"  hand                          {hand['hand']}")
-    print(f"  run's own verdict             {'-' if verdict is None else verdict.verdict}  (without the truth: "
-          "run/report.json)")
-    print(f"Results in {out.resolve()}:")
-    print(f"  maps, correct hand:        {(out / 'maps').resolve()}/consensus.mrc, " +
-          ", ".join(f"{n}.mrc" for n in hand["maps"] if n.startswith("state_") and not n.endswith("frame")) +
-          (f" (states: {demo_summary['state_maps_from']})" if demo_summary["state_maps_from"] else "") +
-          " (+ *_gt_frame.mrc overlaid on the simulation, pose.pkl)")
-    if seeded_maps:
-        print(f"  seed states (run's hand):  {an_dir.resolve()}/seed_states/ (sizes {summary['seed_states']['sizes']}: "
-              "maps and per-state particle selections)")
-    if k:
-        print(f"  k-means of z (run's hand): {an_dir.resolve()}/kmeans{k}/ (sizes {summary['kmeans']['sizes']})")
-        print(f"  maps along PC1:            {an_dir.resolve()}/pc1/vol_000.mrc .. vol_004.mrc (run's hand)")
-    print(f"  ground-truth maps:         {(out / 'data').resolve()}/gt_state_0.mrc, gt_state_1.mrc")
-    print(f"  plots:                     {an_dir.resolve()}/loss.png, pc_scatter.png, " +
-          ("pc_scatter_seed_states.png, " if "pc_scatter_seed_states" in summary["files"] else "") + "views.png")
-    print(f"  evaluation:                {(out / 'eval.json').resolve()}, {(out / 'demo_summary.json').resolve()}")
-    print(f"  trained run:               {(out / 'run').resolve()}  (cryofire analyze/volume/eval work on it; "
-          f"`cryofire volume ... --flip-hand` mirrors)")
+    print_headline(outcome)
+    print_files(outcome, demo_summary["state_maps_from"])
     return 0

@@ -39,21 +39,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def main(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers, an unknown device and an output path that is a file, before any work."""
     from pathlib import Path
 
-    import numpy as np
-    import torch
-
-    from cryofire_app.analysis.run import Run
     from cryofire_app.commands import _checks
-    from cryofire_app.io import load_particles, write_pose_pkl, write_z_pkl
-    from cryofire_app.io.atomic import atomic_save_npz
     from cryofire_app.io.errors import InputError
-    from cryofire_app.io.rundir import RunDir
-    from cryofire_app.training.dataset import ParticleData
-    from cryofire_app.training.inference import default_turns, predict, refine_z
-    from cryofire_app.training.trainer import resolve_device
 
     _checks.at_least("--batch-size", args.batch_size, 1, " (images per batch)")
     _checks.at_least("--threads", args.threads, 1)
@@ -63,10 +54,15 @@ def main(args: argparse.Namespace) -> int:
     _checks.device("--device", args.device)
     if Path(args.preddir).exists() and not Path(args.preddir).is_dir():
         raise InputError("-o/--preddir: exists and is not a folder", args.preddir)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run = Run(args.outdir)
-    ck = run.checkpoint
+
+
+def _particle_data(args: argparse.Namespace, run, ck: dict):
+    """(the particles, their ParticleData preprocessed as in training: the checkpoint's box D, window and
+    normalisation); warns on stderr when their pixel size (A/px at box D) differs from the run's by over 1 %."""
+    from cryofire_app.io import load_particles
+    from cryofire_app.io.errors import InputError
+    from cryofire_app.training.dataset import ParticleData
+
     D = int(ck["D"])
     ps = load_particles(args.particles, datadir=args.datadir, ctf=args.ctf)
     try:
@@ -78,6 +74,44 @@ def main(args: argparse.Namespace) -> int:
               f"{float(ck['apix']):.4g} A/px: poses and z will be unreliable", file=sys.stderr)
     data.prep.sigma_real = float(ck["sigma_real"])
     data.prep.sigma_ht = float(ck["sigma_ht"])
+    return ps, data
+
+
+def _write_predictions(out, pr, ps, data, D: int) -> None:
+    """PREDDIR/pose.pkl (trans as a fraction of the box D), z.pkl and latents.npz (trans in pixels)."""
+    import numpy as np
+
+    from cryofire_app.io import write_pose_pkl, write_z_pkl
+    from cryofire_app.io.atomic import atomic_save_npz
+    from cryofire_app.io.rundir import RunDir
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = RunDir(out)
+    write_pose_pkl(files.pose, pr.rot.astype(np.float32), (pr.trans / D).astype(np.float32))
+    write_z_pkl(files.z, pr.z.astype(np.float32))
+    atomic_save_npz(files.latents, index=np.asarray(ps.index, np.int64), z=pr.z.astype(np.float32),
+                    rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
+                    branch=pr.branch.astype(np.int8), D=np.int64(D), apix=np.float64(data.apix))
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from cryofire_app.analysis.run import Run
+    from cryofire_app.io.errors import InputError
+    from cryofire_app.training.inference import default_turns, predict, refine_z
+    from cryofire_app.training.trainer import resolve_device
+
+    _check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(args.outdir)
+    ck = run.checkpoint
+    D = int(ck["D"])
+    ps, data = _particle_data(args, run, ck)
     select = args.select
     if select == "decoder" and data.ctf is None and run.config.ctf is not None:
         print("warning: no CTF for these particles; keeping branch 0 (--select encoder)", file=sys.stderr)
@@ -99,13 +133,7 @@ def main(args: argparse.Namespace) -> int:
                         batch=args.batch_size, device=device)
     dt = time.time() - t0
     out = Path(args.preddir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = RunDir(out)
-    write_pose_pkl(files.pose, pr.rot.astype(np.float32), (pr.trans / D).astype(np.float32))
-    write_z_pkl(files.z, pr.z.astype(np.float32))
-    atomic_save_npz(files.latents, index=np.asarray(ps.index, np.int64), z=pr.z.astype(np.float32),
-                    rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
-                    branch=pr.branch.astype(np.int8), D=np.int64(D), apix=np.float64(data.apix))
+    _write_predictions(out, pr, ps, data, D)
     print(f"inferred {data.N} particles in {dt:.2f} s ({1e3 * dt / max(data.N, 1):.2f} ms/image); wrote {out}",
           file=sys.stderr)
     return 0

@@ -101,69 +101,88 @@ def describe_map(path: Path) -> list[str]:
 def _metadata_lines(path: Path) -> list[str]:
     """Describe the metadata of a .star/.cs (works even when the images cannot be found)."""
     suffix = path.suffix.lower()
-    lines: list[str] = []
     if suffix == ".star":
-        from cryofire_app.io.star import CTF_COLUMNS, read_star, star_box_size, star_pixel_size
+        return _star_lines(path)
+    if suffix == ".cs":
+        return _cs_lines(path)
+    return []
 
-        t = read_star(path)
-        ver = "RELION 3.0 style (no optics block)" if t.optics is None else \
-            f"RELION 3.1+ ({len(t.optics)} optics group{'s' if len(t.optics) != 1 else ''})"
-        lines.append(_row("Kind", f"STAR particle file, {ver}"))
-        lines.append(_row("Rows", f"{len(t)}"))
-        box = star_box_size(t)
-        if box is not None:
-            lines.append(_row("Box (STAR)", _fmt_range(box, " px", "{:.0f}")))
-        px = star_pixel_size(t)
-        lines.append(_row("Pixel (STAR)", "none" if px is None else _fmt_range(px, " A", "{:.4g}")))
-        present = [c for c in CTF_COLUMNS if t.has(c)]
-        missing = [c for c in CTF_COLUMNS if not t.has(c)]
-        if not t.has("rlnDefocusU"):
-            lines.append(_row("CTF columns", "none (images treated as CTF-free)"))
-        else:
-            lines.append(_row("CTF columns", ", ".join(present)))
-            if missing:
-                lines.append(_row("  missing", ", ".join(missing)
-                                  + ("" if missing == ["rlnPhaseShift"] else " (must be supplied)")))
-        angles = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if t.has(c)]
-        origins = [c for c in ("rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst") if t.has(c)]
-        lines.append(_row("Pose columns", ", ".join(angles + origins) or "none"))
-        if t.optics is not None:
-            lines.append("  Optics groups:")
-            cols = [c for c in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnVoltage", "rlnSphericalAberration",
-                                "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize") if c in t.optics]
-            counts = t.particles["rlnOpticsGroup"].value_counts()
-            header = [c.replace("rln", "") for c in cols] + ["particles"]
-            rows = [[f"{r[c]:g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
-                    + [str(int(counts.get(r["rlnOpticsGroup"], 0)))] for _, r in t.optics.iterrows()]
-            widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-            for row in [header] + rows:
-                lines.append("    " + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
-    elif suffix == ".cs":
-        from cryofire_app.io.cs import read_cs
 
-        arr = read_cs(path, allow_empty=True)
-        names = arr.dtype.names
-        lines.append(_row("Kind", "cryoSPARC .cs"))
-        lines.append(_row("Rows", f"{len(arr)}" + ("  (empty file)" if len(arr) == 0 else "")))
-        groups = sorted({n.split("/")[0] for n in names if "/" in n})
-        lines.append(_row("Field groups", ", ".join(groups)))
-        if len(arr):
-            if "blob/shape" in names:
-                lines.append(_row("Box (.cs)", _fmt_range(arr["blob/shape"][:, 0], " px", "{:.0f}")))
-            if "blob/psize_A" in names:
-                lines.append(_row("Pixel (.cs)", _fmt_range(arr["blob/psize_A"], " A", "{:.4g}")))
-        ctf = [n for n in names if n.startswith("ctf/")]
-        lines.append(_row("CTF fields", ", ".join(c[4:] for c in ctf) if ctf else "none"))
-        if "alignments3D/pose" in names:
-            lines.append(_row("Poses", "3D (alignments3D/pose rotation vectors, alignments3D/shift in px)"))
-        elif "alignments2D/pose" in names:
-            lines.append(_row("Poses", "2D classification only (alignments2D): no 3D poses"))
-        else:
-            lines.append(_row("Poses", "none"))
-        if "ctf/exp_group_id" in names and len(arr):
-            g, c = np.unique(arr["ctf/exp_group_id"], return_counts=True)
-            groups = ", ".join(f"group {int(a)}: {int(b)} particles" for a, b in zip(g, c))
-            lines.append(_row("Exposure groups", groups))
+def _star_lines(path: Path) -> list[str]:
+    """A RELION .star file: version, rows, box, pixel size, CTF and pose columns, optics groups."""
+    from cryofire_app.io.star import CTF_COLUMNS, read_star, star_box_size, star_pixel_size
+
+    lines: list[str] = []
+    t = read_star(path)
+    ver = "RELION 3.0 style (no optics block)" if t.optics is None else \
+        f"RELION 3.1+ ({len(t.optics)} optics group{'s' if len(t.optics) != 1 else ''})"
+    lines.append(_row("Kind", f"STAR particle file, {ver}"))
+    lines.append(_row("Rows", f"{len(t)}"))
+    box = star_box_size(t)
+    if box is not None:
+        lines.append(_row("Box (STAR)", _fmt_range(box, " px", "{:.0f}")))
+    px = star_pixel_size(t)
+    lines.append(_row("Pixel (STAR)", "none" if px is None else _fmt_range(px, " A", "{:.4g}")))
+    present = [c for c in CTF_COLUMNS if t.has(c)]
+    missing = [c for c in CTF_COLUMNS if not t.has(c)]
+    if not t.has("rlnDefocusU"):
+        lines.append(_row("CTF columns", "none (images treated as CTF-free)"))
+    else:
+        lines.append(_row("CTF columns", ", ".join(present)))
+        if missing:
+            lines.append(_row("  missing", ", ".join(missing)
+                              + ("" if missing == ["rlnPhaseShift"] else " (must be supplied)")))
+    angles = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if t.has(c)]
+    origins = [c for c in ("rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst") if t.has(c)]
+    lines.append(_row("Pose columns", ", ".join(angles + origins) or "none"))
+    if t.optics is not None:
+        lines += _optics_table(t)
+    return lines
+
+
+def _optics_table(t) -> list[str]:
+    """The optics groups of a RELION 3.1+ STAR table, one right-aligned row per group with its particle count."""
+    lines = ["  Optics groups:"]
+    cols = [c for c in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnVoltage", "rlnSphericalAberration",
+                        "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize") if c in t.optics]
+    counts = t.particles["rlnOpticsGroup"].value_counts()
+    header = [c.replace("rln", "") for c in cols] + ["particles"]
+    rows = [[f"{r[c]:g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+            + [str(int(counts.get(r["rlnOpticsGroup"], 0)))] for _, r in t.optics.iterrows()]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    for row in [header] + rows:
+        lines.append("    " + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    return lines
+
+
+def _cs_lines(path: Path) -> list[str]:
+    """A cryoSPARC .cs file: rows, field groups, box, pixel size, CTF fields, poses, exposure groups."""
+    from cryofire_app.io.cs import read_cs
+
+    lines: list[str] = []
+    arr = read_cs(path, allow_empty=True)
+    names = arr.dtype.names
+    lines.append(_row("Kind", "cryoSPARC .cs"))
+    lines.append(_row("Rows", f"{len(arr)}" + ("  (empty file)" if len(arr) == 0 else "")))
+    groups = sorted({n.split("/")[0] for n in names if "/" in n})
+    lines.append(_row("Field groups", ", ".join(groups)))
+    if len(arr):
+        if "blob/shape" in names:
+            lines.append(_row("Box (.cs)", _fmt_range(arr["blob/shape"][:, 0], " px", "{:.0f}")))
+        if "blob/psize_A" in names:
+            lines.append(_row("Pixel (.cs)", _fmt_range(arr["blob/psize_A"], " A", "{:.4g}")))
+    ctf = [n for n in names if n.startswith("ctf/")]
+    lines.append(_row("CTF fields", ", ".join(c[4:] for c in ctf) if ctf else "none"))
+    if "alignments3D/pose" in names:
+        lines.append(_row("Poses", "3D (alignments3D/pose rotation vectors, alignments3D/shift in px)"))
+    elif "alignments2D/pose" in names:
+        lines.append(_row("Poses", "2D classification only (alignments2D): no 3D poses"))
+    else:
+        lines.append(_row("Poses", "none"))
+    if "ctf/exp_group_id" in names and len(arr):
+        g, c = np.unique(arr["ctf/exp_group_id"], return_counts=True)
+        groups = ", ".join(f"group {int(a)}: {int(b)} particles" for a, b in zip(g, c))
+        lines.append(_row("Exposure groups", groups))
     return lines
 
 

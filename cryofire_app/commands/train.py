@@ -17,6 +17,16 @@ from cryofire_app.io.rundir import RunDir
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p)
+    _add_schedule_args(p)
+    _add_run_args(p)
+    _add_network_args(p)
+    _add_seed_and_encoder_args(p)
+    _add_compute_args(p)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """The particles, their CTF, the output folder, the training box, z and the run's length."""
     p.add_argument("particles", help="particle stack: .mrcs/.mrc, .txt (one stack per line), .star or .cs")
     p.add_argument("--ctf", help="cryoDRGN ctf.pkl (N x 9) when PARTICLES carries no CTF")
     p.add_argument("--datadir", help="folder holding the stacks named in a .star/.cs")
@@ -27,6 +37,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--num-images", type=int, help="total number of images to train on (default: 20 epochs)")
     g.add_argument("--epochs", type=float, help="training length in passes over the training split")
+
+
+def _add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """The training schedule and its phases' knobs, batch size and learning rate."""
     p.add_argument("--schedule", choices=("seeded", "amortized"), default="seeded",
                    help="seeded (default): an explicit ab initio pose search and state classification on the "
                         "training split first (cryofire_app.reconstruct, minutes on a CPU), then the encoder is "
@@ -52,6 +66,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "whose joint phase runs at a tenth of it)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant (default, as in cryoFIRE) or cosine: 5%% warm-up then cosine decay over the run")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Seed, device, resuming and checkpoints, the frequency mask (pixels), the data's sign and the validation
+    split."""
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUTDIR from checkpoints/last.pt")
@@ -70,6 +89,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "early and logged), yes, no (default auto)")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="fraction of particles held out for the validation loss (at most 256; default 0.05)")
+
+
+def _add_network_args(p: argparse.ArgumentParser) -> None:
+    """Encoder and decoder architecture."""
     p.add_argument("--enc-channels", type=str, default=None,
                    help="encoder conv block widths, comma separated (default 16,32,64,128,128)")
     p.add_argument("--dec-hidden", type=int, default=None, help="decoder MLP width (default 256)")
@@ -82,6 +105,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc-stem", choices=("conv", "unshuffle"), default=None,
                    help="encoder stem: conv (the original) or unshuffle (lossless 2x2 pixel_unshuffle before "
                         "the first block: ~5x fewer encoder FLOPs at box 64)")
+
+
+def _add_seed_and_encoder_args(p: argparse.ArgumentParser) -> None:
+    """The ab initio seed (reuse, states, subset); the encoder's input box, rotation head, view encoder and
+    augmentation; the --fast preset."""
     p.add_argument("--seed-from", default=None, metavar="RUN",
                    help="seeded: reuse the seed (pose search + states) of an earlier run on the same particles, "
                         "--seed and --val-fraction (its folder or checkpoints/seed.npz) instead of searching again")
@@ -111,6 +139,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="the fast preset: --dec-arch grid --enc-stem unshuffle (now the default; kept so older "
                         "command lines still work)")
+
+
+def _add_compute_args(p: argparse.ArgumentParser) -> None:
+    """Precision, memory layout and compilation, the variational/symmetric loss, threads and the progress bar."""
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of the networks (fp16 needs CUDA; physics and loss stay fp32; default "
                         "fp32)")
@@ -127,6 +159,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of the command line, validated, with the input paths checked (InputError otherwise)."""
     from cryofire_app.training.config import TrainConfig
 
     cfg = TrainConfig(particles=str(args.particles), outdir=str(args.outdir), ctf=args.ctf, datadir=args.datadir,
@@ -142,6 +175,15 @@ def config_from_args(args: argparse.Namespace):
                       keep_checkpoints=args.keep_checkpoints)
     if args.box is not None and (args.box < 8 or args.box % 2):
         raise InputError(f"-D/--box must be an even number >= 8, got {args.box}")
+    _apply_network_args(cfg, args)
+    _apply_training_args(cfg, args)
+    cfg.validate()
+    _check_paths(args)
+    return cfg
+
+
+def _apply_network_args(cfg, args: argparse.Namespace) -> None:
+    """The encoder/decoder options onto cfg.encoder / cfg.decoder (InputError for a malformed one)."""
     if args.enc_channels:
         try:
             cfg.encoder.channels = tuple(int(c) for c in args.enc_channels.split(","))
@@ -173,6 +215,10 @@ def config_from_args(args: argparse.Namespace):
             raise InputError(f"--view-dirs must be 0 (no view encoder) or >= 12, got {args.view_dirs}")
         cfg.encoder.view_dirs = args.view_dirs
     cfg.encoder.rot_head = None if args.rot_head == "auto" else args.rot_head
+
+
+def _apply_training_args(cfg, args: argparse.Namespace) -> None:
+    """Augmentation, the seed's options and the numerics (precision, channels-last, compile) onto cfg."""
     cfg.augment_inplane = {"auto": None, "yes": True, "no": False}[args.augment]
     cfg.seed_from = args.seed_from
     if args.seed_particles is not None:
@@ -186,9 +232,6 @@ def config_from_args(args: argparse.Namespace):
     cfg.precision = args.precision
     cfg.channels_last = {"auto": None, "yes": True, "no": False}[args.channels_last]
     cfg.compile = bool(args.compile)
-    cfg.validate()
-    _check_paths(args)
-    return cfg
 
 
 def _check_paths(args: argparse.Namespace) -> None:

@@ -61,10 +61,61 @@ def _parse_range(text: str | None) -> tuple[float | None, float | None]:
     return lo, hi
 
 
+def _given_z(args: argparse.Namespace, zdim: int) -> tuple[np.ndarray, list[str]]:
+    """--z: the latent points (n, zdim) from the text or a .txt file, and their labels."""
+    from cryofire_app.analysis import latent
+
+    if args.span is not None:
+        raise InputError("--range goes with --pc, not --z")
+    if zdim == 0:
+        raise InputError("this run has no latent space (zdim 0): omit --z", args.outdir)
+    src = Path(args.z)
+    from_file = src.suffix == ".txt" and src.is_file()
+    try:
+        zs = np.loadtxt(src, ndmin=2).astype(np.float32) if from_file else latent.parse_z_values(args.z, zdim)
+    except ValueError as exc:
+        raise InputError(f"--z: {exc}", src if from_file else None) from None
+    if not np.all(np.isfinite(zs)):
+        raise InputError("--z: the latent points must be finite numbers", src if from_file else None)
+    if zs.shape[1] != zdim:
+        raise InputError(f"--z points have {zs.shape[1]} numbers, the run's z has {zdim}")
+    return zs, ["given z"] * len(zs)
+
+
+def _pc_walk_z(args: argparse.Namespace, run, zdim: int) -> tuple[np.ndarray, list[str]]:
+    """--pc: --n points along that principal component of the particles' z (--range in --range-units), and their
+    labels (the PC coordinate)."""
+    from cryofire_app.analysis import latent
+
+    if zdim == 0:
+        raise InputError("this run has no latent space (zdim 0): --pc is meaningless", args.outdir)
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    try:
+        z = run.z
+    except FileNotFoundError as exc:
+        raise InputError(f"no latents yet ({exc})", args.outdir) from None
+    lp = latent.fit_pca(z)
+    if not 1 <= args.pc <= lp.n_components:
+        raise InputError(f"--pc {args.pc}: z has principal components 1..{lp.n_components}")
+    lo, hi = _parse_range(args.span)
+    t, zs = lp.points_along(args.pc, n=args.n, lo=lo, hi=hi, units=args.range_units)
+    return zs, [f"PC{args.pc} = {v:.4f}" for v in t]
+
+
+def _output_paths(out: Path, n: int) -> tuple[list[Path], Path]:
+    """The n map paths and the z_values.txt path for OUT (an .mrc file name or a folder); creates the folder."""
+    if out.suffix.lower() == ".mrc":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{i:03d}.mrc") for i in range(n)]
+        return paths, out.with_name(f"{out.stem}_z_values.txt")
+    out.mkdir(parents=True, exist_ok=True)
+    return [out / f"vol_{i:03d}.mrc" for i in range(n)], out / "z_values.txt"
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from cryofire_app.analysis import latent
     from cryofire_app.analysis.hand import mirror_volume
     from cryofire_app.analysis.run import Run
     from cryofire_app.io import write_mrc
@@ -76,47 +127,8 @@ def main(args: argparse.Namespace) -> int:
     if box < 8 or box % 2:
         raise InputError(f"--box must be an even number >= 8, got {args.box}")
     zdim = int(run.model.zdim)
-    labels: list[str]
-    if args.z is not None:
-        if args.span is not None:
-            raise InputError("--range goes with --pc, not --z")
-        if zdim == 0:
-            raise InputError("this run has no latent space (zdim 0): omit --z", args.outdir)
-        src = Path(args.z)
-        from_file = src.suffix == ".txt" and src.is_file()
-        try:
-            zs = np.loadtxt(src, ndmin=2).astype(np.float32) if from_file else latent.parse_z_values(args.z, zdim)
-        except ValueError as exc:
-            raise InputError(f"--z: {exc}", src if from_file else None) from None
-        if not np.all(np.isfinite(zs)):
-            raise InputError("--z: the latent points must be finite numbers", src if from_file else None)
-        if zs.shape[1] != zdim:
-            raise InputError(f"--z points have {zs.shape[1]} numbers, the run's z has {zdim}")
-        labels = ["given z"] * len(zs)
-    else:
-        if zdim == 0:
-            raise InputError("this run has no latent space (zdim 0): --pc is meaningless", args.outdir)
-        if args.n < 1:
-            raise InputError("--n must be at least 1")
-        try:
-            z = run.z
-        except FileNotFoundError as exc:
-            raise InputError(f"no latents yet ({exc})", args.outdir) from None
-        lp = latent.fit_pca(z)
-        if not 1 <= args.pc <= lp.n_components:
-            raise InputError(f"--pc {args.pc}: z has principal components 1..{lp.n_components}")
-        lo, hi = _parse_range(args.span)
-        t, zs = lp.points_along(args.pc, n=args.n, lo=lo, hi=hi, units=args.range_units)
-        labels = [f"PC{args.pc} = {v:.4f}" for v in t]
-    out = Path(args.out)
-    if out.suffix.lower() == ".mrc":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        paths = [out] if len(zs) == 1 else [out.with_name(f"{out.stem}_{i:03d}.mrc") for i in range(len(zs))]
-        ztxt = out.with_name(f"{out.stem}_z_values.txt")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [out / f"vol_{i:03d}.mrc" for i in range(len(zs))]
-        ztxt = out / "z_values.txt"
+    zs, labels = _given_z(args, zdim) if args.z is not None else _pc_walk_z(args, run, zdim)
+    paths, ztxt = _output_paths(Path(args.out), len(zs))
     apix = float(run.apix) * run.D / box
     for p, zz in zip(paths, zs):
         vol = run.decode(zz[None])[0]

@@ -8,6 +8,7 @@ numpy to at most two points per pixel column before they are handed to Qt.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from qtpy.QtCore import QPointF, QRectF, Qt
@@ -148,44 +149,46 @@ class LinePlot(QWidget):
             p.drawText(QRectF(L, T, w, h), Qt.AlignCenter, "no data yet")
             p.end()
             return
-        x0, x1 = xr
-        if x1 <= x0:
-            x1 = x0 + 1.0
-        y0 = float(min(y.min() for y in ys))
-        y1 = float(max(y.max() for y in ys))
-        pad = 0.05 * (y1 - y0) if y1 > y0 else max(abs(y0) * 0.1, 1e-3)
-        y0, y1 = y0 - pad, y1 + pad
+        f = _Frame.fit(L, T, w, h, xr, ys)
+        self._draw_regions(p, f)
+        self._draw_axes(p, f, B)
+        self._draw_series(p, f)
+        self._draw_labels(p, f, B)
+        p.end()
 
-        def px(x):
-            return L + (np.asarray(x, float) - x0) / (x1 - x0) * w
-
-        def py(y):
-            return T + h - (np.asarray(y, float) - y0) / (y1 - y0) * h
-
+    def _draw_regions(self, p: QPainter, f: "_Frame") -> None:
+        """The visible shaded x intervals (clipped to the x range) with their labels."""
         for r in self.regions:
             if r.visible and r.hi > r.lo:
-                a, b = float(px(max(r.lo, x0))), float(px(min(r.hi, x1)))
-                p.fillRect(QRectF(a, T, max(b - a, 1.0), h), r.color)
+                a, b = float(f.px(max(r.lo, f.x0))), float(f.px(min(r.hi, f.x1)))
+                p.fillRect(QRectF(a, f.T, max(b - a, 1.0), f.h), r.color)
                 if r.label:
                     p.setPen(r.color.darker(250))
-                    p.drawText(QPointF(a + 3, T + 12), r.label)
+                    p.drawText(QPointF(a + 3, f.T + 12), r.label)
+
+    def _draw_axes(self, p: QPainter, f: "_Frame", B: int) -> None:
+        """Grid lines and tick labels (y in the left margin, x in the bottom margin of height B), then the frame."""
         grid = QPen(QColor(225, 225, 225))
         text = QColor(60, 60, 60)
-        for v in nice_ticks(y0, y1):
-            yy = float(py(v))
+        L, T, w, h = f.L, f.T, f.w, f.h
+        for v in nice_ticks(f.y0, f.y1):
+            yy = float(f.py(v))
             p.setPen(grid)
             p.drawLine(QPointF(L, yy), QPointF(L + w, yy))
             p.setPen(text)
             p.drawText(QRectF(0, yy - 8, L - 4, 16), Qt.AlignRight | Qt.AlignVCenter,
                        _fmt(10 ** v) if self.log_y else _fmt(v))
-        for v in nice_ticks(x0, x1, 4):
-            xx = float(px(v))
+        for v in nice_ticks(f.x0, f.x1, 4):
+            xx = float(f.px(v))
             p.setPen(grid)
             p.drawLine(QPointF(xx, T), QPointF(xx, T + h))
             p.setPen(text)
             p.drawText(QRectF(xx - 40, T + h + 2, 80, B - 4), Qt.AlignHCenter | Qt.AlignTop, _fmt(v))
         p.setPen(QPen(QColor(90, 90, 90)))
         p.drawRect(QRectF(L, T, w, h))
+
+    def _draw_series(self, p: QPainter, f: "_Frame") -> None:
+        """Each series' finite points: markers (3.5 px circles), or a polyline peak-decimated to the pixel columns."""
         for s in self.series:
             if not len(s.x):
                 continue
@@ -195,16 +198,20 @@ class LinePlot(QWidget):
             if s.marker:
                 p.setPen(QPen(s.color.darker(130)))
                 p.setBrush(s.color)
-                for a, b in zip(px(x), py(y)):
+                for a, b in zip(f.px(x), f.py(y)):
                     p.drawEllipse(QPointF(float(a), float(b)), 3.5, 3.5)
                 p.setBrush(Qt.NoBrush)
                 continue
-            x, y = decimate(x, y, max(int(w), 1))
+            x, y = decimate(x, y, max(int(f.w), 1))
             pen = QPen(s.color)
             pen.setWidthF(s.width)
             p.setPen(pen)
-            p.drawPolyline(QPolygonF([QPointF(a, b) for a, b in zip(px(x).tolist(), py(y).tolist())]))
-        # legend and axis labels
+            p.drawPolyline(QPolygonF([QPointF(a, b) for a, b in zip(f.px(x).tolist(), f.py(y).tolist())]))
+
+    def _draw_labels(self, p: QPainter, f: "_Frame", B: int) -> None:
+        """The legend of the named series (top right) and the axis labels."""
+        text = QColor(60, 60, 60)
+        L, T, w, h = f.L, f.T, f.w, f.h
         names = [s for s in self.series if s.name]
         for i, s in enumerate(names):
             yy = T + 12 + 14 * i
@@ -217,4 +224,36 @@ class LinePlot(QWidget):
             p.drawText(QPointF(4, T + 10), self.y_label + (" (log)" if self.log_y else ""))
         if self.x_label:
             p.drawText(QRectF(L, T + h + 2, w, B - 2), Qt.AlignRight | Qt.AlignBottom, self.x_label)
-        p.end()
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """The plot area (left L, top T, width w, height h, in widget pixels) and the data ranges it shows (y in log10
+    units when the plot is logarithmic)."""
+    L: float
+    T: float
+    w: float
+    h: float
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    @classmethod
+    def fit(cls, L, T, w, h, xr: tuple[float, float], ys: list[np.ndarray]) -> "_Frame":
+        """The frame for x range `xr` (an empty one widened to 1) and y padded by 5 % around the finite ys."""
+        x0, x1 = xr
+        if x1 <= x0:
+            x1 = x0 + 1.0
+        y0 = float(min(y.min() for y in ys))
+        y1 = float(max(y.max() for y in ys))
+        pad = 0.05 * (y1 - y0) if y1 > y0 else max(abs(y0) * 0.1, 1e-3)
+        return cls(L, T, w, h, x0, x1, y0 - pad, y1 + pad)
+
+    def px(self, x):
+        """Data x -> widget pixel column."""
+        return self.L + (np.asarray(x, float) - self.x0) / (self.x1 - self.x0) * self.w
+
+    def py(self, y):
+        """Data y -> widget pixel row (y up)."""
+        return self.T + self.h - (np.asarray(y, float) - self.y0) / (self.y1 - self.y0) * self.h

@@ -80,6 +80,23 @@ class LossWidget(QWidget):
         self._seed_t0: float | None = None   # time.monotonic() when the seed began
         self._seed_last = ""                 # round / noise-variance part of the seed text
 
+        self._build_plots()
+        row = self._build_controls()
+        self._build_seed_row()
+        self._build_verdict_banner()
+        self._assemble(row)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self.redraw)
+        self._timer.start()
+
+        if napari_viewer is not None:
+            self._follow_session(get_session(napari_viewer))
+
+    # ---- construction ----------------------------------------------------------------------------------------
+    def _build_plots(self) -> None:
+        """The loss panel (per step, smoothed, validation; the pose-only region) and the mask-radius panel."""
         self.plot = LinePlot(y_label="loss")
         self.pose_region = self.plot.add_region((255, 200, 0, 60), label="pose-only")
         self.raw_curve = self.plot.add_series((160, 160, 160), 1.0, name="per step")
@@ -90,6 +107,8 @@ class LossWidget(QWidget):
         self.mask_plot.setMaximumHeight(130)
         self.mask_curve = self.mask_plot.add_series((44, 160, 44), 2.0)
 
+    def _build_controls(self) -> QHBoxLayout:
+        """Log scale and smoothing (the EMA's half-life in steps) in one row; the status line."""
         self.log_box = QCheckBox("log scale")
         self.log_box.setToolTip("Show the loss on a logarithmic axis")
         self.log_box.toggled.connect(self.set_log)
@@ -100,6 +119,15 @@ class LossWidget(QWidget):
         self.smooth_spin.valueChanged.connect(self._invalidate_smooth)
         self.status = QLabel("no training yet")
         stable_label(self.status)
+        row = QHBoxLayout()
+        row.addWidget(self.log_box)
+        row.addWidget(QLabel("smoothing"))
+        row.addWidget(self.smooth_spin)
+        row.addStretch(1)
+        return row
+
+    def _build_seed_row(self) -> None:
+        """The ab initio seed's stage bar and text, hidden until a seed runs."""
         self.seed_bar = QProgressBar()
         self.seed_bar.setRange(0, len(SEED_STAGE_NAMES) - 1)
         self.seed_bar.setFormat("ab initio seed: stage %v of %m")
@@ -109,16 +137,16 @@ class LossWidget(QWidget):
         stable_label(self.seed_label)
         self.seed_bar.setVisible(False)
         self.seed_label.setVisible(False)
+
+    def _build_verdict_banner(self) -> None:
+        """The run's self-diagnosis banner, hidden until a Verdict arrives."""
         self.verdict_banner = QLabel("")
         self.verdict_banner.setWordWrap(True)
         self.verdict_banner.setVisible(False)
         self.verdict = None   # "converged" | "uncertain" | "failed" once the run has diagnosed itself
 
-        row = QHBoxLayout()
-        row.addWidget(self.log_box)
-        row.addWidget(QLabel("smoothing"))
-        row.addWidget(self.smooth_spin)
-        row.addStretch(1)
+    def _assemble(self, row: QHBoxLayout) -> None:
+        """The dock's layout, top to bottom."""
         lay = QVBoxLayout(self)
         lay.addWidget(self.verdict_banner)
         lay.addLayout(row)
@@ -128,19 +156,14 @@ class LossWidget(QWidget):
         lay.addWidget(self.seed_label)
         lay.addWidget(self.status)
 
-        self._timer = QTimer(self)
-        self._timer.setInterval(REDRAW_MS)
-        self._timer.timeout.connect(self.redraw)
-        self._timer.start()
-
-        if napari_viewer is not None:
-            sess = get_session(napari_viewer)
-            sess.step.connect(self.add_step)
-            sess.checkpoint.connect(self.add_checkpoint)
-            sess.progress.connect(self.add_progress)
-            sess.verdict.connect(self.show_verdict)
-            sess.reset.connect(self.clear)
-            sess.run_opened.connect(self.load_run_log)
+    def _follow_session(self, sess) -> None:
+        """Steps, checkpoints, seed progress, verdicts, resets and opened runs from the viewer's session."""
+        sess.step.connect(self.add_step)
+        sess.checkpoint.connect(self.add_checkpoint)
+        sess.progress.connect(self.add_progress)
+        sess.verdict.connect(self.show_verdict)
+        sess.reset.connect(self.clear)
+        sess.run_opened.connect(self.load_run_log)
 
     # ---- data in ---------------------------------------------------------------------------------------------
     def add_step(self, ev: Any) -> None:
