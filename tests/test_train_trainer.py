@@ -2,6 +2,7 @@
 NaN stop, pause/stop, CLI train + infer (seeded, a few seconds each)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -115,6 +116,36 @@ def test_stop_then_resume_continues_exactly(data, tmp_path):
     assert steps[0].images_seen == 144 and steps[0].phase == "pose_only" and steps[-1].images_seen == 320
     assert any(isinstance(e, Step) and e.phase == "joint" for e in evs)
     assert torch.equal(params(res.model), params(full.model))          # bit-identical continuation
+
+
+def test_format_1_checkpoint_migrates_and_resumes_exactly(data, tmp_path):
+    """A checkpoint of the first layout (no ``format`` key, without the keys added while it was current) loads as
+    the current layout with those keys at what such a run did, and resumes to the same weights as an unbroken run."""
+    from cryofire_app.training.checkpoint import atomic_torch_save
+    from cryofire_app.training.state import CHECKPOINT_FORMAT, TrainState
+
+    full = Trainer(tiny_config(data, tmp_path / "a"))
+    for _ in full.run():
+        pass
+    part = Trainer(tiny_config(data, tmp_path / "b"))
+    for ev in part.run():
+        if isinstance(ev, Step) and ev.images_seen == 128:
+            part.request_stop()
+    last = tmp_path / "b" / "checkpoints" / "last.pt"
+    ck = load_checkpoint(last)
+    saved = TrainState.from_checkpoint(ck)
+    assert ck["format"] == CHECKPOINT_FORMAT and saved.images_seen == part.images_seen == 128
+    assert all(torch.equal(saved.prev_val[k], part.state.prev_val[k]) for k in ("rot", "z"))
+    assert dataclasses.replace(saved, prev_val=None) == dataclasses.replace(part.state, prev_val=None)
+    old = {k: v for k, v in ck.items() if k not in ("format", "seed_done", "joint_ok", "agreement_deg",
+                                                    "next_agreement", "synth_rng", "grad_scaler")}
+    atomic_torch_save(old, last)
+    back = load_checkpoint(last)
+    assert back["format"] == CHECKPOINT_FORMAT and back["joint_ok"] and not back["seed_done"]
+    assert back["synth_rng"] is None and back["grad_scaler"] is None and back["next_agreement"] == 0
+    res = Trainer(tiny_config(data, tmp_path / "b"), resume=True)
+    list(res.run())
+    assert res.images_seen == 320 and torch.equal(params(res.model), params(full.model))
 
 
 def test_checkpoint_keeps_the_fp16_loss_scale(data, tmp_path):
