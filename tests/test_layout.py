@@ -8,7 +8,7 @@ import sys
 
 import cryofire_app
 
-ENGINE = ("io", "physics", "model", "training", "analysis")
+ENGINE = ("io", "physics", "model", "training", "analysis", "reconstruct")
 
 
 def _engine_modules() -> list[str]:
@@ -33,6 +33,26 @@ def test_engine_does_not_import_qt_or_napari():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"engine modules pulled in GUI packages: {out.stdout.strip()}"
+
+
+def test_gui_reaches_the_engine_only_through_its_facade():
+    """Every GUI module imports engine code only through cryofire_app/gui/engine_api.py (static check of every
+    import statement, the lazy ones inside functions included)."""
+    import ast
+    from pathlib import Path
+
+    gui = Path(cryofire_app.__file__).parent / "gui"
+    engine = tuple(f"cryofire_app.{p}" for p in ENGINE + ("simulate",))
+    bad = []
+    for path in sorted(gui.glob("*.py")):
+        if path.name == "engine_api.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            bad += [f"{path.name}:{node.lineno} {n}" for n in names if n == "cryofire_app" or n.startswith(engine)]
+    assert len(list(gui.glob("*.py"))) > 10
+    assert not bad, f"GUI modules importing the engine directly: {bad}"
 
 
 def test_cli_lists_commands():

@@ -4,12 +4,52 @@ Everything in this module may run on a worker thread: no Qt.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cryofire_app.io.rundir import RunDir  # noqa: F401  (the run folder layout, for the docks)
+
+#: engine names the docks use as they are, each imported on first use (``from cryofire_app.gui.engine_api import
+#: Trainer``): importing the engine takes seconds, and the docks must open at once
+EXPORTS = {
+    "InputError": "cryofire_app.io.errors",
+    "read_mrc": "cryofire_app.io",
+    "write_mrc": "cryofire_app.io",
+    "atomic_write_text": "cryofire_app.io.atomic",
+    "demo_config": "cryofire_app.simulate",
+    "simulate": "cryofire_app.simulate",
+    "SCHEDULES": "cryofire_app.training.config",
+    "TrainConfig": "cryofire_app.training.config",
+    "Failed": "cryofire_app.training.events",
+    "Trainer": "cryofire_app.training.trainer",
+    "Run": "cryofire_app.analysis.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The engine's ``name`` (one of EXPORTS), imported now."""
+    module = EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def preload_training() -> None:
+    """Import the trainer and the run reader now (the Train dock does it on the GUI thread while idle, rather than
+    first in its worker, where a multi-second import competes with the GUI thread for the GIL)."""
+    importlib.import_module("cryofire_app.training.trainer")
+    importlib.import_module("cryofire_app.analysis.run")
+
+
+def preload_analysis() -> None:
+    """Import the latent-space analysis and plots now (the Latent dock's worker threads use them)."""
+    importlib.import_module("cryofire_app.analysis.latent")
+    importlib.import_module("cryofire_app.analysis.plots")
 
 
 def latent_pca(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

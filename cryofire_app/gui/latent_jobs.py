@@ -42,8 +42,9 @@ def preimport_analysis() -> None:
     import sklearn.cluster  # noqa: F401
     import sklearn.decomposition  # noqa: F401
 
-    import cryofire_app.analysis.latent  # noqa: F401
-    import cryofire_app.analysis.plots  # noqa: F401
+    from cryofire_app.gui.engine_api import preload_analysis
+
+    preload_analysis()
 
     if _THREADPOOLS is None:
         try:

@@ -192,8 +192,8 @@ class LatentVolumes:
                                           prep, a, trajectory=t, metadata=m))
 
     def save_map(self, path: str | Path) -> Path:
+        from cryofire_app.gui.engine_api import write_mrc
         from cryofire_app.gui.volume_display import VOLUME_LAYER
-        from cryofire_app.io import write_mrc
 
         layer = next((ly for ly in self.viewer.layers if ly.name == VOLUME_LAYER), None)
         if layer is None:

@@ -1,6 +1,6 @@
 """Latent-space dock: z on a pair of principal axes, coloured by k-means cluster, the ab initio seed's state (a seeded
 run's seed_states.npz: the run's state split, any number K >= 2 of states, chosen automatically when a run has it),
-the seed's continuous coordinate (issue 20: chosen automatically when the seed found a continuum, K = 1 with
+the seed's continuous coordinate (chosen automatically when the seed found a continuum, K = 1 with
 coordinates, instead of discrete states), density or a ground-truth label.
 
 - Click a point: its z is decoded (worker thread) and shown as an isosurface in the viewer, one layer updated in
@@ -204,7 +204,7 @@ class LatentWidget(LatentVolumes, QWidget):
         kind = getattr(latents, "seed_kind", None)
         run = self.session.run if self.session is not None else None
         if coords is None and latents.final and run is not None:
-            from cryofire_app.io.errors import InputError
+            from cryofire_app.gui.engine_api import InputError
 
             try:
                 seeds = run.seed_states

@@ -26,7 +26,7 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
 
 def layer_data(path: str | Path) -> tuple:
     """One napari LayerData tuple `(data, kwargs, 'image')` for an MRC file."""
-    from cryofire_app.io import read_mrc
+    from cryofire_app.gui.engine_api import read_mrc
 
     path = Path(path)
     data, info = read_mrc(path)

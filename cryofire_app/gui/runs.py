@@ -17,7 +17,7 @@ from cryofire_app.gui.session import DecoderSource, LatentSet
 
 
 def _run_class():
-    from cryofire_app.analysis.run import Run
+    from cryofire_app.gui.engine_api import Run
 
     return Run
 
@@ -75,7 +75,7 @@ def open_run(outdir: str | Path) -> OpenedRun:
     A finished run has latents.npz (every particle, final eval pass); a running one may have only a checkpoint, in
     which case latents are None (the plot fills from training snapshots or after the run ends).
     """
-    from cryofire_app.io.errors import InputError
+    from cryofire_app.gui.engine_api import InputError
 
     outdir = Path(outdir)
     if not outdir.is_dir():

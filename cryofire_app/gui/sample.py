@@ -35,8 +35,7 @@ def simulate_sample(folder: str | Path, n: int = SAMPLE_N, box: int = SAMPLE_BOX
     Files (see cryofire_app.simulate): particles.mrcs, particles.star (poses, CTF), ctf.pkl, poses.pkl, labels.npy
     (state per particle), gt_state_0.mrc, gt_state_1.mrc, settings.json.
     """
-    from cryofire_app.io.atomic import atomic_write_text
-    from cryofire_app.simulate import demo_config, simulate
+    from cryofire_app.gui.engine_api import atomic_write_text, demo_config, simulate
 
     folder = Path(folder)
     want = {"n": int(n), "box": int(box), "seed": int(seed), "snr": float(snr), "hinge_deg": float(hinge_deg),
@@ -59,7 +58,7 @@ def simulate_sample(folder: str | Path, n: int = SAMPLE_N, box: int = SAMPLE_BOX
 
 def sample_layers(folder: str | Path) -> list[tuple]:
     """LayerData for a simulated folder: the particle stack, then the two ground-truth maps (hidden)."""
-    from cryofire_app.io import read_mrc
+    from cryofire_app.gui.engine_api import read_mrc
 
     folder = Path(folder)
     stack, info = read_mrc(folder / "particles.mrcs")

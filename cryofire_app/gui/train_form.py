@@ -93,7 +93,7 @@ class TrainForm:
 
     def make_config(self, **overrides):
         """A TrainConfig from the form (plus `overrides`, e.g. schedule knobs used by tests and the demo)."""
-        from cryofire_app.training.config import TrainConfig
+        from cryofire_app.gui.engine_api import TrainConfig
 
         particles = self._path_or_none(self.particles.value)
         outdir = self._path_or_none(self.outdir_edit.value)

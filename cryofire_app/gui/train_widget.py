@@ -31,9 +31,7 @@ def train_events(config: Any):
 
     Any exception becomes a `Failed` event (InputError messages name the file and the problem).
     """
-    from cryofire_app.io.errors import InputError
-    from cryofire_app.training.events import Failed
-    from cryofire_app.training.trainer import Trainer
+    from cryofire_app.gui.engine_api import Failed, InputError, Trainer
 
     try:
         trainer = Trainer(config)
@@ -53,10 +51,9 @@ class TrainWidget(TrainForm, QWidget):
         super().__init__(parent)
         # import the engine here (GUI thread, idle) rather than first in the worker, where a multi-second import
         # competes with the GUI thread for the GIL
-        import cryofire_app.analysis.run  # noqa: F401
-        import cryofire_app.training.trainer  # noqa: F401
-        from cryofire_app.training.config import TrainConfig
-        from cryofire_app.training.trainer import SCHEDULES
+        from cryofire_app.gui.engine_api import SCHEDULES, TrainConfig, preload_training
+
+        preload_training()
 
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer) if napari_viewer is not None else None
@@ -120,7 +117,7 @@ class TrainWidget(TrainForm, QWidget):
         if not cfg.outdir:
             show_error("cryoFIRE: choose an output folder first")
             return
-        from cryofire_app.io.errors import InputError
+        from cryofire_app.gui.engine_api import InputError
 
         try:
             cfg.validate()   # the engine's one check of every setting, before any thread starts

@@ -23,7 +23,7 @@ def voxel_size(meta: dict) -> float:
 
 def write_image(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer. Returns the list of written paths."""
-    from cryofire_app.io import write_mrc
+    from cryofire_app.gui.engine_api import write_mrc
 
     arr = np.asarray(data)
     if arr.ndim not in (2, 3):
