@@ -21,7 +21,7 @@ Writes into DIR (default OUTDIR/analyze):
                             ("state_source": seed_states, kmeans, or null for no discrete states) is the run's
                             state answer
 Volumes are real-space MRC maps at the training box with its voxel size (Angstrom). A seeded run's seed states are
-its state split when it found K >= 2 (on issue 5's benchmark they separate states better than z); z (PCA, k-means,
+its state split when it found K >= 2 (they separate states better than z: decision 011); z (PCA, k-means,
 PC walks) still carries the continuous heterogeneity.
 
 -k auto (the default) chooses the number of clusters from z (analysis.latent.choose_k): Gaussian mixtures of 1..8

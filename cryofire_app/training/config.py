@@ -29,8 +29,7 @@ class EncoderConfig:
     norm: str = "group"       # group | batch: normalisation after each conv block (batch: running statistics at eval;
                               # not synchronised across data-parallel processes)
     box: int | None = 32      # input Fourier-cropped to this box (None: the training box; saved configs without the
-                              # field load as None). Measured on issue 5's set: same pose accuracy per image as box 64,
-                              # ~3x cheaper (benchmarks/results/accuracy-20261124-1219 vs -1309, box full)
+                              # field load as None): as accurate per image as box 64, ~3x cheaper (decision 013)
     rot_head: str | None = None   # r6 (the original: 6D regression) | grid (scores over a grid_dirs x grid_psi
                               # rotation grid, cross-entropy on the seed's poses, model/encoder.py); None: grid for the
                               # seeded schedule, r6 for the paper's (saved configs without the field load as r6).
@@ -39,19 +38,17 @@ class EncoderConfig:
     grid_psi: int = 24        # grid head: in-plane angles (15 deg apart)
     view_dirs: int = 1024     # seeded schedule, grid head: a view encoder (model/view.py) of this many directions
                               # (~6 deg apart) trained in the distill phase beside the encoder, refining its view
-                              # direction at inference; 0: none (saved configs without the field load as 0). Issue 5's
-                              # set, new particles by the encoders alone: 3.0 deg with, 4.2 without (model/view.py)
+                              # direction at inference; 0: none (saved configs without the field load as 0). New
+                              # particles' poses are more accurate with it (decision 007)
 
 
 @dataclass
 class DecoderConfig:
     """Hartley decoder V(k, z) (k in cycles/px of the training box).
 
-    `arch="grid"` is the default since issue 6's measurements (benchmarks/results/accuracy-*-seeded-fast*,
-    throughput-*): at box 64 it trains ~55x faster per image at full radius, which is what lets the distilled encoder
-    learn the seed's poses on a CPU (400k images in ~15 min). `arch="mlp"` (the original): random Fourier features of
-    k, z concatenated, residual MLP (pe_dim,
-    feat_sigma, hidden, layers). `arch="grid"`: a learnable (grid_channels, G, G, G) feature volume sampled
+    `arch="grid"` is the default: it trains ~55x faster per image than the MLP at box 64, which lets the encoder
+    learn the seed's poses on a CPU (decisions 008, 013). `arch="mlp"` (the original): random Fourier features of
+    k, z concatenated, residual MLP (pe_dim, feat_sigma, hidden, layers). `arch="grid"`: a learnable (grid_channels, G, G, G) feature volume sampled
     trilinearly at k (G = grid_size, default D + 1: nodes on the Hartley lattice), z concatenated, a small residual
     MLP (grid_hidden wide, grid_layers blocks); ~30x fewer FLOPs per point than the 3x256 MLP (model/decoder.py).
     """
@@ -70,10 +67,7 @@ class DecoderConfig:
 
 
 # seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
-# of the training box). Measured (decoder forward + backward, 1 thread on the shared 2-core machine, box 64):
-# 3x256: r 32 204 ms/image, r 16 57, r 12 26, r 8 12; 3x128: r 32 65, r 16 6.4, r 12 4.4, r 8 1.1. A cap of 12 px
-# (box 64: 5.3 px = 1/12 cycles/px, about the seed's FSC range on issue 5's set) cuts the default decoder ~8x;
-# a 3x128 decoder (--dec-hidden 128) saves another ~5x.
+# of the training box), about the seed's resolution; the explicit final maps go to Nyquist (decision 013)
 SEEDED_CPU_FREQ_MAX = 12
 
 #: the largest training box chosen without -D: larger stacks are Fourier-cropped to it (see training_box)
@@ -101,8 +95,8 @@ class TrainConfig:
     num_images: int | None = None        # total images to see (exclusive with epochs)
     epochs: float | None = None
     batch_size: int = 32
-    lr: float | None = None              # None: 1e-4 for "amortized" (cryoFIRE), 1e-3 for "seeded" (measured: the
-                                         # distill phase needs ~600 steps of 32 at 1e-3; 1e-4 is 10x slower)
+    lr: float | None = None              # None: 1e-4 for "amortized" (cryoFIRE), 1e-3 for "seeded" (the distill
+                                         # phase is 10x slower at 1e-4: decision 013)
     lr_schedule: str = "constant"        # constant | cosine (5 % linear warm-up from lr/25, cosine decay to ~0 at
                                          # images_total; a pure function of images seen, so resume is exact)
     seed: int = 0
@@ -114,35 +108,27 @@ class TrainConfig:
     # sym_loss apply to "amortized" only; "seeded" trains at a fixed radius freq_max (on CPU capped by default to
     # SEEDED_CPU_FREQ_MAX px, chosen at setup and saved in config.json) and uses seeded_sym_loss.
     schedule: str = "seeded"
-    distill_fraction: float = 0.85       # seeded: share of images_total spent in the distill phase (issue 5's set,
-                                         # 400k images: 0.85 gives held-out 4.9 deg, training split 1.18 deg, 0.6
-                                         # 5.2 and 1.36; accuracy-20261124-2140 / -2118)
+    distill_fraction: float = 0.85       # seeded: share of images_total spent in the distill phase (more accurate
+                                         # than 0.6: decision 013)
     seed_agreement_deg: float = 10.0     # seeded: the joint phase starts only once the encoder's poses agree with the
                                          # seed's to this median angle (training split sample); until then distilling
-                                         # goes on, and if it never does the outputs keep the seed's poses (measured at
-                                         # SNR 0.1: 20k images leave the encoder at chance, joint training from its
-                                         # poses then blurred the map to FSC 12.8 px and output chance poses)
+                                         # goes on, and if it never does the outputs keep the seed's poses (joint
+                                         # training from an encoder at chance blurs the map: decision 013)
     distill_rot_weight: float = 1.0      # seeded distill: weight of |R_enc - R_seed|_F^2 (chordal, 0..8; r6 head) or
                                          # of the grid head's cross-entropy
     distill_trans_weight: float = 0.05   # seeded distill: weight of |t_enc - t_seed|^2 (pixels^2 of box D)
     distill_decoder_every: int = 4       # seeded distill: fit the decoder on every k-th step only (encoder steps are
-                                         # ~5-10x cheaper on a CPU; measured on the test set: k=4 with 25.6k images
-                                         # 3.5 deg in 32 s, k=1 with 19.2k images 5.0 deg in ~50 s)
+                                         # ~5-10x cheaper on a CPU: more accurate per second, decision 013)
     distill_grid_width: float = 0.5      # grid head distill: the cross-entropy target's angular width at the end
                                          # of the narrowing, in view spacings (~9 deg); it starts at 1 and narrows
-                                         # linearly from distill_narrow_from to distill_narrow_to of the distill phase.
-                                         # Measured (encoder alone on issue 5's seed poses, box 32): held out 7.04 deg
-                                         # after 400k images at width 1 against 6.22 with the last 100k at 0.5; 0.5
-                                         # from the start learns ~2x slower (20.3 vs 10.5 deg at 100k)
+                                         # linearly from distill_narrow_from to distill_narrow_to of the distill phase
+                                         # (narrow late: narrow from the start learns ~2x slower; decision 013)
     distill_narrow_from: float = 0.5
     distill_narrow_to: float = 0.75
     distill_decay_from: float = 0.75     # seeded distill: the learning rate stays at lr until this fraction of the
                                          # distill images, then falls (cosine) to lr * seeded_joint_lr_scale at their
-                                         # end, where the joint phase takes over at that rate (1 = no decay). Probe
-                                         # (encoder alone on issue 5's set, box 32, 300k images, the trainer's
-                                         # narrowing, half the rows synthetic): held out 5.15 deg one pass, 5.98
-                                         # without; from 1/2 instead of 3/4: 5.79 vs 5.68 (1/3 synthetic); runs
-                                         # saved before it load 1
+                                         # end, where the joint phase takes over at that rate (1 = no decay; runs
+                                         # saved before it load 1). New particles' poses improve (decision 013)
     distill_z_weight: float = 1.0        # seeded distill: weight of |z_0..q-1 - the seed's coordinates|^2
     # seeded distill: the decoder reads the seed's coordinates as z (not the encoder's guess of them), so that it
     # learns how the map changes along them, which --refine-z and the joint phase then rely on
@@ -159,24 +145,18 @@ class TrainConfig:
                                          # real image in each step (the seed's map at uniform random poses with the
                                          # data's CTFs, shifts and fitted noise spectrum: training.synthetic); their
                                          # poses are exact and unlimited, so the encoder cannot memorise them; z and
-                                         # the decoder read the real images only. Probe (encoder alone on issue 5's
-                                         # set, box 32, 300k rows, width 1): held out 6.59 deg with half the rows
-                                         # synthetic, 6.79 all, ~7.1 none (which memorises: its training images
-                                         # 5.0 deg); runs saved before it load 0
+                                         # the decoder read the real images only; runs saved before it load 0
+                                         # (decisions 006, 013)
     distill_view_rows: float = 0.67      # seeded distill with a view encoder (encoder.view_dirs): the fraction of
-                                         # each step's pose rows (real and synthetic alike) it also reads; issue
-                                         # 5's set from scratch: all rows 28.1 min, held out 3.03 deg; 0.67 23.4 min,
-                                         # 3.04 deg (accuracy-20261125-1114 / -1208; ~16 min without the encoder)
-    seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (measured: off)
+                                         # each step's pose rows (real and synthetic alike) it also reads: as accurate
+                                         # as all rows, 17 % faster (decision 013)
+    seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (decision 013)
     augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane
                                          # angle, turned back (CryoFIRE.encode_turned; z from the image as given).
                                          # None: on for "seeded", off for "amortized" (the paper's schedule); never
-                                         # with the symmetric loss. Measured on issue 5's set, 400k images
-                                         # (benchmarks/results/accuracy-20261124-{0923,1210,1219}-vm-seeded):
-                                         # without it the encoder memorises its training images (held-out 50 deg);
-                                         # turning the images for pose and z: held-out 29 deg, z-PC1 at chance
-                                         # (10.5 %); pose only (this): held-out 24 deg, z-PC1 2.2 % (training split)
-    seeded_joint_lr_scale: float = 0.1   # seeded joint phase: lr * this (measured: lr 1e-3 undoes the distilled poses)
+                                         # with the symmetric loss. Without it the encoder memorises its training
+                                         # images; z reads the image as given (decisions 004, 013)
+    seeded_joint_lr_scale: float = 0.1   # seeded joint phase: lr * this (the full rate undoes the distilled poses)
     seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
     seed_from: str | None = None         # seeded: reuse the seed of an earlier run on the same particles and split
                                          # (its run folder or checkpoints/seed.npz) instead of searching again
@@ -200,7 +180,7 @@ class TrainConfig:
     invert_data: str = "auto"            # auto | yes | no   (auto: invert when the consensus density is negative)
     contrast_check_images: int = 5_000   # images seen before the automatic contrast check
     num_threads: int | None = None       # torch intra-op threads (None: leave torch's default)
-    # speed (issue 6): precision of the training/inference forward passes under torch.autocast: fp32 | bf16 | fp16
+    # speed: precision of the training/inference forward passes under torch.autocast: fp32 | bf16 | fp16
     # (fp16 only on CUDA, with a gradient scaler; bf16 runs on CPU too but is only fast with AVX512-BF16/AMX);
     # channels_last: NHWC encoder convolutions (None: on with CUDA, off on the CPU); compile: torch.compile the
     # encoder and decoder (off; the first steps pay the compile time, worth it on a GPU)

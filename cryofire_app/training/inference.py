@@ -76,9 +76,8 @@ def encode_with_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict
     grid (Encoder.grid_turn_index), decoded once by grid_pose, so a turn that lands on a wrong mode is outvoted
     instead of averaged in; the same for the x-mirrored image (another projection of the particle, at pose
     diag(-1, 1, -1) R), and of the two poses the one the two maps together score higher (Encoder.grid_score) is the
-    answer (``branch`` 1: the mirror's). The encoder alone, no decoder. Measured on issue 5's held-out set, K = 8
-    (median view error): one pass 7.27 deg, chordal mean of the decoded turns 7.15, mean of the maps 5.74, with the
-    mirror's 5.24. Other heads: the chordal mean of the turned-back rotations. A model with a view encoder
+    answer (``branch`` 1: the mirror's). The encoder alone, no decoder. Averaging the maps outvotes wrong modes
+    that averaging decoded rotations keeps (decision 013). Other heads: the chordal mean of the turned-back rotations. A model with a view encoder
     (model.view; seeded runs by default) then reads the view direction from the image turned and re-centred at that
     pose (ViewEncoder.refine)."""
     if turns <= 1:
