@@ -48,9 +48,10 @@ class DecoderConfig:
 
     `arch="grid"` is the default: it trains ~55x faster per image than the MLP at box 64, which lets the encoder
     learn the seed's poses on a CPU (decisions 008, 013). `arch="mlp"` (the original): random Fourier features of
-    k, z concatenated, residual MLP (pe_dim, feat_sigma, hidden, layers). `arch="grid"`: a learnable (grid_channels, G, G, G) feature volume sampled
-    trilinearly at k (G = grid_size, default D + 1: nodes on the Hartley lattice), z concatenated, a small residual
-    MLP (grid_hidden wide, grid_layers blocks); ~30x fewer FLOPs per point than the 3x256 MLP (model/decoder.py).
+    k, z concatenated, residual MLP (pe_dim, feat_sigma, hidden, layers). `arch="grid"`: a learnable
+    (grid_channels, G, G, G) feature volume sampled trilinearly at k (G = grid_size, default D + 1: nodes on the
+    Hartley lattice), z concatenated, a small residual MLP (grid_hidden wide, grid_layers blocks); ~30x fewer FLOPs
+    per point than the 3x256 MLP (model/decoder.py).
     """
 
     arch: str = "grid"        # grid | mlp

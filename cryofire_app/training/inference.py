@@ -77,9 +77,9 @@ def encode_with_turns(model: CryoFIRE, y_real: torch.Tensor, turns: int) -> dict
     instead of averaged in; the same for the x-mirrored image (another projection of the particle, at pose
     diag(-1, 1, -1) R), and of the two poses the one the two maps together score higher (Encoder.grid_score) is the
     answer (``branch`` 1: the mirror's). The encoder alone, no decoder. Averaging the maps outvotes wrong modes
-    that averaging decoded rotations keeps (decision 013). Other heads: the chordal mean of the turned-back rotations. A model with a view encoder
-    (model.view; seeded runs by default) then reads the view direction from the image turned and re-centred at that
-    pose (ViewEncoder.refine)."""
+    that averaging decoded rotations keeps (decision 013). Other heads: the chordal mean of the turned-back
+    rotations. A model with a view encoder (model.view; seeded runs by default) then reads the view direction from
+    the image turned and re-centred at that pose (ViewEncoder.refine)."""
     if turns <= 1:
         return model.encoder(y_real)
     out = fuse_turns(model, y_real, turns)
