@@ -221,15 +221,26 @@ def run_case(case: Case, threads: int, with_ceiling: bool) -> dict:
     if rc != 0:
         row["error"] = f"infer --refine-z exited {rc}"
         return row
+    rc = cli(["infer", str(run), str(new_d / "particles.star"), "-o", str(cdir / "pred_new_encoder"), "--threads",
+              str(threads), "--z-from", "encoder"])
+    if rc != 0:
+        row["error"] = f"infer --z-from encoder exited {rc}"
+        return row
     labels, u = truth(train_d)
     labels_new, u_new = truth(new_d)
     if case.kind != "continuous":   # discrete hinge steps also carry a hinge coordinate: score them as states
         u = u_new = None
     K = case.steps
-    z = np.load(run / "latents.npz")["z"]
+    with np.load(run / "latents.npz") as f:
+        z = f["z"]
+        z_enc = f["z_encoder"] if "z_encoder" in f.files else z
     z_new = np.load(cdir / "pred_new" / "latents.npz")["z"]
     row["train_z"], pca = latent_scores(z, labels, u, K)
     row["new_z"], _ = latent_scores(z_new, labels_new, u_new, K, pca)
+    # the encoder's z head alone (before the seed basis gave z_0..z_{q-1}), train and new
+    row["train_z_encoder"], pca_e = latent_scores(z_enc, labels, u, K)
+    z_new_e = np.load(cdir / "pred_new_encoder" / "latents.npz")["z"]
+    row["new_z_encoder"], _ = latent_scores(z_new_e, labels_new, u_new, K, pca_e)
     z_ref = np.load(cdir / "pred_new_refined" / "latents.npz")["z"]
     row["new_z_refined"], _ = latent_scores(z_ref, labels_new, u_new, K, pca)
     ss = run / "seed_states.npz"
@@ -261,13 +272,15 @@ def markdown(rows: list[dict]) -> str:
              "(PC1 of z / best 1-D latent coordinate / the seed's first coordinate / the same analysis at the true "
              "poses). Discrete: confusion of k-means (true K) on z, of the seed's labels, and at the true poses; "
              "K chosen by the seed.",
-             "", "| case | train z | new z | new z, --refine-z 30 | seed (train) | true-pose ceiling | verdict "
-             "| wall |",
-             "|---|---|---|---|---|---|---|---|"]
+             "z is what `cryofire train` / `cryofire infer` write (z_0..z_{q-1} on the seed's heterogeneity "
+             "basis at each particle's pose); 'encoder' is the encoder's z head alone (`--z-from encoder`).",
+             "", "| case | train z | new z | new z, --refine-z 30 | train z (encoder) | new z (encoder) "
+             "| seed (train) | true-pose ceiling | verdict | wall |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["case"]
         if "error" in r:
-            lines.append(f"| {c['name']} | {r['error']} | | | | | | |")
+            lines.append(f"| {c['name']} | {r['error']} | | | | | | | | |")
             continue
         tz, nz, sd, ce = r["train_z"], r["new_z"], r.get("seed", {}), r.get("ceiling", {})
         if c["kind"] == "continuous":
@@ -281,7 +294,8 @@ def markdown(rows: list[dict]) -> str:
             ceil = (f"{ce.get('kind')}, K={ce.get('n_states')}, {_f(ce.get('confusion_labels'), '{:.1%}')}"
                     if ce else "-")
         lines.append(f"| {c['name']} ({c['kind']}, {c['steps']} steps, box {c['box']}, SNR {c['snr']}) | {cell(tz)} | "
-                     f"{cell(nz)} | {cell(r.get('new_z_refined', {}))} | {seed} | {ceil} | {r.get('verdict')} | "
+                     f"{cell(nz)} | {cell(r.get('new_z_refined', {}))} | {cell(r.get('train_z_encoder', {}))} | "
+                     f"{cell(r.get('new_z_encoder', {}))} | {seed} | {ceil} | {r.get('verdict')} | "
                      f"{r['train']['wall_s'] / 60:.0f} min |")
     return "\n".join(lines) + "\n"
 

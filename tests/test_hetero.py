@@ -81,3 +81,26 @@ def test_seed_config_refuses_empty_searches(kw):
 
     with pytest.raises(ValueError):
         SeedConfig(**{("hetero_components" if "max_components" in kw else "hetero_max_states"): 0})
+
+
+def test_new_particles_get_the_coordinates_of_the_seeds_basis(tmp_path, fixtures_dir):
+    """The basis the analysis returns gives any particle its coordinate at its pose: the analysed particles' own
+    again (from their raw images), and for new particles of the same motion a coordinate that follows the angle."""
+    from cryofire_app.reconstruct.coordinates import particle_coordinates
+    from cryofire_app.reconstruct.hetero import HeteroBasis
+    from cryofire_app.simulate import HingeConfig
+
+    hinge = HingeConfig(steps=8, continuous=True, angle_deg=30.0)
+    images, ctf, rot, trans, _, _ = _simulate(tmp_path / "train", fixtures_dir, 1500, hinge)
+    new, ctf_new, rot_new, trans_new, _, u_new = _simulate(tmp_path / "new", fixtures_dir, 400, hinge, seed=1)
+    parts = prepare_particles(images, ctf)
+    res = _analyse(images, ctf, rot, trans)
+    basis = res.basis
+    assert basis is not None and basis.q == res.coords.shape[1] >= 1 and basis.directions.shape[0] == 2
+    basis.data_scale = parts.scale
+    basis = HeteroBasis.from_arrays(basis.to_arrays())   # through the .npz form
+    again = particle_coordinates(lambda r: images[r], len(images), ctf, rot, trans, basis, chunk=512)
+    assert np.abs(again - res.coords).max() < 1e-3
+    x = particle_coordinates(lambda r: new[r], len(new), ctf_new, rot_new, trans_new, basis)
+    assert abs(spearmanr(x[:, 0], u_new)[0]) >= 0.85
+    assert abs(np.median(x[:, 0])) < 0.3 and 0.7 < x[:, 0].std() < 1.3   # standardised as the training coordinates

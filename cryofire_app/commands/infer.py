@@ -26,6 +26,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="branch choice: decoder error at --select-radius (default) or encoder only (branch 0)")
     p.add_argument("--select-radius", type=int, default=None,
                    help="frequency radius in pixels for --select decoder (default: the run's select_radius)")
+    p.add_argument("--z-from", choices=("auto", "seed", "encoder"), default="auto",
+                   help="z_0..z_{q-1}: the particles' coordinates on the seed's heterogeneity directions at their "
+                        "predicted poses (seed; what `cryofire train` writes for its own particles), or the "
+                        "encoder's z head alone (encoder); auto (default): seed when the run's seed found "
+                        "reproducible heterogeneity")
     p.add_argument("--refine-z", type=int, default=0, metavar="STEPS",
                    help="semi-amortized z: after the encoder, STEPS gradient steps per particle on z alone (decoder "
                         "and poses fixed) of the decoder's fit to the image, kept near the encoder's z by a unit "
@@ -77,6 +82,35 @@ def _particle_data(args: argparse.Namespace, run, ck: dict):
     return ps, data
 
 
+def _seed_z(args: argparse.Namespace, run, data, pr) -> bool:
+    """Replace z_0..z_{q-1} of ``pr`` by the coordinates on the run's seed basis (--z-from); True when done."""
+    import numpy as np
+
+    from cryofire_app.io.errors import InputError
+    from cryofire_app.io.rundir import RunDir
+    from cryofire_app.training.seeding import basis_z
+
+    if args.z_from == "encoder":
+        return False
+    path = RunDir(args.outdir).seed
+    seed = {}
+    if path.is_file():
+        with np.load(path) as f:
+            seed = {k: f[k] for k in f.files}
+    if data.ctf is None and run.config.ctf is not None:
+        seed = {}   # the coordinates need the particles' CTF
+    zb = basis_z(seed, run.config.zdim, data.resized_images, data.N,
+                 data.ctf.numpy() if data.ctf is not None else None, pr.rot, pr.trans) if seed else None
+    if zb is None:
+        if args.z_from == "seed":
+            raise InputError("--z-from seed: the run's seed has no heterogeneity directions (none reproduced, an "
+                             "amortized run, a run from before they were saved, or no CTF for these particles)",
+                             path)
+        return False
+    pr.z[:, : zb.shape[1]] = zb
+    return True
+
+
 def _write_predictions(out, pr, ps, data, D: int) -> None:
     """PREDDIR/pose.pkl (trans as a fraction of the box D), z.pkl and latents.npz (trans in pixels)."""
     import numpy as np
@@ -126,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
     pr = predict(model, data, np.arange(data.N), sign=float(ck["data_sign"]), radius=radius, select=select,
                  batch=args.batch_size, device=device, use_z=ck["phase"] not in ("pose_only", "seed"),
                  sym=run.config.sym_loss, turns=turns)
+    from_seed = _seed_z(args, run, data, pr)
     if args.refine_z > 0:
         if data.ctf is None and run.config.ctf is not None:
             raise InputError("--refine-z needs the particles' CTF (give --ctf)", args.particles)
@@ -134,6 +169,6 @@ def main(args: argparse.Namespace) -> int:
     dt = time.time() - t0
     out = Path(args.preddir)
     _write_predictions(out, pr, ps, data, D)
-    print(f"inferred {data.N} particles in {dt:.2f} s ({1e3 * dt / max(data.N, 1):.2f} ms/image); wrote {out}",
-          file=sys.stderr)
+    print(f"inferred {data.N} particles in {dt:.2f} s ({1e3 * dt / max(data.N, 1):.2f} ms/image; z from the "
+          f"{'seed basis' if from_seed else 'encoder'}); wrote {out}", file=sys.stderr)
     return 0

@@ -55,6 +55,47 @@ class HeteroConfig:
 
 
 @dataclass
+class HeteroBasis:
+    """What the coordinates of any other particle need (:func:`coordinates`): the consensus ``volume (d, d, d)`` the
+    residuals are taken about, the two halves' reproducible ``directions (2, q, d, d, d)``, the ``center (q,)`` and
+    ``scale (q,)`` that standardised the analysed particles' coordinates, the stage's ``radius`` (Fourier px of box
+    d), ``scale_fit`` (a contrast scale per particle), and ``data_scale``: the analysed stack's normalisation
+    (reconstruct.data.Particles.scale), so that other images are put in the same units."""
+
+    volume: np.ndarray
+    directions: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    radius: float
+    scale_fit: bool = True
+    data_scale: float = 1.0
+
+    KEYS = ("volume", "directions", "center", "scale", "radius", "scale_fit", "data_scale")
+
+    @property
+    def d(self) -> int:
+        return int(self.volume.shape[0])
+
+    @property
+    def q(self) -> int:
+        return int(self.directions.shape[1])
+
+    def to_arrays(self, prefix: str = "basis_") -> dict[str, np.ndarray]:
+        """Flat numpy arrays (for an .npz), named ``prefix + field``."""
+        return {prefix + k: np.asarray(getattr(self, k), np.float32 if k in ("volume", "directions") else None)
+                for k in self.KEYS}
+
+    @classmethod
+    def from_arrays(cls, d: dict, prefix: str = "basis_") -> "HeteroBasis | None":
+        """The basis saved by :meth:`to_arrays` in ``d``, or None when ``d`` holds none."""
+        if any(prefix + k not in d for k in cls.KEYS):
+            return None
+        a = {k: np.asarray(d[prefix + k]) for k in cls.KEYS}
+        return cls(a["volume"].astype(np.float32), a["directions"].astype(np.float32), a["center"].astype(np.float64),
+                   a["scale"].astype(np.float64), float(a["radius"]), bool(a["scale_fit"]), float(a["data_scale"]))
+
+
+@dataclass
 class HeteroResult:
     """``coords (n, q)`` standardised continuous coordinates (q reproducible directions, strongest first; q may be 0);
     ``labels (n,)`` int64 states, 0 = the largest; ``score (n,)`` a signed 1-D state score (K = 2: log posterior odds
@@ -68,6 +109,7 @@ class HeteroResult:
     components: list[dict] = field(default_factory=list)
     bic: dict = field(default_factory=dict)
     certainty: float | None = None
+    basis: HeteroBasis | None = None   # None when no direction reproduced (q = 0)
 
     @property
     def n_states(self) -> int:
@@ -261,7 +303,10 @@ def iter_analyse(data: StageData, rot: torch.Tensor, trans: torch.Tensor, vol: t
     if q == 0:
         return HeteroResult(np.zeros((n, 0), np.float32), np.zeros(n, np.int64), None, "homogeneous", components)
     x = 0.5 * (ca + cb)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-12)
+    basis = HeteroBasis(vol.detach().cpu().numpy().astype(np.float32),
+                        np.stack([torch.stack(dirs[h][:q]).cpu().numpy() for h in (0, 1)]).astype(np.float32),
+                        x.mean(0), x.std(0) + 1e-12, float(data.radius), bool(cfg.scale_fit))
+    x = (x - basis.center) / basis.scale
     labels, odds, bic, certainty = _states(x, cfg)
     K = int(labels.max()) + 1
     kind = "discrete" if K >= 2 else "continuous"
@@ -269,4 +314,18 @@ def iter_analyse(data: StageData, rot: torch.Tensor, trans: torch.Tensor, vol: t
            + (f", certainty {certainty:.3f}" if certainty is not None else ""),
            {"n_states": K, "certainty": certainty if certainty is not None else float("nan")})
     score = odds if odds is not None else x[:, 0]
-    return HeteroResult(x.astype(np.float32), labels, score.astype(np.float32), kind, components, bic, certainty)
+    return HeteroResult(x.astype(np.float32), labels, score.astype(np.float32), kind, components, bic, certainty, basis)
+
+
+def coordinates(data: StageData, rot: torch.Tensor, trans: torch.Tensor, basis: HeteroBasis,
+                batch: int = 512) -> np.ndarray:
+    """``(n, q)`` coordinates of ``data``'s particles at poses ``rot (n, 3, 3)``, ``trans (n, 2)`` (box-d px) on
+    ``basis``, computed and standardised as the analysed particles' own (the mean of the two halves' joint
+    least-squares coordinates of the residuals about the basis's consensus). ``data`` must be at the basis's box and
+    radius, in the units of its ``data_scale``."""
+    if data.d != basis.d:
+        raise ValueError(f"the data are at box {data.d}, the basis at box {basis.d}")
+    resid = residuals(data, rot, trans, torch.as_tensor(basis.volume), basis.scale_fit, batch)
+    x = sum(_joint_coefficients(data, rot, resid, [torch.as_tensor(u) for u in basis.directions[h]], batch)
+            for h in (0, 1))
+    return ((0.5 * x - basis.center) / basis.scale).astype(np.float32)

@@ -42,7 +42,7 @@ from ..physics.rotations import random_rotations
 from .data import Particles, StageData, prepare_particles, stage_data
 from .final import chunk_size
 from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
-from .hetero import HeteroConfig, iter_analyse
+from .hetero import HeteroBasis, HeteroConfig, iter_analyse
 from .search import backproject, em_search, global_search, local_search, residual_sigma2, scores_at, slices
 from .volume import HartleyAccumulator, slicing_volume
 
@@ -141,6 +141,7 @@ class SeedResult:
     state_volumes: np.ndarray | None = None
     coords: np.ndarray | None = None
     hetero_kind: str | None = None
+    basis: HeteroBasis | None = None   # what other particles' coordinates need (reconstruct.coordinates)
 
 
 def _solve(acc: HartleyAccumulator, sigma2: float, cfg: SeedConfig) -> tuple[torch.Tensor, dict]:
@@ -362,14 +363,16 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     history["final_refine_box"] = d_prev
 
     # ---------------------------------------------------------------- 4. heterogeneity with fixed poses
-    state = state_score = coords = kind = None
+    state = state_score = coords = kind = basis = None
     state_vols = None
     if cfg.n_states != 1:
         dh = min(cfg.box_hetero, D)
         rh = _ssnr_radius(info, d_prev, dh, cfg, floor=cfg.hetero_radius_frac * dh / 2)
         hdata = stage_data(parts, dh, rh)
         het = yield from _heterogeneity(hdata, rot, trans * (dh / D), sigma2, cfg, ev)
-        state, state_score, coords, kind = het.labels, het.score, het.coords, het.kind
+        state, state_score, coords, kind, basis = het.labels, het.score, het.coords, het.kind, het.basis
+        if basis is not None:
+            basis.data_scale = float(parts.scale)
         history["hetero"] = {"kind": kind, "n_states": het.n_states, "components": het.components,
                              "bic": {str(k): v for k, v in het.bic.items()}, "certainty": het.certainty,
                              "box": dh, "radius": rh}
@@ -385,7 +388,7 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
     return SeedResult(rot.numpy().astype(np.float32), trans.numpy().astype(np.float32), volume_np.astype(np.float32),
                       None if state is None else np.asarray(state, dtype=np.int64), history,
                       None if state_score is None else np.asarray(state_score, dtype=np.float32), state_vols,
-                      None if coords is None else np.asarray(coords, dtype=np.float32), kind)
+                      None if coords is None else np.asarray(coords, dtype=np.float32), kind, basis)
 
 
 def _local_round(vh, data: StageData, rot_h, trans_h, step: float, tstep: float, D: int, cfg: SeedConfig):

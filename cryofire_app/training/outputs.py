@@ -47,11 +47,23 @@ def seed_fits_better(tr: "Trainer", pos: np.ndarray, pr: Predictions, radius: in
     return out
 
 
+def seed_basis_z(tr: "Trainer", pr: Predictions) -> np.ndarray | None:
+    """``(N, q)`` z_0..z_{q-1} of every particle from the seed's heterogeneity basis at the final poses ``pr``
+    (training.seeding.basis_z), or None when the seed has none."""
+    from cryofire_app.training.seeding import basis_z
+
+    ctf = tr.data.ctf.numpy() if tr.data.ctf is not None else None
+    return basis_z(tr.seed, tr.config.zdim, tr.data.resized_images, tr.data.N, ctf, pr.rot, pr.trans)
+
+
 def write_outputs(tr: "Trainer") -> Predictions:
     """The final pass over every particle; returns the final predictions (``rot``, ``trans`` in training-box px,
     ``z``, ``branch`` for every particle). Particles the seed saw keep whichever pose the decoder fits better at its
     whole training radius: the seed's (exhaustive search and local refinement) or the encoder's (no labels needed;
-    the encoder can drift from, or never reach, the seed)."""
+    the encoder can drift from, or never reach, the seed). When the seed found reproducible heterogeneity, z_0..z_{q-1}
+    are every particle's coordinates on the seed's residual directions at its final pose (the estimate the seed made
+    for its own particles, which generalises as the poses do); the encoder's own z is kept in latents.npz as
+    ``z_encoder``."""
     from cryofire_app.io import write_pose_pkl, write_z_pkl
 
     cfg, rd = tr.config, tr.run_dir
@@ -65,6 +77,10 @@ def write_outputs(tr: "Trainer") -> Predictions:
         pr.trans[q] = tr.seed["trans"][use]
         pr.branch[q] = 0
         tr.seed_pose_fraction = float(use.mean()) if len(use) else 0.0
+    z_encoder = pr.z.copy()
+    zb = seed_basis_z(tr, pr) if tr.seed is not None else None
+    if zb is not None:
+        pr.z[:, : zb.shape[1]] = zb
     write_pose_pkl(rd.pose, pr.rot.astype(np.float32), (pr.trans / tr.D).astype(np.float32))
     write_z_pkl(rd.z, pr.z.astype(np.float32))
     split = np.zeros(tr.data.N, np.int8)
@@ -72,7 +88,7 @@ def write_outputs(tr: "Trainer") -> Predictions:
     atomic_save_npz(rd.latents, index=np.asarray(tr.data.particles.index, np.int64), z=pr.z.astype(np.float32),
                     rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
                     branch=pr.branch.astype(np.int8), val=split, images_seen=np.int64(tr.images_seen),
-                    D=np.int64(tr.D), apix=np.float64(tr.data.apix))
+                    D=np.int64(tr.D), apix=np.float64(tr.data.apix), z_encoder=z_encoder.astype(np.float32))
     if tr.seed is not None:
         _write_seed_outputs(tr)
     return pr

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SEED_KEYS", "load_seed", "read_seed_file", "run_seed", "seed_arrays", "seed_subset"]
+__all__ = ["SEED_KEYS", "basis_z", "load_seed", "read_seed_file", "run_seed", "seed_arrays", "seed_subset"]
 
 #: the arrays every seed.npz has
 SEED_KEYS = ("pos", "rot", "trans", "state", "state_score", "volume", "density_sign", "wall_s")
@@ -209,9 +209,11 @@ def _result_arrays(pos: np.ndarray, res) -> dict:
     score = res.state_score if res.state_score is not None else np.zeros(0, np.float32)
     state = res.state if res.state is not None else np.zeros(0, np.int64)
     coords = res.coords if res.coords is not None else np.zeros((n, 0), np.float32)
-    return dict(pos=pos.astype(np.int64), rot=res.rot.astype(np.float32), trans=res.trans_px.astype(np.float32),
-                state=state.astype(np.int64), state_score=score.astype(np.float32),
-                volume=(sgn * res.volume).astype(np.float32), density_sign=np.int64(sgn),
+    basis = res.basis.to_arrays() if getattr(res, "basis", None) is not None else {}
+    return dict(**basis, pos=pos.astype(np.int64), rot=res.rot.astype(np.float32),
+                trans=res.trans_px.astype(np.float32), state=state.astype(np.int64),
+                state_score=score.astype(np.float32), volume=(sgn * res.volume).astype(np.float32),
+                density_sign=np.int64(sgn),
                 wall_s=np.float64(res.history.get("wall_s", float("nan"))), coords=coords.astype(np.float32),
                 kind=np.str_(res.hetero_kind or ""))
 
@@ -253,3 +255,23 @@ def _adopt_sign(tr: "Trainer", sgn: int) -> Message | None:
         return Message("warning", f"--invert-data {cfg.invert_data} disagrees with the seed's map (density sign "
                                   f"{sgn:+d} on the raw data): the map will come out negative")
     return None
+
+
+def basis_z(seed: dict, zdim: int, images, n: int, ctf_params: np.ndarray | None, rot: np.ndarray,
+            trans_px: np.ndarray) -> np.ndarray | None:
+    """``(n, q)`` z_0..z_{q-1} of ``n`` particles at poses ``rot``, ``trans_px`` (px of the training box) from the
+    seed's heterogeneity basis (seed.npz's ``basis_*``, reconstruct.coordinates): the seed's own estimate of its
+    coordinates, standardised as the distill phase's z targets (seed_arrays), so the decoder reads them as it learnt
+    them. ``images(rows)``: the particles' raw images at the training box. None when the seed found no reproducible
+    direction (or the file predates the basis)."""
+    from cryofire_app.reconstruct.coordinates import particle_coordinates
+    from cryofire_app.reconstruct.hetero import HeteroBasis
+
+    basis = HeteroBasis.from_arrays(seed)
+    coords = np.asarray(seed.get("coords", np.zeros((0, 0))), np.float64)
+    if basis is None or basis.q == 0 or zdim <= 0 or coords.ndim != 2 or coords.shape[1] == 0:
+        return None
+    q = min(basis.q, zdim, coords.shape[1])
+    x = particle_coordinates(images, n, ctf_params, rot, trans_px, basis)[:, :q].astype(np.float64)
+    c = coords[:, :q]
+    return ((x - np.median(c, 0)) / (c.std(0) + 1e-12)).astype(np.float32)
