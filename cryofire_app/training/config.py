@@ -71,6 +71,10 @@ class DecoderConfig:
 # of the training box), about the seed's resolution; the explicit final maps go to Nyquist (decision 013)
 SEEDED_CPU_FREQ_MAX = 12
 
+SCHEDULES = ("seeded", "amortized")
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 #: the largest training box chosen without -D: larger stacks are Fourier-cropped to it (see training_box)
 AUTO_BOX_MAX = 128
 
@@ -196,6 +200,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check every field (types, ranges, choices, that the device exists); InputError naming the option and what
         is allowed. Returns self. Called by `cryofire train`, the GUI's Train dock (through Trainer) and Trainer."""
+        from cryofire_app.training.validation import validate_config
+
         return validate_config(self)
 
     def resolved(self, device_type: str) -> "TrainConfig":
@@ -258,210 +264,8 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-# ---- validation (the one place: CLI, GUI and Python API all go through TrainConfig.validate) ------------------------
-# field -> the `cryofire train` option that sets it, so one message serves the command line and the API alike
-CLI_FLAGS: dict[str, str] = {
-    "particles": "PARTICLES", "outdir": "-o/--outdir", "D": "-D/--box", "zdim": "--zdim",
-    "num_images": "--num-images", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
-    "lr_schedule": "--lr-schedule", "seed": "--seed", "device": "--device", "schedule": "--schedule",
-    "distill_fraction": "--distill-fraction", "distill_grid_width": "--grid-width",
-    "distill_synth_ratio": "--synth-ratio", "pose_only_images": "--pose-only-images", "beta": "--beta",
-    "freq_start": "--freq-start", "freq_add_every": "--freq-add-every", "freq_max": "--freq-max",
-    "invert_data": "--invert-data", "val_fraction": "--val-fraction", "checkpoint_every": "--checkpoint-every",
-    "keep_checkpoints": "--keep-checkpoints", "num_threads": "--threads", "precision": "--precision",
-    "seed_from": "--seed-from", "seed_max_particles": "--seed-particles",
-    "encoder.channels": "--enc-channels", "encoder.box": "--enc-box",
-    "encoder.stem": "--enc-stem", "encoder.norm": "--enc-norm", "encoder.rot_head": "--rot-head",
-    "encoder.view_dirs": "--view-dirs", "decoder.arch": "--dec-arch", "decoder.hidden": "--dec-hidden",
-    "decoder.layers": "--dec-layers", "decoder.pe_dim": "--pe-dim",
-}
-SCHEDULES = ("seeded", "amortized")
-LR_SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def _name(key: str) -> str:
-    flag = CLI_FLAGS.get(key)
-    return f"{flag} ({key})" if flag else key
-
-
-def _fail(key: str, what: str, value: Any) -> None:
-    from cryofire_app.io.errors import InputError
-
-    raise InputError(f"{_name(key)} must be {what}, got {value!r}")
-
-
-def _is_int(v: Any) -> bool:
-    import numbers
-
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, _np_bool()))
-
-
-def _is_num(v: Any) -> bool:
-    import math
-    import numbers
-
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, _np_bool())) and math.isfinite(v)
-
-
-def _np_bool() -> type:
-    import numpy as np
-
-    return np.bool_
-
-
-def _int_at_least(key: str, v: Any, lo: int, none_ok: bool = False, what: str = "") -> None:
-    if v is None and none_ok:
-        return
-    if not _is_int(v) or v < lo:
-        _fail(key, f"an integer >= {lo}{what}", v)
-
-
-def _num_in(key: str, v: Any, lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False,
-            none_ok: bool = False, what: str = "") -> None:
-    if v is None and none_ok:
-        return
-    ok = _is_num(v) and (lo is None or (v > lo if lo_open else v >= lo)) and \
-        (hi is None or (v < hi if hi_open else v <= hi))
-    if not ok:
-        lo_s = "" if lo is None else (f"> {lo:g}" if lo_open else f">= {lo:g}")
-        hi_s = "" if hi is None else (f"< {hi:g}" if hi_open else f"<= {hi:g}")
-        rng = " and ".join(s for s in (lo_s, hi_s) if s)
-        _fail(key, f"a finite number {rng}{what}" if rng else f"a finite number{what}", v)
-
-
-def _choice(key: str, v: Any, choices: tuple, none_ok: bool = False) -> None:
-    if v is None and none_ok:
-        return
-    if v not in choices:
-        _fail(key, "one of " + ", ".join(str(c) for c in choices), v)
-
-
-def _even_box(key: str, v: Any, none_ok: bool = True) -> None:
-    if v is None and none_ok:
-        return
-    if not _is_int(v) or v < 8 or v % 2:
-        _fail(key, "an even number of pixels >= 8", v)
-
-
 def check_device(name: Any, key: str = "device") -> None:
-    """InputError unless `name` is auto, cpu, cuda or cuda:N naming a CUDA device torch can see."""
-    import re
+    """InputError unless ``name`` is a device this machine has (training.validation.check_device)."""
+    from cryofire_app.training.validation import check_device as check
 
-    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        _fail(key, "auto, cpu, cuda or cuda:N", name)
-    if name.startswith("cuda"):
-        import torch
-
-        from cryofire_app.io.errors import InputError
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise InputError(f"{_name(key)}: {name!r} requested but torch sees no CUDA device (use cpu or auto)")
-        if ":" in name and int(name.split(":")[1]) >= n:
-            raise InputError(f"{_name(key)}: {name!r} requested but torch sees {n} CUDA device(s) "
-                             f"(cuda:0..cuda:{n - 1})")
-
-
-def validate_config(cfg: "TrainConfig") -> "TrainConfig":
-    """Check every field's type and range; raise InputError (one line: the option, what is allowed, the value).
-
-    Only the config itself is checked here; facts that need the data (box of the stack, number of particles) are
-    checked when the data is opened (training.dataset.check_trainable).
-    """
-    from cryofire_app.io.errors import InputError
-
-    for key in ("particles", "outdir"):
-        v = getattr(cfg, key)
-        if not isinstance(v, str):
-            _fail(key, "a path", v)
-    _even_box("D", cfg.D)
-    _int_at_least("zdim", cfg.zdim, 0, what=" (0: no conformational latent)")
-    _int_at_least("distill_synth_z_bins", cfg.distill_synth_z_bins, 2)
-    _int_at_least("seed_max_particles", cfg.seed_max_particles, 0, what=" (0: all)")
-    if 0 < cfg.seed_max_particles < 16:
-        _fail("seed_max_particles", "0 (all) or at least 16", cfg.seed_max_particles)
-    if cfg.num_images is not None and cfg.epochs is not None:
-        raise InputError("give either --num-images (num_images) or --epochs (epochs), not both")
-    _int_at_least("num_images", cfg.num_images, 1, none_ok=True, what=" (images to train on)")
-    _num_in("epochs", cfg.epochs, 0, None, lo_open=True, none_ok=True)
-    _int_at_least("batch_size", cfg.batch_size, 1, what=" (images per step)")
-    _num_in("lr", cfg.lr, 0, 1, lo_open=True, none_ok=True, what=" (Adam learning rate)")
-    _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
-    _int_at_least("seed", cfg.seed, 0)
-    check_device(cfg.device)
-    _choice("schedule", cfg.schedule, SCHEDULES)
-    _num_in("distill_fraction", cfg.distill_fraction, 0, 1)
-    _num_in("seed_agreement_deg", cfg.seed_agreement_deg, 0, 180, lo_open=True)
-    for key in ("distill_rot_weight", "distill_trans_weight", "distill_z_weight"):
-        _num_in(key, getattr(cfg, key), 0, None)
-    _int_at_least("distill_decoder_every", cfg.distill_decoder_every, 1)
-    _num_in("distill_grid_width", cfg.distill_grid_width, 0, 1, lo_open=True, what=" (view spacings)")
-    _num_in("distill_narrow_from", cfg.distill_narrow_from, 0, 1)
-    _num_in("distill_narrow_to", cfg.distill_narrow_to, cfg.distill_narrow_from, 1,
-            what=" (and >= distill_narrow_from)")
-    _num_in("distill_decay_from", cfg.distill_decay_from, 0, 1)
-    _num_in("distill_synth_ratio", cfg.distill_synth_ratio, 0, 4, what=" (synthetic images per real image)")
-    _num_in("distill_view_rows", cfg.distill_view_rows, 0, 1)
-    _num_in("seeded_joint_lr_scale", cfg.seeded_joint_lr_scale, 0, None, lo_open=True)
-    if not isinstance(cfg.seed_config, dict):
-        _fail("seed_config", "a dict of reconstruct.SeedConfig fields", cfg.seed_config)
-    if cfg.seed_config:
-        from cryofire_app.reconstruct import seed_config_from
-
-        try:
-            seed_config_from(cfg.seed_config)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"seed_config {cfg.seed_config!r}: {exc}") from None
-    if cfg.seed_from is not None and not isinstance(cfg.seed_from, str):
-        _fail("seed_from", "a run folder or seed.npz path", cfg.seed_from)
-    _int_at_least("pose_only_images", cfg.pose_only_images, 0)
-    _num_in("std_z_init", cfg.std_z_init, 0, None, lo_open=True)
-    _num_in("beta", cfg.beta, 0, None, what=" (KL weight)")
-    _int_at_least("freq_start", cfg.freq_start, 1, what=" (pixels)")
-    _int_at_least("freq_add_every", cfg.freq_add_every, 1, what=" (images per +1 px)")
-    _int_at_least("freq_max", cfg.freq_max, 1, none_ok=True, what=" (pixels)")
-    _num_in("window_r_in", cfg.window_r_in, 0, 1, lo_open=True, hi_open=True)
-    _num_in("window_r_out", cfg.window_r_out, cfg.window_r_in, 1, lo_open=True, what=" (and > window_r_in)")
-    _num_in("val_fraction", cfg.val_fraction, 0, 1, hi_open=True, what=" (fraction held out)")
-    _int_at_least("val_max", cfg.val_max, 0)
-    _int_at_least("norm_sample", cfg.norm_sample, 1)
-    _int_at_least("checkpoint_every", cfg.checkpoint_every, 1, what=" (images)")
-    _int_at_least("keep_checkpoints", cfg.keep_checkpoints, 0)
-    _int_at_least("latents_every", cfg.latents_every, 1)
-    _int_at_least("latents_subset", cfg.latents_subset, 1)
-    _choice("invert_data", cfg.invert_data, ("auto", "yes", "no"))
-    _int_at_least("contrast_check_images", cfg.contrast_check_images, 0)
-    _int_at_least("num_threads", cfg.num_threads, 1, none_ok=True)
-    _choice("precision", cfg.precision, PRECISIONS)
-    if cfg.precision == "fp16" and cfg.device == "cpu":
-        raise InputError("--precision fp16 (precision) needs a CUDA device; use bf16 or fp32 on the CPU")
-    _choice("channels_last", cfg.channels_last, (True, False), none_ok=True)
-    _choice("augment_inplane", cfg.augment_inplane, (True, False), none_ok=True)
-    _int_at_least("eval_batch_size", cfg.eval_batch_size, 1)
-    _int_at_least("select_radius", cfg.select_radius, 1, what=" (pixels)")
-    enc, dec = cfg.encoder, cfg.decoder
-    ch = enc.channels
-    if not isinstance(ch, (tuple, list)) or not ch or not all(_is_int(c) and c >= 1 for c in ch):
-        _fail("encoder.channels", "one or more positive integers (conv block widths)", ch)
-    _int_at_least("encoder.final_size", enc.final_size, 1)
-    _int_at_least("encoder.hidden", enc.hidden, 1)
-    _choice("encoder.stem", enc.stem, ("unshuffle", "conv"))
-    _choice("encoder.norm", enc.norm, ("group", "batch"))
-    _even_box("encoder.box", enc.box)
-    _choice("encoder.rot_head", enc.rot_head, ("grid", "r6"), none_ok=True)
-    _int_at_least("encoder.grid_dirs", enc.grid_dirs, 1)
-    _int_at_least("encoder.grid_psi", enc.grid_psi, 1)
-    if not _is_int(enc.view_dirs) or (enc.view_dirs != 0 and enc.view_dirs < 12):
-        _fail("encoder.view_dirs", "0 (no view encoder) or an integer >= 12", enc.view_dirs)
-    _choice("decoder.arch", dec.arch, ("grid", "mlp"))
-    _int_at_least("decoder.pe_dim", dec.pe_dim, 1)
-    _num_in("decoder.feat_sigma", dec.feat_sigma, 0, None, lo_open=True)
-    _int_at_least("decoder.hidden", dec.hidden, 1)
-    _int_at_least("decoder.layers", dec.layers, 0)
-    _int_at_least("decoder.grid_channels", dec.grid_channels, 1)
-    _int_at_least("decoder.grid_size", dec.grid_size, 2, none_ok=True)
-    _int_at_least("decoder.grid_hidden", dec.grid_hidden, 1)
-    _int_at_least("decoder.grid_layers", dec.grid_layers, 0)
-    _num_in("decoder.grid_scale", dec.grid_scale, 0, None, lo_open=True)
-    return cfg
+    check(name, key)
