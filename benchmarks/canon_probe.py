@@ -39,7 +39,7 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
     wd = Workdir(workdir)
     D = wd.D
     train, test = wd.data("train_data"), wd.data("test_data")
-    cfg = TrainConfig(particles="", outdir="", schedule="seeded")
+    cfg = TrainConfig.of(particles="", outdir="", schedule="seeded")
     ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None}
     ekw.update(rot_head="grid", grid_dirs=dirs, grid_psi=4)
     ekw.pop("zdim", None)

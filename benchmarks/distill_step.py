@@ -38,9 +38,9 @@ def time_variant(workdir: Path, ratio: float, fused: bool, band: bool, images: i
     from cryofire_app.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(particles=str(workdir / "train_data" / "particles.star"), outdir=str(Path(tmp) / "run"),
-                          num_images=400_000, seed_from=str(workdir / "run" / "checkpoints" / "seed.npz"),
-                          distill_synth_ratio=ratio, checkpoint_every=10 ** 9, latents_every=10 ** 9)
+        cfg = TrainConfig.of(particles=str(workdir / "train_data" / "particles.star"), outdir=str(Path(tmp) / "run"),
+                             num_images=400_000, seed_from=str(workdir / "run" / "checkpoints" / "seed.npz"),
+                             distill_synth_ratio=ratio, checkpoint_every=10 ** 9, latents_every=10 ** 9)
         tr = Trainer(cfg)
         swapped = widened = False
         t0 = n0 = None

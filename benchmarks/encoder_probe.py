@@ -41,7 +41,7 @@ def probe(workdir: Path, name: str, overrides: dict, rows: int) -> dict:
     wd = Workdir(workdir)
     D = wd.D
     train, test = wd.data("train_data"), wd.data("test_data")
-    cfg = TrainConfig(particles="", outdir="", schedule="seeded")
+    cfg = TrainConfig.of(particles="", outdir="", schedule="seeded")
     ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None and k != "view_dirs"}   # the encoder alone
     ekw.update(rot_head="grid", **overrides)
     model = CryoFIRE(D, 8, encoder_kwargs=ekw, decoder_kwargs={"arch": "mlp", "hidden": 16, "layers": 1})

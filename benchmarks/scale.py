@@ -95,7 +95,7 @@ def worker(out_json: Path, train_argv: list[str], open_joint: bool = False) -> i
     add_args(p)
     cfg = config_from_args(p.parse_args(train_argv))
     if open_joint:
-        cfg.seed_agreement_deg = 180.0
+        cfg.seeded.seed_agreement_deg = 180.0
     t0 = time.time()
     phase, last_t = "setup", t0
     per: dict[str, dict] = {}

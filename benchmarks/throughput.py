@@ -124,7 +124,7 @@ def _steps(gen, n_steps: int, device: str, flops: bool = False, seconds: float |
 def preset_config(preset: str, **kw):
     from cryofire_app.training.config import TrainConfig
 
-    cfg = TrainConfig(**kw)
+    cfg = TrainConfig.of(**kw)
     if preset == "fast":
         cfg.decoder.arch = "grid"
         cfg.encoder.stem = "unshuffle"

@@ -25,8 +25,8 @@ def make_run(folder: Path, z: np.ndarray, seed_states: dict | None = None, D: in
     folder.mkdir(parents=True, exist_ok=True)
     z = np.asarray(z, np.float32)
     n, d = z.shape
-    cfg = TrainConfig(outdir=str(folder), D=D, zdim=d, encoder=EncoderConfig(channels=(8, 16), hidden=32),
-                      decoder=DecoderConfig(grid_channels=4, grid_hidden=16))
+    cfg = TrainConfig.of(outdir=str(folder), D=D, zdim=d, encoder=EncoderConfig(channels=(8, 16), hidden=32),
+                         decoder=DecoderConfig(grid_channels=4, grid_hidden=16))
     cfg.save(folder / "config.json")
     torch.manual_seed(0)
     model = build_model(cfg, D)

@@ -93,11 +93,11 @@ def test_a_run_on_pure_noise_says_failed(tmp_path):
     rng = np.random.default_rng(0)
     stack = tmp_path / "noise.mrcs"
     write_mrc(stack, rng.standard_normal((400, 32, 32)).astype(np.float32), apix=5.0)
-    cfg = TrainConfig(particles=str(stack), outdir=str(tmp_path / "run"), zdim=2, batch_size=16, num_images=64,
-                      seed=0, device="cpu", num_threads=1, checkpoint_every=10 ** 9, latents_every=10 ** 9,
-                      val_fraction=0.1, schedule="seeded", encoder=EncoderConfig(channels=(8, 16, 32), hidden=64),
-                      decoder=DecoderConfig(pe_dim=16, hidden=32, layers=2),
-                      seed_config=dict(n_restarts=1, iters_global=3, iters_search=1, iters_local=1, iters_als=2))
+    cfg = TrainConfig.of(particles=str(stack), outdir=str(tmp_path / "run"), zdim=2, batch_size=16, num_images=64,
+                         seed=0, device="cpu", num_threads=1, checkpoint_every=10 ** 9, latents_every=10 ** 9,
+                         val_fraction=0.1, schedule="seeded", encoder=EncoderConfig(channels=(8, 16, 32), hidden=64),
+                         decoder=DecoderConfig(pe_dim=16, hidden=32, layers=2),
+                         seed_config=dict(n_restarts=1, iters_global=3, iters_search=1, iters_local=1, iters_als=2))
     evs = list(Trainer(cfg).run())
     assert isinstance(evs[-1], Finished)
     v = [e for e in evs if isinstance(e, Verdict)]

@@ -37,23 +37,23 @@ def test_narrowed_target_is_sharper_and_still_decodes_below_the_spacing():
 
 
 def test_distill_target_narrows_over_the_distill_phase():
-    cfg = TrainConfig(schedule="seeded")            # width 1 -> 0.5 between 1/2 and 3/4 of the distill images
+    cfg = TrainConfig.of(schedule="seeded")            # width 1 -> 0.5 between 1/2 and 3/4 of the distill images
     assert [grid_width_at(cfg, n, 1000) for n in (0, 500, 625, 750, 2000)] == [1.0, 1.0, 0.75, 0.5, 0.5]
-    assert grid_width_at(TrainConfig(schedule="seeded", distill_grid_width=1.0), 900, 1000) == 1.0
+    assert grid_width_at(TrainConfig.of(schedule="seeded", distill_grid_width=1.0), 900, 1000) == 1.0
     d = cfg.to_dict()
-    del d["distill_grid_width"]                     # a run saved before the narrowing existed keeps its width
-    assert TrainConfig.from_dict(d).distill_grid_width == 1.0
+    del d["seeded"]["distill_grid_width"]                     # a run saved before the narrowing existed keeps its width
+    assert TrainConfig.from_dict(d).seeded.distill_grid_width == 1.0
 
 
 def test_distill_learning_rate_decays_into_the_joint_rate():
-    cfg = TrainConfig(schedule="seeded")            # 1 until 3/4 of the distill images, cosine to the joint factor
+    cfg = TrainConfig.of(schedule="seeded")            # 1 until 3/4 of the distill images, cosine to the joint factor
     f = [distill_lr_factor(cfg, n, 1000) for n in (0, 750, 875, 1000, 5000)]
-    assert f[:2] == [1.0, 1.0] and f[2] == pytest.approx(0.5 * (1 + cfg.seeded_joint_lr_scale))
-    assert f[3] == f[4] == pytest.approx(cfg.seeded_joint_lr_scale)
-    assert distill_lr_factor(TrainConfig(schedule="seeded", distill_decay_from=1.0), 999, 1000) == 1.0
+    assert f[:2] == [1.0, 1.0] and f[2] == pytest.approx(0.5 * (1 + cfg.seeded.joint_lr_scale))
+    assert f[3] == f[4] == pytest.approx(cfg.seeded.joint_lr_scale)
+    assert distill_lr_factor(TrainConfig.of(schedule="seeded", distill_decay_from=1.0), 999, 1000) == 1.0
     d = cfg.to_dict()
-    del d["distill_decay_from"]                     # a run saved before the decay keeps a constant rate
-    assert TrainConfig.from_dict(d).distill_decay_from == 1.0
+    del d["seeded"]["distill_decay_from"]                     # a run saved before the decay keeps a constant rate
+    assert TrainConfig.from_dict(d).seeded.distill_decay_from == 1.0
 
 
 def test_grid_pose_ignores_a_distant_second_mode():
@@ -85,7 +85,7 @@ def test_grid_loss_is_lowest_at_the_target_and_trains_the_head():
 
 
 def test_encode_turned_returns_scores_of_the_turned_images():
-    cfg = TrainConfig(schedule="seeded", zdim=1)
+    cfg = TrainConfig.of(schedule="seeded", zdim=1)
     model: CryoFIRE = build_model(cfg, 32)
     x = torch.randn(3, 32, 32)
     ang = torch.tensor([0.0, 1.0, 2.0])
@@ -96,12 +96,12 @@ def test_encode_turned_returns_scores_of_the_turned_images():
 
 
 def test_rot_head_defaults():
-    assert TrainConfig(schedule="seeded").rot_head() == "grid"
-    assert TrainConfig(schedule="amortized").rot_head() == "r6"   # the paper's schedule keeps the paper's head
-    d = TrainConfig(schedule="seeded").to_dict()
+    assert TrainConfig.of(schedule="seeded").rot_head() == "grid"
+    assert TrainConfig.of(schedule="amortized").rot_head() == "r6"   # the paper's schedule keeps the paper's head
+    d = TrainConfig.of(schedule="seeded").to_dict()
     del d["encoder"]["rot_head"]   # a run saved before the field existed was trained with the 6D head
     assert TrainConfig.from_dict(d).rot_head() == "r6"
-    assert build_model(TrainConfig(schedule="amortized"), 32).encoder.rot_kind == "r6"
+    assert build_model(TrainConfig.of(schedule="amortized"), 32).encoder.rot_kind == "r6"
 
 
 def test_turn_index_maps_turned_scores_back_onto_the_grid():

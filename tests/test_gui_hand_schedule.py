@@ -36,9 +36,9 @@ def tiny_run(tiny_sample, tmp_path_factory) -> Path:
     from cryofire_app.training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(particles=str(tiny_sample), outdir=str(out), D=BOX, zdim=2, num_images=320, batch_size=16,
-                      pose_only_images=160, checkpoint_every=320, latents_every=160, seed=0, schedule="amortized",
-                      **TINY)
+    cfg = TrainConfig.of(particles=str(tiny_sample), outdir=str(out), D=BOX, zdim=2, num_images=320, batch_size=16,
+                         pose_only_images=160, checkpoint_every=320, latents_every=160, seed=0, schedule="amortized",
+                         **TINY)
     cfg.encoder.channels, cfg.decoder.hidden = (8, 16), 64
     # the original architecture: after 320 images its map is compact inside the box, so the mesh's z extent can be
     # checked against its mirror (with the fast defaults this barely trained run still has density at the box edges)

@@ -51,8 +51,8 @@ def finished_run(tiny_stack, tmp_path_factory) -> Path:
     from cryofire_app.training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(particles=str(tiny_stack), outdir=str(out), D=BOX, num_images=480, pose_only_images=160,
-                      checkpoint_every=320, latents_every=160, seed=0, **TINY)
+    cfg = TrainConfig.of(particles=str(tiny_stack), outdir=str(out), D=BOX, num_images=480, pose_only_images=160,
+                         checkpoint_every=320, latents_every=160, seed=0, **TINY)
     events = [type(ev).__name__ for ev in Trainer(cfg).run()]
     assert events[-1] == "Finished"
     return out

@@ -392,7 +392,7 @@ def test_train_config_validate(field, value, needle):
     from cryofire_app.training.config import TrainConfig
 
     TrainConfig().validate()
-    cfg = TrainConfig(**{field: value})
+    cfg = TrainConfig.of(**{field: value})
     with pytest.raises(InputError, match=needle) as info:
         cfg.validate()
     assert "\n" not in str(info.value)
@@ -402,17 +402,17 @@ def test_train_config_validate_nested_and_exclusive():
     from cryofire_app.training.config import DecoderConfig, EncoderConfig, TrainConfig
 
     with pytest.raises(InputError, match="--enc-channels"):
-        TrainConfig(encoder=EncoderConfig(channels=())).validate()
+        TrainConfig.of(encoder=EncoderConfig(channels=())).validate()
     with pytest.raises(InputError, match="--enc-box"):
-        TrainConfig(encoder=EncoderConfig(box=20 + 1)).validate()
+        TrainConfig.of(encoder=EncoderConfig(box=20 + 1)).validate()
     with pytest.raises(InputError, match="--view-dirs"):
-        TrainConfig(encoder=EncoderConfig(view_dirs=4)).validate()
+        TrainConfig.of(encoder=EncoderConfig(view_dirs=4)).validate()
     with pytest.raises(InputError, match="--dec-arch"):
-        TrainConfig(decoder=DecoderConfig(arch="transformer")).validate()
+        TrainConfig.of(decoder=DecoderConfig(arch="transformer")).validate()
     with pytest.raises(InputError, match="not both"):
-        TrainConfig(num_images=100, epochs=2.0).validate()
+        TrainConfig.of(num_images=100, epochs=2.0).validate()
     with pytest.raises(InputError, match="fp16"):
-        TrainConfig(precision="fp16", device="cpu").validate()
+        TrainConfig.of(precision="fp16", device="cpu").validate()
 
 
 def test_too_small_datasets_are_refused_up_front(tmp_path):
@@ -420,20 +420,20 @@ def test_too_small_datasets_are_refused_up_front(tmp_path):
     from cryofire_app.training.dataset import MIN_TRAIN_PARTICLES, check_trainable
     from cryofire_app.training.trainer import Trainer
 
-    cfg = TrainConfig(schedule="amortized")
+    cfg = TrainConfig.of(schedule="amortized")
     check_trainable(17, cfg)   # 16 train + 1 held out
     with pytest.raises(InputError, match=f"x.mrcs: 15 particle.*at least {MIN_TRAIN_PARTICLES}"):
         check_trainable(15, cfg, "x.mrcs")
     with pytest.raises(InputError, match=r"100 particle\(s\) leave 10 for training \(90 held out"):
-        check_trainable(100, TrainConfig(val_fraction=0.9))
+        check_trainable(100, TrainConfig.of(val_fraction=0.9))
     with pytest.raises(InputError, match="at least 32"):
-        check_trainable(30, TrainConfig(schedule="seeded", seed_config={"n_states": 4}))
+        check_trainable(30, TrainConfig.of(schedule="seeded", seed_config={"n_states": 4}))
     # through the trainer: refused before anything is written
     _stack(tmp_path / "few.mrcs", np.random.default_rng(0).normal(size=(6, 16, 16)))
     out = tmp_path / "run"
     with pytest.raises(InputError, match=r"few\.mrcs: 6 particle\(s\) leave 6 for training"):
-        list(Trainer(TrainConfig(particles=str(tmp_path / "few.mrcs"), outdir=str(out), device="cpu")).run())
+        list(Trainer(TrainConfig.of(particles=str(tmp_path / "few.mrcs"), outdir=str(out), device="cpu")).run())
     assert not out.exists()
     with pytest.raises(InputError, match="--batch-size"):
-        list(Trainer(TrainConfig(particles=str(tmp_path / "few.mrcs"), outdir=str(out), batch_size=0)).run())
+        list(Trainer(TrainConfig.of(particles=str(tmp_path / "few.mrcs"), outdir=str(out), batch_size=0)).run())
     assert not out.exists()

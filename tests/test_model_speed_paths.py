@@ -89,12 +89,12 @@ def test_bf16_autocast_on_cpu_matches_fp32_loosely():
 def test_trainer_with_fast_preset_and_bf16_runs_and_reloads(tmp_path):
     """Grid decoder + unshuffle stem + channels-last + bf16 through the real Trainer, then analysis.Run decodes."""
     data = make_dataset(tmp_path / "synth", n=64, D=16, seed=1, max_shift=1.0, noise_std=0.3)
-    cfg = TrainConfig(particles=str(data.mrcs), ctf=str(data.ctf_pkl), outdir=str(tmp_path / "run"), D=16, zdim=2,
-                      batch_size=16, schedule="amortized", num_images=128, pose_only_images=32, freq_start=4,
-                      freq_add_every=32, checkpoint_every=64, latents_every=64, val_fraction=0.1, lr=1e-3,
-                      device="cpu", precision="bf16", channels_last=True,
-                      encoder=EncoderConfig(channels=(8, 16), hidden=32, stem="unshuffle"),
-                      decoder=DecoderConfig(arch="grid", grid_channels=4, grid_hidden=16))
+    cfg = TrainConfig.of(particles=str(data.mrcs), ctf=str(data.ctf_pkl), outdir=str(tmp_path / "run"), D=16, zdim=2,
+                         batch_size=16, schedule="amortized", num_images=128, pose_only_images=32, freq_start=4,
+                         freq_add_every=32, checkpoint_every=64, latents_every=64, val_fraction=0.1, lr=1e-3,
+                         device="cpu", precision="bf16", channels_last=True,
+                         encoder=EncoderConfig(channels=(8, 16), hidden=32, stem="unshuffle"),
+                         decoder=DecoderConfig(arch="grid", grid_channels=4, grid_hidden=16))
     evs = list(Trainer(cfg).run())
     assert isinstance(evs[-1], Finished)
     losses = [e.loss for e in evs if isinstance(e, Step)]

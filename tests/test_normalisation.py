@@ -120,10 +120,10 @@ def test_nan_in_training_stops_cleanly_keeping_the_last_good_checkpoint(tmp_path
 
     simulate(SimulationConfig(outdir=str(tmp_path / "sim"), n=40, maps=[str(DEMO_MAP)], apix=DEMO_MAP_APIX, box=16,
                               snr=1.0, seed=0, progress=False))
-    cfg = TrainConfig(particles=str(tmp_path / "sim" / "particles.star"), outdir=str(tmp_path / "run"), zdim=2,
-                      schedule="amortized", num_images=96, pose_only_images=32, batch_size=8, checkpoint_every=16,
-                      device="cpu", num_threads=1, encoder=EncoderConfig(channels=(8,), hidden=16),
-                      decoder=DecoderConfig(hidden=16, layers=1, pe_dim=8))
+    cfg = TrainConfig.of(particles=str(tmp_path / "sim" / "particles.star"), outdir=str(tmp_path / "run"), zdim=2,
+                         schedule="amortized", num_images=96, pose_only_images=32, batch_size=8, checkpoint_every=16,
+                         device="cpu", num_threads=1, encoder=EncoderConfig(channels=(8,), hidden=16),
+                         decoder=DecoderConfig(hidden=16, layers=1, pe_dim=8))
     tr = Trainer(cfg)
     events = tr.run()
     for ev in events:

@@ -66,7 +66,7 @@ def seeded_config(particles: str, outdir, **kw) -> TrainConfig:
                                  max_shift_px=2.0, box_search=16, iters_search=2, boxes_local=[16, 24, 32],
                                  iters_local=1, box_hetero=32, iters_als=8, seed=0))
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.of(**base)
 
 
 def small_seeded(**kw) -> dict:
@@ -171,7 +171,7 @@ def test_seeded_schedule_from_scratch(seeded_data, seeded_run):
     seed_err = metrics.rotation_errors(srot, gt_rot[sind])["rot_view_median_deg"]
     assert seed_err < 5.0
     # the encoder reproduced the seed's poses (label-free check), which is what opened the joint phase
-    assert tr.joint_ok and tr.agreement_deg < cfg.seed_agreement_deg
+    assert tr.joint_ok and tr.agreement_deg < cfg.seeded.seed_agreement_deg
     print(f"\nseeded from scratch ({N} images, box {BOX}): seed {seed_err:.2f} deg, encoder-seed agreement "
           f"{tr.agreement_deg:.2f} deg, final {res['rot_view_median_deg']:.2f} deg, confusion {res['confusion']:.4f}")
     ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -309,7 +309,7 @@ def test_seeded_outputs_keep_the_seed_poses_when_the_encoder_has_not_learned_the
     assert any("distilling goes on" in t for t in texts)
     warn = [e for e in evs if isinstance(e, Message) and e.text.startswith("outputs: the seed's pose fits")]
     assert len(warn) == 1 and warn[0].level == "warning" and "not reliable yet" in warn[0].text
-    assert tr.agreement_deg is not None and tr.agreement_deg > cfg.seed_agreement_deg
+    assert tr.agreement_deg is not None and tr.agreement_deg > cfg.seeded.seed_agreement_deg
     # per particle, pose.pkl keeps the pose the decoder fits better; the decoder was trained on the seed's poses
     # (briefly: 128 images), so those win for most training particles
     rot, _ = read_pose_pkl(tmp_path / "run" / "pose.pkl")

@@ -67,10 +67,10 @@ def test_synthetic_inputs_look_like_the_real_ones(sim):
 
 
 def test_synth_ratio_config():
-    d = TrainConfig(schedule="seeded").to_dict()
-    assert d["distill_synth_ratio"] == 0.5
-    del d["distill_synth_ratio"]                 # a run saved before synthetic distill images reads real ones only
-    assert TrainConfig.from_dict(d).distill_synth_ratio == 0.0
+    d = TrainConfig.of(schedule="seeded").to_dict()
+    assert d["seeded"]["distill_synth_ratio"] == 0.5
+    del d["seeded"]["distill_synth_ratio"]   # a run saved before synthetic distill images reads real ones only
+    assert TrainConfig.from_dict(d).seeded.distill_synth_ratio == 0.0
 
 
 def test_band_limited_renderer_gives_the_encoder_the_same_images(sim):

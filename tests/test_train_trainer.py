@@ -46,7 +46,7 @@ def tiny_config(data, outdir, **kw) -> TrainConfig:
                 encoder=EncoderConfig(channels=(8, 16), hidden=32), decoder=DecoderConfig(pe_dim=16, hidden=32,
                                                                                           layers=1))
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.of(**base)
 
 
 def params(model) -> torch.Tensor:

@@ -26,11 +26,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _train(sim, outdir) -> tuple[Verdict, dict, float]:
     torch.set_num_threads(1)
-    cfg = TrainConfig(particles=str(sim / "particles.star"), outdir=str(outdir), zdim=2, batch_size=32,
-                      num_images=1024, seed=0, device="cpu", num_threads=1, checkpoint_every=10 ** 9,
-                      latents_every=10 ** 9, val_fraction=0.1, schedule="seeded",
-                      encoder=EncoderConfig(channels=(8, 16, 32), hidden=64),
-                      decoder=DecoderConfig(pe_dim=16, hidden=32, layers=2))
+    cfg = TrainConfig.of(particles=str(sim / "particles.star"), outdir=str(outdir), zdim=2, batch_size=32,
+                         num_images=1024, seed=0, device="cpu", num_threads=1, checkpoint_every=10 ** 9,
+                         latents_every=10 ** 9, val_fraction=0.1, schedule="seeded",
+                         encoder=EncoderConfig(channels=(8, 16, 32), hidden=64),
+                         decoder=DecoderConfig(pe_dim=16, hidden=32, layers=2))
     evs = list(Trainer(cfg).run())
     v = [e for e in evs if isinstance(e, Verdict)]
     assert len(v) == 1, evs[-3:]

@@ -65,7 +65,7 @@ def test_runs_saved_before_the_view_encoder_load_without_one():
     from cryofire_app.training.config import TrainConfig
     from cryofire_app.training.trainer import build_model
 
-    cfg = TrainConfig(particles="", outdir="", schedule="seeded")
+    cfg = TrainConfig.of(particles="", outdir="", schedule="seeded")
     new = build_model(cfg, 32)
     assert new.view is not None and new.view.dirs == 1024
     assert any(k.startswith("view.") for k in new.state_dict())
@@ -74,4 +74,4 @@ def test_runs_saved_before_the_view_encoder_load_without_one():
     old = TrainConfig.from_dict(d)
     assert old.encoder.view_dirs == 0 and build_model(old, 32).view is None
     assert not any(k.startswith("view.") for k in build_model(old, 32).state_dict())
-    assert build_model(TrainConfig(particles="", outdir="", schedule="amortized"), 32).view is None
+    assert build_model(TrainConfig.of(particles="", outdir="", schedule="amortized"), 32).view is None

@@ -66,10 +66,10 @@ def _images_per_second(particles: str, folder: Path, args: argparse.Namespace) -
     from cryofire_app.training.events import Step
     from cryofire_app.training.trainer import Trainer
 
-    cfg = TrainConfig(particles=particles, outdir=str(folder), zdim=args.zdim, num_images=32 * 12, batch_size=32,
-                      seed=args.seed, device="cpu", pose_only_images=32 * 6, num_threads=args.threads,
-                      checkpoint_every=10 ** 9, latents_every=10 ** 9, invert_data="yes",
-                      freq_start=max(4, 3 * args.box // 8))  # cost grows with the radius: plan for the upper part
+    cfg = TrainConfig.of(particles=particles, outdir=str(folder), zdim=args.zdim, num_images=32 * 12, batch_size=32,
+                         seed=args.seed, device="cpu", pose_only_images=32 * 6, num_threads=args.threads,
+                         checkpoint_every=10 ** 9, latents_every=10 ** 9, invert_data="yes",
+                         freq_start=max(4, 3 * args.box // 8))  # cost grows with the radius: plan for the upper part
     if "schedule" in {f.name for f in dataclasses.fields(TrainConfig)}:
         cfg.schedule = "amortized"  # time plain gradient steps only, without a seeding stage
     steps = []
@@ -96,11 +96,11 @@ def seeded_demo_settings(cfg, args: argparse.Namespace) -> None:
     from cryofire_app.training.presets import demo_overrides
 
     for k, v in demo_overrides(args.n, args.box, args.seed, args.num_images).items():
-        setattr(cfg, k, v)
+        cfg.set(k, v)
     if args.distill_fraction is not None:
-        cfg.distill_fraction = float(args.distill_fraction)
+        cfg.seeded.distill_fraction = float(args.distill_fraction)
     if getattr(args, "states", None) is not None:
-        cfg.seed_config = dict(cfg.seed_config, n_states=int(args.states))
+        cfg.seeded.seed_config = dict(cfg.seeded.seed_config, n_states=int(args.states))
 
 
 def write_handed_maps(out: Path, run, res: dict, gt_maps: list, states_dir: Path | None) -> dict:
@@ -190,12 +190,12 @@ def _train_config(out: Path, args: argparse.Namespace, schedule: str):
         n_img = int(min(args.num_images, max(2000, 0.9 * budget_s * rate)))
         print(f"      measured {1e3 / rate:.1f} ms/image: planning {n_img} training images", flush=True)
     pose_only = 0.4 if args.pose_only_fraction is None else args.pose_only_fraction
-    cfg = TrainConfig(particles=particles, outdir=str(out / "run"), schedule=schedule,
-                      zdim=args.zdim, num_images=n_img, batch_size=32, seed=args.seed, device="cpu",
-                      pose_only_images=int(pose_only * n_img), freq_start=4,
-                      freq_add_every=max(1, int(0.6 * n_img / max(1, args.box // 2 - 4))),
-                      checkpoint_every=max(1000, n_img // 4), num_threads=args.threads,
-                      invert_data="yes")  # the simulator writes RELION-convention (inverted) images
+    cfg = TrainConfig.of(particles=particles, outdir=str(out / "run"), schedule=schedule,
+                         zdim=args.zdim, num_images=n_img, batch_size=32, seed=args.seed, device="cpu",
+                         pose_only_images=int(pose_only * n_img), freq_start=4,
+                         freq_add_every=max(1, int(0.6 * n_img / max(1, args.box // 2 - 4))),
+                         checkpoint_every=max(1000, n_img // 4), num_threads=args.threads,
+                         invert_data="yes")  # the simulator writes RELION-convention (inverted) images
     if schedule == "seeded":
         seeded_demo_settings(cfg, args)
         n_img = cfg.num_images
@@ -319,9 +319,9 @@ def main(args: argparse.Namespace) -> int:
     if training is None:
         return 1
     trainer = training.trainer
-    if schedule == "amortized" and trainer.images_seen < cfg.pose_only_images:
+    if schedule == "amortized" and trainer.images_seen < cfg.amortized.pose_only_images:
         print(f"      warning: training stopped in the pose-only phase ({trainer.images_seen} of "
-              f"{cfg.pose_only_images} images): z is not trained yet, so the two states cannot separate. "
+              f"{cfg.amortized.pose_only_images} images): z is not trained yet, so the two states cannot separate. "
               "Give it more --minutes.")
     print("[3/5] analyzing the latent space and decoding volumes ...", flush=True)
     an_dir = out / "analysis"

@@ -159,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--turns must be >= 1, got {turns}")
     pr = predict(model, data, np.arange(data.N), sign=float(ck["data_sign"]), radius=radius, select=select,
                  batch=args.batch_size, device=device, use_z=ck["phase"] not in ("pose_only", "seed"),
-                 sym=run.config.sym_loss, turns=turns)
+                 sym=run.config.amortized.sym_loss, turns=turns)
     from_seed = _seed_z(args, run, data, pr)
     if args.refine_z > 0:
         if data.ctf is None and run.config.ctf is not None:

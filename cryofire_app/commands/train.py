@@ -162,17 +162,17 @@ def config_from_args(args: argparse.Namespace):
     """The TrainConfig of the command line, validated, with the input paths checked (InputError otherwise)."""
     from cryofire_app.training.config import TrainConfig
 
-    cfg = TrainConfig(particles=str(args.particles), outdir=str(args.outdir), ctf=args.ctf, datadir=args.datadir,
-                      D=args.box, zdim=args.zdim, num_images=args.num_images, epochs=args.epochs,
-                      batch_size=args.batch_size, schedule=args.schedule,
-                      distill_fraction=args.distill_fraction, distill_grid_width=args.grid_width,
-                      distill_synth_ratio=args.synth_ratio, lr=args.lr,
-                      lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
-                      pose_only_images=args.pose_only_images, beta=args.beta, sym_loss=not args.no_sym_loss,
-                      freq_start=args.freq_start, freq_add_every=args.freq_add_every, freq_max=args.freq_max,
-                      invert_data=args.invert_data, val_fraction=args.val_fraction,
-                      checkpoint_every=args.checkpoint_every, num_threads=args.threads,
-                      keep_checkpoints=args.keep_checkpoints)
+    cfg = TrainConfig.of(particles=str(args.particles), outdir=str(args.outdir), ctf=args.ctf, datadir=args.datadir,
+                         D=args.box, zdim=args.zdim, num_images=args.num_images, epochs=args.epochs,
+                         batch_size=args.batch_size, schedule=args.schedule,
+                         distill_fraction=args.distill_fraction, distill_grid_width=args.grid_width,
+                         distill_synth_ratio=args.synth_ratio, lr=args.lr,
+                         lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
+                         pose_only_images=args.pose_only_images, beta=args.beta, sym_loss=not args.no_sym_loss,
+                         freq_start=args.freq_start, freq_add_every=args.freq_add_every, freq_max=args.freq_max,
+                         invert_data=args.invert_data, val_fraction=args.val_fraction,
+                         checkpoint_every=args.checkpoint_every, num_threads=args.threads,
+                         keep_checkpoints=args.keep_checkpoints)
     if args.box is not None and (args.box < 8 or args.box % 2):
         raise InputError(f"-D/--box must be an even number >= 8, got {args.box}")
     _apply_network_args(cfg, args)
@@ -220,13 +220,13 @@ def _apply_network_args(cfg, args: argparse.Namespace) -> None:
 def _apply_training_args(cfg, args: argparse.Namespace) -> None:
     """Augmentation, the seed's options and the numerics (precision, channels-last, compile) onto cfg."""
     cfg.augment_inplane = {"auto": None, "yes": True, "no": False}[args.augment]
-    cfg.seed_from = args.seed_from
+    cfg.seeded.seed_from = args.seed_from
     if args.seed_particles is not None:
-        cfg.seed_max_particles = int(args.seed_particles)
+        cfg.seeded.seed_max_particles = int(args.seed_particles)
     if args.states is not None:
         if args.states < 1:
             raise InputError(f"--states must be >= 1 (leave it out to let the data choose), got {args.states}")
-        cfg.seed_config = dict(cfg.seed_config, n_states=int(args.states))
+        cfg.seeded.seed_config = dict(cfg.seeded.seed_config, n_states=int(args.states))
     if args.precision == "fp16" and args.device == "cpu":
         raise InputError("--precision fp16 needs a CUDA device (use bf16 on the CPU)")
     cfg.precision = args.precision

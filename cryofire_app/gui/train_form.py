@@ -6,7 +6,6 @@ the TrainConfig it makes.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -48,7 +47,8 @@ class TrainForm:
         self.num_images = SpinBox(label="images to train", value=d.num_images or 500_000, min=1, max=10**9,
                                   step=1000, tooltip="Total particle images to see (about epochs x particles). "
                                                      "The paper needed ~1.5 million on a GPU.")
-        self.pose_only = SpinBox(label="pose-only images", value=d.pose_only_images, min=0, max=10**9, step=1000,
+        self.pose_only = SpinBox(label="pose-only images", value=d.amortized.pose_only_images, min=0, max=10**9,
+                                 step=1000,
                                  tooltip="amortized schedule only: images in the first, pose-only phase (z ignored): "
                                          "the encoder learns poses against a consensus volume before heterogeneity "
                                          "is switched on. The seeded schedule has no such phase.")
@@ -99,19 +99,17 @@ class TrainForm:
         outdir = self._path_or_none(self.outdir_edit.value)
         if outdir is None and particles is not None:
             outdir = str(Path(particles).with_suffix("").parent / (Path(particles).stem + "_cryofire"))
-        cfg = TrainConfig(particles=particles or "", outdir=outdir or "", ctf=self._path_or_none(self.ctf.value),
-                          datadir=self._path_or_none(self.datadir.value), D=int(self.box.value) or None,
-                          zdim=int(self.zdim.value), num_images=int(self.num_images.value),
-                          batch_size=int(self.batch.value), pose_only_images=int(self.pose_only.value),
-                          schedule=str(self.schedule.value), device=str(self.device.value),
-                          seed=int(self.seed.value),
-                          # training on the CPU leaves one core to the GUI thread (and the software GL renderer):
-                          # with every core busy in torch's thread pool the event loop stalls for 100+ ms at a time
-                          num_threads=max(1, (os.cpu_count() or 1) - 1))
+        cfg = TrainConfig.of(particles=particles or "", outdir=outdir or "", ctf=self._path_or_none(self.ctf.value),
+                             datadir=self._path_or_none(self.datadir.value), D=int(self.box.value) or None,
+                             zdim=int(self.zdim.value), num_images=int(self.num_images.value),
+                             batch_size=int(self.batch.value), pose_only_images=int(self.pose_only.value),
+                             schedule=str(self.schedule.value), device=str(self.device.value),
+                             seed=int(self.seed.value),
+                             # training on the CPU leaves one core to the GUI thread (and the software GL renderer):
+                             # with every core busy in torch's thread pool the event loop stalls for 100+ ms at a time
+                             num_threads=max(1, (os.cpu_count() or 1) - 1))
         for k, v in overrides.items():
-            if not any(f.name == k for f in dataclasses.fields(cfg)):
-                raise ValueError(f"unknown training setting {k!r}")
-            setattr(cfg, k, v)
+            cfg.set(k, v)
         return cfg
 
     def set_particles(self, path: str | Path, ctf: str | Path | None = None, outdir: str | Path | None = None) -> None:

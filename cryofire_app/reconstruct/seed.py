@@ -101,7 +101,8 @@ RETIRED_KEYS = frozenset({"iters_hetero"})   # SeedConfig fields that no longer 
 
 
 def seed_config_from(overrides: dict | None) -> SeedConfig:
-    """A SeedConfig from a dict of field overrides (TrainConfig.seed_config), ignoring retired fields of older runs."""
+    """A SeedConfig from a dict of field overrides (TrainConfig.seeded.seed_config), ignoring retired fields of older
+    runs."""
     return SeedConfig(**{k: v for k, v in (overrides or {}).items() if k not in RETIRED_KEYS})
 
 

@@ -90,6 +90,79 @@ def training_box(stack_box: int, requested: int | None = None) -> int:
 
 
 @dataclass
+class SeededConfig:
+    """The seeded schedule (decision 003): the ab initio seed on at most seed_max_particles training particles, then
+    "distill" (the encoder learns the seed's poses and coordinates while the decoder fits the data at those poses) for
+    at least distill_fraction of the images, then "joint" amortized training at lr * joint_lr_scale."""
+
+    seed_max_particles: int = 20000      # the seed searches at most this many training particles (0: all); the
+                                         # distilled encoder gives the others their poses, so its cost is flat in N
+    seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
+    seed_from: str | None = None         # reuse the seed of an earlier run on the same particles and split (its run
+                                         # folder or checkpoints/seed.npz) instead of searching again
+    distill_fraction: float = 0.85       # share of images_total spent in the distill phase (decision 013)
+    seed_agreement_deg: float = 10.0     # the joint phase starts only once the encoder's poses agree with the seed's
+                                         # to this median angle (training split sample); until then distilling goes
+                                         # on, and if it never does the outputs keep the seed's poses (joint training
+                                         # from an encoder at chance blurs the map: decision 013)
+    distill_rot_weight: float = 1.0      # weight of |R_enc - R_seed|_F^2 (chordal, 0..8; r6 head) or of the grid
+                                         # head's cross-entropy
+    distill_trans_weight: float = 0.05   # weight of |t_enc - t_seed|^2 (pixels^2 of box D)
+    distill_decoder_every: int = 4       # fit the decoder on every k-th step only (encoder steps are ~5-10x cheaper
+                                         # on a CPU: more accurate per second, decision 013)
+    distill_grid_width: float = 0.5      # grid head: the cross-entropy target's angular width at the end of the
+                                         # narrowing, in view spacings (~9 deg); it starts at 1 and narrows linearly
+                                         # from distill_narrow_from to distill_narrow_to of the distill phase (late:
+                                         # narrow from the start learns ~2x slower; decision 013)
+    distill_narrow_from: float = 0.5
+    distill_narrow_to: float = 0.75
+    distill_decay_from: float = 0.75     # the learning rate stays at lr until this fraction of the distill images,
+                                         # then falls (cosine) to lr * joint_lr_scale at their end, where the joint
+                                         # phase takes over at that rate (1 = no decay; runs saved before it load 1)
+    distill_z_weight: float = 1.0        # weight of |z_0..q-1 - the seed's coordinates|^2
+    # the decoder reads the seed's coordinates as z (not the encoder's guess of them), so that it learns how the map
+    # changes along them, which the outputs' z, --refine-z and the joint phase rely on
+    distill_decoder_seed_z: bool = True
+    # the synthetic images are drawn from maps of the seed's states (or of distill_synth_z_bins bins of its
+    # coordinates) and teach the encoder's z head too. Off: on a continuous hinge it made z worse (decision 011)
+    distill_synth_z: bool = False
+    distill_synth_z_bins: int = 8
+    distill_synth_ratio: float = 0.5     # with in-plane augmentation: synthetic pose rows added per real image in each
+                                         # step (the seed's map at uniform random poses with the data's CTFs, shifts
+                                         # and fitted noise spectrum: training.synthetic); exact and unlimited poses
+                                         # the encoder cannot memorise; runs saved before it load 0 (decision 006)
+    distill_view_rows: float = 0.67      # with a view encoder (encoder.view_dirs): the fraction of each step's pose
+                                         # rows it also reads: as accurate as all rows, 17 % faster (decision 013)
+    sym_loss: bool = False               # symmetric (mirror) loss in the joint phase (decision 013)
+    joint_lr_scale: float = 0.1          # joint phase: lr * this (the full rate undoes the distilled poses)
+
+
+@dataclass
+class AmortizedConfig:
+    """The paper's pure cryoFIRE schedule: a pose-only phase (the decoder fits one consensus map, z bypassed), then
+    joint training; frequency marching radius(n) = min(freq_start + n // freq_add_every, freq_max or D//2) px."""
+
+    pose_only_images: int = 100_000      # pose-only phase length in images (z ignored, sampled)
+    std_z_init: float = 3.0              # std of the random z fed to the decoder in the pose-only phase
+    sym_loss: bool = True                # symmetric loss: the minimum over the image and its exact mirror
+    freq_start: int = 4
+    freq_add_every: int = 10_000
+
+
+#: flat field names (config.json and checkpoints before the schedule groups; TrainConfig.of) -> (group, field)
+GROUPED = {**{f.name: ("seeded", f.name) for f in dataclasses.fields(SeededConfig)
+              if f.name not in ("sym_loss", "joint_lr_scale")},
+           "seeded_sym_loss": ("seeded", "sym_loss"), "seeded_joint_lr_scale": ("seeded", "joint_lr_scale"),
+           **{f.name: ("amortized", f.name) for f in dataclasses.fields(AmortizedConfig)}}
+#: what runs saved before a field existed did (applied to such saved configs only)
+LEGACY_DEFAULTS = {"seeded": {"distill_grid_width": 1.0, "distill_synth_ratio": 0.0, "distill_decoder_seed_z": False,
+                              "distill_synth_z": False, "distill_decay_from": 1.0},
+                   "encoder": {"stem": "conv", "box": None, "norm": "group", "rot_head": "r6", "view_dirs": 0},
+                   "decoder": {"arch": "mlp"}}
+GROUPS = {"encoder": EncoderConfig, "decoder": DecoderConfig, "seeded": SeededConfig, "amortized": AmortizedConfig}
+
+
+@dataclass
 class TrainConfig:
     particles: str = ""
     outdir: str = ""
@@ -106,73 +179,17 @@ class TrainConfig:
                                          # images_total; a pure function of images seen, so resume is exact)
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
-    # schedule: "seeded" (default) = explicit ab initio seeding (cryofire_app.reconstruct) on the training split, then
-    # "distill" (encoder supervised on the seeded poses, decoder trained with those poses fixed) for
-    # distill_fraction of the images, then the amortized "joint" phase; "amortized" = the paper's pure cryoFIRE
-    # schedule (pose-only phase, frequency marching, symmetric loss). pose_only_images/freq_start/freq_add_every and
-    # sym_loss apply to "amortized" only; "seeded" trains at a fixed radius freq_max (on CPU capped by default to
-    # SEEDED_CPU_FREQ_MAX px, chosen at setup and saved in config.json) and uses seeded_sym_loss.
+    # "seeded" (default): the ab initio seed, then "distill", then "joint" (SeededConfig); "amortized": the paper's
+    # pure cryoFIRE schedule (AmortizedConfig). "seeded" trains at a fixed radius freq_max (on a CPU capped by default
+    # to SEEDED_CPU_FREQ_MAX px, chosen at setup and saved in config.json).
     schedule: str = "seeded"
-    distill_fraction: float = 0.85       # seeded: share of images_total spent in the distill phase (more accurate
-                                         # than 0.6: decision 013)
-    seed_agreement_deg: float = 10.0     # seeded: the joint phase starts only once the encoder's poses agree with the
-                                         # seed's to this median angle (training split sample); until then distilling
-                                         # goes on, and if it never does the outputs keep the seed's poses (joint
-                                         # training from an encoder at chance blurs the map: decision 013)
-    distill_rot_weight: float = 1.0      # seeded distill: weight of |R_enc - R_seed|_F^2 (chordal, 0..8; r6 head) or
-                                         # of the grid head's cross-entropy
-    distill_trans_weight: float = 0.05   # seeded distill: weight of |t_enc - t_seed|^2 (pixels^2 of box D)
-    distill_decoder_every: int = 4       # seeded distill: fit the decoder on every k-th step only (encoder steps are
-                                         # ~5-10x cheaper on a CPU: more accurate per second, decision 013)
-    distill_grid_width: float = 0.5      # grid head distill: the cross-entropy target's angular width at the end
-                                         # of the narrowing, in view spacings (~9 deg); it starts at 1 and narrows
-                                         # linearly from distill_narrow_from to distill_narrow_to of the distill phase
-                                         # (narrow late: narrow from the start learns ~2x slower; decision 013)
-    distill_narrow_from: float = 0.5
-    distill_narrow_to: float = 0.75
-    distill_decay_from: float = 0.75     # seeded distill: the learning rate stays at lr until this fraction of the
-                                         # distill images, then falls (cosine) to lr * seeded_joint_lr_scale at their
-                                         # end, where the joint phase takes over at that rate (1 = no decay; runs
-                                         # saved before it load 1). New particles' poses improve (decision 013)
-    distill_z_weight: float = 1.0        # seeded distill: weight of |z_0..q-1 - the seed's coordinates|^2
-    # seeded distill: the decoder reads the seed's coordinates as z (not the encoder's guess of them), so that it
-    # learns how the map changes along them, which --refine-z and the joint phase then rely on
-    distill_decoder_seed_z: bool = True
-    # seeded distill: the synthetic images are drawn from maps of the seed's states (or of this many bins of its
-    # continuous coordinates) and teach the encoder's z head too, with each map's z. Off: on a continuous hinge it
-    # made the encoder's z worse, not better (docs/decisions/011-heterogeneity-from-the-data.md)
-    distill_synth_z: bool = False
-    # seeded: the seed searches at most this many training particles (0: all); the distilled encoder gives the
-    # others their poses and z, so the seed's cost stops growing with N
-    seed_max_particles: int = 20000
-    distill_synth_z_bins: int = 8
-    distill_synth_ratio: float = 0.5     # seeded distill with in-plane augmentation: synthetic pose rows added per
-                                         # real image in each step (the seed's map at uniform random poses with the
-                                         # data's CTFs, shifts and fitted noise spectrum: training.synthetic); their
-                                         # poses are exact and unlimited, so the encoder cannot memorise them; z and
-                                         # the decoder read the real images only; runs saved before it load 0
-                                         # (decisions 006, 013)
-    distill_view_rows: float = 0.67      # seeded distill with a view encoder (encoder.view_dirs): the fraction of
-                                         # each step's pose rows (real and synthetic alike) it also reads: as accurate
-                                         # as all rows, 17 % faster (decision 013)
-    seeded_sym_loss: bool = False        # symmetric (mirror) loss in the seeded joint phase (decision 013)
     augment_inplane: bool | None = None  # the encoder reads each pose from its image turned by a random in-plane
                                          # angle, turned back (CryoFIRE.encode_turned; z from the image as given).
                                          # None: on for "seeded", off for "amortized" (the paper's schedule); never
                                          # with the symmetric loss. Without it the encoder memorises its training
-                                         # images; z reads the image as given (decisions 004, 013)
-    seeded_joint_lr_scale: float = 0.1   # seeded joint phase: lr * this (the full rate undoes the distilled poses)
-    seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
-    seed_from: str | None = None         # seeded: reuse the seed of an earlier run on the same particles and split
-                                         # (its run folder or checkpoints/seed.npz) instead of searching again
-    pose_only_images: int = 100_000      # pose-only phase length in images (z ignored, sampled)
-    std_z_init: float = 3.0              # std of the random z fed to the decoder in the pose-only phase
+                                         # images (decisions 004, 013)
     beta: float = 0.0                    # KL weight (variational encoder only); KL / Dl^2 as in the original
-    sym_loss: bool = True
-    # frequency marching: radius(n) = min(freq_start + n // freq_add_every, freq_max or D//2), in pixels
-    freq_start: int = 4
-    freq_add_every: int = 10_000
-    freq_max: int | None = None
+    freq_max: int | None = None          # the largest frequency-mask radius (px; None: D // 2)
     window_r_in: float = 0.85
     window_r_out: float = 0.99
     val_fraction: float = 0.05           # held-out validation split (at most val_max images)
@@ -196,6 +213,8 @@ class TrainConfig:
     select_radius: int = 8               # frequency radius (px) of the decoder check that picks the branch at eval
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    seeded: SeededConfig = field(default_factory=SeededConfig)
+    amortized: AmortizedConfig = field(default_factory=AmortizedConfig)
 
     def validate(self) -> "TrainConfig":
         """Check every field (types, ranges, choices, that the device exists); InputError naming the option and what
@@ -231,28 +250,48 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A saved config (config.json, a checkpoint's): this layout, or the flat one of runs saved before the
+        schedule groups, whose fields are moved into them; fields a saved run predates get what such a run did
+        (LEGACY_DEFAULTS)."""
         d = dict(d)
-        enc = dict(d.pop("encoder", {}) or {})
-        if "channels" in enc:
-            enc["channels"] = tuple(enc["channels"])
-        dec = dict(d.pop("decoder", {}) or {})
-        # runs saved before the grid decoder / unshuffle stem existed used the original architecture
-        dec.setdefault("arch", "mlp")
-        enc.setdefault("stem", "conv")
-        enc.setdefault("box", None)
-        enc.setdefault("norm", "group")
-        enc.setdefault("rot_head", "r6")
-        enc.setdefault("view_dirs", 0)    # runs from before the view encoder have none
-        d.setdefault("distill_grid_width", 1.0)   # the grid target kept its width before the narrowing existed
-        d.setdefault("distill_synth_ratio", 0.0)      # runs from before synthetic distill images read real ones only
-        d.setdefault("distill_decoder_seed_z", False)  # runs from before: the decoder read the encoder's z
-        d.setdefault("distill_synth_z", False)         # runs from before: synthetic images of the consensus only
-        d.setdefault("distill_decay_from", 1.0)       # and kept the distill learning rate constant
+        for group, defaults in LEGACY_DEFAULTS.items():
+            sub = dict(_as_dict(d.get(group)) or {})
+            for k, v in defaults.items():
+                if k not in sub and not (group == "seeded" and k in d):
+                    sub[k] = v
+            d[group] = sub
+        return cls.of(**d)
+
+    @classmethod
+    def of(cls, **fields: Any) -> "TrainConfig":
+        """A config from field names; the schedule groups' fields may also be given by their flat names
+        (``distill_fraction=...``, ``pose_only_images=...``, ``seeded_sym_loss``/``sym_loss`` for the seeded and the
+        amortized symmetric loss), and groups as dataclasses or dicts. Unknown names raise ValueError."""
+        d = {k: v for k, v in fields.items() if k not in GROUPED and k not in GROUPS}
+        sub = {g: dict(_as_dict(fields.get(g)) or {}) for g in GROUPS}
+        for k, (g, name) in GROUPED.items():
+            if k in fields:
+                sub[g][name] = fields[k]
+        if "channels" in sub["encoder"]:
+            sub["encoder"]["channels"] = tuple(sub["encoder"]["channels"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
+        for g, kind in GROUPS.items():
+            unknown |= {f"{g}.{k}" for k in set(sub[g]) - {f.name for f in dataclasses.fields(kind)}}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**d, encoder=EncoderConfig(**enc), decoder=DecoderConfig(**dec))
+        return cls(**d, **{g: GROUPS[g](**sub[g]) for g in GROUPS})
+
+    def set(self, name: str, value: Any) -> None:
+        """Set one field by name; the schedule groups' fields also by their flat names (as in :meth:`of`).
+        ValueError for an unknown name."""
+        if name in GROUPED:
+            group, field_name = GROUPED[name]
+            setattr(getattr(self, group), field_name, value)
+        elif name in {f.name for f in dataclasses.fields(self)}:
+            setattr(self, name, value)
+        else:
+            raise ValueError(f"unknown training setting {name!r}")
 
     def save(self, path: str | Path) -> None:
         from cryofire_app.training.checkpoint import atomic_write_text
@@ -269,3 +308,10 @@ def check_device(name: Any, key: str = "device") -> None:
     from cryofire_app.training.validation import check_device as check
 
     check(name, key)
+
+
+def _as_dict(group: Any) -> dict | None:
+    """A group given as a dataclass or a dict, as a dict (None stays None)."""
+    if group is not None and dataclasses.is_dataclass(group):
+        return dataclasses.asdict(group)
+    return group

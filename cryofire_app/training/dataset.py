@@ -35,7 +35,7 @@ def min_train_particles(config) -> int:
     seeded schedule at least 8 per state of the seed's classification (two when it chooses)."""
     if config.schedule != "seeded":
         return MIN_TRAIN_PARTICLES
-    n_states = int((config.seed_config or {}).get("n_states", 0))
+    n_states = int((config.seeded.seed_config or {}).get("n_states", 0))
     return max(MIN_TRAIN_PARTICLES, 8 * max(n_states, 2))   # 0: chosen from the data, at least 2 tried
 
 

@@ -61,7 +61,7 @@ class DistillBatch:
 def view_rows(cfg: TrainConfig, n: int, ns: int, device: torch.device) -> torch.Tensor:
     """Indices of the pose rows (``n`` real, then ``ns`` synthetic) the view encoder reads: the first
     ``distill_view_rows`` of each kind."""
-    f = min(max(cfg.distill_view_rows, 0.0), 1.0)
+    f = min(max(cfg.seeded.distill_view_rows, 0.0), 1.0)
     k, ks = math.ceil(f * n), math.ceil(f * ns)
     return torch.cat([torch.arange(k), n + torch.arange(ks)]).to(device)
 
@@ -103,8 +103,8 @@ def _rotation_loss(model: CryoFIRE, cfg: TrainConfig, enc: dict, b: DistillBatch
         return (((enc["rot"] - p.rot) ** 2).sum((1, 2)) * p.has).sum() / nh_p
     R_read = p.rot if b.ang is None else rotate_poses(p.rot, p.trans, p.ang)[0]   # the pose of the image read
     rot_l = (model.encoder.grid_loss(enc["rot_logits"], R_read, width) * p.has).sum() / nh_p
-    if model.view is not None and cfg.distill_view_rows > 0:   # the view encoder reads the pose rows as given: it
-        # turns them into their view's frame itself
+    if model.view is not None and cfg.seeded.distill_view_rows > 0:
+        # the view encoder reads the pose rows as given: it turns them into their view's frame itself
         x_v = b.y_real if p.images is None else p.images
         v = view_rows(cfg, len(b.rot), len(p.rot) - len(b.rot), b.y_real.device)
         v_l = model.view.loss(x_v[v], p.rot[v], p.trans[v], width, gen) * p.has[v]
@@ -114,18 +114,18 @@ def _rotation_loss(model: CryoFIRE, cfg: TrainConfig, enc: dict, b: DistillBatch
 
 def _z_loss(cfg: TrainConfig, enc: dict, b: DistillBatch) -> torch.Tensor | float:
     """|z - the seed's coordinates|^2 on the real rows (and their turned copies), plus the synthetic rows' known z."""
-    if cfg.zdim <= 0 or b.z_seed is None or cfg.distill_z_weight <= 0:
+    if cfg.zdim <= 0 or b.z_seed is None or cfg.seeded.distill_z_weight <= 0:
         return 0.0
     n = len(b.rot)
     zt = _pad_z(b.z_seed, cfg.zdim)
     zerr = ((enc["z_mu"] - zt) ** 2).sum(1)
     if "z_turned" in enc:   # the real rows' turned copies
         zerr = 0.5 * (zerr + ((enc["z_turned"][:n] - zt) ** 2).sum(1))
-    loss = cfg.distill_z_weight * (zerr * b.has).sum() / b.has.sum().clamp(min=1.0)
+    loss = cfg.seeded.distill_z_weight * (zerr * b.has).sum() / b.has.sum().clamp(min=1.0)
     zs = b.synth[3] if b.synth is not None else None
     if zs is not None and "z_turned" in enc:   # synthetic images of a known state / coordinate bin
         zs = _pad_z(zs, cfg.zdim).to(enc["z_turned"].dtype)
-        loss = loss + cfg.distill_z_weight * ((enc["z_turned"][n:] - zs) ** 2).sum(1).mean()
+        loss = loss + cfg.seeded.distill_z_weight * ((enc["z_turned"][n:] - zs) ** 2).sum(1).mean()
     return loss
 
 
@@ -146,13 +146,13 @@ def distill_loss(model: CryoFIRE, cfg: TrainConfig, b: DistillBatch, mp: MaskPoi
     recon = b.y_real.new_zeros(())
     if fit_decoder:   # the decoder with the seeded poses fixed (no mirror branch)
         z_dec = z
-        if cfg.distill_decoder_seed_z and cfg.zdim > 0 and b.z_seed is not None:
+        if cfg.seeded.distill_decoder_seed_z and cfg.zdim > 0 and b.z_seed is not None:
             z_dec = torch.where(b.has[:, None] > 0, _pad_z(b.z_seed, cfg.zdim).to(z.dtype), z)
         err = model.branch_errors(b.Y, b.ctf, {"rot": b.rot, "trans": b.trans}, z_dec, mp, sym=False)[0]
         recon = (err * b.has).sum() / b.has.sum().clamp(min=1.0)
     rot_l = _rotation_loss(model, cfg, enc, b, p, width, gen)
     tr_l = (((enc["trans"] - p.trans) ** 2).sum(1) * p.has).sum() / p.has.sum().clamp(min=1.0)
-    loss = recon + cfg.distill_rot_weight * rot_l + cfg.distill_trans_weight * tr_l + _z_loss(cfg, enc, b)
+    loss = recon + cfg.seeded.distill_rot_weight * rot_l + cfg.seeded.distill_trans_weight * tr_l + _z_loss(cfg, enc, b)
     if cfg.encoder.variational and cfg.beta > 0 and cfg.zdim > 0:
         loss = loss + cfg.beta * kl_normal(enc["z_mu"], enc["z_logvar"]).mean() / ((model.D + 1) ** 2)
     return loss, enc
@@ -170,7 +170,7 @@ def _batch(tr: "Trainer", b) -> DistillBatch:
     ang = tr.inplane_angles()
     if ang is not None:
         out.ang = ang[: len(pos)].to(dev)
-        ns = int(round(cfg.distill_synth_ratio * len(pos))) if tr.synth is not None else 0
+        ns = int(round(cfg.seeded.distill_synth_ratio * len(pos))) if tr.synth is not None else 0
         if ns:
             with torch.autocast(dev.type, enabled=False):   # physics in fp32
                 out.synth = (tr.synth_z.render(ns, tr.synth_gen) if tr.synth_z is not None
@@ -194,7 +194,7 @@ def distill_step(tr: "Trainer", b) -> float:
     tr.optim.zero_grad(set_to_none=True)
     with tr.amp.autocast():   # the same precision as the joint step (the physics stays fp32 inside the model)
         loss, enc = distill_loss(tr.model, cfg, db, mp, width=grid_width_at(cfg, tr.images_seen, tr.distill_images),
-                                 fit_decoder=tr.step % max(cfg.distill_decoder_every, 1) == 0, gen=tr.synth_gen)
+                                 fit_decoder=tr.step % max(cfg.seeded.distill_decoder_every, 1) == 0, gen=tr.synth_gen)
     n = len(b.pos)
     tr.record(np.asarray(b.pos), enc["rot"][:n], enc["trans"][:n], enc["z_mu"])
     gloss = float(tr.par.mean(loss.detach()))
@@ -211,7 +211,7 @@ def prepare_synth(tr: "Trainer") -> Iterator:
     distill_synth_ratio > 0); a map that does not explain the data leaves the distill on real images. Yields
     Message events."""
     cfg, sd = tr.config, tr.seed
-    if tr.synth is not None or sd is None or cfg.distill_synth_ratio <= 0 or not tr.augment:
+    if tr.synth is not None or sd is None or cfg.seeded.distill_synth_ratio <= 0 or not tr.augment:
         return
     try:
         tr.synth = SeedRenderer.fit(sd["volume"], tr.data, sd["pos"], sd["rot"], sd["trans"], sign=tr.sign,
@@ -219,10 +219,10 @@ def prepare_synth(tr: "Trainer") -> Iterator:
     except ValueError as exc:
         yield Message("warning", f"synthetic distill images off: {exc}")
         return
-    yield Message("info", f"synthetic distill images: {cfg.distill_synth_ratio:g} per real image, from the seed's "
-                          f"map (amplitude {tr.synth.amplitude:.3g}, noise spectrum fitted on "
+    yield Message("info", f"synthetic distill images: {cfg.seeded.distill_synth_ratio:g} per real image, from the "
+                          f"seed's map (amplitude {tr.synth.amplitude:.3g}, noise spectrum fitted on "
                           f"{tr.synth.fit_images} particles)")
-    if cfg.distill_synth_z and cfg.zdim > 0 and sd.get("z_t") is not None:
+    if cfg.seeded.distill_synth_z and cfg.zdim > 0 and sd.get("z_t") is not None:
         try:
             tr.synth_z = hetero_renderer(tr)
         except ValueError as exc:
@@ -248,7 +248,7 @@ def hetero_renderer(tr: "Trainer") -> HeteroRenderer | None:
     if state.size == len(pos) and state.max() >= 1:
         groups = state
     else:
-        bins = min(cfg.distill_synth_z_bins, len(pos) // 100)
+        bins = min(cfg.seeded.distill_synth_z_bins, len(pos) // 100)
         if bins < 2:
             return None
         groups = KMeans(bins, n_init=4, random_state=cfg.seed).fit_predict(zt).astype(np.int64)
@@ -280,10 +280,10 @@ def check_agreement(tr: "Trainer") -> Message:
     cfg, st = tr.config, tr.state
     st.agreement_deg = encoder_agreement_deg(tr)
     st.next_agreement = tr.images_seen + max(cfg.checkpoint_every // 4, 1000)
-    if st.agreement_deg <= cfg.seed_agreement_deg:
+    if st.agreement_deg <= cfg.seeded.seed_agreement_deg:
         st.joint_ok = True
         return Message("info", f"encoder agrees with the seed's poses (median {st.agreement_deg:.1f} deg): "
                                "joint amortized training starts")
     return Message("info", f"encoder still {st.agreement_deg:.1f} deg from the seed's poses (median; joint "
-                           f"training starts below {cfg.seed_agreement_deg:g}): distilling goes on, the decoder "
+                           f"training starts below {cfg.seeded.seed_agreement_deg:g}): distilling goes on, the decoder "
                            "keeps training on the seed's poses")

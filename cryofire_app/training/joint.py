@@ -35,7 +35,7 @@ def joint_step(tr: "Trainer", b) -> float:
     eps = eps.reshape(S * n, cfg.zdim).to(tr.device)
     lr = lr_at(cfg, tr.images_seen, tr.images_total)
     if cfg.schedule == "seeded":   # fine-tuning of the distilled model
-        lr *= cfg.seeded_joint_lr_scale
+        lr *= cfg.seeded.joint_lr_scale
     for grp in tr.optim.param_groups:
         grp["lr"] = lr
     tr.model.train()
@@ -43,7 +43,7 @@ def joint_step(tr: "Trainer", b) -> float:
     if ang is not None:
         ang = ang.to(tr.device)
     with tr.amp.autocast():
-        err, enc = tr.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.std_z_init, sym, inplane=ang)
+        err, enc = tr.ddp(y_real, Y, ctf, mp, pose_only, eps, cfg.amortized.std_z_init, sym, inplane=ang)
     loss, branch = symmetric_min(err)
     rows = branch * n + torch.arange(n, device=branch.device)
     if cfg.encoder.variational and not pose_only and cfg.beta > 0 and cfg.zdim > 0:

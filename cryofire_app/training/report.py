@@ -91,7 +91,7 @@ def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray, reconstruction:
                     apix=trainer.data.apix, heldout=heldout, config=dcfg)
     agree = target = None
     if cfg.schedule == "seeded" and trainer.seed is not None:
-        agree, target = trainer.agreement_deg, cfg.seed_agreement_deg
+        agree, target = trainer.agreement_deg, cfg.seeded.seed_agreement_deg
     level, reasons = verdict(diag, encoder_agreement_deg=agree, encoder_target_deg=target)
     checks = diag.to_dict()
     checks["encoder_agreement_deg"] = agree

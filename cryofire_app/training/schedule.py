@@ -28,12 +28,12 @@ def phase_at(cfg: TrainConfig, images_seen: int, images_total: int, seed_done: b
         if not seed_done:
             return "seed"
         return "distill" if images_seen < distill_images(cfg, images_total) or not joint_ok else "joint"
-    return "pose_only" if images_seen < cfg.pose_only_images else "joint"
+    return "pose_only" if images_seen < cfg.amortized.pose_only_images else "joint"
 
 
 def distill_images(cfg: TrainConfig, images_total: int) -> int:
     """Images of the seeded schedule's distill phase (at least; it lasts until the encoder agrees with the seed)."""
-    return int(round(cfg.distill_fraction * images_total))
+    return int(round(cfg.seeded.distill_fraction * images_total))
 
 
 def mask_radius_at(cfg: TrainConfig, D: int, images_seen: int) -> int:
@@ -41,7 +41,7 @@ def mask_radius_at(cfg: TrainConfig, D: int, images_seen: int) -> int:
     rmax = D // 2 if cfg.freq_max is None else min(cfg.freq_max, D // 2)
     if cfg.schedule == "seeded":
         return int(rmax)
-    return int(min(cfg.freq_start + images_seen // max(cfg.freq_add_every, 1), rmax))
+    return int(min(cfg.amortized.freq_start + images_seen // max(cfg.amortized.freq_add_every, 1), rmax))
 
 
 def lr_at(cfg: TrainConfig, images_seen: int, images_total: int) -> float:
@@ -60,17 +60,18 @@ def lr_at(cfg: TrainConfig, images_seen: int, images_total: int) -> float:
 def distill_lr_factor(cfg: TrainConfig, images_seen: int, distill_images: int) -> float:
     """Factor on the distill phase's learning rate at `images_seen`: 1 until the fraction distill_decay_from of the
     distill images, then a cosine down to seeded_joint_lr_scale (the joint phase's factor) at their end, held after."""
-    a = cfg.distill_decay_from * distill_images
+    a = cfg.seeded.distill_decay_from * distill_images
     if images_seen <= a or distill_images <= a:
         return 1.0
     frac = min((images_seen - a) / (distill_images - a), 1.0)
-    lo = cfg.seeded_joint_lr_scale
+    lo = cfg.seeded.joint_lr_scale
     return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def grid_width_at(cfg: TrainConfig, images_seen: int, distill_images: int) -> float:
     """Width of the grid head's distill target (view spacings) at `images_seen`: 1, narrowing linearly to
-    cfg.distill_grid_width between the fractions distill_narrow_from and distill_narrow_to of the distill images."""
-    a, b = cfg.distill_narrow_from * distill_images, cfg.distill_narrow_to * distill_images
+    cfg.seeded.distill_grid_width between the fractions distill_narrow_from and distill_narrow_to of the distill
+    images."""
+    a, b = cfg.seeded.distill_narrow_from * distill_images, cfg.seeded.distill_narrow_to * distill_images
     frac = 1.0 if images_seen >= b else (0.0 if images_seen <= a else (images_seen - a) / (b - a))
-    return 1.0 + (cfg.distill_grid_width - 1.0) * frac
+    return 1.0 + (cfg.seeded.distill_grid_width - 1.0) * frac

@@ -42,7 +42,7 @@ def seed_subset(cfg: TrainConfig, train_pos: np.ndarray) -> np.ndarray:
     """The training particles the seed searches: all of them, or a random ``seed_max_particles`` (sorted; a
     function of the split and --seed, so a resumed run finds the same): the seed's cost stays flat in N, and the
     distilled encoder gives the other particles their poses and z."""
-    cap = int(cfg.seed_max_particles)
+    cap = int(cfg.seeded.seed_max_particles)
     if cap <= 0 or len(train_pos) <= cap:
         return train_pos
     rng = np.random.default_rng([cfg.seed, 5])
@@ -114,8 +114,8 @@ def run_seed(tr: "Trainer", t0: float) -> Iterator:
     """The seed phase of trainer ``tr``: reuse seed_from, or search; progress as PhaseChange, SeedProgress and
     Step("seed") events (logged by the trainer's emit)."""
     cfg = tr.config
-    if cfg.seed_from:
-        path = Path(cfg.seed_from)
+    if cfg.seeded.seed_from:
+        path = Path(cfg.seeded.seed_from)
         path = RunDir(path).seed if path.is_dir() else path
         if not path.is_file():
             raise InputError("no seed to reuse here (give a run folder or its checkpoints/seed.npz)", path)
@@ -150,9 +150,9 @@ def search_seed(tr: "Trainer", t0: float) -> Generator[Any, None, dict | None]:
 
     cfg = tr.config
     try:
-        scfg = seed_config_from(cfg.seed_config)
+        scfg = seed_config_from(cfg.seeded.seed_config)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"bad seed_config {cfg.seed_config!r}: {exc}") from exc
+        raise InputError(f"bad seed_config {cfg.seeded.seed_config!r}: {exc}") from exc
     n, n_train = len(tr.seed_pos), len(tr.train_pos)
     yield tr.announce("seed", f"seeding: ab initio pose search and state classification on the {n} training "
                               f"particles at box {tr.D}" + ("" if n == n_train else f" (a random {n} of the "

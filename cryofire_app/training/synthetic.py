@@ -1,6 +1,6 @@
 """Synthetic distill images: the seed's map projected at known poses, with the data's CTFs, shifts and noise.
 
-The seeded schedule's encoder learns poses from these beside the real images (TrainConfig.distill_synth_ratio):
+The seeded schedule's encoder learns poses from these beside the real images (TrainConfig.seeded.distill_synth_ratio):
 their poses are exact and unlimited, where the real images carry the seed's pose errors and are few enough to be
 memorised. Everything is in the trainer's frame: sign-corrected data (positive density), the training box D, the
 encoder input normalisation ``window * x / sigma_real``. The model's conventions hold: the clean image is

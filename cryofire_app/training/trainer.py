@@ -156,7 +156,7 @@ class Trainer:
     @property
     def sym(self) -> bool:
         """Symmetric loss in the current schedule."""
-        return self.config.sym_loss if self.config.schedule == "amortized" else self.config.seeded_sym_loss
+        return self.config.amortized.sym_loss if self.config.schedule == "amortized" else self.config.seeded.sym_loss
 
     @property
     def augment(self) -> bool:

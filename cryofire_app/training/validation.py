@@ -20,12 +20,13 @@ CLI_FLAGS: dict[str, str] = {
     "particles": "PARTICLES", "outdir": "-o/--outdir", "D": "-D/--box", "zdim": "--zdim",
     "num_images": "--num-images", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
     "lr_schedule": "--lr-schedule", "seed": "--seed", "device": "--device", "schedule": "--schedule",
-    "distill_fraction": "--distill-fraction", "distill_grid_width": "--grid-width",
-    "distill_synth_ratio": "--synth-ratio", "pose_only_images": "--pose-only-images", "beta": "--beta",
-    "freq_start": "--freq-start", "freq_add_every": "--freq-add-every", "freq_max": "--freq-max",
+    "seeded.distill_fraction": "--distill-fraction", "seeded.distill_grid_width": "--grid-width",
+    "seeded.distill_synth_ratio": "--synth-ratio", "amortized.pose_only_images": "--pose-only-images",
+    "beta": "--beta",
+    "amortized.freq_start": "--freq-start", "amortized.freq_add_every": "--freq-add-every", "freq_max": "--freq-max",
     "invert_data": "--invert-data", "val_fraction": "--val-fraction", "checkpoint_every": "--checkpoint-every",
     "keep_checkpoints": "--keep-checkpoints", "num_threads": "--threads", "precision": "--precision",
-    "seed_from": "--seed-from", "seed_max_particles": "--seed-particles",
+    "seeded.seed_from": "--seed-from", "seeded.seed_max_particles": "--seed-particles",
     "encoder.channels": "--enc-channels", "encoder.box": "--enc-box",
     "encoder.stem": "--enc-stem", "encoder.norm": "--enc-norm", "encoder.rot_head": "--rot-head",
     "encoder.view_dirs": "--view-dirs", "decoder.arch": "--dec-arch", "decoder.hidden": "--dec-hidden",
@@ -150,43 +151,44 @@ def _check_run(cfg: TrainConfig) -> None:
 
 def _check_seeded(cfg: TrainConfig) -> None:
     """The seeded schedule's fields: the seed, the distill phase, the joint phase's rate."""
-    _int_at_least("distill_synth_z_bins", cfg.distill_synth_z_bins, 2)
-    _int_at_least("seed_max_particles", cfg.seed_max_particles, 0, what=" (0: all)")
-    if 0 < cfg.seed_max_particles < 16:
-        _fail("seed_max_particles", "0 (all) or at least 16", cfg.seed_max_particles)
-    _num_in("distill_fraction", cfg.distill_fraction, 0, 1)
-    _num_in("seed_agreement_deg", cfg.seed_agreement_deg, 0, 180, lo_open=True)
+    _int_at_least("seeded.distill_synth_z_bins", cfg.seeded.distill_synth_z_bins, 2)
+    _int_at_least("seeded.seed_max_particles", cfg.seeded.seed_max_particles, 0, what=" (0: all)")
+    if 0 < cfg.seeded.seed_max_particles < 16:
+        _fail("seeded.seed_max_particles", "0 (all) or at least 16", cfg.seeded.seed_max_particles)
+    _num_in("seeded.distill_fraction", cfg.seeded.distill_fraction, 0, 1)
+    _num_in("seeded.seed_agreement_deg", cfg.seeded.seed_agreement_deg, 0, 180, lo_open=True)
     for key in ("distill_rot_weight", "distill_trans_weight", "distill_z_weight"):
-        _num_in(key, getattr(cfg, key), 0, None)
-    _int_at_least("distill_decoder_every", cfg.distill_decoder_every, 1)
-    _num_in("distill_grid_width", cfg.distill_grid_width, 0, 1, lo_open=True, what=" (view spacings)")
-    _num_in("distill_narrow_from", cfg.distill_narrow_from, 0, 1)
-    _num_in("distill_narrow_to", cfg.distill_narrow_to, cfg.distill_narrow_from, 1,
+        _num_in(f"seeded.{key}", getattr(cfg.seeded, key), 0, None)
+    _int_at_least("seeded.distill_decoder_every", cfg.seeded.distill_decoder_every, 1)
+    _num_in("seeded.distill_grid_width", cfg.seeded.distill_grid_width, 0, 1, lo_open=True, what=" (view spacings)")
+    _num_in("seeded.distill_narrow_from", cfg.seeded.distill_narrow_from, 0, 1)
+    _num_in("seeded.distill_narrow_to", cfg.seeded.distill_narrow_to, cfg.seeded.distill_narrow_from, 1,
             what=" (and >= distill_narrow_from)")
-    _num_in("distill_decay_from", cfg.distill_decay_from, 0, 1)
-    _num_in("distill_synth_ratio", cfg.distill_synth_ratio, 0, 4, what=" (synthetic images per real image)")
-    _num_in("distill_view_rows", cfg.distill_view_rows, 0, 1)
-    _num_in("seeded_joint_lr_scale", cfg.seeded_joint_lr_scale, 0, None, lo_open=True)
-    if not isinstance(cfg.seed_config, dict):
-        _fail("seed_config", "a dict of reconstruct.SeedConfig fields", cfg.seed_config)
-    if cfg.seed_config:
+    _num_in("seeded.distill_decay_from", cfg.seeded.distill_decay_from, 0, 1)
+    _num_in("seeded.distill_synth_ratio", cfg.seeded.distill_synth_ratio, 0, 4,
+            what=" (synthetic images per real image)")
+    _num_in("seeded.distill_view_rows", cfg.seeded.distill_view_rows, 0, 1)
+    _num_in("seeded.joint_lr_scale", cfg.seeded.joint_lr_scale, 0, None, lo_open=True)
+    if not isinstance(cfg.seeded.seed_config, dict):
+        _fail("seeded.seed_config", "a dict of reconstruct.SeedConfig fields", cfg.seeded.seed_config)
+    if cfg.seeded.seed_config:
         from cryofire_app.reconstruct import seed_config_from
 
         try:
-            seed_config_from(cfg.seed_config)
+            seed_config_from(cfg.seeded.seed_config)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"seed_config {cfg.seed_config!r}: {exc}") from None
-    if cfg.seed_from is not None and not isinstance(cfg.seed_from, str):
-        _fail("seed_from", "a run folder or seed.npz path", cfg.seed_from)
+            raise InputError(f"seeded.seed_config {cfg.seeded.seed_config!r}: {exc}") from None
+    if cfg.seeded.seed_from is not None and not isinstance(cfg.seeded.seed_from, str):
+        _fail("seeded.seed_from", "a run folder or seed.npz path", cfg.seeded.seed_from)
 
 
 def _check_amortized(cfg: TrainConfig) -> None:
     """The amortized schedule's fields: pose-only phase, KL weight, frequency marching."""
-    _int_at_least("pose_only_images", cfg.pose_only_images, 0)
-    _num_in("std_z_init", cfg.std_z_init, 0, None, lo_open=True)
+    _int_at_least("amortized.pose_only_images", cfg.amortized.pose_only_images, 0)
+    _num_in("amortized.std_z_init", cfg.amortized.std_z_init, 0, None, lo_open=True)
     _num_in("beta", cfg.beta, 0, None, what=" (KL weight)")
-    _int_at_least("freq_start", cfg.freq_start, 1, what=" (pixels)")
-    _int_at_least("freq_add_every", cfg.freq_add_every, 1, what=" (images per +1 px)")
+    _int_at_least("amortized.freq_start", cfg.amortized.freq_start, 1, what=" (pixels)")
+    _int_at_least("amortized.freq_add_every", cfg.amortized.freq_add_every, 1, what=" (images per +1 px)")
     _int_at_least("freq_max", cfg.freq_max, 1, none_ok=True, what=" (pixels)")
 
 

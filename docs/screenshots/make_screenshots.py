@@ -43,9 +43,9 @@ def main(work: str = "/tmp/cryofire_screenshots", images: int = 4000, n: int = 2
         particles = data / "particles.star"
         run = work / f"run{box}"
     if not (run / "latents.npz").is_file():
-        cfg = TrainConfig(particles=str(particles), outdir=str(run), num_images=images,
-                          pose_only_images=images // 3, batch_size=32, checkpoint_every=images // 2,
-                          latents_every=images // 4, num_threads=1, freq_add_every=images // 30)
+        cfg = TrainConfig.of(particles=str(particles), outdir=str(run), num_images=images,
+                             pose_only_images=images // 3, batch_size=32, checkpoint_every=images // 2,
+                             latents_every=images // 4, num_threads=1, freq_add_every=images // 30)
         if hasattr(cfg, "schedule"):
             cfg.schedule = "amortized"  # the cryoFIRE schedule; quick enough for a picture
         resume = (run / "checkpoints" / "last.pt").is_file()
