@@ -1,5 +1,6 @@
 """Analysis of trained runs: `Run(outdir)` (run.py), latent PCA/k-means (latent.py), metrics against ground truth
-(metrics.py, evaluate.py), plots (plots.py), particle-subset export (selection.py).
+(metrics.py, which gathers alignment.py, pose_errors.py, conformations.py and resolution.py; evaluate.py), plots
+(plots.py), particle-subset export (selection.py).
 
 `Run` is imported lazily so that the light modules (plots, latent) do not pull in torch.
 """

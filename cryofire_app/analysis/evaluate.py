@@ -143,8 +143,25 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
     idx = pred.index
     if len(idx) and (idx.min() < 0 or idx.max() >= len(gt_rot)):
         raise InputError(f"prediction indices run up to {idx.max()} but the ground truth has {len(gt_rot)} particles")
-    G = gt_rot[idx]
     res: dict = {"n_images": int(len(idx)), "source": pred.source}
+    alignment = _pose_metrics(pred, gt_rot[idx], gt_trans_frac, n_anchors, res)
+    groups: list[np.ndarray] | None = None
+    classes = None
+    if gt_labels is not None:
+        classes, groups = _state_metrics(pred, gt_labels, len(gt_rot), res)
+    if gt_maps:
+        if decode is None:
+            raise InputError("ground-truth maps given but no decoder: evaluate a training run folder or pass --model")
+        res["fsc"] = _fsc_section(pred, gt_maps, decode, alignment, classes, groups)
+        _resolution_by_role(res, classes)
+    return res
+
+
+def _pose_metrics(pred: Predictions, G: np.ndarray, gt_trans_frac: np.ndarray | None, n_anchors: int,
+                  res: dict) -> metrics.RotationAlignment:
+    """Add the rotation errors (degrees, after the global alignment) and, with ground-truth translations (fractions
+    of the box), the translation errors in px of box D (raw and globally corrected) to ``res``; returns the
+    alignment. ``G``: ground-truth rotations of the predicted particles."""
     rot = metrics.rotation_errors(pred.rot, G, n_anchors=n_anchors)
     alignment = metrics.RotationAlignment(np.asarray(rot["alignment"]["A"]), rot["alignment"]["flipped"],
                                           rot["alignment"]["score"])
@@ -152,69 +169,82 @@ def evaluate(pred: Predictions, gt_rot: np.ndarray, gt_trans_frac: np.ndarray | 
     if gt_trans_frac is not None and pred.trans_px is not None:
         if pred.D is None:
             raise InputError("the box size is needed to compare translations")
-        gt_px = np.asarray(gt_trans_frac, np.float64)[idx] * pred.D  # box D, not the Hartley lattice D + 1
+        gt_px = np.asarray(gt_trans_frac, np.float64)[pred.index] * pred.D  # box D, not the Hartley lattice D + 1
         res.update(metrics.translation_errors(pred.trans_px, gt_px))
         corr = metrics.translation_errors(pred.trans_px, gt_px, gt_rot=G, correct_global=True)
         res["trans_globally_corrected"] = {k: corr[k] for k in ("global_offset_px", "trans_median_px", "trans_mse_px2")}
-    groups: list[np.ndarray] | None = None
-    classes = None
-    if gt_labels is not None:
-        lab = np.asarray(gt_labels).reshape(-1)
-        if len(lab) < len(gt_rot):
-            raise InputError(f"{len(lab)} ground-truth labels for {len(gt_rot)} particles")
-        lab = lab[idx]
-        classes, counts = np.unique(lab, return_counts=True)
-        res["state_counts"] = {str(c): int(n) for c, n in zip(classes, counts)}
-        if pred.z is not None and pred.z.shape[1] > 0:
-            from cryofire_app.analysis.latent import fit_pca
+    return alignment
 
-            pc1 = fit_pca(pred.z, n_components=1).scores[:, 0]
-            conf = metrics.confusion_by_thresholds(pc1, lab)
-            res["confusion"] = conf["confusion"]
-            res["confusion_thresholds_pc1"] = conf["thresholds"]
-            rho = metrics.spearman(pc1, lab) if len(classes) > 1 else float("nan")
-            res["spearman_pc1"] = rho if np.isfinite(rho) else None
-            if len(classes) > 1:
-                scores = fit_pca(pred.z).scores
-                rhos = [metrics.spearman(scores[:, j], lab) for j in range(scores.shape[1])]
-                rhos = [r if np.isfinite(r) else -1.0 for r in rhos]
-                j = int(np.argmax(rhos))
-                if rhos[j] >= 0:
-                    res["spearman_best_pc"] = {"pc": j + 1, "spearman": rhos[j],
-                                               "note": "the PC of z that ranks the labels best (chosen with the "
-                                                       "truth: a ceiling for a 1-D coordinate of z)"}
-            groups = [np.nonzero(conf["pred_labels"] == c)[0] for c in classes]
-        if pred.state is not None:
-            st = np.asarray(pred.state).reshape(-1)
-            if len(st) != len(idx):
-                raise InputError(f"{len(st)} predicted state labels for {len(idx)} predicted particles")
-            has = st >= 0
-            if has.any():
-                # the seed's own hard labels: no threshold is chosen with the ground truth (only the label matching)
-                res["confusion_seed_states"] = metrics.label_confusion(st[has], lab[has])["confusion"]
-                res["seed_states_n_images"] = int(has.sum())
-        if pred.seed_coord is not None and len(classes) > 1:
-            sc = np.asarray(pred.seed_coord, np.float64).reshape(-1)
-            if len(sc) != len(idx):
-                raise InputError(f"{len(sc)} seed coordinates for {len(idx)} predicted particles")
-            has = np.isfinite(sc)
-            if has.sum() > 2:
-                r = metrics.spearman(sc[has], lab[has])
-                res["spearman_seed_coord1"] = r if np.isfinite(r) else None
-                res["seed_coord_n_images"] = int(has.sum())
-    if gt_maps:
-        if decode is None:
-            raise InputError("ground-truth maps given but no decoder: evaluate a training run folder or pass --model")
-        res["fsc"] = _fsc_section(pred, gt_maps, decode, alignment, classes, groups)
-        maps = res["fsc"]["maps"]
-        # major = the most frequent ground-truth state (without labels: the first map given)
-        gt_counts = [res["state_counts"][str(c)] for c in classes] if classes is not None else None
-        order = np.argsort([-c for c in gt_counts], kind="stable") if gt_counts else range(len(maps))
-        for role, i in zip(("major", "minor"), order):
-            for thr in ("0.5", "0.143"):
-                res[f"res_{role}_{thr}_px"] = maps[i][f"res_{thr}_px"]
-                res[f"res_{role}_{thr}_A"] = maps[i][f"res_{thr}_A"]
-    return res
+
+def _state_metrics(pred: Predictions, gt_labels: np.ndarray, n_gt: int, res: dict
+                   ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Add the state counts and the conformation metrics of z, the seed's states and the seed's coordinate to
+    ``res`` (see :func:`evaluate`); returns the distinct labels and, with z, the particles (rows of the predictions)
+    PC1's thresholds put in each label's group."""
+    idx = pred.index
+    lab = np.asarray(gt_labels).reshape(-1)
+    if len(lab) < n_gt:
+        raise InputError(f"{len(lab)} ground-truth labels for {n_gt} particles")
+    lab = lab[idx]
+    classes, counts = np.unique(lab, return_counts=True)
+    res["state_counts"] = {str(c): int(n) for c, n in zip(classes, counts)}
+    groups = None
+    if pred.z is not None and pred.z.shape[1] > 0:
+        groups = _latent_state_metrics(pred.z, lab, classes, res)
+    if pred.state is not None:
+        st = np.asarray(pred.state).reshape(-1)
+        if len(st) != len(idx):
+            raise InputError(f"{len(st)} predicted state labels for {len(idx)} predicted particles")
+        has = st >= 0
+        if has.any():
+            # the seed's own hard labels: no threshold is chosen with the ground truth (only the label matching)
+            res["confusion_seed_states"] = metrics.label_confusion(st[has], lab[has])["confusion"]
+            res["seed_states_n_images"] = int(has.sum())
+    if pred.seed_coord is not None and len(classes) > 1:
+        sc = np.asarray(pred.seed_coord, np.float64).reshape(-1)
+        if len(sc) != len(idx):
+            raise InputError(f"{len(sc)} seed coordinates for {len(idx)} predicted particles")
+        has = np.isfinite(sc)
+        if has.sum() > 2:
+            r = metrics.spearman(sc[has], lab[has])
+            res["spearman_seed_coord1"] = r if np.isfinite(r) else None
+            res["seed_coord_n_images"] = int(has.sum())
+    return classes, groups
+
+
+def _latent_state_metrics(z: np.ndarray, lab: np.ndarray, classes: np.ndarray, res: dict) -> list[np.ndarray]:
+    """Add PC1's threshold confusion and |Spearman| and the best-ranking PC of z (n, d) to ``res``; returns the rows
+    PC1's best thresholds assign to each of ``classes``."""
+    from cryofire_app.analysis.latent import fit_pca
+
+    pc1 = fit_pca(z, n_components=1).scores[:, 0]
+    conf = metrics.confusion_by_thresholds(pc1, lab)
+    res["confusion"] = conf["confusion"]
+    res["confusion_thresholds_pc1"] = conf["thresholds"]
+    rho = metrics.spearman(pc1, lab) if len(classes) > 1 else float("nan")
+    res["spearman_pc1"] = rho if np.isfinite(rho) else None
+    if len(classes) > 1:
+        scores = fit_pca(z).scores
+        rhos = [metrics.spearman(scores[:, j], lab) for j in range(scores.shape[1])]
+        rhos = [r if np.isfinite(r) else -1.0 for r in rhos]
+        j = int(np.argmax(rhos))
+        if rhos[j] >= 0:
+            res["spearman_best_pc"] = {"pc": j + 1, "spearman": rhos[j],
+                                       "note": "the PC of z that ranks the labels best (chosen with the "
+                                               "truth: a ceiling for a 1-D coordinate of z)"}
+    return [np.nonzero(conf["pred_labels"] == c)[0] for c in classes]
+
+
+def _resolution_by_role(res: dict, classes: np.ndarray | None) -> None:
+    """Copy the FSC resolutions (px and A, 0.5 and 0.143) of the major and minor maps to top-level keys of ``res``:
+    major = the most frequent ground-truth state (without labels: the first map given)."""
+    maps = res["fsc"]["maps"]
+    gt_counts = [res["state_counts"][str(c)] for c in classes] if classes is not None else None
+    order = np.argsort([-c for c in gt_counts], kind="stable") if gt_counts else range(len(maps))
+    for role, i in zip(("major", "minor"), order):
+        for thr in ("0.5", "0.143"):
+            res[f"res_{role}_{thr}_px"] = maps[i][f"res_{thr}_px"]
+            res[f"res_{role}_{thr}_A"] = maps[i][f"res_{thr}_A"]
 
 
 def _fsc_section(pred: Predictions, gt_maps, decode, alignment, classes, groups) -> dict:

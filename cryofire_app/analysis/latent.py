@@ -192,8 +192,6 @@ def choose_k(z, k_max: int = AUTO_K_MAX, seed: int = 0) -> KChoice:
     single-peaked density and are reported as one population (k = 1). Deterministic for a given ``seed``; runs
     single-threaded (a few tenths of a second for 5,000 particles).
     """
-    from sklearn.mixture import GaussianMixture
-
     z = _as_z(z)
     n_all = len(z)
     rng = np.random.default_rng(seed)
@@ -215,13 +213,7 @@ def choose_k(z, k_max: int = AUTO_K_MAX, seed: int = 0) -> KChoice:
     x = fit_pca(z, n_components=p).scores
     s = float(x[:, 0].std())
     x = x / (s if s > 0 else 1.0)
-    fits, bic = [], []
-    with _one_thread():
-        for m in range(1, m_max + 1):
-            g = GaussianMixture(m, covariance_type="full", n_init=2, init_params="k-means++", random_state=seed,
-                                reg_covar=1e-4, tol=1e-3, max_iter=300).fit(x)
-            fits.append(g)
-            bic.append(float(g.bic(x)))
+    fits, bic = _mixture_fits(x, m_max, seed)
     m = int(np.argmin(bic)) + 1
     pcs = f"PC1-{p}" if p > 1 else "PC1"
     if m == 1:
@@ -233,16 +225,34 @@ def choose_k(z, k_max: int = AUTO_K_MAX, seed: int = 0) -> KChoice:
     groups = _group_components(valley, np.bincount(comp, minlength=m) / n)
     k = int(groups.max()) + 1
     fractions = np.bincount(groups[comp], minlength=k) / n
+    return KChoice(k=k, bic=bic, n_components=m, valley=valley, groups=groups, fractions=fractions, n_pcs=p,
+                   n_points=n, reason=_k_reason(m, k, pcs, valley, fractions))
+
+
+def _mixture_fits(x: np.ndarray, m_max: int, seed: int) -> tuple[list, list[float]]:
+    """Gaussian mixtures (full covariance, k-means++ starts, 2 restarts) of 1..m_max components on x (n, p), fitted
+    single-threaded, and their BICs."""
+    from sklearn.mixture import GaussianMixture
+
+    fits, bic = [], []
+    with _one_thread():
+        for m in range(1, m_max + 1):
+            g = GaussianMixture(m, covariance_type="full", n_init=2, init_params="k-means++", random_state=seed,
+                                reg_covar=1e-4, tol=1e-3, max_iter=300).fit(x)
+            fits.append(g)
+            bic.append(float(g.bic(x)))
+    return fits, bic
+
+
+def _k_reason(m: int, k: int, pcs: str, valley: np.ndarray, fractions: np.ndarray) -> str:
+    """The sentence explaining k for a BIC choice of m >= 2 components on ``pcs``."""
     if k == 1:
         worst = float(valley[np.triu_indices(m, 1)].min())
-        reason = (f"the BIC chose {m} Gaussian components on {pcs}, but the density has no valley between them "
-                  f"(deepest valley ratio {worst:.2f} > {AUTO_K_VALLEY}): one continuous population, no clusters")
-    else:
-        reason = (f"the BIC chose {m} Gaussian components on {pcs}; {k} groups of them are separated by density "
-                  f"valleys below {AUTO_K_VALLEY:.0%} of their peaks (shares "
-                  + ", ".join(f"{100 * v:.0f}%" for v in sorted(fractions, reverse=True)) + ")")
-    return KChoice(k=k, bic=bic, n_components=m, valley=valley, groups=groups, fractions=fractions, n_pcs=p,
-                   n_points=n, reason=reason)
+        return (f"the BIC chose {m} Gaussian components on {pcs}, but the density has no valley between them "
+                f"(deepest valley ratio {worst:.2f} > {AUTO_K_VALLEY}): one continuous population, no clusters")
+    return (f"the BIC chose {m} Gaussian components on {pcs}; {k} groups of them are separated by density "
+            f"valleys below {AUTO_K_VALLEY:.0%} of their peaks (shares "
+            + ", ".join(f"{100 * v:.0f}%" for v in sorted(fractions, reverse=True)) + ")")
 
 
 def _one_thread():

@@ -85,7 +85,7 @@ def export_selection(prefix: str | Path, index, rot: np.ndarray | None = None, t
     for name, arr, shape in (("rot", rot, (m, 3, 3)), ("trans", trans, (m, 2)), ("labels", labels, (m,))):
         if arr is not None and np.shape(arr) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
-    from cryofire_app.io import write_ind_pkl, write_particles_star
+    from cryofire_app.io import write_ind_pkl
 
     out: list[Path] = []
     ind_path = Path(f"{prefix}.ind.pkl")
@@ -96,42 +96,54 @@ def export_selection(prefix: str | Path, index, rot: np.ndarray | None = None, t
     uid = None
     if particles is not None:
         pos = _positions(particles, index)
-        ps = particles
-        D0 = int(ps.D)
-        apix0 = ps.apix
-        if apix0 is None and run is not None:
-            apix0 = float(run.apix) * int(run.D) / D0
-        apix0 = float(apix0) if apix0 else 1.0
-        files = [str(Path(f).resolve()) for f in ps.images.files]
-        names = [f"{int(ps.images.frames[p]) + 1}@{files[int(ps.images.file_index[p])]}" for p in pos]
-        ctf = None if ps.ctf is None else np.asarray(ps.ctf)[pos]
-        if rot is not None:
-            r = np.asarray(rot, np.float64)
-            t = None
-            if trans is not None:
-                apix_run = float(run.apix) if run is not None else apix0
-                t = np.asarray(trans, np.float64) * apix_run / apix0  # same shift in Angstrom, original pixels
-        else:
-            r = None if ps.rots is None else np.asarray(ps.rots)[pos]
-            t = None if ps.trans_px is None else np.asarray(ps.trans_px)[pos]
-        extra = {} if labels is None else {"rlnClassNumber": np.asarray(labels, np.int64) + 1}
-        star_path = Path(f"{prefix}.star")
-        write_particles_star(star_path, names, ctf, r, t, apix0, D0, extra_columns=extra)
-        out.append(star_path)
-        uid = None if ps.uid is None else np.asarray(ps.uid)[pos]
-        src = Path(ps.source)
+        out.append(_write_star(Path(f"{prefix}.star"), particles, pos, rot, trans, run, labels))
+        uid = None if particles.uid is None else np.asarray(particles.uid)[pos]
+        src = Path(particles.source)
         if src.suffix.lower() == ".cs":
-            from cryofire_app.io.cs import read_cs
-
-            arr = read_cs(src)
-            if index.max() >= len(arr):
-                raise InputError(f"selected index {int(index.max())} is beyond the {len(arr)} rows", src)
-            sub = arr[index]
-            cs_path = Path(f"{prefix}.cs")
-            out.append(atomic_write(cs_path, lambda fh: np.save(fh, sub, allow_pickle=False)))
+            out.append(_write_cs_subset(Path(f"{prefix}.cs"), src, index))
             return out
     csv_path = Path(f"{prefix}_index.csv")
     lines = ["index,uid"] + [f"{i},{u}" for i, u in zip(index, uid)] if uid is not None else \
         ["index"] + [str(i) for i in index]
     out.append(atomic_write(csv_path, lambda fh: fh.write(("\n".join(lines) + "\n").encode())))
     return out
+
+
+def _write_star(star_path: Path, ps, pos: np.ndarray, rot: np.ndarray | None, trans: np.ndarray | None, run,
+                labels: np.ndarray | None) -> Path:
+    """RELION STAR of the particles at positions ``pos`` of ``ps``: original images (absolute paths), box and CTF;
+    the given poses (``trans`` in px of the run's box, rescaled to the original pixel size) or the metadata's.
+    The original pixel size is the particles', else the run's at the original box, else 1 A."""
+    from cryofire_app.io import write_particles_star
+
+    D0 = int(ps.D)
+    apix0 = ps.apix
+    if apix0 is None and run is not None:
+        apix0 = float(run.apix) * int(run.D) / D0
+    apix0 = float(apix0) if apix0 else 1.0
+    files = [str(Path(f).resolve()) for f in ps.images.files]
+    names = [f"{int(ps.images.frames[p]) + 1}@{files[int(ps.images.file_index[p])]}" for p in pos]
+    ctf = None if ps.ctf is None else np.asarray(ps.ctf)[pos]
+    if rot is not None:
+        r = np.asarray(rot, np.float64)
+        t = None
+        if trans is not None:
+            apix_run = float(run.apix) if run is not None else apix0
+            t = np.asarray(trans, np.float64) * apix_run / apix0  # same shift in Angstrom, original pixels
+    else:
+        r = None if ps.rots is None else np.asarray(ps.rots)[pos]
+        t = None if ps.trans_px is None else np.asarray(ps.trans_px)[pos]
+    extra = {} if labels is None else {"rlnClassNumber": np.asarray(labels, np.int64) + 1}
+    write_particles_star(star_path, names, ctf, r, t, apix0, D0, extra_columns=extra)
+    return star_path
+
+
+def _write_cs_subset(cs_path: Path, src: Path, index: np.ndarray) -> Path:
+    """The rows ``index`` of the cryoSPARC .cs ``src``, every field kept."""
+    from cryofire_app.io.cs import read_cs
+
+    arr = read_cs(src)
+    if index.max() >= len(arr):
+        raise InputError(f"selected index {int(index.max())} is beyond the {len(arr)} rows", src)
+    sub = arr[index]
+    return atomic_write(cs_path, lambda fh: np.save(fh, sub, allow_pickle=False))

@@ -111,6 +111,17 @@ def read_seed_states(path: str | Path, n_particles: int | None = None) -> SeedSt
     array reads as no coords.
     """
     path = Path(path)
+    rows, state, score, coords, kind = _load_arrays(path)
+    rows, state = _check_labels(rows, state, score, n_particles, path)
+    K = int(state.max()) + 1
+    if coords is not None:
+        coords = _check_coords(coords, len(rows), path)
+    kind = _check_kind(kind, K, coords, path)
+    return SeedStates(rows=rows, state=state, score=score.astype(np.float32), path=path, coords=coords, kind=kind)
+
+
+def _load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The arrays index, state, state_score, coords (or None) and kind (or None) of the npz, unchecked."""
     try:
         if not zipfile.is_zipfile(path):
             raise InputError("not an npz archive (numpy.savez) of seed state labels", path)
@@ -126,6 +137,13 @@ def read_seed_states(path: str | Path, n_particles: int | None = None) -> SeedSt
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise InputError(f"unreadable seed state file ({type(exc).__name__}: {exc})", path) from None
+    return rows, state, score, coords, kind
+
+
+def _check_labels(rows: np.ndarray, state: np.ndarray, score: np.ndarray, n_particles: int | None, path: Path
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Check index, state and state_score (1-D, same non-zero length, integer rows in range and unique, labels
+    0..K-1 all present, finite float scores); returns rows and state as int64."""
     for name, arr in (("index", rows), ("state", state), ("state_score", score)):
         if arr.ndim != 1:
             raise InputError(f"{name} must be one-dimensional, got shape {arr.shape}", path)
@@ -149,32 +167,38 @@ def read_seed_states(path: str | Path, n_particles: int | None = None) -> SeedSt
     if state.min() < 0 or np.any(np.bincount(state) == 0):
         raise InputError(f"state labels must be 0..K-1 with every state present, got {np.unique(state).tolist()}",
                          path)
-    K = int(state.max()) + 1
-    if coords is not None:
-        if coords.ndim != 2 or coords.shape[0] != len(rows):
-            raise InputError(f"coords must have shape (M, q) with M = {len(rows)} particles, got {coords.shape}",
-                             path)
-        if coords.dtype.kind != "f":
-            raise InputError(f"coords must hold floating-point numbers, got dtype {coords.dtype}", path)
-        if not np.all(np.isfinite(coords)):
-            raise InputError(f"coords hold {int((~np.isfinite(coords)).sum())} NaN/Inf value(s)", path)
-        coords = coords.astype(np.float32) if coords.shape[1] else None
-    if kind is not None:
-        if kind.ndim != 0 or kind.dtype.kind not in "US":
-            raise InputError(f"kind must be a single string, got dtype {kind.dtype} shape {kind.shape}", path)
-        kind = kind.item()
-        kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else str(kind)
-        if kind not in KINDS:
-            raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", path)
-        q = 0 if coords is None else coords.shape[1]
-        if kind == "discrete" and K < 2:
-            raise InputError("kind 'discrete' with a single state (K = 1): expected K >= 2", path)
-        if kind != "discrete" and K != 1:
-            raise InputError(f"kind {kind!r} with {K} states: expected one state (K = 1)", path)
-        if kind == "continuous" and q == 0:
-            raise InputError("kind 'continuous' without coords (M, q >= 1)", path)
-        if kind == "homogeneous" and q:
-            raise InputError(f"kind 'homogeneous' with {q} coordinate(s): expected none", path)
-    else:
-        kind = "discrete" if K >= 2 else ("continuous" if coords is not None else "homogeneous")
-    return SeedStates(rows=rows, state=state, score=score.astype(np.float32), path=path, coords=coords, kind=kind)
+    return rows, state
+
+
+def _check_coords(coords: np.ndarray, m: int, path: Path) -> np.ndarray | None:
+    """Check coords is (m, q) finite floating point; returns it as float32, or None for q = 0."""
+    if coords.ndim != 2 or coords.shape[0] != m:
+        raise InputError(f"coords must have shape (M, q) with M = {m} particles, got {coords.shape}",
+                         path)
+    if coords.dtype.kind != "f":
+        raise InputError(f"coords must hold floating-point numbers, got dtype {coords.dtype}", path)
+    if not np.all(np.isfinite(coords)):
+        raise InputError(f"coords hold {int((~np.isfinite(coords)).sum())} NaN/Inf value(s)", path)
+    return coords.astype(np.float32) if coords.shape[1] else None
+
+
+def _check_kind(kind: np.ndarray | None, K: int, coords: np.ndarray | None, path: Path) -> str:
+    """The file's kind, checked against K states and the coords; derived from them when the file has none."""
+    if kind is None:
+        return "discrete" if K >= 2 else ("continuous" if coords is not None else "homogeneous")
+    if kind.ndim != 0 or kind.dtype.kind not in "US":
+        raise InputError(f"kind must be a single string, got dtype {kind.dtype} shape {kind.shape}", path)
+    kind = kind.item()
+    kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else str(kind)
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", path)
+    q = 0 if coords is None else coords.shape[1]
+    if kind == "discrete" and K < 2:
+        raise InputError("kind 'discrete' with a single state (K = 1): expected K >= 2", path)
+    if kind != "discrete" and K != 1:
+        raise InputError(f"kind {kind!r} with {K} states: expected one state (K = 1)", path)
+    if kind == "continuous" and q == 0:
+        raise InputError("kind 'continuous' without coords (M, q >= 1)", path)
+    if kind == "homogeneous" and q:
+        raise InputError(f"kind 'homogeneous' with {q} coordinate(s): expected none", path)
+    return kind

@@ -173,6 +173,151 @@ def _common_apix(apix: np.ndarray | float | None, source: Path, notes: list[str]
     return float(vals[np.argmax(counts)])
 
 
+@dataclass
+class _Metadata:
+    """What one particle file gives, before the pickles and the final pixel size: the images and per-particle
+    arrays (None when absent; see `ParticleSet`), and ``apix_meta`` (A, per particle or scalar) of the images as
+    loaded."""
+
+    images: ImageStack
+    ctf: np.ndarray | None = None
+    rots: np.ndarray | None = None
+    trans_px: np.ndarray | None = None
+    uid: np.ndarray | None = None
+    optics: np.ndarray | None = None
+    names: np.ndarray | None = None
+    apix_meta: np.ndarray | float | None = None
+
+
+def _load_star(path: Path, datadir, apix: float | None, w: float | None, kv: float | None, cs: float | None,
+               require_even: bool, check_finite: bool, notes: list[str]) -> _Metadata:
+    """Images, CTF rows, poses (translations in px of the loaded images), optics groups and names of a RELION
+    STAR; the pixel size is the STAR's (rescaled to the stack's box), else `apix`, else the MRC header's."""
+    table = read_star(path)
+    if len(table) == 0:
+        raise InputError("the STAR file lists 0 particles", path)
+    frames, files = parse_image_names(table)
+    images = _stack_from_refs(path, files, frames, datadir, check_finite)
+    D = images.D
+    _check_box(images, require_even, path)
+    px, eff_px, tscale = _pixel_sizes(D, star_box_size(table), star_pixel_size(table), apix, len(table),
+                                      path, notes)
+    if eff_px is None and images.apix is not None:
+        eff_px = np.full(len(table), images.apix)
+        px = eff_px * tscale
+        notes.append("pixel size taken from the MRC header (none in the STAR)")
+    out = _Metadata(images=images)
+    if table.has("rlnDefocusU"):
+        if eff_px is None:
+            raise InputError("the STAR has CTF values but no pixel size, and the image header says 0: give "
+                             "the pixel size (--apix)", path)
+        out.ctf = parse_ctf_star(table, D=D, apix=eff_px, w=w, kv=kv, cs=cs)
+    rot = star_rotations(table)
+    if rot is not None:
+        out.rots = rot.astype(np.float32)
+        t = star_translations_px(table, px)
+        if t is None:
+            notes.append("no origin columns in the STAR: translations set to 0")
+            t = np.zeros((len(table), 2))
+        out.trans_px = (t * tscale).astype(np.float32)
+    if table.has(OPTICS_KEY):
+        out.optics = table.column(OPTICS_KEY).astype(np.int64)
+    out.names = table.particles["rlnImageName"].astype(str).to_numpy()
+    out.apix_meta = eff_px
+    return out
+
+
+def _load_cs(path: Path, datadir, apix: float | None, w: float | None, kv: float | None, cs: float | None,
+             require_even: bool, check_finite: bool, notes: list[str]) -> _Metadata:
+    """Images, CTF rows, 3D poses (translations in px of the loaded images), uids, exposure groups and names of a
+    cryoSPARC .cs; the pixel size is blob/psize_A (rescaled to the stack's box) or `apix`."""
+    arr = read_cs(path)
+    frames, files = cs_image_refs(arr)
+    images = _stack_from_refs(path, files, frames, datadir, check_finite)
+    D = images.D
+    _check_box(images, require_even, path)
+    px_cs = arr["blob/psize_A"].astype(np.float64) if "blob/psize_A" in arr.dtype.names else None
+    _, eff_px, tscale = _pixel_sizes(D, cs_box_size(arr), px_cs, apix, len(arr), path, notes)
+    out = _Metadata(images=images)
+    if cs_has_ctf(arr):
+        ctf_rows = parse_ctf_cs(arr)
+        ctf_rows[:, 0] = D
+        if eff_px is None:
+            raise InputError("no pixel size (blob/psize_A) in the .cs: give the pixel size (--apix)", path)
+        ctf_rows[:, 1] = eff_px
+        for col, val in ((5, kv), (6, cs), (7, w)):
+            if val is not None:
+                ctf_rows[:, col] = val
+        out.ctf = ctf_rows
+    if cs_has_poses(arr):
+        r, t = cs_poses_px(arr, path)
+        out.rots = r.astype(np.float32)
+        out.trans_px = (t * tscale).astype(np.float32)
+    elif "alignments2D/pose" in arr.dtype.names:
+        notes.append("only 2D classification alignments in the .cs: no 3D poses")
+    out.uid = arr["uid"].astype(np.uint64) if "uid" in arr.dtype.names else None
+    if "ctf/exp_group_id" in arr.dtype.names:
+        out.optics = arr["ctf/exp_group_id"].astype(np.int64)
+    out.names = np.array([f"{f + 1}@{p}" for f, p in zip(frames, files)], dtype=object)
+    out.apix_meta = eff_px
+    return out
+
+
+def _apply_ctf_pkl(meta: _Metadata, ctf: str | Path, path: Path, apix: float | None, notes: list[str]) -> None:
+    """Replace the CTF rows by a cryoDRGN ctf.pkl's, at the loaded box (pixel size rescaled as for the metadata,
+    or `apix`); its pixel sizes become the metadata's."""
+    N, D = len(meta.images), meta.images.D
+    c = read_ctf_pkl(ctf)
+    _check_metadata_values(c, None, None, Path(ctf))
+    if len(c) != N:
+        raise InputError(f"the CTF pickle has {len(c)} rows but {path.name} has {N} particles", ctf)
+    c_px, _ = _rescale(D, c[:, 0].astype(np.int64), c[:, 1].astype(np.float64), Path(ctf), notes)
+    c = c.copy()
+    c[:, 0] = D
+    c[:, 1] = c_px if apix is None else apix
+    meta.ctf = c
+    meta.apix_meta = c[:, 1].astype(np.float64)
+
+
+def _apply_pose_pkl(meta: _Metadata, poses: str | Path, path: Path, notes: list[str]) -> None:
+    """Replace the poses by a cryoDRGN pose.pkl's (translations t / D -> px); without translations in the pickle
+    the metadata's are kept, or set to 0."""
+    N, D = len(meta.images), meta.images.D
+    r, t = read_pose_pkl(poses)
+    _check_metadata_values(None, r, t, Path(poses))
+    if len(r) != N:
+        raise InputError(f"the pose pickle has {len(r)} poses but {path.name} has {N} particles", poses)
+    meta.rots = r.astype(np.float32)
+    if t is not None:
+        meta.trans_px = (np.asarray(t, np.float64) * D).astype(np.float32)
+    elif meta.trans_px is None:
+        notes.append("the pose pickle has no translations: set to 0")
+        meta.trans_px = np.zeros((N, 2), np.float32)
+
+
+def _final_apix(apix_meta: np.ndarray | float | None, hdr: float | None, apix: float | None, path: Path,
+                notes: list[str]) -> float | None:
+    """The images' pixel size (A): the metadata's most common one (or `apix`), else the MRC header's ``hdr``;
+    logs and notes a missing header value, a header that disagrees with the metadata, or no pixel size at all."""
+    apix_final = _common_apix(apix_meta, path, notes)
+    if apix_final is None:
+        apix_final = hdr
+        if hdr is None:
+            msg = "no pixel size: the MRC header says 0 and the metadata gives none; supply it (--apix)"
+            log.warning("%s: %s", path, msg)
+            notes.append(msg)
+    elif hdr is None:
+        given = "the apix argument" if apix is not None else "the metadata"
+        msg = f"voxel size is 0 in the MRC header; using {apix_final:g} A from {given}"
+        log.info("%s: %s", path, msg)
+        notes.append(msg)
+    elif abs(hdr - apix_final) > 1e-3 * apix_final and apix is None:
+        msg = f"MRC header pixel size {hdr:g} A differs from the metadata's {apix_final:g} A; using the metadata"
+        log.info("%s: %s", path, msg)
+        notes.append(msg)
+    return apix_final
+
+
 def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str | Path | None = None,
                    poses: str | Path | None = None, *, apix: float | None = None, w: float | None = None,
                    kv: float | None = None, cs: float | None = None, require_even: bool = True,
@@ -190,128 +335,35 @@ def load_particles(path: str | Path, datadir: str | Path | None = None, ctf: str
         raise InputError("file not found", path)
     suffix = path.suffix.lower()
     notes: list[str] = []
-    ctf_rows = rots = trans_px = uid = optics = names = None
-    apix_meta: np.ndarray | float | None = None
 
     if suffix == ".star":
-        table = read_star(path)
-        if len(table) == 0:
-            raise InputError("the STAR file lists 0 particles", path)
-        frames, files = parse_image_names(table)
-        images = _stack_from_refs(path, files, frames, datadir, check_finite)
-        D = images.D
-        _check_box(images, require_even, path)
-        px, eff_px, tscale = _pixel_sizes(D, star_box_size(table), star_pixel_size(table), apix, len(table),
-                                          path, notes)
-        if eff_px is None and images.apix is not None:
-            eff_px = np.full(len(table), images.apix)
-            px = eff_px * tscale
-            notes.append("pixel size taken from the MRC header (none in the STAR)")
-        if table.has("rlnDefocusU"):
-            if eff_px is None:
-                raise InputError("the STAR has CTF values but no pixel size, and the image header says 0: give "
-                                 "the pixel size (--apix)", path)
-            ctf_rows = parse_ctf_star(table, D=D, apix=eff_px, w=w, kv=kv, cs=cs)
-        rot = star_rotations(table)
-        if rot is not None:
-            rots = rot.astype(np.float32)
-            t = star_translations_px(table, px)
-            if t is None:
-                notes.append("no origin columns in the STAR: translations set to 0")
-                t = np.zeros((len(table), 2))
-            trans_px = (t * tscale).astype(np.float32)
-        if table.has(OPTICS_KEY):
-            optics = table.column(OPTICS_KEY).astype(np.int64)
-        names = table.particles["rlnImageName"].astype(str).to_numpy()
-        apix_meta = eff_px
+        meta = _load_star(path, datadir, apix, w, kv, cs, require_even, check_finite, notes)
     elif suffix == ".cs":
-        arr = read_cs(path)
-        frames, files = cs_image_refs(arr)
-        images = _stack_from_refs(path, files, frames, datadir, check_finite)
-        D = images.D
-        _check_box(images, require_even, path)
-        px_cs = arr["blob/psize_A"].astype(np.float64) if "blob/psize_A" in arr.dtype.names else None
-        _, eff_px, tscale = _pixel_sizes(D, cs_box_size(arr), px_cs, apix, len(arr), path, notes)
-        if cs_has_ctf(arr):
-            ctf_rows = parse_ctf_cs(arr)
-            ctf_rows[:, 0] = D
-            if eff_px is None:
-                raise InputError("no pixel size (blob/psize_A) in the .cs: give the pixel size (--apix)", path)
-            ctf_rows[:, 1] = eff_px
-            for col, val in ((5, kv), (6, cs), (7, w)):
-                if val is not None:
-                    ctf_rows[:, col] = val
-        if cs_has_poses(arr):
-            r, t = cs_poses_px(arr, path)
-            rots = r.astype(np.float32)
-            trans_px = (t * tscale).astype(np.float32)
-        elif "alignments2D/pose" in arr.dtype.names:
-            notes.append("only 2D classification alignments in the .cs: no 3D poses")
-        uid = arr["uid"].astype(np.uint64) if "uid" in arr.dtype.names else None
-        if "ctf/exp_group_id" in arr.dtype.names:
-            optics = arr["ctf/exp_group_id"].astype(np.int64)
-        names = np.array([f"{f + 1}@{p}" for f, p in zip(frames, files)], dtype=object)
-        apix_meta = eff_px
+        meta = _load_cs(path, datadir, apix, w, kv, cs, require_even, check_finite, notes)
     elif suffix == ".txt":
         images = ImageStack.from_files(_read_txt_list(path, datadir), check_finite=check_finite)
         _check_box(images, require_even, path)
-        apix_meta = apix
+        meta = _Metadata(images=images, apix_meta=apix)
     elif suffix in STACK_SUFFIXES:
         images = ImageStack.from_files([path], check_finite=check_finite)
         _check_box(images, require_even, path)
-        apix_meta = apix
+        meta = _Metadata(images=images, apix_meta=apix)
     else:
         raise InputError(f"unknown particle file type {suffix!r} (expected .mrcs, .mrc, .txt, .star or .cs)", path)
 
-    N, D = len(images), images.D
+    N = len(meta.images)
     if N == 0:
         raise InputError("no particle images", path)
 
-    _check_metadata_values(ctf_rows, rots, trans_px, path)
+    _check_metadata_values(meta.ctf, meta.rots, meta.trans_px, path)
     if ctf is not None:
-        c = read_ctf_pkl(ctf)
-        _check_metadata_values(c, None, None, Path(ctf))
-        if len(c) != N:
-            raise InputError(f"the CTF pickle has {len(c)} rows but {path.name} has {N} particles", ctf)
-        c_px, _ = _rescale(D, c[:, 0].astype(np.int64), c[:, 1].astype(np.float64), Path(ctf), notes)
-        c = c.copy()
-        c[:, 0] = D
-        c[:, 1] = c_px if apix is None else apix
-        ctf_rows = c
-        apix_meta = c[:, 1].astype(np.float64)
+        _apply_ctf_pkl(meta, ctf, path, apix, notes)
     if poses is not None:
-        r, t = read_pose_pkl(poses)
-        _check_metadata_values(None, r, t, Path(poses))
-        if len(r) != N:
-            raise InputError(f"the pose pickle has {len(r)} poses but {path.name} has {N} particles", poses)
-        rots = r.astype(np.float32)
-        if t is not None:
-            trans_px = (np.asarray(t, np.float64) * D).astype(np.float32)
-        elif trans_px is None:
-            notes.append("the pose pickle has no translations: set to 0")
-            trans_px = np.zeros((N, 2), np.float32)
-
-    apix_final = _common_apix(apix_meta, path, notes)
-    hdr = images.apix
-    if apix_final is None:
-        apix_final = hdr
-        if hdr is None:
-            msg = "no pixel size: the MRC header says 0 and the metadata gives none; supply it (--apix)"
-            log.warning("%s: %s", path, msg)
-            notes.append(msg)
-    elif hdr is None:
-        given = "the apix argument" if apix is not None else "the metadata"
-        msg = f"voxel size is 0 in the MRC header; using {apix_final:g} A from {given}"
-        log.info("%s: %s", path, msg)
-        notes.append(msg)
-    elif abs(hdr - apix_final) > 1e-3 * apix_final and apix is None:
-        msg = f"MRC header pixel size {hdr:g} A differs from the metadata's {apix_final:g} A; using the metadata"
-        log.info("%s: %s", path, msg)
-        notes.append(msg)
-
-    return ParticleSet(images=images, ctf=ctf_rows, rots=rots, trans_px=trans_px, apix=apix_final,
-                       index=np.arange(N, dtype=np.int64), uid=uid, optics_group=optics, source=path,
-                       image_names=names, notes=notes)
+        _apply_pose_pkl(meta, poses, path, notes)
+    apix_final = _final_apix(meta.apix_meta, meta.images.apix, apix, path, notes)
+    return ParticleSet(images=meta.images, ctf=meta.ctf, rots=meta.rots, trans_px=meta.trans_px, apix=apix_final,
+                       index=np.arange(N, dtype=np.int64), uid=meta.uid, optics_group=meta.optics, source=path,
+                       image_names=meta.names, notes=notes)
 
 
 def _check_metadata_values(ctf: np.ndarray | None, rots: np.ndarray | None, trans: np.ndarray | None,

@@ -314,6 +314,45 @@ def parse_image_names(table: StarTable) -> tuple[np.ndarray, np.ndarray]:
     return frames, files
 
 
+def _image_name_list(image_names) -> list[str]:
+    """`k@file` names (k 1-based) from a sequence of names, or from a tuple `(stack_file, N)`."""
+    if isinstance(image_names, tuple) and len(image_names) == 2 and isinstance(image_names[1], (int, np.integer)):
+        stack, n = image_names
+        image_names = [f"{k}@{stack}" for k in range(1, int(n) + 1)]
+    return [str(s) for s in image_names]
+
+
+def _ctf_columns(ctf: np.ndarray | None, n: int, parts: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Add the defocus (A), astigmatism angle and phase shift (degrees) columns of cryoDRGN CTF rows (n, 9) to
+    ``parts``; returns the optics groups: the distinct (kV, Cs, w) triples (G, 3) and each particle's 1-based group
+    (one default group 300 kV, 2.7 mm, 0.1 without a CTF)."""
+    if ctf is None:
+        return np.array([[300.0, 2.7, 0.1]]), np.ones(n, dtype=np.int64)
+    ctf = np.asarray(ctf, dtype=np.float64)
+    if ctf.shape != (n, 9):
+        raise ValueError(f"write_particles_star: ctf must be ({n}, 9), got {ctf.shape}")
+    parts["rlnDefocusU"] = ctf[:, 2]
+    parts["rlnDefocusV"] = ctf[:, 3]
+    parts["rlnDefocusAngle"] = ctf[:, 4]
+    parts["rlnPhaseShift"] = ctf[:, 8]
+    triples = np.round(ctf[:, 5:8], 6)
+    uniq, group = np.unique(triples, axis=0, return_inverse=True)
+    return uniq, np.asarray(group).reshape(-1) + 1
+
+
+def _optics_table(uniq: np.ndarray, apix: float, D: int) -> pd.DataFrame:
+    """The data_optics table: one group per (kV, Cs, w) row of ``uniq``, images of D px at ``apix`` A."""
+    return pd.DataFrame({
+        OPTICS_KEY: np.arange(1, len(uniq) + 1, dtype=np.int64),
+        "rlnOpticsGroupName": [f"opticsGroup{i}" for i in range(1, len(uniq) + 1)],
+        "rlnVoltage": uniq[:, 0], "rlnSphericalAberration": uniq[:, 1], "rlnAmplitudeContrast": uniq[:, 2],
+        "rlnImagePixelSize": np.full(len(uniq), float(apix)),
+        "rlnImageSize": np.full(len(uniq), int(D), dtype=np.int64),
+        "rlnImageDimensionality": np.full(len(uniq), 2, dtype=np.int64),
+        "rlnCtfDataAreCtfPremultiplied": np.zeros(len(uniq), dtype=np.int64),
+    })
+
+
 def write_particles_star(path: str | Path, image_names, ctf: np.ndarray | None, rot: np.ndarray | None,
                          trans_px: np.ndarray | None, apix: float, D: int,
                          extra_columns: dict | None = None) -> None:
@@ -326,25 +365,10 @@ def write_particles_star(path: str | Path, image_names, ctf: np.ndarray | None, 
     (a leading 'rln'/'_rln' is kept as given).
     """
     path = Path(path)
-    if isinstance(image_names, tuple) and len(image_names) == 2 and isinstance(image_names[1], (int, np.integer)):
-        stack, n = image_names
-        image_names = [f"{k}@{stack}" for k in range(1, int(n) + 1)]
-    names = [str(s) for s in image_names]
+    names = _image_name_list(image_names)
     n = len(names)
     parts: dict[str, np.ndarray | list] = {"rlnImageName": names}
-    if ctf is not None:
-        ctf = np.asarray(ctf, dtype=np.float64)
-        if ctf.shape != (n, 9):
-            raise ValueError(f"write_particles_star: ctf must be ({n}, 9), got {ctf.shape}")
-        parts["rlnDefocusU"] = ctf[:, 2]
-        parts["rlnDefocusV"] = ctf[:, 3]
-        parts["rlnDefocusAngle"] = ctf[:, 4]
-        parts["rlnPhaseShift"] = ctf[:, 8]
-        triples = np.round(ctf[:, 5:8], 6)
-        uniq, group = np.unique(triples, axis=0, return_inverse=True)
-        group = np.asarray(group).reshape(-1) + 1
-    else:
-        uniq, group = np.array([[300.0, 2.7, 0.1]]), np.ones(n, dtype=np.int64)
+    uniq, group = _ctf_columns(ctf, n, parts)
     if rot is not None:
         rot = np.asarray(rot)
         if rot.shape != (n, 3, 3):
@@ -363,15 +387,7 @@ def write_particles_star(path: str | Path, image_names, ctf: np.ndarray | None, 
         if len(values) != n:
             raise ValueError(f"write_particles_star: column {name} has {len(values)} values, expected {n}")
         parts[name.lstrip("_")] = values
-    optics = pd.DataFrame({
-        OPTICS_KEY: np.arange(1, len(uniq) + 1, dtype=np.int64),
-        "rlnOpticsGroupName": [f"opticsGroup{i}" for i in range(1, len(uniq) + 1)],
-        "rlnVoltage": uniq[:, 0], "rlnSphericalAberration": uniq[:, 1], "rlnAmplitudeContrast": uniq[:, 2],
-        "rlnImagePixelSize": np.full(len(uniq), float(apix)),
-        "rlnImageSize": np.full(len(uniq), int(D), dtype=np.int64),
-        "rlnImageDimensionality": np.full(len(uniq), 2, dtype=np.int64),
-        "rlnCtfDataAreCtfPremultiplied": np.zeros(len(uniq), dtype=np.int64),
-    })
+    optics = _optics_table(uniq, apix, D)
     particles = pd.DataFrame(parts)
     with atomic_path(path) as tmp:
         starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
