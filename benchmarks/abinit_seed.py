@@ -78,35 +78,47 @@ def write_markdown(path: Path, out: dict) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0, help="simulation seed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", type=Path, default=None, help="existing simulate() output folder (else a temp dir)")
     ap.add_argument("--tag", default="abinit_seed")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    return ap.parse_args()
+
+
+def prepare_data(data: Path | None, n: int, seed: int) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """The simulate() folder to read: `data` if it already holds particles.mrcs, else simulated there (or in a new
+    temporary directory, returned so that the caller can clean it up)."""
     tmp = None
-    data = args.data
     if data is None or not (data / "particles.mrcs").exists():
         if data is None:
             tmp = tempfile.TemporaryDirectory()
             data = Path(tmp.name)
         t = time.time()
-        make_data(data, args.n, args.seed)
-        print(f"simulated {args.n} images in {time.time() - t:.0f} s")
-    images = read_mrc(data / "particles.mrcs")[0][:args.n]
-    ctf = read_ctf_pkl(data / "ctf.pkl")[:args.n]
-    gt_rot, gt_tf = read_pose_pkl(data / "poses.pkl")
-    gt_rot, gt_t = gt_rot[:args.n], gt_tf[:args.n] * images.shape[-1]
-    labels = np.load(data / "labels.npy")[:args.n]
-    gt_map = read_mrc(data / "gt_state_0.mrc")[0]
+        make_data(data, n, seed)
+        print(f"simulated {n} images in {time.time() - t:.0f} s")
+    return data, tmp
 
-    cfg = SeedConfig()
+
+def load_truth(data: Path, n: int) -> dict:
+    """The first n images and CTF rows with their ground truth: rotations, shifts in px (poses.pkl stores them as
+    fractions of the box), state labels and state 0's map."""
+    images = read_mrc(data / "particles.mrcs")[0][:n]
+    gt_rot, gt_tf = read_pose_pkl(data / "poses.pkl")
+    return {"images": images, "ctf": read_ctf_pkl(data / "ctf.pkl")[:n], "rot": gt_rot[:n],
+            "trans_px": gt_tf[:n] * images.shape[-1], "labels": np.load(data / "labels.npy")[:n],
+            "map": read_mrc(data / "gt_state_0.mrc")[0]}
+
+
+def run_seed(gt: dict, cfg: SeedConfig) -> tuple[object, list[dict], float]:
+    """Run iter_seed_abinit, printing one line per event; every event with poses adds a convergence point (view
+    error in deg after alignment, the hand, and the state confusion when states are given). Returns (the seed's
+    result, the curve, wall seconds)."""
     curve = []
     t0 = time.time()
-    gen = iter_seed_abinit(images, ctf, cfg)
+    gen = iter_seed_abinit(gt["images"], gt["ctf"], cfg)
     while True:
         try:
             e = next(gen)
@@ -115,18 +127,24 @@ def main() -> None:
             break
         line = f"{e.elapsed_s:7.1f}s {e.stage:7s} {e.step}/{e.total} {e.message}"
         if e.rot is not None:
-            er = metrics.rotation_errors(e.rot, gt_rot)
+            er = metrics.rotation_errors(e.rot, gt["rot"])
             pt = {"stage": e.stage, "step": e.step, "elapsed_s": e.elapsed_s,
                   "view_median_deg": er["rot_view_median_deg"], "hand": er["alignment"]["hand"]}
             if e.state is not None:
-                pt["confusion"] = confusion(np.asarray(e.state), labels)
+                pt["confusion"] = confusion(np.asarray(e.state), gt["labels"])
             curve.append(pt)
             line += f" | view {er['rot_view_median_deg']:.2f} deg ({er['alignment']['hand']})"
             if "confusion" in pt:
                 line += f" confusion {pt['confusion']:.4f}"
         print(line, flush=True)
-    wall = time.time() - t0
+    return res, curve, time.time() - t0
 
+
+def score(res, gt: dict, args: argparse.Namespace, wall: float, curve: list[dict]) -> dict:
+    """The results dict: data and machine, the seed's config, wall seconds, rotation errors (deg) and the hand,
+    translation errors (px, raw and after the global correction), state confusion and sizes, and the FSC (px) of the
+    consensus map (density sign applied) against state 0 aligned in the found hand."""
+    images, gt_rot, gt_t = gt["images"], gt["rot"], gt["trans_px"]
     rot_err = metrics.rotation_errors(res.rot, gt_rot)
     al = metrics.align_rotations(res.rot, gt_rot)
     out = {
@@ -144,17 +162,30 @@ def main() -> None:
         "curve": curve,
     }
     if res.state is not None:
-        out["confusion"] = confusion(res.state, labels)
-        out["confusion_threshold_score"] = metrics.confusion_by_thresholds(res.state_score, labels)["confusion"]
+        out["confusion"] = confusion(res.state, gt["labels"])
+        out["confusion_threshold_score"] = metrics.confusion_by_thresholds(res.state_score, gt["labels"])["confusion"]
         out["state_sizes"] = np.bincount(res.state, minlength=2).tolist()
     vol = res.volume * (res.history.get("density_sign") or 1)
-    aligned = metrics.align_volume_to_gt(vol, al, gt=gt_map)
-    out["fsc_consensus_vs_state0"] = metrics.fsc_report(aligned, gt_map)
+    aligned = metrics.align_volume_to_gt(vol, al, gt=gt["map"])
+    out["fsc_consensus_vs_state0"] = metrics.fsc_report(aligned, gt["map"])
+    return out
+
+
+def write_json(path: Path, out: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    data, tmp = prepare_data(args.data, args.n, args.seed)
+    gt = load_truth(data, args.n)
+    res, curve, wall = run_seed(gt, SeedConfig())
+    out = score(res, gt, args, wall, curve)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    jpath = RESULTS / f"{args.tag}.json"
-    tmpj = jpath.with_suffix(".json.tmp")
-    tmpj.write_text(json.dumps(out, indent=1, default=float))
-    os.replace(tmpj, jpath)
+    write_json(RESULTS / f"{args.tag}.json", out)
     write_markdown(RESULTS / f"{args.tag}.md", out)
     print(json.dumps({k: out.get(k) for k in ("wall_s", "rotation", "confusion", "translation")}, indent=1,
                      default=float))

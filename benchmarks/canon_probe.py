@@ -25,20 +25,12 @@ from workdir import Workdir, train_rows
 REAL_ROWS, SYNTH_ROWS = 32, 16
 
 
-def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> dict:
-    import torch
-
-    from cryofire_app.analysis import metrics
-    from cryofire_app.io import read_pose_pkl
+def stage2_encoder(D: int, dirs: int):
+    """A fresh encoder with the seeded schedule's settings and a grid head over `dirs` view directions x 4 in-plane
+    angles, its neighbourhood 2 view spacings (chord length); returns (encoder, its settings, the TrainConfig)."""
     from cryofire_app.model.encoder import Encoder
-    from cryofire_app.model.view import canonical_angle, canonicalise, jitter_pose
-    from cryofire_app.physics.inplane import rotate_poses
     from cryofire_app.training.config import TrainConfig
 
-    torch.manual_seed(0)
-    wd = Workdir(workdir)
-    D = wd.D
-    train, test = wd.data("train_data"), wd.data("test_data")
     cfg = TrainConfig.of(particles="", outdir="", schedule="seeded")
     ekw = {k: v for k, v in vars(cfg.encoder).items() if v is not None}
     ekw.update(rot_head="grid", grid_dirs=dirs, grid_psi=4)
@@ -46,33 +38,55 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
     enc = Encoder(D, zdim=0, **{k: v for k, v in ekw.items() if k in Encoder.__init__.__code__.co_varnames})
     spacing = math.sqrt(4 * math.pi / dirs)
     enc.neighbourhood = 2 * math.sqrt(2) * math.sin(spacing)    # 2 view spacings; the in-plane grid is only a frame
-    renderer = wd.renderer(train).limit_band(enc.box)
-    pr = wd.pose_rows(train, test)
-    pos, rot_s, trans_s, y_train, y_test, gt = (pr[k] for k in ("pos", "rot", "trans", "y_train", "y_test", "gt"))
+    return enc, ekw, cfg
+
+
+def stage1_poses(workdir: Path, D: int):
+    """Stage 1's held-out poses from pred_test/pose.pkl: rotations (float tensor) and shifts in px."""
+    import torch
+
+    from cryofire_app.io import read_pose_pkl
+
     r1, t1 = read_pose_pkl(str(workdir / "pred_test" / "pose.pkl"))
-    r1, t1 = torch.as_tensor(r1).float(), torch.as_tensor(t1).float() * D
-    stage1 = metrics.rotation_errors(r1.double().numpy(), gt)
-    a1 = canonical_angle(r1)
-    x1 = canonicalise(y_test, a1, t1)
-    gen = torch.Generator().manual_seed(3)
-    n_params = sum(p.numel() for p in enc.parameters())
-    print(f"stage 2: {ekw}, {n_params:,} parameters; stage 1 held-out view median {stage1['rot_view_median_deg']:.2f}"
-          f" deg (in-plane {stage1['rot_inplane_median_deg']:.2f})", flush=True)
+    return torch.as_tensor(r1).float(), torch.as_tensor(t1).float() * D
+
+
+def make_evaluate(enc, x1, a1, gt, n_test: int):
+    """evaluate(seen, elapsed s) for train_rows: stage 2 on the canonicalised held-out images x1, its poses turned
+    back by stage 1's in-plane angles a1, scored against gt (deg); prints and returns one table row."""
+    import torch
+
+    from cryofire_app.analysis import metrics
+    from cryofire_app.physics.inplane import rotate_poses
 
     def evaluate(seen: int, elapsed: float) -> dict:
         enc.eval()
         out = []
         with torch.inference_mode():
-            for i in range(0, test.N, 250):
+            for i in range(0, n_test, 250):
                 out.append(enc(x1[i:i + 250])["rot"])
         enc.train()
-        r2 = rotate_poses(torch.cat(out), torch.zeros(test.N, 2), a1, inverse=True)[0]
+        r2 = rotate_poses(torch.cat(out), torch.zeros(n_test, 2), a1, inverse=True)[0]
         e = metrics.rotation_errors(r2.double().numpy(), gt)
         row = {"rows": seen, "train_s": round(elapsed, 1), "view_median": e["rot_view_median_deg"],
                "view_mean": e["rot_view_mean_deg"], "inplane_median": e["rot_inplane_median_deg"]}
         print(f"@{seen:,} rows ({elapsed:.0f} s): held-out view {row['view_median']:.2f} deg (mean "
               f"{row['view_mean']:.2f}), in-plane {row['inplane_median']:.2f}", flush=True)
         return row
+
+    return evaluate
+
+
+def make_loss(enc, renderer, pr: dict, gen, jdeg: float, jpx: float):
+    """loss_at(width) for train_rows: the grid loss of one step of REAL_ROWS training images (targets: the seed's
+    poses, pr) and SYNTH_ROWS rendered ones, each canonicalised at its pose jittered by jdeg (deg) / jpx (px) per
+    axis, the target turned into that canonical frame."""
+    import torch
+
+    from cryofire_app.model.view import canonical_angle, canonicalise, jitter_pose
+    from cryofire_app.physics.inplane import rotate_poses
+
+    pos, rot_s, trans_s, y_train = (pr[k] for k in ("pos", "rot", "trans", "y_train"))
 
     def loss_at(width: float):
         with torch.no_grad():
@@ -87,6 +101,34 @@ def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> d
             target = rotate_poses(r, t, a)[0]
         return enc.grid_loss(enc(x)["rot_logits"], target, width).mean()
 
+    return loss_at
+
+
+def run_probe(workdir: Path, rows: int, dirs: int, jdeg: float, jpx: float) -> dict:
+    """Train stage 2 for `rows` pose rows on `workdir`, scoring it on the held-out images as it goes; returns the
+    settings, stage 1's held-out errors (deg) and the table of stage 2's."""
+    import torch
+
+    from cryofire_app.analysis import metrics
+    from cryofire_app.model.view import canonical_angle, canonicalise
+
+    torch.manual_seed(0)
+    wd = Workdir(workdir)
+    D = wd.D
+    train, test = wd.data("train_data"), wd.data("test_data")
+    enc, ekw, cfg = stage2_encoder(D, dirs)
+    renderer = wd.renderer(train).limit_band(enc.box)
+    pr = wd.pose_rows(train, test)
+    r1, t1 = stage1_poses(workdir, D)
+    stage1 = metrics.rotation_errors(r1.double().numpy(), pr["gt"])
+    a1 = canonical_angle(r1)
+    x1 = canonicalise(pr["y_test"], a1, t1)
+    gen = torch.Generator().manual_seed(3)
+    n_params = sum(p.numel() for p in enc.parameters())
+    print(f"stage 2: {ekw}, {n_params:,} parameters; stage 1 held-out view median {stage1['rot_view_median_deg']:.2f}"
+          f" deg (in-plane {stage1['rot_inplane_median_deg']:.2f})", flush=True)
+    loss_at = make_loss(enc, renderer, pr, gen, jdeg, jpx)
+    evaluate = make_evaluate(enc, x1, a1, pr["gt"], test.N)
     table = train_rows(enc.parameters(), cfg, rows, REAL_ROWS + SYNTH_ROWS, loss_at, evaluate, (0.25, 0.5, 0.75, 0.9))
     return {"dirs": dirs, "jitter_deg": jdeg, "jitter_px": jpx, "parameters": n_params,
             "stage1": {k: v for k, v in stage1.items() if k != "alignment"}, "rows": table}

@@ -685,22 +685,24 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_results(res: dict, stem: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    jp, mp = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
-    atomic_write(jp, json.dumps(res, indent=1, default=float) + "\n")
-    rows = summary_rows(res)
-    a = res["args"]
-    lines = [f"# cryoDRGN 4.3.1 vs cryofire, side by side ({res['date']}, {res['host']})", "",
-             f"Data: `cryofire simulate` ({a['n']} images, box {a['box']}, SNR 0.1, two hinge states 90/10, CTF, "
-             "shifts <= 4 px, seed 0), the same files for both. Produced by `benchmarks/cryodrgn_compare.py`.", "",
-             f"Machine: {res['machine']['cpu_count']} CPU cores, {res['machine']['threads']} threads per process, "
-             f"**shared with other developers' jobs** (load average {res['machine']['load_before']} before, "
-             f"{res['machine'].get('load_after', '-')} after): absolute times are inflated, the ratios come from one "
-             "run under the same load.", "", *table_markdown(rows), "",
-             "For reference, issue 6 quotes for cryoDRGN 4.3.1 on an (unloaded) machine of this kind: pose search "
-             "~7.7 s/image, ~0.07-0.1 s/image in its other phases, 8.9 GB peak, ~36 h for the default `abinit` "
-             "schedule; `train_vae` 0.24 s/image (0.026 s 256-wide).", ""]
+def _header_lines(res: dict) -> list[str]:
+    """Title, data and machine lines, the comparison table and the issue's unloaded reference numbers."""
+    a, m = res["args"], res["machine"]
+    return [f"# cryoDRGN 4.3.1 vs cryofire, side by side ({res['date']}, {res['host']})", "",
+            f"Data: `cryofire simulate` ({a['n']} images, box {a['box']}, SNR 0.1, two hinge states 90/10, CTF, "
+            "shifts <= 4 px, seed 0), the same files for both. Produced by `benchmarks/cryodrgn_compare.py`.", "",
+            f"Machine: {m['cpu_count']} CPU cores, {m['threads']} threads per process, "
+            f"**shared with other developers' jobs** (load average {m['load_before']} before, "
+            f"{m.get('load_after', '-')} after): absolute times are inflated, the ratios come from one "
+            "run under the same load.", "", *table_markdown(summary_rows(res)), "",
+            "For reference, issue 6 quotes for cryoDRGN 4.3.1 on an (unloaded) machine of this kind: pose search "
+            "~7.7 s/image, ~0.07-0.1 s/image in its other phases, 8.9 GB peak, ~36 h for the default `abinit` "
+            "schedule; `train_vae` 0.24 s/image (0.026 s 256-wide).", ""]
+
+
+def _code_and_estimate_lines(res: dict) -> list[str]:
+    """The cryofire commit measured and the load-corrected s/image estimates (each paragraph only if known)."""
+    lines = []
     code = res.get("code") or {}
     if code:
         lines += [f"cryofire code measured: commit {code.get('commit', '?')[:12]} (exported, "
@@ -710,57 +712,84 @@ def write_results(res: dict, stem: str) -> tuple[Path, Path]:
     if est:
         lines += ["Load-corrected estimates (s/image x cores the process got / threads; idle 2 cores): "
                   + "; ".join(est) + ".", ""]
+    return lines
+
+
+def _cryodrgn_lines(res: dict) -> list[str]:
+    """What cryoDRGN's bounded runs were and its projected full schedules (hours); empty without cryoDRGN runs."""
     c = res.get("cryodrgn") or {}
-    if c:
-        pr = c["abinit_projection"]
-        lines += ["cryoDRGN runs (bounded): "
-                  f"`abinit` default pose search on {c['abinit_hps']['images']} images (one HPS epoch, "
-                  f"{_epoch(c['abinit_hps'], 1):.0f} s, no pretraining); `abinit` pretraining and "
-                  f"one SGD epoch on {c['abinit_sgd']['images']} images (`--epochs-pose-search 0`: straight to SGD; "
-                  f"steady s/image from its progress lines, per-epoch start-up o_pretrain "
-                  f"{c['abinit_sgd']['o_pretrain_s']:.0f} s, o_sgd {c['abinit_sgd']['o_sgd_s']:.0f} s); "
-                  f"`train_vae` one epoch on "
-                  f"{c['train_vae_1024']['images']} images with the true poses.", "",
-                  f"Projected cryoDRGN `abinit` default schedule on {a['n']} images: "
-                  f"{pr['total_s'] / 3600:.1f} h = {pr['formula']} "
-                  f"(pretrain {pr['pretrain_s'] / 3600:.2f} h, pose search {pr['pose_search_s'] / 3600:.1f} h, "
-                  f"SGD {pr['sgd_s'] / 3600:.1f} h). `train_vae` (poses known, not ab initio) 20 epochs: "
-                  f"{c['train_vae_1024']['projection_total_s'] / 3600:.1f} h (1024-wide), "
-                  f"{c['train_vae_256']['projection_total_s'] / 3600:.2f} h (256-wide).", ""]
+    if not c:
+        return []
+    n, pr = res["args"]["n"], c["abinit_projection"]
+    return ["cryoDRGN runs (bounded): "
+            f"`abinit` default pose search on {c['abinit_hps']['images']} images (one HPS epoch, "
+            f"{_epoch(c['abinit_hps'], 1):.0f} s, no pretraining); `abinit` pretraining and "
+            f"one SGD epoch on {c['abinit_sgd']['images']} images (`--epochs-pose-search 0`: straight to SGD; "
+            f"steady s/image from its progress lines, per-epoch start-up o_pretrain "
+            f"{c['abinit_sgd']['o_pretrain_s']:.0f} s, o_sgd {c['abinit_sgd']['o_sgd_s']:.0f} s); "
+            f"`train_vae` one epoch on "
+            f"{c['train_vae_1024']['images']} images with the true poses.", "",
+            f"Projected cryoDRGN `abinit` default schedule on {n} images: "
+            f"{pr['total_s'] / 3600:.1f} h = {pr['formula']} "
+            f"(pretrain {pr['pretrain_s'] / 3600:.2f} h, pose search {pr['pose_search_s'] / 3600:.1f} h, "
+            f"SGD {pr['sgd_s'] / 3600:.1f} h). `train_vae` (poses known, not ab initio) 20 epochs: "
+            f"{c['train_vae_1024']['projection_total_s'] / 3600:.1f} h (1024-wide), "
+            f"{c['train_vae_256']['projection_total_s'] / 3600:.2f} h (256-wide).", ""]
+
+
+def _ours_lines(res: dict) -> list[str]:
+    """cryofire's measured phase costs (s/image), projected schedule (min) and accuracy (deg, px); empty without
+    a projection."""
     o = res.get("ours") or {}
-    if o.get("projection"):
-        p = o["projection"]
-        ph = o["train"]["phases"]
-        lines += [f"cryofire `train` (default seeded schedule, mode `{o['mode']}`): seed {p['seed_s']:.0f} s, "
-                  f"distill {_fmt(ph.get('distill', {}).get('s_per_image'))} s/image, joint "
-                  f"{_fmt(ph.get('joint', {}).get('s_per_image'))} s/image, final pass + start-up "
-                  f"{p['final_pass_s']:.0f} s; projected default schedule ({p['images_total']:.0f} training images):"
-                  f" {p['total_s'] / 60:.1f} min = {p['formula']}."
-                  + (f" Measured to completion: {p['measured_total_s'] / 60:.1f} min." if "measured_total_s" in p
-                     else ""), ""]
-        ev = o.get("eval") or {}
-        se = o.get("seed_eval") or {}
-        lines += [f"Accuracy (cryofire, `cryofire eval`, all {a['n']} images, mode `{o['mode']}`): final encoder poses "
-                  f"{_fmt(ev.get('rot_view_median_deg'))} deg median view error, translation median "
-                  f"{_fmt(ev.get('trans_median_px'))} px, confusion {_fmt(ev.get('confusion'))}, FSC 0.143 "
-                  f"major/minor {_fmt(ev.get('res_major_0.143_px'))} / {_fmt(ev.get('res_minor_0.143_px'))} px; "
-                  f"the seed's own poses "
-                  f"{_fmt(se.get('rot_view_median_deg'))} deg"
-                  + (" (after the short run's 3,000 training images the encoder has not learned the seed's poses "
-                     "yet: the encoder's numbers need `--ours full`)" if o["mode"] == "short" else "")
-                  + ". cryoDRGN's accuracy is not measured: its bounded runs stop after one pose-search epoch on "
-                  "16 images, far from an answer.", ""]
-    lines += ["Processes (wall time, CPU time of the process tree, average cores it got, peak memory):", "",
-              "| process | wall (s) | CPU (s) | cores used | 5-min load at its end |"
-              " peak RSS tree / largest process (MB) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    if not o.get("projection"):
+        return []
+    p, ph = o["projection"], o["train"]["phases"]
+    ev, se = o.get("eval") or {}, o.get("seed_eval") or {}
+    return [f"cryofire `train` (default seeded schedule, mode `{o['mode']}`): seed {p['seed_s']:.0f} s, "
+            f"distill {_fmt(ph.get('distill', {}).get('s_per_image'))} s/image, joint "
+            f"{_fmt(ph.get('joint', {}).get('s_per_image'))} s/image, final pass + start-up "
+            f"{p['final_pass_s']:.0f} s; projected default schedule ({p['images_total']:.0f} training images):"
+            f" {p['total_s'] / 60:.1f} min = {p['formula']}."
+            + (f" Measured to completion: {p['measured_total_s'] / 60:.1f} min." if "measured_total_s" in p
+               else ""), "",
+            f"Accuracy (cryofire, `cryofire eval`, all {res['args']['n']} images, mode `{o['mode']}`): final encoder "
+            f"poses {_fmt(ev.get('rot_view_median_deg'))} deg median view error, translation median "
+            f"{_fmt(ev.get('trans_median_px'))} px, confusion {_fmt(ev.get('confusion'))}, FSC 0.143 "
+            f"major/minor {_fmt(ev.get('res_major_0.143_px'))} / {_fmt(ev.get('res_minor_0.143_px'))} px; "
+            f"the seed's own poses "
+            f"{_fmt(se.get('rot_view_median_deg'))} deg"
+            + (" (after the short run's 3,000 training images the encoder has not learned the seed's poses "
+               "yet: the encoder's numbers need `--ours full`)" if o["mode"] == "short" else "")
+            + ". cryoDRGN's accuracy is not measured: its bounded runs stop after one pose-search epoch on "
+            "16 images, far from an answer.", ""]
+
+
+def _process_lines(res: dict) -> list[str]:
+    """Table of every measured process (wall and CPU s, cores used, load, peak RSS in MB), then the notes."""
+    lines = ["Processes (wall time, CPU time of the process tree, average cores it got, peak memory):", "",
+             "| process | wall (s) | CPU (s) | cores used | 5-min load at its end |"
+             " peak RSS tree / largest process (MB) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, m in _processes(res):
         lines.append(f"| {name} | {m['wall_s']:.0f} | {m.get('cpu_s', math.nan):.0f} | "
                      f"{m.get('extra', {}).get('cores_used', math.nan):.2f} | "
                      f"{m.get('extra', {}).get('load_at_end', '-')} | "
                      f"{m['tree_peak_rss_mb']:.0f} / {m['ru_maxrss_mb']:.0f} |")
-    lines += ["", "Notes:", *[f"- {n}" for n in res.get("notes", []) if n], ""]
-    atomic_write(mp, "\n".join(lines))
+    return lines + ["", "Notes:", *[f"- {n}" for n in res.get("notes", []) if n], ""]
+
+
+def results_markdown(res: dict) -> str:
+    """The .md report of a results dict (as written to / read back from the JSON)."""
+    return "\n".join(_header_lines(res) + _code_and_estimate_lines(res) + _cryodrgn_lines(res) + _ours_lines(res)
+                     + _process_lines(res))
+
+
+def write_results(res: dict, stem: str) -> tuple[Path, Path]:
+    """Write results/<stem>.json (res as is) and results/<stem>.md (its report); returns both paths."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    jp, mp = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
+    atomic_write(jp, json.dumps(res, indent=1, default=float) + "\n")
+    atomic_write(mp, results_markdown(res))
     return jp, mp
 
 
@@ -782,40 +811,41 @@ def standard_notes(threads: int, cpu_count: int | None, total_wall_s: float | No
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    a = parse_args(argv)
-    if a.report_only is not None:
-        res = json.loads(a.report_only.read_text())
-        c = res.get("cryodrgn") or {}
-        if "abinit_sgd" in c and Path(c["abinit_sgd"]["log"]).exists():
-            # re-derive the pretrain/SGD costs from the kept stdout log (same function as a live run)
-            c["abinit_sgd"] = sgd_record({k: v for k, v in c["abinit_sgd"].items() if k in Measured.__annotations__},
-                                         c["abinit_sgd"]["images"])
-            c["abinit_projection"] = abinit_projection(res["args"]["n"], c["abinit_hps"], c["abinit_sgd"])
-        res["notes"] = standard_notes(res["machine"]["threads"], res["machine"]["cpu_count"], res.get("total_wall_s"))
-        res["report_rewritten"] = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (--report-only)"
-        jp, mp = write_results(res, a.report_only.stem)
-        print("\n".join(table_markdown(summary_rows(res))))
-        print(f"rewrote {mp}")
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
-    env = child_env(a.threads)
-    work = a.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    data = work / "data"
+def rewrite_report(path: Path) -> None:
+    """--report-only: re-derive cryoDRGN's pretrain/SGD costs from the kept log (if it is still there), refresh the
+    notes, rewrite results/<path's stem>.json and .md and print the table; runs nothing."""
+    res = json.loads(path.read_text())
+    c = res.get("cryodrgn") or {}
+    if "abinit_sgd" in c and Path(c["abinit_sgd"]["log"]).exists():
+        # re-derive the pretrain/SGD costs from the kept stdout log (same function as a live run)
+        c["abinit_sgd"] = sgd_record({k: v for k, v in c["abinit_sgd"].items() if k in Measured.__annotations__},
+                                     c["abinit_sgd"]["images"])
+        c["abinit_projection"] = abinit_projection(res["args"]["n"], c["abinit_hps"], c["abinit_sgd"])
+    res["notes"] = standard_notes(res["machine"]["threads"], res["machine"]["cpu_count"], res.get("total_wall_s"))
+    res["report_rewritten"] = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (--report-only)"
+    jp, mp = write_results(res, path.stem)
+    print("\n".join(table_markdown(summary_rows(res))))
+    print(f"rewrote {mp}")
+
+
+def new_results(a: argparse.Namespace) -> tuple[dict, str]:
+    """The results dict before any run (UTC date, short host name, options, cores, threads, load average) and the
+    results file stem (--tag, else cryodrgn_compare-<date>-<host>)."""
     now = dt.datetime.now(dt.timezone.utc)
     host = socket.gethostname().split(".")[0] or "host"
     stem = a.tag or f"cryodrgn_compare-{now:%Y%m%d-%H%M}-{host}"
-    t_start = time.perf_counter()
     res: dict = {"date": f"{now:%Y-%m-%d %H:%M} UTC", "host": host, "args": {k: str(v) if isinstance(v, Path) else v
                                                                              for k, v in vars(a).items()},
                  "machine": {"cpu_count": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
                              "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg())},
                  "notes": []}
-    if not a.skip_cryodrgn:
-        print("[1] cryoDRGN venv", flush=True)
-        res["venv"] = ensure_venv(a.venv, a.skip_install, env, work / "logs", a.torch_spec)
-        print(f"    {res['venv']}", flush=True)
+    return res, stem
+
+
+def select_code(a: argparse.Namespace, res: dict, env: dict[str, str], work: Path) -> None:
+    """Choose the cryofire code the child processes run (--code head: HEAD exported under `work`, first on env's
+    PYTHONPATH and on sys.path; tree: this repo as installed), record it in res["code"] with where it is really
+    imported from, and fail if --code head is not what gets imported."""
     if a.code == "head":
         res["code"] = export_head(work)
         sys.path.insert(0, res["code"]["path"])
@@ -831,17 +861,42 @@ def main(argv: list[str] | None = None) -> None:
         raise RuntimeError(f"the exported code is not the one imported ({where}); PYTHONPATH is ignored here")
     res["code"]["imported_from"] = where
     print(f"    cryofire code: {res['code']['commit']} ({where})", flush=True)
+
+
+def cryodrgn_side(a: argparse.Namespace, res: dict, data: Path, work: Path, env: dict[str, str]) -> None:
+    """Step 3: check cryoDRGN's loaders read our files alike, run its bounded jobs (GPU hidden for --device cpu)
+    into res["cryodrgn"], and save the results so far to work/partial.json."""
+    py = a.venv / "bin" / "python"
+    res["loaders"] = check_cryodrgn_loaders(py, data, a.n, a.box, env)
+    print(f"    cryoDRGN loaders agree with ours: {res['loaders']}", flush=True)
+    print("[3] cryoDRGN (bounded runs)", flush=True)
+    # cryoDRGN takes a GPU whenever it sees one: hide it for --device cpu
+    cenv = dict(env, CUDA_VISIBLE_DEVICES="") if a.device == "cpu" else env
+    res["cryodrgn"] = cryodrgn_runs(a, py, data, work, cenv)
+    atomic_write(work / "partial.json", json.dumps(res, indent=1, default=float) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    if a.report_only is not None:
+        rewrite_report(a.report_only)
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    env = child_env(a.threads)
+    work = a.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    t_start = time.perf_counter()
+    res, stem = new_results(a)
+    if not a.skip_cryodrgn:
+        print("[1] cryoDRGN venv", flush=True)
+        res["venv"] = ensure_venv(a.venv, a.skip_install, env, work / "logs", a.torch_spec)
+        print(f"    {res['venv']}", flush=True)
+    select_code(a, res, env, work)
     print("[2] simulate", flush=True)
     res["data"] = simulate(data, a.n, a.box, a.sim_seed, env, work / "logs")
     if not a.skip_cryodrgn:
-        py = a.venv / "bin" / "python"
-        res["loaders"] = check_cryodrgn_loaders(py, data, a.n, a.box, env)
-        print(f"    cryoDRGN loaders agree with ours: {res['loaders']}", flush=True)
-        print("[3] cryoDRGN (bounded runs)", flush=True)
-        # cryoDRGN takes a GPU whenever it sees one: hide it for --device cpu
-        cenv = dict(env, CUDA_VISIBLE_DEVICES="") if a.device == "cpu" else env
-        res["cryodrgn"] = cryodrgn_runs(a, py, data, work, cenv)
-        atomic_write(work / "partial.json", json.dumps(res, indent=1, default=float) + "\n")
+        cryodrgn_side(a, res, data, work, env)
     print("[4] cryofire", flush=True)
     res["ours"] = ours_runs(a, data, work, env)
     res["machine"]["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())

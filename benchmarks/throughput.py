@@ -176,13 +176,68 @@ def components(tr, batch_pos, device: str, reps: int = 3) -> dict:
     return {k: 1e3 * float(np.median(v)) / n for k, v in parts.items()}
 
 
+def phase_config(preset: str, phase: str, radius: int, outdir: str, particles: str, ctf: str | None, batch: int,
+                 steps: int, device: str, threads: int, sym: bool, precision: str, compile_: bool):
+    """TrainConfig that trains in `phase` ("joint" or "pose_only") at a fixed mask radius (px) for long enough to
+    time `steps` steps after 3 warm-up steps, with checkpoints, latents, the contrast check and radius growth off."""
+    return preset_config(preset, particles=particles, ctf=ctf, outdir=outdir, zdim=8,
+                         batch_size=batch, num_images=batch * (steps + 3) * 4,
+                         pose_only_images=10 ** 12 if phase == "pose_only" else 0, freq_start=radius,
+                         freq_add_every=10 ** 12, freq_max=radius, checkpoint_every=10 ** 12,
+                         latents_every=10 ** 12, contrast_check_images=10 ** 12, device=device,
+                         num_threads=threads, sym_loss=sym, invert_data="no", schedule="amortized",
+                         precision=precision, compile=compile_)
+
+
+def time_phase(gen, phase: str, radius: int, batch: int, steps: int, device: str, seconds: float, flops: bool,
+               matmul: float) -> dict:
+    """One results["train"] entry: median wall and CPU ms/image of the timed steps (the first dropped when there
+    are more than 2), FLOPs per image of one step, GFLOP/s and that as a fraction of `matmul` (GFLOP/s)."""
+    import numpy as np
+
+    _steps(gen, 3, device)  # warm-up (setup, allocator, first batches, compilation)
+    times, cpu, fl = _steps(gen, steps, device, flops=flops, seconds=seconds)
+    t = float(np.median(times[1:])) if len(times) > 2 else float(np.median(times))
+    c = float(np.median(cpu[1:])) if len(cpu) > 2 else float(np.median(cpu))
+    entry = {"phase": phase, "radius": radius, "steps_timed": len(times), "ms_per_image": 1e3 * t / batch,
+             "cpu_ms_per_image": 1e3 * c / batch, "flops_per_image": (fl or 0) / batch}
+    entry["gflops"] = (fl or 0) / t / 1e9 if fl else None
+    entry["fraction_of_matmul"] = entry["gflops"] / matmul if fl else None
+    return entry
+
+
+def time_inference(tr, device: str, sym: bool, precision: str) -> dict:
+    """Encoder-only inference (`predict(select="encoder")`, data loading included) of up to 2048 images after a
+    256-image warm-up: ms and CPU ms per image, images per s and per CPU-s, FLOPs per image (counted in fp32 on 256
+    images) and GFLOP/s."""
+    import numpy as np
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cryofire_app.training.inference import predict
+
+    data, model = tr.data, tr.model
+    pos = np.arange(min(data.N, 2048))
+    predict(model, data, pos[:256], select="encoder", batch=256, device=device, sym=sym, precision=precision)
+    with FlopCounterMode(display=False) as fc:
+        predict(model, data, pos[:256], select="encoder", batch=256, device=device, sym=sym)
+    enc_flops = fc.get_total_flops() / 256
+    t0, c0 = time.perf_counter(), time.process_time()
+    predict(model, data, pos, select="encoder", batch=256, device=device, sym=sym, precision=precision)
+    ti, ci = time.perf_counter() - t0, time.process_time() - c0
+    return {"images": int(len(pos)), "ms_per_image": 1e3 * ti / len(pos), "images_per_s": len(pos) / ti,
+            "cpu_ms_per_image": 1e3 * ci / len(pos), "images_per_cpu_s": len(pos) / ci, "flops_per_image": enc_flops,
+            "gflops": enc_flops * len(pos) / ti / 1e9}
+
+
 def worker(particles: str, ctf: str | None, box: int, batch: int, steps: int, threads: int, device: str,
            radii: list[int], sym: bool, seconds: float, preset: str, precision: str, compile_: bool,
            pose_only: bool, infer: bool) -> dict:
-    import numpy as np
+    """Measure one preset on one stack (in its own process, so that peak RSS is this configuration's): a fresh
+    Trainer per joint radius (px; the last is the full one, where the step is also split into components and
+    inference is timed) and, with pose_only, one in the pose-only phase at the last radius. Returns the result
+    dict printed after "RESULT " (memory in MB)."""
     import torch
 
-    from cryofire_app.training.inference import predict
     from cryofire_app.training.trainer import Trainer
 
     torch.set_num_threads(threads)
@@ -193,43 +248,17 @@ def worker(particles: str, ctf: str | None, box: int, batch: int, steps: int, th
     phases = [("joint", r) for r in radii] + ([("pose_only", radii[-1])] if pose_only else [])
     for phase, r in phases:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = preset_config(preset, particles=particles, ctf=ctf, outdir=str(Path(tmp) / "run"), zdim=8,
-                                batch_size=batch, num_images=batch * (steps + 3) * 4,
-                                pose_only_images=10 ** 12 if phase == "pose_only" else 0, freq_start=r,
-                                freq_add_every=10 ** 12, freq_max=r, checkpoint_every=10 ** 12,
-                                latents_every=10 ** 12, contrast_check_images=10 ** 12, device=device,
-                                num_threads=threads, sym_loss=sym, invert_data="no", schedule="amortized",
-                                precision=precision, compile=compile_)
-            tr = Trainer(cfg)
+            tr = Trainer(phase_config(preset, phase, r, str(Path(tmp) / "run"), particles, ctf, batch, steps, device,
+                                      threads, sym, precision, compile_))
             gen = tr.run()
-            _steps(gen, 3, device)  # warm-up (setup, allocator, first batches, compilation)
-            times, cpu, fl = _steps(gen, steps, device, flops=not compile_, seconds=seconds)
-            t = float(np.median(times[1:])) if len(times) > 2 else float(np.median(times))
-            c = float(np.median(cpu[1:])) if len(cpu) > 2 else float(np.median(cpu))
-            entry = {"phase": phase, "radius": r, "steps_timed": len(times), "ms_per_image": 1e3 * t / batch,
-                     "cpu_ms_per_image": 1e3 * c / batch, "flops_per_image": (fl or 0) / batch}
-            entry["gflops"] = (fl or 0) / t / 1e9 if fl else None
-            entry["fraction_of_matmul"] = entry["gflops"] / res["matmul_gflops"] if fl else None
-            if phase == "joint" and r == radii[-1]:
-                pos = tr.train_pos[:batch]
-                entry["components_ms_per_image"] = components(tr, pos, device)
+            entry = time_phase(gen, phase, r, batch, steps, device, seconds, not compile_, res["matmul_gflops"])
+            full_joint = phase == "joint" and r == radii[-1]
+            if full_joint:
+                entry["components_ms_per_image"] = components(tr, tr.train_pos[:batch], device)
             res["train"].append(entry)
             anon.append(memory_mb().get("RssAnon", 0.0))
-            if infer and phase == "joint" and r == radii[-1]:
-                data, model = tr.data, tr.model
-                pos = np.arange(min(data.N, 2048))
-                predict(model, data, pos[:256], select="encoder", batch=256, device=device, sym=sym,
-                        precision=precision)
-                with torch.utils.flop_counter.FlopCounterMode(display=False) as fc:
-                    predict(model, data, pos[:256], select="encoder", batch=256, device=device, sym=sym)
-                enc_flops = fc.get_total_flops() / 256
-                t0, c0 = time.perf_counter(), time.process_time()
-                predict(model, data, pos, select="encoder", batch=256, device=device, sym=sym, precision=precision)
-                ti, ci = time.perf_counter() - t0, time.process_time() - c0
-                res["infer"] = {"images": int(len(pos)), "ms_per_image": 1e3 * ti / len(pos),
-                                "images_per_s": len(pos) / ti, "cpu_ms_per_image": 1e3 * ci / len(pos),
-                                "images_per_cpu_s": len(pos) / ci, "flops_per_image": enc_flops,
-                                "gflops": enc_flops * len(pos) / ti / 1e9}
+            if infer and full_joint:
+                res["infer"] = time_inference(tr, device, sym, precision)
                 anon.append(memory_mb().get("RssAnon", 0.0))
             res["n_particles"] = int(tr.data.N)
             gen.close()
@@ -302,7 +331,8 @@ def markdown(results: list[dict], meta: dict, before: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options; the --worker* ones (hidden) make this process one worker of a run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--boxes", default="64")
     p.add_argument("--batch", type=int, default=64, help="batch at box 64; scaled by (64/box)^2 for other boxes so "
@@ -323,72 +353,102 @@ def main(argv=None) -> int:
     p.add_argument("--worker-radii", default="", help=argparse.SUPPRESS)
     p.add_argument("--worker-preset", default="fast", help=argparse.SUPPRESS)
     p.add_argument("--worker-flags", default="pose_only,infer", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        radii = [int(v) for v in args.worker_radii.split(",")]
-        flags = args.worker_flags.split(",")
-        ctf = None if args.worker[1] == "-" else args.worker[1]
-        res = worker(args.worker[0], ctf, int(args.worker[2]), args.batch, args.steps, args.threads, args.device,
-                     radii, not args.no_sym_loss, args.seconds, args.worker_preset, args.precision, args.compile,
-                     "pose_only" in flags, "infer" in flags)
-        print("RESULT " + json.dumps(res))
-        return 0
+    return p.parse_args(argv)
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    """Worker process: measure, print "RESULT <json>" on stdout for the parent."""
+    radii = [int(v) for v in args.worker_radii.split(",")]
+    flags = args.worker_flags.split(",")
+    ctf = None if args.worker[1] == "-" else args.worker[1]
+    res = worker(args.worker[0], ctf, int(args.worker[2]), args.batch, args.steps, args.threads, args.device,
+                 radii, not args.no_sym_loss, args.seconds, args.worker_preset, args.precision, args.compile,
+                 "pose_only" in flags, "infer" in flags)
+    print("RESULT " + json.dumps(res))
+    return 0
+
+
+def run_worker(args: argparse.Namespace, results: list[dict], particles, ctf, box: int, radii: str, batch: int,
+               preset: str, flags: str) -> bool:
+    """Run one worker process (radii: comma-separated px; flags: "pose_only", "infer", comma-separated) and append
+    its result to `results`; on failure print the end of its output to stderr and return False."""
+    cmd = [sys.executable, __file__, "--worker", str(particles), str(ctf or "-"), str(box), "--worker-radii",
+           radii, "--worker-preset", preset, "--worker-flags", flags, "--batch", str(batch),
+           "--seconds", str(args.seconds), "--steps", str(args.steps), "--threads", str(args.threads),
+           "--device", args.device, "--precision", args.precision] + \
+        (["--no-sym-loss"] if args.no_sym_loss else []) + (["--compile"] if args.compile else [])
+    print(f"box {box} {preset}: radii {radii} ({flags or 'train only'}) ...", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not line:
+        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+        return False
+    results.append(json.loads(line[0][len("RESULT "):]))
+    return True
+
+
+def run_box(args: argparse.Namespace, results: list[dict], box: int, presets: list[str], tmp: Path) -> bool:
+    """Simulate --n images at `box` (px) under `tmp` and run every preset's worker on them, then (--n-large K) the
+    fast preset on the stack listed K times at the full radius only. False as soon as a worker fails."""
+    star = _simulate(tmp / f"sim{box}", args.n, box)
+    full = str(box // 2)
+    radii = (args.radii or "4,8,16,24,32") if box == 64 else full
+    batch = max(8, int(args.batch * (64 / box) ** 2))
+    for preset in presets:
+        if preset == "original":   # ~0.4 s/image at the full radius: two radii, for the ratio
+            r = ",".join(sorted({radii.split(",")[min(1, len(radii.split(",")) - 1)], full}, key=int))
+            ok = run_worker(args, results, star, None, box, r, batch, preset, "infer")
+        else:
+            ok = run_worker(args, results, star, None, box, radii, batch, preset, "pose_only,infer")
+        if not ok:
+            return False
+    if args.n_large > 1 and "fast" in presets:
+        txt, ctf = long_stack(star, args.n_large)
+        if not run_worker(args, results, txt, ctf, box, full, batch, "fast", ""):
+            return False
+    return True
+
+
+def run_meta(args: argparse.Namespace, now: dt.datetime, load0, before: dict | None) -> dict:
+    """The results file's "meta": UTC date, host, CPU, torch version, options, cores, load averages (1/5/15 min) at
+    the start (load0) and now, and the --before file's name if it was read."""
     import torch
 
-    load0 = os.getloadavg()
-    boxes = [int(b) for b in args.boxes.split(",")]
-    presets = [s for s in args.presets.split(",") if s]
-    results = []
-
-    def run_worker(particles, ctf, box, radii, batch, preset, flags) -> bool:
-        cmd = [sys.executable, __file__, "--worker", str(particles), str(ctf or "-"), str(box), "--worker-radii",
-               radii, "--worker-preset", preset, "--worker-flags", flags, "--batch", str(batch),
-               "--seconds", str(args.seconds), "--steps", str(args.steps), "--threads", str(args.threads),
-               "--device", args.device, "--precision", args.precision] + \
-            (["--no-sym-loss"] if args.no_sym_loss else []) + (["--compile"] if args.compile else [])
-        print(f"box {box} {preset}: radii {radii} ({flags or 'train only'}) ...", file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if out.returncode != 0 or not line:
-            print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-            return False
-        results.append(json.loads(line[0][len("RESULT "):]))
-        return True
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for box in boxes:
-            star = _simulate(Path(tmp) / f"sim{box}", args.n, box)
-            full = str(box // 2)
-            radii = (args.radii or "4,8,16,24,32") if box == 64 else full
-            batch = max(8, int(args.batch * (64 / box) ** 2))
-            for preset in presets:
-                if preset == "original":   # ~0.4 s/image at the full radius: two radii, for the ratio
-                    r = ",".join(sorted({radii.split(",")[min(1, len(radii.split(",")) - 1)], full}, key=int))
-                    ok = run_worker(star, None, box, r, batch, preset, "infer")
-                else:
-                    ok = run_worker(star, None, box, radii, batch, preset, "pose_only,infer")
-                if not ok:
-                    return 1
-            if args.n_large > 1 and "fast" in presets:
-                txt, ctf = long_stack(star, args.n_large)
-                if not run_worker(txt, ctf, box, full, batch, "fast", ""):
-                    return 1
-    now = dt.datetime.now(dt.timezone.utc)
-    before = json.loads(Path(args.before).read_text()) if args.before and Path(args.before).is_file() else None
-    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "host": socket.gethostname(), "cpu": platform.processor()
+    return {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "host": socket.gethostname(), "cpu": platform.processor()
             or platform.machine(), "torch": torch.__version__, "threads": args.threads, "device": args.device,
             "precision": args.precision, "compile": args.compile, "ncpu": os.cpu_count(),
             "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
             "before": Path(args.before).name if before else None}
+
+
+def write_results(results: list[dict], meta: dict, before: dict | None, now: dt.datetime) -> None:
+    """Write results/throughput-<date>-<host>.json and .md, print the markdown (stdout) and the paths (stderr)."""
+    from cryofire_app.training.checkpoint import atomic_write_text
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"throughput-{now.strftime('%Y%m%d-%H%M')}-{socket.gethostname()}"
     md = markdown(results, meta, before)
-    from cryofire_app.training.checkpoint import atomic_write_text
-
     atomic_write_text(Path(f"{stem}.json"), json.dumps({"meta": meta, "results": results, "before": before}, indent=1))
     atomic_write_text(Path(f"{stem}.md"), md)
     print(md)
     print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    load0 = os.getloadavg()
+    boxes = [int(b) for b in args.boxes.split(",")]
+    presets = [s for s in args.presets.split(",") if s]
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for box in boxes:
+            if not run_box(args, results, box, presets, Path(tmp)):
+                return 1
+    now = dt.datetime.now(dt.timezone.utc)
+    before = json.loads(Path(args.before).read_text()) if args.before and Path(args.before).is_file() else None
+    write_results(results, run_meta(args, now, load0, before), before, now)
     return 0
 
 
