@@ -193,11 +193,45 @@ def ceiling_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+INFER_RUNS = (("pred_new", []), ("pred_new_refined", ["--refine-z", str(REFINE_STEPS)]),
+              ("pred_new_encoder", ["--z-from", "encoder"]))
+
+
+def infer_new(run: Path, new_d: Path, cdir: Path, threads: int) -> str | None:
+    """`cryofire infer` of the new particles as a user would (z on the seed's basis), with --refine-z, and with the
+    encoder's z alone, into cdir/pred_new*; an error text, or None."""
+    from cryofire_app.cli import main as cli
+
+    for name, extra in INFER_RUNS:
+        rc = cli(["infer", str(run), str(new_d / "particles.star"), "-o", str(cdir / name), "--threads",
+                  str(threads), *extra])
+        if rc != 0:
+            return " ".join(["infer", *extra, f"exited {rc}"])
+    return None
+
+
+def seed_scores(run: Path, u: np.ndarray | None, labels: np.ndarray) -> dict | None:
+    """The seed's own heterogeneity (seed_states.npz) scored on the training particles it saw: its kind, number of
+    states and coordinates, |Spearman| of its first coordinate against the hinge (u given) or its labels' confusion."""
+    from cryofire_app.analysis.metrics import label_confusion
+
+    ss = run / "seed_states.npz"
+    if not ss.is_file():
+        return None
+    with np.load(ss) as f:
+        idx, st = f["index"], f["state"]
+        coords = f["coords"] if "coords" in f.files else None
+        kind = str(f["kind"]) if "kind" in f.files else None
+    out = {"kind": kind, "n_states": int(st.max()) + 1, "n_coords": 0 if coords is None else int(coords.shape[1])}
+    if u is not None and coords is not None and coords.shape[1]:
+        out["spearman_coord1"] = _spearman(coords[:, 0], u[idx])
+    if u is None and st.max() > 0:
+        out["confusion_labels"] = label_confusion(st, labels[idx])["confusion"]
+    return out
+
+
 def run_case(case: Case, threads: int, with_ceiling: bool) -> dict:
     import shutil
-
-    from cryofire_app.analysis.metrics import label_confusion
-    from cryofire_app.cli import main as cli
 
     cdir = WORKDIR / case.name
     train_d, new_d, run = cdir / "train", cdir / "new", cdir / "run"
@@ -211,20 +245,9 @@ def run_case(case: Case, threads: int, with_ceiling: bool) -> dict:
     if row["train"]["exit_status"] != 0:
         row["error"] = f"train exited {row['train']['exit_status']}"
         return row
-    rc = cli(["infer", str(run), str(new_d / "particles.star"), "-o", str(cdir / "pred_new"), "--threads",
-              str(threads)])
-    if rc != 0:
-        row["error"] = f"infer exited {rc}"
-        return row
-    rc = cli(["infer", str(run), str(new_d / "particles.star"), "-o", str(cdir / "pred_new_refined"), "--threads",
-              str(threads), "--refine-z", str(REFINE_STEPS)])
-    if rc != 0:
-        row["error"] = f"infer --refine-z exited {rc}"
-        return row
-    rc = cli(["infer", str(run), str(new_d / "particles.star"), "-o", str(cdir / "pred_new_encoder"), "--threads",
-              str(threads), "--z-from", "encoder"])
-    if rc != 0:
-        row["error"] = f"infer --z-from encoder exited {rc}"
+    err = infer_new(run, new_d, cdir, threads)
+    if err:
+        row["error"] = err
         return row
     labels, u = truth(train_d)
     labels_new, u_new = truth(new_d)
@@ -243,18 +266,9 @@ def run_case(case: Case, threads: int, with_ceiling: bool) -> dict:
     row["new_z_encoder"], _ = latent_scores(z_new_e, labels_new, u_new, K, pca_e)
     z_ref = np.load(cdir / "pred_new_refined" / "latents.npz")["z"]
     row["new_z_refined"], _ = latent_scores(z_ref, labels_new, u_new, K, pca)
-    ss = run / "seed_states.npz"
-    if ss.is_file():
-        with np.load(ss) as f:
-            idx, st = f["index"], f["state"]
-            coords = f["coords"] if "coords" in f.files else None
-            kind = str(f["kind"]) if "kind" in f.files else None
-        row["seed"] = {"kind": kind, "n_states": int(st.max()) + 1,
-                       "n_coords": 0 if coords is None else int(coords.shape[1])}
-        if u is not None and coords is not None and coords.shape[1]:
-            row["seed"]["spearman_coord1"] = _spearman(coords[:, 0], u[idx])
-        if u is None and st.max() > 0:
-            row["seed"]["confusion_labels"] = label_confusion(st, labels[idx])["confusion"]
+    seed = seed_scores(run, u, labels)
+    if seed is not None:
+        row["seed"] = seed
     rep = run / "report.json"
     row["verdict"] = json.loads(rep.read_text()).get("verdict") if rep.is_file() else None
     if with_ceiling:
