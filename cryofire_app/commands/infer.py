@@ -1,4 +1,4 @@
-"""Encoder-only inference: poses and z for particles (new or training ones) from a trained run.
+"""Inference: poses and z for particles (new or training ones) from a trained run.
 
 Images are preprocessed exactly as in training (Fourier crop to the training box, window, the training
 normalization and contrast sign), encoded in batches, and written to PREDDIR/pose.pkl (cryoDRGN format: rot (N,3,3),
@@ -26,6 +26,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="branch choice: decoder error at --select-radius (default) or encoder only (branch 0)")
     p.add_argument("--select-radius", type=int, default=None,
                    help="frequency radius in pixels for --select decoder (default: the run's select_radius)")
+    p.add_argument("--refine-poses", choices=("auto", "yes", "no"), default="auto",
+                   help="refine the encoder's poses locally against the seed's map (the seed's own last refinement "
+                        "step; auto, the default: when the run's seed has one and the particles have a CTF)")
     p.add_argument("--z-from", choices=("auto", "seed", "encoder"), default="auto",
                    help="z_0..z_{q-1}: the particles' coordinates on the seed's heterogeneity directions at their "
                         "predicted poses (seed; what `cryofire train` writes for its own particles), or the "
@@ -82,10 +85,39 @@ def _particle_data(args: argparse.Namespace, run, ck: dict):
     return ps, data
 
 
-def _seed_z(args: argparse.Namespace, run, data, pr) -> bool:
-    """Replace z_0..z_{q-1} of ``pr`` by the coordinates on the run's seed basis (--z-from); True when done."""
+def _read_seed(args: argparse.Namespace, run, data) -> dict:
+    """The run's seed.npz arrays ({} when it has none, or these particles lack the CTF the seed's map needs)."""
     import numpy as np
 
+    from cryofire_app.io.rundir import RunDir
+
+    path = RunDir(args.outdir).seed
+    if not path.is_file() or (data.ctf is None and run.config.ctf is not None):
+        return {}
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _refine_poses(args: argparse.Namespace, seed: dict, data, pr) -> bool:
+    """Refine ``pr``'s poses against the seed's map (--refine-poses); True when done."""
+    from cryofire_app.io.errors import InputError
+    from cryofire_app.training.seeding import refine_with_seed
+
+    if args.refine_poses == "no":
+        return False
+    out = refine_with_seed(seed, data.resized_images, data.N, data.ctf.numpy() if data.ctf is not None else None,
+                           pr.rot, pr.trans) if seed else None
+    if out is None:
+        if args.refine_poses == "yes":
+            raise InputError("--refine-poses yes: the run has no seed map to refine against (an amortized run, a "
+                             "run from before it was saved, or no CTF for these particles)", args.outdir)
+        return False
+    pr.rot, pr.trans = out
+    return True
+
+
+def _seed_z(args: argparse.Namespace, seed: dict, run, data, pr) -> bool:
+    """Replace z_0..z_{q-1} of ``pr`` by the coordinates on the run's seed basis (--z-from); True when done."""
     from cryofire_app.io.errors import InputError
     from cryofire_app.io.rundir import RunDir
     from cryofire_app.training.seeding import basis_z
@@ -93,12 +125,6 @@ def _seed_z(args: argparse.Namespace, run, data, pr) -> bool:
     if args.z_from == "encoder":
         return False
     path = RunDir(args.outdir).seed
-    seed = {}
-    if path.is_file():
-        with np.load(path) as f:
-            seed = {k: f[k] for k in f.files}
-    if data.ctf is None and run.config.ctf is not None:
-        seed = {}   # the coordinates need the particles' CTF
     zb = basis_z(seed, run.config.zdim, data.resized_images, data.N,
                  data.ctf.numpy() if data.ctf is not None else None, pr.rot, pr.trans) if seed else None
     if zb is None:
@@ -160,7 +186,9 @@ def main(args: argparse.Namespace) -> int:
     pr = predict(model, data, np.arange(data.N), sign=float(ck["data_sign"]), radius=radius, select=select,
                  batch=args.batch_size, device=device, use_z=ck["phase"] not in ("pose_only", "seed"),
                  sym=run.config.amortized.sym_loss, turns=turns)
-    from_seed = _seed_z(args, run, data, pr)
+    seed = _read_seed(args, run, data)
+    refined = _refine_poses(args, seed, data, pr)
+    from_seed = _seed_z(args, seed, run, data, pr)
     if args.refine_z > 0:
         if data.ctf is None and run.config.ctf is not None:
             raise InputError("--refine-z needs the particles' CTF (give --ctf)", args.particles)
@@ -169,6 +197,7 @@ def main(args: argparse.Namespace) -> int:
     dt = time.time() - t0
     out = Path(args.preddir)
     _write_predictions(out, pr, ps, data, D)
-    print(f"inferred {data.N} particles in {dt:.2f} s ({1e3 * dt / max(data.N, 1):.2f} ms/image; z from the "
+    print(f"inferred {data.N} particles in {dt:.2f} s ({1e3 * dt / max(data.N, 1):.2f} ms/image; poses "
+          f"{'refined on the seed map' if refined else 'from the encoder'}, z from the "
           f"{'seed basis' if from_seed else 'encoder'}); wrote {out}", file=sys.stderr)
     return 0

@@ -175,6 +175,7 @@ def iter_seed_abinit(images, ctf_params=None, config: SeedConfig | None = None,
         yield from stage(run)
     history["final_radius_px"] = run.r_cur
     history["final_refine_box"] = run.d_prev
+    history["data_scale"] = float(parts.scale)
     yield from hetero_stage(run)
     final_stage(run)
     return (yield from _finish(run, t0))

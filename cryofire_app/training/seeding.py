@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SEED_KEYS", "basis_z", "load_seed", "read_seed_file", "run_seed", "seed_arrays", "seed_subset"]
+__all__ = ["SEED_KEYS", "basis_z", "load_seed", "read_seed_file", "refine_with_seed", "run_seed", "seed_arrays",
+           "seed_subset"]
 
 #: the arrays every seed.npz has
 SEED_KEYS = ("pos", "rot", "trans", "state", "state_score", "volume", "density_sign", "wall_s")
@@ -210,6 +211,10 @@ def _result_arrays(pos: np.ndarray, res) -> dict:
     state = res.state if res.state is not None else np.zeros(0, np.int64)
     coords = res.coords if res.coords is not None else np.zeros((n, 0), np.float32)
     basis = res.basis.to_arrays() if getattr(res, "basis", None) is not None else {}
+    h = res.history
+    if all(k in h for k in ("final_refine_box", "final_radius_px", "data_scale")):   # for reconstruct.refine
+        basis.update(refine_box=np.int64(h["final_refine_box"]), refine_radius=np.float64(h["final_radius_px"]),
+                     data_scale=np.float64(h["data_scale"]))
     return dict(**basis, pos=pos.astype(np.int64), rot=res.rot.astype(np.float32),
                 trans=res.trans_px.astype(np.float32), state=state.astype(np.int64),
                 state_score=score.astype(np.float32), volume=(sgn * res.volume).astype(np.float32),
@@ -275,3 +280,17 @@ def basis_z(seed: dict, zdim: int, images, n: int, ctf_params: np.ndarray | None
     x = particle_coordinates(images, n, ctf_params, rot, trans_px, basis)[:, :q].astype(np.float64)
     c = coords[:, :q]
     return ((x - np.median(c, 0)) / (c.std(0) + 1e-12)).astype(np.float32)
+
+
+def refine_with_seed(seed: dict, images, n: int, ctf_params: np.ndarray | None, rot: np.ndarray,
+                     trans_px: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rot, trans_px)`` of ``n`` particles refined locally against the seed's map (reconstruct.refine: the seed's
+    own last refinement, at its box and radius), from the given poses (px of the training box); ``images(rows)``:
+    raw images at the training box. None when seed.npz predates the refinement keys."""
+    from cryofire_app.reconstruct.refine import refine_poses
+
+    if any(k not in seed for k in ("refine_box", "refine_radius", "data_scale", "volume", "density_sign")):
+        return None
+    raw_sign_map = float(seed["density_sign"]) * np.asarray(seed["volume"], np.float32)   # the map of the raw data
+    return refine_poses(images, n, ctf_params, rot, trans_px, raw_sign_map, float(seed["data_scale"]),
+                        int(seed["refine_box"]), float(seed["refine_radius"]))
