@@ -22,7 +22,7 @@ import torch
 from cryofire_app.analysis import metrics
 from cryofire_app.analysis.evaluate import evaluate, predictions_from_run
 from cryofire_app.analysis.run import Run
-from cryofire_app.io import load_particles, read_ind_pkl, read_map, read_pose_pkl
+from cryofire_app.io import load_particles, read_ind_pkl, read_map, read_pose_pkl, read_z_pkl
 from cryofire_app.io.errors import InputError
 from cryofire_app.simulate import DEMO_MAP, DEMO_MAP_APIX, SimulationConfig, simulate
 from cryofire_app.training import (
@@ -194,7 +194,17 @@ def test_seeded_schedule_from_scratch(seeded_data, seeded_run):
     assert fsc_gt["res_0.5_px"] < BOX / cfg.freq_max, fsc_gt["res_0.5_px"]   # beyond the decoder's band
 
 
-def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_data, seeded_run):
+@pytest.fixture(scope="module")
+def aug_run(seeded_data, seeded_run):
+    """The run with in-plane augmentation (the seeded default), the seed reused from the run above."""
+    torch.set_num_threads(1)
+    cfg = seeded_config(str(seeded_data / "sim" / "particles.star"), seeded_data / "run_aug",
+                        seed_from=str(seeded_data / "run"), distill_synth_z=True)
+    tr = Trainer(cfg)
+    return tr, cfg, list(tr.run())
+
+
+def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_data, seeded_run, aug_run):
     """Without augmentation the encoder above memorised its 600 training images: close to the seed on them, near
     chance on 300 new images of the same particle (measured: 0.9 vs 80.3 deg). With augmentation (the seeded default;
     the seed reused from the run above via seed_from) the encoder reads each pose from its image turned by a random
@@ -206,12 +216,8 @@ def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_da
     tr0 = seeded_run[0]
     tr_err0, held_err0 = encoder_errors(tr0, seeded_data)
     assert held_err0 - tr_err0 > 30.0, (tr_err0, held_err0)
-    torch.set_num_threads(1)
-    cfg = seeded_config(str(seeded_data / "sim" / "particles.star"), seeded_data / "run_aug",
-                        seed_from=str(seeded_data / "run"), distill_synth_z=True)
+    tr, cfg, events = aug_run
     assert cfg.augment_inplane is None        # the default: on for the seeded schedule
-    tr = Trainer(cfg)
-    events = list(tr.run())
     assert tr.augment and not any(isinstance(e, Step) and e.phase == "seed" for e in events)
     assert any(isinstance(e, Message) and e.text.startswith("seed reused from") for e in events)
     # synthetic images of the seed's map (training.synthetic, fitted to these data) join the distill pose rows
@@ -247,6 +253,30 @@ def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_da
     gt = read_pose_pkl(seeded_data / "sim" / "poses.pkl")[0]
     rot, _ = read_pose_pkl(seeded_data / "run_aug" / "pose.pkl")
     assert metrics.rotation_errors(rot[sind], gt[sind])["rot_view_median_deg"] < 5.0
+
+
+def test_infer_refines_new_poses_on_the_seed_map(seeded_data, aug_run, tmp_path):
+    """`cryofire infer` by default refines the encoder's poses of new particles against the seed's map (the seed's
+    own last step, saved in seed.npz) and computes z on the seed's basis at them; both are closer to the truth."""
+    from cryofire_app.cli import main
+
+    run = seeded_data / "run_aug"
+    with np.load(run / "checkpoints" / "seed.npz") as f:
+        assert {"refine_box", "refine_radius", "data_scale"} <= set(f.files)
+    held = seeded_data / "held"
+    gt = read_pose_pkl(held / "poses.pkl")[0]
+    err = {}
+    for name, extra in (("default", []), ("encoder", ["--refine-poses", "no", "--z-from", "encoder"])):
+        assert main(["infer", str(run), str(held / "particles.star"), "-o", str(tmp_path / name), *extra]) == 0
+        err[name] = metrics.rotation_errors(read_pose_pkl(tmp_path / name / "pose.pkl")[0], gt)["rot_view_median_deg"]
+    print(f"\nnew particles' median view error: encoder {err['encoder']:.2f} deg, refined {err['default']:.2f} deg")
+    assert err["default"] <= min(err["encoder"], 3.0), err
+    from sklearn.metrics import roc_auc_score
+
+    z = read_z_pkl(tmp_path / "default" / "z.pkl")
+    auc = roc_auc_score(np.load(held / "labels.npy"), z[:, 0])
+    print(f"z_0 on the seed basis, new particles: AUC of the states {max(auc, 1 - auc):.3f}")
+    assert max(auc, 1 - auc) > 0.9, auc   # z_0 separates the two states of the new particles
 
 
 def test_seed_from_checks_the_split(seeded_data, seeded_run, tmp_path):
