@@ -39,6 +39,8 @@ def test_true_poses_converged_random_poses_failed(sim):
     assert good.signal_ratio > 1.4 and good.signal_z > 15, good
     assert good.heldout_gain_median > 0.8 and good.heldout_agreement > 0.7, good
     assert good.state_auc > 0.8, good
+    # an asymmetric molecule: held-out particles prefer one orientation (no second, separated pose fits as well)
+    assert good.ambiguous_fraction < 0.1 and good.second_mode_z_median > 2 * 2.0, good
     assert level == "converged" and reasons == []
     # every pose random: a fit to noise; the held-out particles match its map no better than their null copies do
     rand = random_rotations(n).numpy()

@@ -21,7 +21,14 @@ Beside it:
   "Einstein from noise" happens), so they never make a run look converged on their own;
 - states (labels given, K >= 2): half A's state maps classify half B's images at their final poses (and the other
   way round) by log-likelihood ratio; the area under the ROC curve for the run's own labels (0.5 = chance) says
-  whether the split reproduces.
+  whether the split reproduces;
+- ambiguous poses (:mod:`.symmetry`): each held-out image's best orientation against the fitted particles' map and
+  its best orientation at least three grid spacings away, both refined; when the score difference is within two
+  noise standard deviations the image cannot tell them apart. A map can pass every check above with many such
+  particles (a pseudo-symmetric molecule: the map comes out nearly right whichever of the two poses a particle
+  took); more than ``AMBIGUOUS_FRACTION`` of them makes the run "uncertain". The map's strongest self-similarity
+  under a rotation (cross-half correlation, relative to the halves' own) is searched as well, to name the rotation
+  when the particles' two orientations are related by it.
 
 :func:`verdict` turns the checks into "converged", "uncertain" or "failed" with the reasons in words. Conventions as
 in :mod:`.seed`: ``rot (N, 3, 3)`` cryoDRGN rows, ``trans_px (N, 2)`` pixels of the image box, the shift that
@@ -39,6 +46,7 @@ from ..analysis.metrics import fsc, fsc_resolution_px
 from .data import prepare_particles, stage_data
 from .grids import grid_spacing_deg, shift_grid, so3_grid
 from .search import backproject, residual_sigma2, scores_at, slices
+from .symmetry import AMBIGUOUS_Z, find_symmetry, pose_modes
 from .volume import HartleyAccumulator, slicing_volume
 
 #: Verdict thresholds, set on simulated sets at true and at random poses (docs/decisions/001-self-diagnosis.md)
@@ -48,13 +56,15 @@ SIGNAL_Z_FAILED = 4.0          # paired z of the difference: below this it is no
 SIGNAL_Z_CONVERGED = 8.0       # ... and a converged run's is clearly significant
 GAIN_CONVERGED = 0.6           # predicted (encoder) poses of held-out particles
 STATE_AUC_SUPPORTED = 0.6
+AMBIGUOUS_FRACTION = 0.25      # held-out particles that fit two separated orientations alike (.symmetry)
 
 
 @dataclass
 class DiagnoseConfig:
     """``max_particles``: fitted particles used at most (a random subset: bounded cost in N); ``n_score``: held-out
     particles used at most, and fitted images per half scored against the other half's map; ``max_box``: images are
-    Fourier-cropped to at most this box; the SO(3) grid has ``grid_dirs x grid_psi`` rotations."""
+    Fourier-cropped to at most this box; the SO(3) grid has ``grid_dirs x grid_psi`` rotations; ``symmetry``: run
+    the map's symmetry search and the ambiguity check."""
 
     max_particles: int = 4000
     max_box: int = 64
@@ -62,12 +72,17 @@ class DiagnoseConfig:
     grid_dirs: int = 192
     grid_psi: int = 24
     seed: int = 0
+    symmetry: bool = True
 
 
 @dataclass
 class Diagnosis:
-    """The checks' numbers (see the module doc). ``signal_*`` and ``heldout_gain_median`` are None without held-out
-    particles; ``fsc_curve`` per shell ``i / box`` cycles/px; ``apix`` of the diagnosis box."""
+    """The checks' numbers (see the module doc). ``signal_*``, ``heldout_gain_median`` and the ambiguity
+    (``ambiguous_fraction``: held-out particles with two orientations alike; ``second_mode_*``: the median z of the
+    two, their median separation, and the fraction of ambiguous particles whose two orientations the map's symmetry
+    relates) are None without held-out particles; ``symmetry_*`` describe the map's strongest self-similarity
+    (:class:`.symmetry.Symmetry`; angle None when there is none); ``fsc_curve`` per shell ``i / box`` cycles/px;
+    ``apix`` of the diagnosis box."""
 
     n_particles: int
     n_heldout: int
@@ -86,6 +101,15 @@ class Diagnosis:
     fsc_curve: list[float]
     state_auc: float | None = None
     state_sizes: list[int] | None = None
+    symmetry_half_corr: float | None = None
+    symmetry_angle_deg: float | None = None
+    symmetry_axis: list[float] | None = None
+    symmetry_cross_corr: float | None = None
+    symmetry_fraction: float | None = None
+    ambiguous_fraction: float | None = None
+    second_mode_z_median: float | None = None
+    second_mode_separation_deg: float | None = None
+    second_mode_at_symmetry: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -155,11 +179,11 @@ def _pose_check(vh, data, rows, rot, trans, grid, spacing_deg: float):
     return gain, (ang <= 2 * spacing_deg).float()
 
 
-def _pose_signal(vh, data, rows, grid, shifts) -> torch.Tensor:
+def _pose_signal(vh, data, rows, grid, shifts) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: how far its best rotation (each at its best shift of ``shifts``) stands out of the grid, in
-    standard deviations of its scores over the grid. Needs no pose of the image."""
+    standard deviations of its scores over the grid, and those scores ``(n, G)``. Needs no pose of the image."""
     s_grid = _scores_grid(vh, data, rows, None, grid, shifts=shifts)
-    return (s_grid.mean(1) - s_grid.min(1).values) / s_grid.std(1).clamp(min=1e-30)
+    return (s_grid.mean(1) - s_grid.min(1).values) / s_grid.std(1).clamp(min=1e-30), s_grid
 
 
 def _state_check(data, halves, rot, trans, state: np.ndarray, sigma2: float, mask_radius: float) -> float:
@@ -208,13 +232,13 @@ def _signal(vh, sdata, rows_ho, rows_null, rot, trans, grid, spacing, shifts) ->
     """Held-out checks against the fitted particles' map ``vh``: predicted-pose gain, and the pose signal of the
     images against that of their null copies (rows ``rows_null``, in the same order), searched over ``shifts``."""
     g, ok = _pose_check(vh, sdata, rows_ho, rot, trans, grid, spacing)
-    sig = _pose_signal(vh, sdata, rows_ho, grid, shifts)
-    sig0 = _pose_signal(vh, sdata, rows_null, grid, shifts)
+    sig, s_grid = _pose_signal(vh, sdata, rows_ho, grid, shifts)
+    sig0, _ = _pose_signal(vh, sdata, rows_null, grid, shifts)
     diff = (sig - sig0).double()
     z = float(diff.mean() / (diff.std() / math.sqrt(len(diff)) + 1e-30)) if len(diff) > 1 else 0.0
     ratio = float(sig.median() / sig0.median().clamp(min=1e-30))
     return {"signal_ratio": ratio, "signal_z": z, "heldout_gain_median": float(g.median()),
-            "heldout_agreement": float(ok.mean())}
+            "heldout_agreement": float(ok.mean())}, s_grid
 
 
 def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None = None, heldout=None,
@@ -269,13 +293,17 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     theta = math.radians(2 * spacing)
     chance = (theta - math.sin(theta)) / math.pi      # fraction of SO(3) within theta of a given rotation
     held = dict.fromkeys(("signal_ratio", "signal_z", "heldout_gain_median", "heldout_agreement"))
+    vh = s_grid = shifts = None
     if n_ho >= 2:
         vh = slicing_volume(full_acc.solve(sigma2, mask_radius=mask_r)[0])
         # shifts of the held-out images are searched (their predicted shifts may be wrong), over the range the
         # fitted particles' shifts span, in 1-px steps of the diagnosis box
         ext = float(np.clip(np.quantile(trans_t[rows_all].abs().numpy(), 0.98), 1.0, d / 8))
         shifts = shift_grid(ext, max(1.0, ext / 3))
-        held = _signal(vh, sdata, rows_ho, rows_null, rot_t, trans_t, grid, spacing, shifts)
+        held, s_grid = _signal(vh, sdata, rows_ho, rows_null, rot_t, trans_t, grid, spacing, shifts)
+    sym = {}
+    if cfg.symmetry:
+        sym = _symmetry_check(maps, band, mask_r, vh, sdata, rows_ho, s_grid, grid, sigma2, shifts, spacing)
     auc = sizes = None
     if state is not None and len(np.unique(state)) >= 2:
         st = np.zeros(data.n, np.int64)
@@ -286,13 +314,47 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
                      halves_gain_median=float(torch.cat(gains).median()),
                      halves_agreement=float(torch.cat(agree).mean()), agreement_chance=float(chance),
                      fsc_half_0143_px=float(r0143), fsc_half_05_px=float(r05), fsc_curve=[float(c) for c in curve],
-                     state_auc=auc, state_sizes=sizes, **held)
+                     state_auc=auc, state_sizes=sizes, **held, **sym)
+
+
+def _symmetry_check(maps, band, mask_r, vh, sdata, rows_ho, s_grid, grid, sigma2, shifts, spacing) -> dict:
+    """The map's strongest pseudo-symmetry (from the half maps) and, with held-out particles, how many of them fit
+    two separated orientations alike, and whether those are related by the symmetry (:mod:`.symmetry`)."""
+    s = find_symmetry(maps[0].numpy(), maps[1].numpy(), band, mask_r)
+    out = {"symmetry_half_corr": s.half_corr}
+    if s.rot is not None:
+        out.update(symmetry_angle_deg=s.angle_deg, symmetry_axis=s.axis, symmetry_cross_corr=s.cross_corr,
+                   symmetry_fraction=s.fraction)
+    if vh is not None:
+        m = pose_modes(vh, sdata, rows_ho, s_grid, grid, spacing, sigma2, shifts, g=s.rot)
+        out.update(ambiguous_fraction=m["ambiguous_fraction"], second_mode_z_median=m["z_median"],
+                   second_mode_separation_deg=m["separation_deg"], second_mode_at_symmetry=m["at_symmetry_fraction"])
+    return out
+
+
+def _ambiguity_reason(diag: Diagnosis) -> str:
+    amb = diag.ambiguous_fraction
+    tail = ("score difference within {z:g} noise standard deviations; in a converged run nearly every particle "
+            "prefers one").format(z=AMBIGUOUS_Z)
+    at_sym = diag.second_mode_at_symmetry
+    if diag.symmetry_angle_deg is not None and at_sym is not None and at_sym >= 0.5:
+        ax = ", ".join(f"{a:.2f}" for a in diag.symmetry_axis)
+        return (f"the map is nearly symmetric under a {diag.symmetry_angle_deg:.0f} deg rotation about the axis ({ax}) "
+                f"(the rotated half map reproduces {100 * diag.symmetry_fraction:.0f} % of the other half's "
+                f"agreement), and {100 * amb:.0f} % of the held-out particles fit an orientation and its mate under "
+                f"that rotation equally well ({tail}): the map may be right, but per-particle poses, and a state "
+                "split that follows them, are ambiguous; if the molecule is truly symmetric, impose the symmetry")
+    sep = diag.second_mode_separation_deg
+    return (f"{100 * amb:.0f} % of the held-out particles fit two orientations "
+            f"{'' if sep is None else f'about {sep:.0f} deg '}apart equally well ({tail}): the map may look right, "
+            "but many per-particle poses are ambiguous and may be wrong, and a state split may only follow them")
 
 
 def verdict(diag: Diagnosis, encoder_agreement_deg: float | None = None,
             encoder_target_deg: float | None = None) -> tuple[str, list[str]]:
     """("converged" | "uncertain" | "failed", reasons). ``encoder_agreement_deg``: median angle between the encoder's
-    and the seed's poses (seeded runs), checked against ``encoder_target_deg``."""
+    and the seed's poses (seeded runs), checked against ``encoder_target_deg``. A diagnosis without the ambiguity
+    check (``ambiguous_fraction`` None) is judged without it."""
     reasons: list[str] = []
     level = "converged"
     if diag.signal_ratio is None:
@@ -316,6 +378,10 @@ def verdict(diag: Diagnosis, encoder_agreement_deg: float | None = None,
             reasons.append(f"the encoder's poses for held-out particles explain them only partly (median pose gain "
                            f"{g:.2f}; >= {GAIN_CONVERGED} when reliable): poses of new particles (`cryofire infer`) "
                            "are not reliable")
+    amb = diag.ambiguous_fraction
+    if amb is not None and amb > AMBIGUOUS_FRACTION:
+        level = "uncertain"
+        reasons.append(_ambiguity_reason(diag))
     if diag.state_auc is not None and diag.state_auc < STATE_AUC_SUPPORTED:
         level = "uncertain"
         reasons.append(f"the state split does not reproduce across halves (the other half's state maps tell the "
