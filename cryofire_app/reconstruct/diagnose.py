@@ -241,6 +241,31 @@ def _signal(vh, sdata, rows_ho, rows_null, rot, trans, grid, spacing, shifts) ->
             "heldout_agreement": float(ok.mean())}, s_grid
 
 
+def _prepared(images, ctf_params, rot, trans_px, sub: np.ndarray, ho: np.ndarray, cfg: DiagnoseConfig):
+    """The diagnosis subset ``sub`` prepared, with a null copy of each held-out image last (reconstruct.data), its
+    poses (``trans`` in px of the diagnosis box ``d``), and ``d``."""
+    imgs = np.stack([np.asarray(images[int(i)], np.float32) for i in sub])
+    imgs = np.concatenate([imgs, null_images(imgs[ho], cfg.seed)])        # null copies of the held-out images last
+    take = np.concatenate([sub, sub[ho]])
+    ctf = None if ctf_params is None else np.asarray(ctf_params)[take]
+    parts = prepare_particles(imgs, ctf)
+    d = min(parts.D, cfg.max_box)
+    rot_t = torch.as_tensor(np.asarray(rot, np.float32)[take])
+    trans_t = torch.as_tensor(np.asarray(trans_px, np.float32)[take]) * (d / parts.D)
+    return parts, rot_t, trans_t, d
+
+
+def _half_maps(data, rows_all, rot_t, trans_t, mask_r: float, gen):
+    """Two random halves of the fitted particles, their merged sums (one back-projection pass), their maps, and
+    the noise variance from the residuals of the fitted particles' map at their poses."""
+    halves = tuple(rows_all[h] for h in _halves(len(rows_all), gen))
+    accs = [_accumulate(data, h, rot_t, trans_t) for h in halves]
+    full_acc = HartleyAccumulator.merged(accs)
+    full = slicing_volume(full_acc.solve(1.0, mask_radius=mask_r)[0])
+    sigma2 = residual_sigma2(scores_at(full, data, rot_t[rows_all], trans_t[rows_all], rows_all), data, rows_all)
+    return halves, full_acc, [a.solve(sigma2, mask_radius=mask_r)[0] for a in accs], sigma2
+
+
 def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None = None, heldout=None,
              config: DiagnoseConfig | None = None) -> Diagnosis:
     """Run the checks on ``images (N, D, D)`` (raw data sign, any scale; D even) with ``ctf_params (N, 9)`` cryoDRGN
@@ -251,16 +276,9 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     cfg = config or DiagnoseConfig()
     gen = torch.Generator().manual_seed(cfg.seed)
     sub, ho = _subset(len(images), heldout, cfg, gen)
-    imgs = np.stack([np.asarray(images[int(i)], np.float32) for i in sub])
     n_ho = int(ho.sum())
-    imgs = np.concatenate([imgs, null_images(imgs[ho], cfg.seed)])        # null copies of the held-out images last
-    take = np.concatenate([sub, sub[ho]])
-    ctf = None if ctf_params is None else np.asarray(ctf_params)[take]
-    parts = prepare_particles(imgs, ctf)
+    parts, rot_t, trans_t, d = _prepared(images, ctf_params, rot, trans_px, sub, ho, cfg)
     D = parts.D
-    d = min(D, cfg.max_box)
-    rot_t = torch.as_tensor(np.asarray(rot, np.float32)[take])
-    trans_t = torch.as_tensor(np.asarray(trans_px, np.float32)[take]) * (d / D)
     if state is not None:
         state = np.asarray(state)[sub][~ho]
     mask_r = 0.9 * d / 2
@@ -268,14 +286,7 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     rows_all = torch.as_tensor(np.nonzero(~ho)[0])
     rows_ho = torch.as_tensor(np.nonzero(ho)[0])
     rows_null = torch.arange(len(sub), len(sub) + n_ho)
-    # the two halves' sums, and their merge for the map of all fitted particles (one back-projection pass)
-    halves = tuple(rows_all[h] for h in _halves(len(rows_all), gen))
-    accs = [_accumulate(data, h, rot_t, trans_t) for h in halves]
-    full_acc = HartleyAccumulator.merged(accs)
-    # noise variance from the residuals of the fitted particles' map at their poses
-    full = slicing_volume(full_acc.solve(1.0, mask_radius=mask_r)[0])
-    sigma2 = residual_sigma2(scores_at(full, data, rot_t[rows_all], trans_t[rows_all], rows_all), data, rows_all)
-    maps = [a.solve(sigma2, mask_radius=mask_r)[0] for a in accs]
+    halves, full_acc, maps, sigma2 = _half_maps(data, rows_all, rot_t, trans_t, mask_r, gen)
     _, curve = fsc(maps[0].numpy(), maps[1].numpy())
     freq = np.arange(len(curve)) / d
     r05, r0143 = fsc_resolution_px(freq, curve, 0.5), fsc_resolution_px(freq, curve, 0.143)
