@@ -5,7 +5,7 @@ Attributes: `.config` (TrainConfig), `.z (N, d)`, `.index (N,)` (particle index 
 (Angstrom/pixel at the training box), `.D` (training box), `.model` (CryoFIRE, eval mode, CPU), `.checkpoint` (dict).
 Per-particle arrays come from latents.npz (the final eval pass); before it exists they raise FileNotFoundError.
 `.seed_states`: the ab initio seed's heterogeneity of a seeded run (analysis.states.SeedStates: K >= 1 state labels
-and, from issue 20's seed, continuous coordinates, on rows of these arrays), None when the run has no seed_states.npz.
+and, for newer runs, continuous coordinates, on rows of these arrays), None when the run has no seed_states.npz.
 
 `decode(z (n, d)) -> (n, D, D, D)` float32 real-space volumes, axes (z, y, x), in the units of the (windowed)
 particle images: the decoder is evaluated on the unrotated 3D lattice of the training box out to the frequency radius

@@ -7,10 +7,10 @@ A run trained with the seeded schedule writes ``seed_states.npz`` beside ``seed_
 - ``state`` int (M,): the seed's discrete state, 0..K-1, 0 = the largest; K >= 1 (K = 1: no separated states);
 - ``state_score`` float (M,): for K = 2 the seed's log posterior odds of state 1 (larger = state 1), otherwise the
   first heterogeneity coordinate;
-- ``coords`` float (M, q), optional (issue 20): the seed's continuous heterogeneity coordinates (standardised, the
+- ``coords`` float (M, q), optional: the seed's continuous heterogeneity coordinates (standardised, the
   first the strongest), q >= 1; absent (or q = 0) when the seed found no heterogeneity;
-- ``kind`` 0-d string, optional (issue 20): ``"discrete"`` (K >= 2 separated states), ``"continuous"`` (K = 1, q >= 1
-  coordinates) or ``"homogeneous"`` (K = 1, no coordinates). Files without it (before issue 20: K = 2, no coords)
+- ``kind`` 0-d string, optional: ``"discrete"`` (K >= 2 separated states), ``"continuous"`` (K = 1, q >= 1
+  coordinates) or ``"homogeneous"`` (K = 1, no coordinates). Files without it (older runs: K = 2, no coords)
   read as ``"discrete"`` when K >= 2, else ``"continuous"`` with coords, ``"homogeneous"`` without.
 
 Only the training split is classified: held-out (validation) particles have no seed label or coordinate. On issue
