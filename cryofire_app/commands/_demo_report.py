@@ -43,7 +43,7 @@ def demo_summary_dict(o: Outcome, args: argparse.Namespace) -> dict:
         "seed_state_sizes": o.summary["seed_states"]["sizes"] if "seed_states" in o.summary else None,
         "confusion_note": "confusion_seed_states: the ab initio seed's own hard two-state labels (run/seed_states.npz, "
                           "training particles; only the label numbering is matched to the truth); confusion_z_pc1 "
-                          "(= confusion): PC1 of the encoder's z, thresholded where the truth says is best",
+                          "(= confusion): PC1 of the run's z, thresholded where the truth says is best",
         "state_maps_from": "seed states" if o.seeded_maps else ("k-means of z" if o.k else None),
         "res_major_0.5_A": res.get("res_major_0.5_A"), "res_minor_0.5_A": res.get("res_minor_0.5_A"),
         "res_major_0.143_A": res.get("res_major_0.143_A"), "res_minor_0.143_A": res.get("res_minor_0.143_A"),
@@ -67,7 +67,7 @@ def print_headline(o: Outcome) -> None:
         print(f"  state confusion, seed labels  {res['confusion_seed_states']:.1%}  (the ab initio seed's own "
               f"two-state labels of the {res['seed_states_n_images']} training particles, run/seed_states.npz; "
               f"{chance})")
-    print(f"  state confusion, z PC1        {_fmt(res.get('confusion'), '{:.1%}')}  (PC1 of the encoder's z, best "
+    print(f"  state confusion, z PC1        {_fmt(res.get('confusion'), '{:.1%}')}  (PC1 of the run's z, best "
           f"threshold against the truth; {chance})")
     print(f"  FSC 0.5 vs simulated maps     {_fmt(res.get('res_major_0.5_A'), '{:.1f}')} A (major state), "
           f"{_fmt(res.get('res_minor_0.5_A'), '{:.1f}')} A (minor); Nyquist {2 * o.run.apix:.1f} A")

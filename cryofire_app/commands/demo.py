@@ -6,7 +6,7 @@
    the ab initio seed's state labels (run/seed_states.npz; the seed chooses the number of states, unless --states):
    per-state selections and volumes at each state's mean z
 4. evaluate against the simulation's ground truth (pose errors, FSC, and the state confusion of both splits: the seed's
-   labels and PC1 of the encoder's z) -> eval.json
+   labels and PC1 of the run's z) -> eval.json
 5. hand: ab initio cannot know the hand of its map (a mirrored map with mirrored poses explains the same images);
    the demo knows the truth, so it takes the hand from the pose alignment against the simulated poses (cross-checked
    against the simulated map, analysis/hand.py) and writes the consensus and state maps in the correct hand -> maps/,
