@@ -104,3 +104,23 @@ def test_new_particles_get_the_coordinates_of_the_seeds_basis(tmp_path, fixtures
     x = particle_coordinates(lambda r: new[r], len(new), ctf_new, rot_new, trans_new, basis)
     assert abs(spearmanr(x[:, 0], u_new)[0]) >= 0.85
     assert abs(np.median(x[:, 0])) < 0.3 and 0.7 < x[:, 0].std() < 1.3   # standardised as the training coordinates
+
+
+def test_the_basis_labels_the_analysed_particles_as_the_analysis_did(tmp_path, fixtures_dir):
+    """The state mixture saved in the basis gives the analysed particles' own labels back from their coordinates,
+    and labels new particles of the same states."""
+    from cryofire_app.reconstruct.coordinates import particle_coordinates
+    from cryofire_app.reconstruct.hetero import HeteroBasis
+    from cryofire_app.simulate import HingeConfig
+
+    hinge = HingeConfig(steps=3, angle_deg=30.0)
+    images, ctf, rot, trans, _, _ = _simulate(tmp_path / "train", fixtures_dir, 1500, hinge, fractions=(0.5, 0.3, 0.2))
+    new, ctf_new, rot_new, trans_new, labels_new, _ = _simulate(tmp_path / "new", fixtures_dir, 400, hinge,
+                                                                fractions=(0.5, 0.3, 0.2), seed=1)
+    res = _analyse(images, ctf, rot, trans)
+    assert res.n_states == 3 and res.basis.mixture is not None
+    res.basis.data_scale = prepare_particles(images, ctf).scale
+    basis = HeteroBasis.from_arrays(res.basis.to_arrays())
+    assert np.mean(basis.states(res.coords) == res.labels) > 0.99
+    x = particle_coordinates(lambda r: new[r], len(new), ctf_new, rot_new, trans_new, basis)
+    assert label_confusion(basis.states(x), labels_new)["confusion"] <= 0.05

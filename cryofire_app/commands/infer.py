@@ -133,12 +133,15 @@ def _seed_z(args: argparse.Namespace, seed: dict, run, data, pr) -> bool:
                              "amortized run, a run from before they were saved, or no CTF for these particles)",
                              path)
         return False
-    pr.z[:, : zb.shape[1]] = zb
+    pr.z[:, : zb[0].shape[1]] = zb[0]
+    if zb[1] is not None:
+        pr.state = zb[1]
     return True
 
 
 def _write_predictions(out, pr, ps, data, D: int) -> None:
-    """PREDDIR/pose.pkl (trans as a fraction of the box D), z.pkl and latents.npz (trans in pixels)."""
+    """PREDDIR/pose.pkl (trans as a fraction of the box D), z.pkl and latents.npz (trans in pixels; ``state``: the
+    states under the seed's mixture, when it has one)."""
     import numpy as np
 
     from cryofire_app.io import write_pose_pkl, write_z_pkl
@@ -151,7 +154,8 @@ def _write_predictions(out, pr, ps, data, D: int) -> None:
     write_z_pkl(files.z, pr.z.astype(np.float32))
     atomic_save_npz(files.latents, index=np.asarray(ps.index, np.int64), z=pr.z.astype(np.float32),
                     rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
-                    branch=pr.branch.astype(np.int8), D=np.int64(D), apix=np.float64(data.apix))
+                    branch=pr.branch.astype(np.int8), D=np.int64(D), apix=np.float64(data.apix),
+                    **({"state": pr.state.astype(np.int64)} if pr.state is not None else {}))
 
 
 def main(args: argparse.Namespace) -> int:

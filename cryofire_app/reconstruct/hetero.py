@@ -69,8 +69,10 @@ class HeteroBasis:
     radius: float
     scale_fit: bool = True
     data_scale: float = 1.0
+    mixture: dict | None = None   # the state mixture (hetero._states) on the coordinates; None for one state
 
     KEYS = ("volume", "directions", "center", "scale", "radius", "scale_fit", "data_scale")
+    MIXTURE_KEYS = ("weights", "means", "covariances", "state")
 
     @property
     def d(self) -> int:
@@ -82,8 +84,11 @@ class HeteroBasis:
 
     def to_arrays(self, prefix: str = "basis_") -> dict[str, np.ndarray]:
         """Flat numpy arrays (for an .npz), named ``prefix + field``."""
-        return {prefix + k: np.asarray(getattr(self, k), np.float32 if k in ("volume", "directions") else None)
-                for k in self.KEYS}
+        out = {prefix + k: np.asarray(getattr(self, k), np.float32 if k in ("volume", "directions") else None)
+               for k in self.KEYS}
+        if self.mixture is not None:
+            out.update({f"{prefix}mixture_{k}": np.asarray(self.mixture[k]) for k in self.MIXTURE_KEYS})
+        return out
 
     @classmethod
     def from_arrays(cls, d: dict, prefix: str = "basis_") -> "HeteroBasis | None":
@@ -91,8 +96,34 @@ class HeteroBasis:
         if any(prefix + k not in d for k in cls.KEYS):
             return None
         a = {k: np.asarray(d[prefix + k]) for k in cls.KEYS}
+        mixture = None
+        if all(f"{prefix}mixture_{k}" in d for k in cls.MIXTURE_KEYS):
+            mixture = {k: np.asarray(d[f"{prefix}mixture_{k}"]) for k in cls.MIXTURE_KEYS}
         return cls(a["volume"].astype(np.float32), a["directions"].astype(np.float32), a["center"].astype(np.float64),
-                   a["scale"].astype(np.float64), float(a["radius"]), bool(a["scale_fit"]), float(a["data_scale"]))
+                   a["scale"].astype(np.float64), float(a["radius"]), bool(a["scale_fit"]), float(a["data_scale"]),
+                   mixture)
+
+    def states(self, x: np.ndarray) -> np.ndarray | None:
+        """``(n,)`` state labels of standardised coordinates ``x (n, q)`` (as :func:`coordinates` gives them) under
+        the analysed particles' state mixture: the state of the highest summed posterior (0 = the largest state);
+        None for one state."""
+        if self.mixture is None:
+            return None
+        m = self.mixture
+        x = np.asarray(x, np.float64)
+        logp = np.stack([np.log(max(float(w), 1e-300)) + _log_gauss(x, mu, cov)
+                         for w, mu, cov in zip(m["weights"], m["means"], m["covariances"])], 1)
+        post = np.exp(logp - logp.max(1, keepdims=True))
+        K = int(m["state"].max()) + 1
+        by_state = np.stack([post[:, m["state"] == k].sum(1) for k in range(K)], 1)
+        return by_state.argmax(1).astype(np.int64)
+
+
+def _log_gauss(x: np.ndarray, mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Log density of N(mu, cov) at the rows of ``x``."""
+    L = np.linalg.cholesky(cov)
+    y = np.linalg.solve(L, (x - mu).T)
+    return -0.5 * (y ** 2).sum(0) - np.log(np.diag(L)).sum() - 0.5 * len(mu) * np.log(2 * np.pi)
 
 
 @dataclass
@@ -190,10 +221,12 @@ def _joint_coefficients(data, rot, resid, us: list[torch.Tensor], batch: int) ->
     return out
 
 
-def _merge(post: np.ndarray, max_overlap: float, min_fraction: float) -> np.ndarray:
+def _merge(post: np.ndarray, max_overlap: float, min_fraction: float,
+           groups: list[list[int]] | None = None) -> np.ndarray:
     """Merge mixture components that are not separated: while some pair's overlap (sum over particles of the smaller
     of the two posteriors, per particle of the smaller component) exceeds ``max_overlap``, or a component holds less
-    than ``min_fraction`` of the particles, join the most overlapping pair. ``post (n, K)`` -> ``(n, K')``."""
+    than ``min_fraction`` of the particles, join the most overlapping pair. ``post (n, K)`` -> ``(n, K')``; ``groups``
+    (one list of component indices per column, updated in place) follows the joins."""
     P = post.copy()
     while P.shape[1] > 1:
         size = P.sum(0)
@@ -212,12 +245,18 @@ def _merge(post: np.ndarray, max_overlap: float, min_fraction: float) -> np.ndar
         a, b = pair
         P[:, a] += P[:, b]
         P = np.delete(P, b, axis=1)
+        if groups is not None:   # as the columns: a takes b's members, then b goes
+            groups[a] = groups[a] + groups[b]
+            del groups[b]
     return P
 
 
-def _states(x: np.ndarray, cfg: HeteroConfig) -> tuple[np.ndarray, np.ndarray | None, dict, float | None]:
-    """Labels (0 = largest), K = 2 log odds, BIC per K and the mean posterior of the assigned state: the Gaussian
-    mixture of lowest BIC (K = 1..max_states, or K = n_states when forced), its unseparated components merged."""
+def _states(x: np.ndarray, cfg: HeteroConfig
+            ) -> tuple[np.ndarray, np.ndarray | None, dict, float | None, dict | None]:
+    """Labels (0 = largest), K = 2 log odds, BIC per K, the mean posterior of the assigned state, and the mixture
+    (``weights``, ``means``, ``covariances`` of its components and ``state`` (component -> state), for labelling
+    other particles; None for one state): the Gaussian mixture of lowest BIC (K = 1..max_states, or K = n_states
+    when forced), its unseparated components merged."""
     from sklearn.mixture import GaussianMixture
 
     n = len(x)
@@ -230,20 +269,27 @@ def _states(x: np.ndarray, cfg: HeteroConfig) -> tuple[np.ndarray, np.ndarray | 
         fits[k], bic[k] = gm, float(gm.bic(x))
     k = min(bic, key=bic.get)
     if k == 1:
-        return np.zeros(n, np.int64), None, bic, None
+        return np.zeros(n, np.int64), None, bic, None, None
     post = fits[k].predict_proba(x)
+    groups = [[j] for j in range(k)]
     if cfg.n_states == 0:
-        post = _merge(post, cfg.max_overlap, cfg.min_state_fraction)
+        post = _merge(post, cfg.max_overlap, cfg.min_state_fraction, groups)
     if post.shape[1] == 1:
-        return np.zeros(n, np.int64), None, bic, None
-    post = post[:, np.argsort(-post.sum(0))]     # state 0 = the largest
+        return np.zeros(n, np.int64), None, bic, None, None
+    order = np.argsort(-post.sum(0))
+    post = post[:, order]     # state 0 = the largest
+    state_of = np.zeros(k, np.int64)
+    for s_new, col in enumerate(order):
+        state_of[groups[col]] = s_new
+    gm = fits[k]
+    mixture = {"weights": gm.weights_, "means": gm.means_, "covariances": gm.covariances_, "state": state_of}
     labels = post.argmax(1).astype(np.int64)
     certainty = float(post.max(1).mean())
     odds = None
     if post.shape[1] == 2:
         p = post.clip(1e-300, 1.0)
         odds = np.log(p[:, 1]) - np.log(p[:, 0])
-    return labels, odds, bic, certainty
+    return labels, odds, bic, certainty, mixture
 
 
 def analyse(data: StageData, rot: torch.Tensor, trans: torch.Tensor, vol: torch.Tensor, cfg: HeteroConfig,
@@ -307,7 +353,8 @@ def iter_analyse(data: StageData, rot: torch.Tensor, trans: torch.Tensor, vol: t
                         np.stack([torch.stack(dirs[h][:q]).cpu().numpy() for h in (0, 1)]).astype(np.float32),
                         x.mean(0), x.std(0) + 1e-12, float(data.radius), bool(cfg.scale_fit))
     x = (x - basis.center) / basis.scale
-    labels, odds, bic, certainty = _states(x, cfg)
+    labels, odds, bic, certainty, mixture = _states(x, cfg)
+    basis.mixture = mixture
     K = int(labels.max()) + 1
     kind = "discrete" if K >= 2 else "continuous"
     yield (f"{kind} heterogeneity: {K} state(s), sizes {np.bincount(labels, minlength=K).tolist()}"

@@ -45,6 +45,7 @@ class Predictions:
     z: np.ndarray          # (n, d)
     branch: np.ndarray     # (n,) 0 original, 1 mirrored
     loss: np.ndarray       # (n,) min-branch error (nan with select="encoder")
+    state: np.ndarray | None = None   # (n,) states under the seed's mixture (cryofire infer), or None
 
 
 def _prefetched(data: ParticleData, pos: np.ndarray, batch: int, with_Y: bool = True):

@@ -47,9 +47,9 @@ def seed_fits_better(tr: "Trainer", pos: np.ndarray, pr: Predictions, radius: in
     return out
 
 
-def seed_basis_z(tr: "Trainer", pr: Predictions) -> np.ndarray | None:
-    """``(N, q)`` z_0..z_{q-1} of every particle from the seed's heterogeneity basis at the final poses ``pr``
-    (training.seeding.basis_z), or None when the seed has none."""
+def seed_basis_z(tr: "Trainer", pr: Predictions) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(z (N, q), state (N,) or None)`` of every particle from the seed's heterogeneity basis at the final poses
+    ``pr`` (training.seeding.basis_z), or None when the seed has none."""
     from cryofire_app.training.seeding import basis_z
 
     ctf = tr.data.ctf.numpy() if tr.data.ctf is not None else None
@@ -62,8 +62,8 @@ def write_outputs(tr: "Trainer") -> Predictions:
     whole training radius: the seed's (exhaustive search and local refinement) or the encoder's (no labels needed;
     the encoder can drift from, or never reach, the seed). When the seed found reproducible heterogeneity, z_0..z_{q-1}
     are every particle's coordinates on the seed's residual directions at its final pose (the estimate the seed made
-    for its own particles, which generalises as the poses do); the encoder's own z is kept in latents.npz as
-    ``z_encoder``."""
+    for its own particles, which generalises as the poses do), and latents.npz's ``state`` their states under the
+    seed's mixture; the encoder's own z is kept in latents.npz as ``z_encoder``."""
     from cryofire_app.io import write_pose_pkl, write_z_pkl
 
     cfg, rd = tr.config, tr.run_dir
@@ -79,8 +79,11 @@ def write_outputs(tr: "Trainer") -> Predictions:
         tr.seed_pose_fraction = float(use.mean()) if len(use) else 0.0
     z_encoder = pr.z.copy()
     zb = seed_basis_z(tr, pr) if tr.seed is not None else None
+    extra = {}
     if zb is not None:
-        pr.z[:, : zb.shape[1]] = zb
+        pr.z[:, : zb[0].shape[1]] = zb[0]
+        if zb[1] is not None:   # every particle's state under the seed's mixture
+            extra["state"] = zb[1].astype(np.int64)
     write_pose_pkl(rd.pose, pr.rot.astype(np.float32), (pr.trans / tr.D).astype(np.float32))
     write_z_pkl(rd.z, pr.z.astype(np.float32))
     split = np.zeros(tr.data.N, np.int8)
@@ -88,7 +91,7 @@ def write_outputs(tr: "Trainer") -> Predictions:
     atomic_save_npz(rd.latents, index=np.asarray(tr.data.particles.index, np.int64), z=pr.z.astype(np.float32),
                     rot=pr.rot.astype(np.float32), trans=pr.trans.astype(np.float32),
                     branch=pr.branch.astype(np.int8), val=split, images_seen=np.int64(tr.images_seen),
-                    D=np.int64(tr.D), apix=np.float64(tr.data.apix), z_encoder=z_encoder.astype(np.float32))
+                    D=np.int64(tr.D), apix=np.float64(tr.data.apix), z_encoder=z_encoder.astype(np.float32), **extra)
     if tr.seed is not None:
         _write_seed_outputs(tr)
     return pr

@@ -263,12 +263,13 @@ def _adopt_sign(tr: "Trainer", sgn: int) -> Message | None:
 
 
 def basis_z(seed: dict, zdim: int, images, n: int, ctf_params: np.ndarray | None, rot: np.ndarray,
-            trans_px: np.ndarray) -> np.ndarray | None:
-    """``(n, q)`` z_0..z_{q-1} of ``n`` particles at poses ``rot``, ``trans_px`` (px of the training box) from the
-    seed's heterogeneity basis (seed.npz's ``basis_*``, reconstruct.coordinates): the seed's own estimate of its
-    coordinates, standardised as the distill phase's z targets (seed_arrays), so the decoder reads them as it learnt
-    them. ``images(rows)``: the particles' raw images at the training box. None when the seed found no reproducible
-    direction (or the file predates the basis)."""
+            trans_px: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(z, state)`` of ``n`` particles at poses ``rot``, ``trans_px`` (px of the training box) from the seed's
+    heterogeneity basis (seed.npz's ``basis_*``, reconstruct.coordinates): ``z (n, q)``, z_0..z_{q-1}, the seed's own
+    estimate of its coordinates, standardised as the distill phase's z targets (seed_arrays), so the decoder reads
+    them as it learnt them; ``state (n,)`` their labels under the seed's state mixture (None for one state, or a
+    file without it). ``images(rows)``: the particles' raw images at the training box. None when the seed found no
+    reproducible direction (or the file predates the basis)."""
     from cryofire_app.reconstruct.coordinates import particle_coordinates
     from cryofire_app.reconstruct.hetero import HeteroBasis
 
@@ -277,9 +278,10 @@ def basis_z(seed: dict, zdim: int, images, n: int, ctf_params: np.ndarray | None
     if basis is None or basis.q == 0 or zdim <= 0 or coords.ndim != 2 or coords.shape[1] == 0:
         return None
     q = min(basis.q, zdim, coords.shape[1])
-    x = particle_coordinates(images, n, ctf_params, rot, trans_px, basis)[:, :q].astype(np.float64)
+    x = particle_coordinates(images, n, ctf_params, rot, trans_px, basis)
     c = coords[:, :q]
-    return ((x - np.median(c, 0)) / (c.std(0) + 1e-12)).astype(np.float32)
+    z = ((x[:, :q].astype(np.float64) - np.median(c, 0)) / (c.std(0) + 1e-12)).astype(np.float32)
+    return z, basis.states(x)
 
 
 def refine_with_seed(seed: dict, images, n: int, ctf_params: np.ndarray | None, rot: np.ndarray,
