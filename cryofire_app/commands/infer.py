@@ -26,9 +26,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="branch choice: decoder error at --select-radius (default) or encoder only (branch 0)")
     p.add_argument("--select-radius", type=int, default=None,
                    help="frequency radius in pixels for --select decoder (default: the run's select_radius)")
-    p.add_argument("--refine-poses", choices=("auto", "yes", "no"), default="auto",
-                   help="refine the encoder's poses locally against the seed's map (the seed's own last refinement "
-                        "step; auto, the default: when the run's seed has one and the particles have a CTF)")
+    p.add_argument("--refine-poses", choices=("auto", "search", "local", "no"), default="auto",
+                   help="refine the encoder's poses against the seed's map: 'search' starts the seed's last local "
+                        "refinement from the encoder's pose and from the best poses of an exhaustive search as the "
+                        "seed's (particles the encoder put in a wrong basin recover); 'local' from the encoder's pose "
+                        "only (faster); 'no' keeps the encoder's; auto (default): search when the run's seed has a "
+                        "map and the particles a CTF")
     p.add_argument("--z-from", choices=("auto", "seed", "encoder"), default="auto",
                    help="z_0..z_{q-1}: the particles' coordinates on the seed's heterogeneity directions at their "
                         "predicted poses (seed; what `cryofire train` writes for its own particles), or the "
@@ -98,7 +101,7 @@ def _read_seed(args: argparse.Namespace, run, data) -> dict:
         return {k: f[k] for k in f.files}
 
 
-def _refine_poses(args: argparse.Namespace, seed: dict, data, pr) -> bool:
+def _refine_poses(args: argparse.Namespace, seed: dict, run, data, pr) -> bool:
     """Refine ``pr``'s poses against the seed's map (--refine-poses); True when done."""
     from cryofire_app.io.errors import InputError
     from cryofire_app.training.seeding import refine_with_seed
@@ -106,11 +109,13 @@ def _refine_poses(args: argparse.Namespace, seed: dict, data, pr) -> bool:
     if args.refine_poses == "no":
         return False
     out = refine_with_seed(seed, data.resized_images, data.N, data.ctf.numpy() if data.ctf is not None else None,
-                           pr.rot, pr.trans) if seed else None
+                           pr.rot, pr.trans, run.config.seeded.seed_config,
+                           search=args.refine_poses != "local") if seed else None
     if out is None:
-        if args.refine_poses == "yes":
-            raise InputError("--refine-poses yes: the run has no seed map to refine against (an amortized run, a "
-                             "run from before it was saved, or no CTF for these particles)", args.outdir)
+        if args.refine_poses in ("search", "local"):
+            raise InputError(f"--refine-poses {args.refine_poses}: the run has no seed map to refine against (an "
+                             "amortized run, a run from before it was saved, or no CTF for these particles)",
+                             args.outdir)
         return False
     pr.rot, pr.trans = out
     return True
@@ -191,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
                  batch=args.batch_size, device=device, use_z=ck["phase"] not in ("pose_only", "seed"),
                  sym=run.config.amortized.sym_loss, turns=turns)
     seed = _read_seed(args, run, data)
-    refined = _refine_poses(args, seed, data, pr)
+    refined = _refine_poses(args, seed, run, data, pr)
     from_seed = _seed_z(args, seed, run, data, pr)
     if args.refine_z > 0:
         if data.ctf is None and run.config.ctf is not None:

@@ -16,8 +16,8 @@ import torch
 
 from .data import prepare_particles, stage_data
 from .final import chunk_size
-from .grids import local_perturbations, shift_grid
-from .search import local_search
+from .grids import local_perturbations, shift_grid, so3_grid
+from .search import global_search, local_search
 from .seed_stages import resize_volume
 from .volume import slicing_volume
 
@@ -30,10 +30,14 @@ STEPS_DEG = (8.0, 4.0, 2.0, 1.0)
 def refine_poses(images: Callable[[np.ndarray], np.ndarray], n: int, ctf_params: np.ndarray | None, rot: np.ndarray,
                  trans_px: np.ndarray, volume: np.ndarray, data_scale: float, box: int, radius: float,
                  steps_deg: tuple[float, ...] = STEPS_DEG, shift_step_px: float = 1.0, chunk: int | None = None,
-                 batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                 batch: int = 64, search: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Refined ``(rot, trans_px)`` of ``n`` particles (``images(rows)``: their ``(len(rows), D, D)`` raw images;
     ``ctf_params (n, 9)`` or None) against ``volume`` at box ``min(box, D)`` within ``radius`` Fourier px of that
-    box; the shift step starts at ``shift_step_px`` (input-box px) and halves to 0.25 px."""
+    box; the shift step starts at ``shift_step_px`` (input-box px) and halves to 0.25 px.
+
+    ``search``: first an exhaustive search as the seed's (``box``, ``grid_dirs``, ``grid_psi``, ``max_shift_px``
+    input-box px, ``topk``), whose best poses join the given one as starts of the first round: for particles whose
+    given pose is in a wrong basin, at the cost of a search over every rotation."""
     rot_out = np.array(rot, np.float32, copy=True)
     trans_out = np.array(trans_px, np.float32, copy=True)
     if n == 0:
@@ -47,13 +51,30 @@ def refine_poses(images: Callable[[np.ndarray], np.ndarray], n: int, ctf_params:
         parts = prepare_particles(images(rows), None if ctf_params is None else ctf_params[rows])
         parts.ht *= parts.scale / data_scale   # into the seed's units
         data = stage_data(parts, d, radius)
-        r = torch.as_tensor(rot_out[rows])
-        t = torch.as_tensor(trans_out[rows]) * (d / D)   # box-d px
+        r = torch.as_tensor(rot_out[rows])[:, None]
+        t = torch.as_tensor(trans_out[rows])[:, None] * (d / D)   # box-d px, (n, H, 2)
+        if search:
+            r, t = _with_search_starts(parts, volume, r, t, d, D, radius, search, batch)
         tstep = shift_step_px * d / D
         for step in steps_deg:
-            r, t, _ = local_search(vh, data, r[:, None], t[:, None], local_perturbations(math.radians(step)),
-                                   shift_grid(tstep, tstep), batch=batch)
+            r, t, _ = local_search(vh, data, r, t, local_perturbations(math.radians(step)), shift_grid(tstep, tstep),
+                                   batch=batch)
+            r, t = r[:, None], t[:, None]
             tstep = max(tstep / 2, 0.25 * d / D)
+        r, t = r[:, 0], t[:, 0]
         rot_out[rows] = r.numpy()
         trans_out[rows] = (t * (D / d)).numpy()
     return rot_out, trans_out
+
+
+def _with_search_starts(parts, volume, r, t, d: int, D: int, radius: float, search: dict, batch: int):
+    """The given starts ``r (n, 1, 3, 3)``, ``t (n, 1, 2)`` (box-d px) and the best ``topk`` poses of an exhaustive
+    search at box ``search["box"]`` (the radius scaled from ``radius`` at box d)."""
+    ds = min(int(search["box"]), D)
+    data_s = stage_data(parts, ds, radius * ds / d)
+    vh_s = slicing_volume(resize_volume(torch.as_tensor(np.asarray(volume, np.float32)), ds))
+    grid = so3_grid(int(search["grid_dirs"]), int(search["grid_psi"]))
+    ext = float(search["max_shift_px"]) * ds / D
+    shifts = shift_grid(ext, max(0.5, ext / 4))
+    _, ri, ti = global_search(vh_s, data_s, grid, shifts, topk=int(search.get("topk", 2)), batch=batch)
+    return torch.cat([r, grid[ri]], 1), torch.cat([t, shifts[ti] * (d / ds)], 1)

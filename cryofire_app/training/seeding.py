@@ -285,14 +285,21 @@ def basis_z(seed: dict, zdim: int, images, n: int, ctf_params: np.ndarray | None
 
 
 def refine_with_seed(seed: dict, images, n: int, ctf_params: np.ndarray | None, rot: np.ndarray,
-                     trans_px: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(rot, trans_px)`` of ``n`` particles refined locally against the seed's map (reconstruct.refine: the seed's
-    own last refinement, at its box and radius), from the given poses (px of the training box); ``images(rows)``:
-    raw images at the training box. None when seed.npz predates the refinement keys."""
+                     trans_px: np.ndarray, seed_config: dict | None = None,
+                     search: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rot, trans_px)`` of ``n`` particles refined against the seed's map (reconstruct.refine: the seed's own last
+    refinement, at its box and radius), from the given poses (px of the training box) and, with ``search``, from the
+    best poses of an exhaustive search as the seed's (its box, grid and shift range, from ``seed_config``: the run's
+    TrainConfig.seeded.seed_config overrides); ``images(rows)``: raw images at the training box. None when seed.npz
+    predates the refinement keys."""
+    from cryofire_app.reconstruct import seed_config_from
     from cryofire_app.reconstruct.refine import refine_poses
 
     if any(k not in seed for k in ("refine_box", "refine_radius", "data_scale", "volume", "density_sign")):
         return None
     raw_sign_map = float(seed["density_sign"]) * np.asarray(seed["volume"], np.float32)   # the map of the raw data
+    sc = seed_config_from(seed_config)
+    starts = dict(box=sc.box_search, grid_dirs=sc.grid_dirs, grid_psi=sc.grid_psi, max_shift_px=sc.max_shift_px,
+                  topk=sc.research_topk) if search else None
     return refine_poses(images, n, ctf_params, rot, trans_px, raw_sign_map, float(seed["data_scale"]),
-                        int(seed["refine_box"]), float(seed["refine_radius"]))
+                        int(seed["refine_box"]), float(seed["refine_radius"]), search=starts)
