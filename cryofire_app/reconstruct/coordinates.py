@@ -7,16 +7,32 @@ re-centres the particle); images in the raw units of the stack the seed analysed
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from .data import prepare_particles, stage_data
+from .data import Particles, prepare_particles, stage_data
 from .final import chunk_size
 from .hetero import HeteroBasis, coordinates
 
-__all__ = ["particle_coordinates"]
+__all__ = ["particle_coordinates", "prepared_chunks"]
+
+
+def prepared_chunks(images: Callable[[np.ndarray], np.ndarray], n: int, ctf_params: np.ndarray | None,
+                    data_scale: float, chunk: int | None = None) -> Iterator[tuple[np.ndarray, Particles]]:
+    """``(rows, particles)`` for consecutive chunks of ``n`` particles, prepared as the seed prepared its own
+    (reconstruct.data) and put into the units of the stack it analysed (``data_scale``: that stack's
+    Particles.scale). ``chunk`` particles at a time (default reconstruct.final.chunk_size(D)), so memory does not
+    grow with n."""
+    if n == 0:
+        return
+    chunk = chunk or chunk_size(int(np.asarray(images(np.arange(1))).shape[-1]))
+    for s in range(0, n, chunk):
+        rows = np.arange(s, min(n, s + chunk))
+        parts = prepare_particles(images(rows), None if ctf_params is None else ctf_params[rows])
+        parts.ht *= parts.scale / data_scale   # into the analysed stack's units
+        yield rows, parts
 
 
 def particle_coordinates(images: Callable[[np.ndarray], np.ndarray], n: int, ctf_params: np.ndarray | None,
@@ -26,15 +42,8 @@ def particle_coordinates(images: Callable[[np.ndarray], np.ndarray], n: int, ctf
     ``(len(rows), D, D)`` images (D even, the box the seed saw), ``ctf_params (n, 9)`` cryoDRGN rows or None. Works
     ``chunk`` particles at a time (default reconstruct.final.chunk_size(D)), so memory does not grow with n."""
     out = np.zeros((n, basis.q), np.float32)
-    if n == 0:
-        return out
-    D = int(np.asarray(images(np.arange(1))).shape[-1])
-    chunk = chunk or chunk_size(D)
-    for s in range(0, n, chunk):
-        rows = np.arange(s, min(n, s + chunk))
-        parts = prepare_particles(images(rows), None if ctf_params is None else ctf_params[rows])
-        parts.ht *= parts.scale / basis.data_scale   # into the analysed stack's units
+    for rows, parts in prepared_chunks(images, n, ctf_params, basis.data_scale, chunk):
         data = stage_data(parts, basis.d, basis.radius)
-        t = torch.as_tensor(np.asarray(trans_px[rows], np.float32)) * (basis.d / D)
+        t = torch.as_tensor(np.asarray(trans_px[rows], np.float32)) * (basis.d / parts.D)
         out[rows] = coordinates(data, torch.as_tensor(np.asarray(rot[rows], np.float32)), t, basis)
     return out

@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import prepare_particles, stage_data
-from .final import chunk_size
+from .coordinates import prepared_chunks
+from .data import stage_data
 from .grids import local_perturbations, shift_grid, so3_grid
 from .search import global_search, local_search
 from .seed_stages import resize_volume
@@ -44,17 +44,15 @@ def refine_poses(images: Callable[[np.ndarray], np.ndarray], n: int, ctf_params:
         return rot_out, trans_out
     D = int(np.asarray(images(np.arange(1))).shape[-1])
     d = min(int(box), D)
-    vh = slicing_volume(resize_volume(torch.as_tensor(np.asarray(volume, np.float32)), d))
-    chunk = chunk or chunk_size(D)
-    for s in range(0, n, chunk):
-        rows = np.arange(s, min(n, s + chunk))
-        parts = prepare_particles(images(rows), None if ctf_params is None else ctf_params[rows])
-        parts.ht *= parts.scale / data_scale   # into the seed's units
+    vol = torch.as_tensor(np.asarray(volume, np.float32))
+    vh = slicing_volume(resize_volume(vol, d))
+    starts = _SearchStarts(vol, D, search) if search else None
+    for rows, parts in prepared_chunks(images, n, ctf_params, data_scale, chunk):
         data = stage_data(parts, d, radius)
         r = torch.as_tensor(rot_out[rows])[:, None]
         t = torch.as_tensor(trans_out[rows])[:, None] * (d / D)   # box-d px, (n, H, 2)
-        if search:
-            r, t = _with_search_starts(parts, volume, r, t, d, D, radius, search, batch)
+        if starts is not None:
+            r, t = starts.add(parts, r, t, d, radius, batch)
         tstep = shift_step_px * d / D
         for step in steps_deg:
             r, t, _ = local_search(vh, data, r, t, local_perturbations(math.radians(step)), shift_grid(tstep, tstep),
@@ -67,14 +65,20 @@ def refine_poses(images: Callable[[np.ndarray], np.ndarray], n: int, ctf_params:
     return rot_out, trans_out
 
 
-def _with_search_starts(parts, volume, r, t, d: int, D: int, radius: float, search: dict, batch: int):
-    """The given starts ``r (n, 1, 3, 3)``, ``t (n, 1, 2)`` (box-d px) and the best ``topk`` poses of an exhaustive
-    search at box ``search["box"]`` (the radius scaled from ``radius`` at box d)."""
-    ds = min(int(search["box"]), D)
-    data_s = stage_data(parts, ds, radius * ds / d)
-    vh_s = slicing_volume(resize_volume(torch.as_tensor(np.asarray(volume, np.float32)), ds))
-    grid = so3_grid(int(search["grid_dirs"]), int(search["grid_psi"]))
-    ext = float(search["max_shift_px"]) * ds / D
-    shifts = shift_grid(ext, max(0.5, ext / 4))
-    _, ri, ti = global_search(vh_s, data_s, grid, shifts, topk=int(search.get("topk", 2)), batch=batch)
-    return torch.cat([r, grid[ri]], 1), torch.cat([t, shifts[ti] * (d / ds)], 1)
+class _SearchStarts:
+    """An exhaustive search as the seed's at box ``search["box"]`` (its map, rotation grid and shifts made once)."""
+
+    def __init__(self, vol: torch.Tensor, D: int, search: dict):
+        self.ds = min(int(search["box"]), D)
+        self.vh = slicing_volume(resize_volume(vol, self.ds))
+        self.grid = so3_grid(int(search["grid_dirs"]), int(search["grid_psi"]))
+        ext = float(search["max_shift_px"]) * self.ds / D
+        self.shifts = shift_grid(ext, max(0.5, ext / 4))
+        self.topk = int(search.get("topk", 2))
+
+    def add(self, parts, r: torch.Tensor, t: torch.Tensor, d: int, radius: float, batch: int):
+        """The starts ``r (n, 1, 3, 3)``, ``t (n, 1, 2)`` (box-d px) and the search's best ``topk`` poses (the
+        radius scaled from ``radius`` at box d)."""
+        data_s = stage_data(parts, self.ds, radius * self.ds / d)
+        _, ri, ti = global_search(self.vh, data_s, self.grid, self.shifts, topk=self.topk, batch=batch)
+        return torch.cat([r, self.grid[ri]], 1), torch.cat([t, self.shifts[ti] * (d / self.ds)], 1)

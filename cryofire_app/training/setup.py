@@ -44,7 +44,7 @@ def setup(tr: "Trainer") -> None:
     tr.config = cfg = tr.config.resolved(tr.device.type)   # the caller's config is left as it was
     tr.data = load_data(tr)
     check_trainable(tr.data.N, cfg, cfg.particles or None)   # too few particles: refused before any work
-    tr.D, tr.Dl = tr.data.D, tr.data.D + 1
+    tr.D = tr.data.D
     setup_split(tr, ck)
     tr.seed_pos = seeding.seed_subset(cfg, tr.train_pos)
     tr.batch = min(cfg.batch_size, len(tr.train_pos))
