@@ -150,7 +150,7 @@ def score(res, gt: dict, args: argparse.Namespace, wall: float, curve: list[dict
     out = {
         "task": "issue 5 target: ab initio seeding (cryofire_app.reconstruct.seed_abinit)",
         "data": {"n": int(len(images)), "box": int(images.shape[-1]), "snr": 0.1, "states": "hinge 2 states 90/10",
-                 "max_shift_px": 4.0, "map": "resources/ribosome70S_65.mrc (5 A/voxel)", "sim_seed": args.seed},
+                 "max_shift_px": 4.0, "map": "ribosome70S_65.mrc (5 A/voxel)", "sim_seed": args.seed},
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform()},
         "config": res.history["config"],
         "wall_s": wall,

@@ -13,7 +13,7 @@ from cryofire_app.gui.reader import get_reader
 from cryofire_app.gui.writer import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-MAP = ROOT / "resources" / "ribosome70S_65.mrc"
+MAP = ROOT / "cryofire_app" / "resources" / "ribosome70S_65.mrc"
 
 
 def test_manifest_validates_with_imports():
@@ -23,14 +23,14 @@ def test_manifest_validates_with_imports():
     assert "valid" in out.stdout
 
 
-def test_manifest_is_linked_into_package():
+def test_manifest_ships_in_package_and_matches_root_copy():
     import cryofire_app
 
-    link = Path(cryofire_app.__file__).parent / "napari.yaml"
-    assert link.resolve() == (ROOT / "napari.yaml").resolve()
+    shipped = Path(cryofire_app.__file__).parent / "napari.yaml"
+    assert not shipped.is_symlink() and shipped.read_bytes() == (ROOT / "napari.yaml").read_bytes()
     from npe2 import PluginManifest
 
-    pm = PluginManifest.from_file(ROOT / "napari.yaml")
+    pm = PluginManifest.from_file(shipped)
     assert pm.name == "cryofire-app"
     assert all(c.id.startswith("cryofire-app.") for c in pm.contributions.commands)
     titles = {w.display_name for w in pm.contributions.widgets}

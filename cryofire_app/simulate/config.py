@@ -7,10 +7,10 @@ from typing import Sequence
 
 import numpy as np
 
-#: Voxel size assumed for the bundled ASPIRE 70S ribosome map (resources/ribosome70S_65.mrc, header says 0):
+#: Voxel size assumed for the bundled ASPIRE 70S ribosome map (resources/ribosome70S_65.mrc, header: 0):
 #: its density spans ~50 voxels and a 70S ribosome is ~250 A across, so 5 A/voxel (65 box -> 325 A).
 DEMO_MAP_APIX = 5.0
-# cryofire_app/resources is a relative symlink to the top-level resources/ (copied into wheels as package data).
+# package data: wheels and editable installs carry it
 DEMO_MAP = Path(__file__).resolve().parent.parent / "resources" / "ribosome70S_65.mrc"
 
 BLOCK = 64  # particles are rendered, and their noise drawn (seeded by (seed, block)), in aligned blocks of this size
