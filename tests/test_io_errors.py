@@ -392,10 +392,15 @@ def test_train_config_validate(field, value, needle):
     from cryofire_app.training.config import TrainConfig
 
     TrainConfig().validate()
-    cfg = TrainConfig.of(**{field: value})
+    if field != "device":   # a config checks its fields when made (whether a device exists: validate() only)
+        with pytest.raises(InputError, match=needle) as made:
+            TrainConfig.of(**{field: value})
+    cfg = TrainConfig()
+    cfg.set(field, value)   # validate() checks every field again after a change
     with pytest.raises(InputError, match=needle) as info:
         cfg.validate()
     assert "\n" not in str(info.value)
+    assert field == "device" or str(made.value) == str(info.value)
 
 
 def test_train_config_validate_nested_and_exclusive():

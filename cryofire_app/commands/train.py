@@ -162,6 +162,8 @@ def config_from_args(args: argparse.Namespace):
     """The TrainConfig of the command line, validated, with the input paths checked (InputError otherwise)."""
     from cryofire_app.training.config import TrainConfig
 
+    if args.box is not None and (args.box < 8 or args.box % 2):
+        raise InputError(f"-D/--box must be an even number >= 8, got {args.box}")
     cfg = TrainConfig.of(particles=str(args.particles), outdir=str(args.outdir), ctf=args.ctf, datadir=args.datadir,
                          D=args.box, zdim=args.zdim, num_images=args.num_images, epochs=args.epochs,
                          batch_size=args.batch_size, schedule=args.schedule,
@@ -173,8 +175,6 @@ def config_from_args(args: argparse.Namespace):
                          invert_data=args.invert_data, val_fraction=args.val_fraction,
                          checkpoint_every=args.checkpoint_every, num_threads=args.threads,
                          keep_checkpoints=args.keep_checkpoints)
-    if args.box is not None and (args.box < 8 or args.box % 2):
-        raise InputError(f"-D/--box must be an even number >= 8, got {args.box}")
     _apply_network_args(cfg, args)
     _apply_training_args(cfg, args)
     cfg.validate()

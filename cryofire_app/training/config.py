@@ -1,4 +1,4 @@
-"""Training configuration (one dataclass; saved as OUTDIR/config.json).
+"""Training configuration (dataclasses that check their fields when made; saved as OUTDIR/config.json).
 
 Units: box sizes and frequency radii in pixels of the *training* box `D`; learning rate per Adam step;
 counts in images (not steps or epochs) so that a schedule does not depend on the batch size.
@@ -41,6 +41,11 @@ class EncoderConfig:
                               # direction at inference; 0: none (saved configs without the field load as 0). New
                               # particles' poses are more accurate with it (decision 007)
 
+    def __post_init__(self) -> None:
+        from cryofire_app.training import validation
+
+        validation.check_encoder(self)
+
 
 @dataclass
 class DecoderConfig:
@@ -65,6 +70,11 @@ class DecoderConfig:
     grid_layers: int = 1      # grid: residual blocks
     grid_scale: float = 30.0  # grid: feature = parameter * grid_scale (a larger optimizer step for the grid)
     grid_half_lattice: bool = True  # grid: evaluate each (k, -k) pair once (F(-k) = conj F(k), H = Re F - Im F)
+
+    def __post_init__(self) -> None:
+        from cryofire_app.training import validation
+
+        validation.check_decoder(self)
 
 
 # seeded schedule on CPU without an explicit freq_max: the distill/joint phases train up to this radius (Fourier px
@@ -136,6 +146,11 @@ class SeededConfig:
     sym_loss: bool = False               # symmetric (mirror) loss in the joint phase (decision 013)
     joint_lr_scale: float = 0.1          # joint phase: lr * this (the full rate undoes the distilled poses)
 
+    def __post_init__(self) -> None:
+        from cryofire_app.training import validation
+
+        validation.check_seeded(self)
+
 
 @dataclass
 class AmortizedConfig:
@@ -147,6 +162,11 @@ class AmortizedConfig:
     sym_loss: bool = True                # symmetric loss: the minimum over the image and its exact mirror
     freq_start: int = 4
     freq_add_every: int = 10_000
+
+    def __post_init__(self) -> None:
+        from cryofire_app.training import validation
+
+        validation.check_amortized(self)
 
 
 #: flat field names (config.json and checkpoints before the schedule groups; TrainConfig.of) -> (group, field)
@@ -216,9 +236,16 @@ class TrainConfig:
     seeded: SeededConfig = field(default_factory=SeededConfig)
     amortized: AmortizedConfig = field(default_factory=AmortizedConfig)
 
+    def __post_init__(self) -> None:
+        """A config is valid when made (each group checks itself when made): InputError naming the option."""
+        from cryofire_app.training import validation
+
+        validation.check_fields(self)
+
     def validate(self) -> "TrainConfig":
-        """Check every field (types, ranges, choices, that the device exists); InputError naming the option and what
-        is allowed. Returns self. Called by `cryofire train`, the GUI's Train dock (through Trainer) and Trainer."""
+        """Check every field again (types, ranges, choices: fields may have been set since the config was made) and
+        that the device exists; InputError naming the option and what is allowed. Returns self. Called by `cryofire
+        train`, the GUI's Train dock and Trainer."""
         from cryofire_app.training.validation import validate_config
 
         return validate_config(self)

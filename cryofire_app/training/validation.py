@@ -1,6 +1,8 @@
-"""Validation of a TrainConfig, the one place: the CLI, the GUI and the Python API all go through
-TrainConfig.validate. Each failure is an InputError of one line naming the option (its `cryofire train` flag and its
-field), what is allowed and the value given."""
+"""Validation of a TrainConfig, the one place. Every config dataclass checks its own fields in ``__post_init__``
+(check_fields, check_encoder, check_decoder, check_seeded, check_amortized), so a config is valid when made;
+TrainConfig.validate runs all of them again (fields may have been set since) and checks that the device exists. The
+CLI, the GUI and the Python API all go through it. Each failure is an InputError of one line naming the option (its
+`cryofire train` flag and its field), what is allowed and the value given."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,10 +12,15 @@ from cryofire_app.training.config import (
     LR_SCHEDULES,
     PRECISIONS,
     SCHEDULES,
+    AmortizedConfig,
     DecoderConfig,
     EncoderConfig,
+    SeededConfig,
     TrainConfig,
 )
+
+GROUP_TYPES = {"encoder": EncoderConfig, "decoder": DecoderConfig, "seeded": SeededConfig,
+               "amortized": AmortizedConfig}
 
 # field -> the `cryofire train` option that sets it, so one message serves the command line and the API alike
 CLI_FLAGS: dict[str, str] = {
@@ -96,12 +103,16 @@ def _even_box(key: str, v: Any, none_ok: bool = True) -> None:
         _fail(key, "an even number of pixels >= 8", v)
 
 
-def check_device(name: Any, key: str = "device") -> None:
-    """InputError unless `name` is auto, cpu, cuda or cuda:N naming a CUDA device torch can see."""
+def _device_name(name: Any, key: str = "device") -> None:
     import re
 
     if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         _fail(key, "auto, cpu, cuda or cuda:N", name)
+
+
+def check_device(name: Any, key: str = "device") -> None:
+    """InputError unless `name` is auto, cpu, cuda or cuda:N naming a CUDA device torch can see."""
+    _device_name(name, key)
     if name.startswith("cuda"):
         import torch
 
@@ -114,23 +125,32 @@ def check_device(name: Any, key: str = "device") -> None:
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """Check every field's type and range; raise InputError (one line: the option, what is allowed, the value).
+    """Check every field's type and range and that the device exists; raise InputError (one line: the option, what
+    is allowed, the value).
 
     Only the config itself is checked here; facts that need the data (box of the stack, number of particles) are
     checked when the data is opened (training.dataset.check_trainable).
     """
-    _check_run(cfg)
-    _check_seeded(cfg)
-    _check_amortized(cfg)
-    _check_bookkeeping(cfg)
-    _check_compute(cfg)
-    _check_encoder(cfg.encoder)
-    _check_decoder(cfg.decoder)
+    check_fields(cfg)
+    for group, check in (("encoder", check_encoder), ("decoder", check_decoder), ("seeded", check_seeded),
+                         ("amortized", check_amortized)):
+        sub = getattr(cfg, group)
+        if not isinstance(sub, GROUP_TYPES[group]):
+            _fail(group, f"a {GROUP_TYPES[group].__name__}", sub)
+        check(sub)
+    check_device(cfg.device)
     return cfg
 
 
+def check_fields(cfg: TrainConfig) -> None:
+    """TrainConfig's own fields (not its groups, which check themselves; not whether the device exists)."""
+    _check_run(cfg)
+    _check_bookkeeping(cfg)
+    _check_compute(cfg)
+
+
 def _check_run(cfg: TrainConfig) -> None:
-    """Paths, box, latent size, length, batch, learning rate, seed, device, schedule."""
+    """Paths, box, latent size, length, batch, learning rate, seed, device name, schedule, KL weight, radius."""
     for key in ("particles", "outdir"):
         v = getattr(cfg, key)
         if not isinstance(v, str):
@@ -145,51 +165,51 @@ def _check_run(cfg: TrainConfig) -> None:
     _num_in("lr", cfg.lr, 0, 1, lo_open=True, none_ok=True, what=" (Adam learning rate)")
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _int_at_least("seed", cfg.seed, 0)
-    check_device(cfg.device)
+    _device_name(cfg.device)
     _choice("schedule", cfg.schedule, SCHEDULES)
+    _num_in("beta", cfg.beta, 0, None, what=" (KL weight)")
+    _int_at_least("freq_max", cfg.freq_max, 1, none_ok=True, what=" (pixels)")
 
 
-def _check_seeded(cfg: TrainConfig) -> None:
+def check_seeded(seeded: SeededConfig) -> None:
     """The seeded schedule's fields: the seed, the distill phase, the joint phase's rate."""
-    _int_at_least("seeded.distill_synth_z_bins", cfg.seeded.distill_synth_z_bins, 2)
-    _int_at_least("seeded.seed_max_particles", cfg.seeded.seed_max_particles, 0, what=" (0: all)")
-    if 0 < cfg.seeded.seed_max_particles < 16:
-        _fail("seeded.seed_max_particles", "0 (all) or at least 16", cfg.seeded.seed_max_particles)
-    _num_in("seeded.distill_fraction", cfg.seeded.distill_fraction, 0, 1)
-    _num_in("seeded.seed_agreement_deg", cfg.seeded.seed_agreement_deg, 0, 180, lo_open=True)
+    _int_at_least("seeded.distill_synth_z_bins", seeded.distill_synth_z_bins, 2)
+    _int_at_least("seeded.seed_max_particles", seeded.seed_max_particles, 0, what=" (0: all)")
+    if 0 < seeded.seed_max_particles < 16:
+        _fail("seeded.seed_max_particles", "0 (all) or at least 16", seeded.seed_max_particles)
+    _num_in("seeded.distill_fraction", seeded.distill_fraction, 0, 1)
+    _num_in("seeded.seed_agreement_deg", seeded.seed_agreement_deg, 0, 180, lo_open=True)
     for key in ("distill_rot_weight", "distill_trans_weight", "distill_z_weight"):
-        _num_in(f"seeded.{key}", getattr(cfg.seeded, key), 0, None)
-    _int_at_least("seeded.distill_decoder_every", cfg.seeded.distill_decoder_every, 1)
-    _num_in("seeded.distill_grid_width", cfg.seeded.distill_grid_width, 0, 1, lo_open=True, what=" (view spacings)")
-    _num_in("seeded.distill_narrow_from", cfg.seeded.distill_narrow_from, 0, 1)
-    _num_in("seeded.distill_narrow_to", cfg.seeded.distill_narrow_to, cfg.seeded.distill_narrow_from, 1,
+        _num_in(f"seeded.{key}", getattr(seeded, key), 0, None)
+    _int_at_least("seeded.distill_decoder_every", seeded.distill_decoder_every, 1)
+    _num_in("seeded.distill_grid_width", seeded.distill_grid_width, 0, 1, lo_open=True, what=" (view spacings)")
+    _num_in("seeded.distill_narrow_from", seeded.distill_narrow_from, 0, 1)
+    _num_in("seeded.distill_narrow_to", seeded.distill_narrow_to, seeded.distill_narrow_from, 1,
             what=" (and >= distill_narrow_from)")
-    _num_in("seeded.distill_decay_from", cfg.seeded.distill_decay_from, 0, 1)
-    _num_in("seeded.distill_synth_ratio", cfg.seeded.distill_synth_ratio, 0, 4,
+    _num_in("seeded.distill_decay_from", seeded.distill_decay_from, 0, 1)
+    _num_in("seeded.distill_synth_ratio", seeded.distill_synth_ratio, 0, 4,
             what=" (synthetic images per real image)")
-    _num_in("seeded.distill_view_rows", cfg.seeded.distill_view_rows, 0, 1)
-    _num_in("seeded.joint_lr_scale", cfg.seeded.joint_lr_scale, 0, None, lo_open=True)
-    if not isinstance(cfg.seeded.seed_config, dict):
-        _fail("seeded.seed_config", "a dict of reconstruct.SeedConfig fields", cfg.seeded.seed_config)
-    if cfg.seeded.seed_config:
+    _num_in("seeded.distill_view_rows", seeded.distill_view_rows, 0, 1)
+    _num_in("seeded.joint_lr_scale", seeded.joint_lr_scale, 0, None, lo_open=True)
+    if not isinstance(seeded.seed_config, dict):
+        _fail("seeded.seed_config", "a dict of reconstruct.SeedConfig fields", seeded.seed_config)
+    if seeded.seed_config:
         from cryofire_app.reconstruct import seed_config_from
 
         try:
-            seed_config_from(cfg.seeded.seed_config)
+            seed_config_from(seeded.seed_config)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"seeded.seed_config {cfg.seeded.seed_config!r}: {exc}") from None
-    if cfg.seeded.seed_from is not None and not isinstance(cfg.seeded.seed_from, str):
-        _fail("seeded.seed_from", "a run folder or seed.npz path", cfg.seeded.seed_from)
+            raise InputError(f"seeded.seed_config {seeded.seed_config!r}: {exc}") from None
+    if seeded.seed_from is not None and not isinstance(seeded.seed_from, str):
+        _fail("seeded.seed_from", "a run folder or seed.npz path", seeded.seed_from)
 
 
-def _check_amortized(cfg: TrainConfig) -> None:
-    """The amortized schedule's fields: pose-only phase, KL weight, frequency marching."""
-    _int_at_least("amortized.pose_only_images", cfg.amortized.pose_only_images, 0)
-    _num_in("amortized.std_z_init", cfg.amortized.std_z_init, 0, None, lo_open=True)
-    _num_in("beta", cfg.beta, 0, None, what=" (KL weight)")
-    _int_at_least("amortized.freq_start", cfg.amortized.freq_start, 1, what=" (pixels)")
-    _int_at_least("amortized.freq_add_every", cfg.amortized.freq_add_every, 1, what=" (images per +1 px)")
-    _int_at_least("freq_max", cfg.freq_max, 1, none_ok=True, what=" (pixels)")
+def check_amortized(amortized: AmortizedConfig) -> None:
+    """The amortized schedule's fields: pose-only phase, frequency marching."""
+    _int_at_least("amortized.pose_only_images", amortized.pose_only_images, 0)
+    _num_in("amortized.std_z_init", amortized.std_z_init, 0, None, lo_open=True)
+    _int_at_least("amortized.freq_start", amortized.freq_start, 1, what=" (pixels)")
+    _int_at_least("amortized.freq_add_every", amortized.freq_add_every, 1, what=" (images per +1 px)")
 
 
 def _check_bookkeeping(cfg: TrainConfig) -> None:
@@ -219,7 +239,7 @@ def _check_compute(cfg: TrainConfig) -> None:
     _int_at_least("select_radius", cfg.select_radius, 1, what=" (pixels)")
 
 
-def _check_encoder(enc: EncoderConfig) -> None:
+def check_encoder(enc: EncoderConfig) -> None:
     ch = enc.channels
     if not isinstance(ch, (tuple, list)) or not ch or not all(_is_int(c) and c >= 1 for c in ch):
         _fail("encoder.channels", "one or more positive integers (conv block widths)", ch)
@@ -235,7 +255,7 @@ def _check_encoder(enc: EncoderConfig) -> None:
         _fail("encoder.view_dirs", "0 (no view encoder) or an integer >= 12", enc.view_dirs)
 
 
-def _check_decoder(dec: DecoderConfig) -> None:
+def check_decoder(dec: DecoderConfig) -> None:
     _choice("decoder.arch", dec.arch, ("grid", "mlp"))
     _int_at_least("decoder.pe_dim", dec.pe_dim, 1)
     _num_in("decoder.feat_sigma", dec.feat_sigma, 0, None, lo_open=True)
