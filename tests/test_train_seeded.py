@@ -219,10 +219,10 @@ def test_in_plane_augmentation_makes_the_encoder_answer_for_new_images(seeded_da
     tr, cfg, events = aug_run
     assert cfg.augment_inplane is None        # the default: on for the seeded schedule
     assert tr.augment and not any(isinstance(e, Step) and e.phase == "seed" for e in events)
-    assert any(isinstance(e, Message) and e.text.startswith("seed reused from") for e in events)
+    assert any(isinstance(e, Message) and e.topic == "seed_reused" for e in events)
     # synthetic images of the seed's map (training.synthetic, fitted to these data) join the distill pose rows
-    assert any(isinstance(e, Message) and e.text.startswith("synthetic distill images: 0.5 per real image")
-               for e in events)
+    assert cfg.seeded.distill_synth_ratio == 0.5
+    assert any(isinstance(e, Message) and e.topic == "synthetic_images" and e.level == "info" for e in events)
     assert tr.synth is not None and tr.synth.amplitude > 0
     # ... with distill_synth_z drawn from maps of the seed's states, teaching the z head too (one map per state)
     n_states = int(np.asarray(tr.seed["state"]).max()) + 1
@@ -335,10 +335,9 @@ def test_seeded_outputs_keep_the_seed_poses_when_the_encoder_has_not_learned_the
     evs = list(tr.run())
     phases = {e.phase for e in evs if isinstance(e, Step)}
     assert "joint" not in phases and "distill" in phases
-    texts = [e.text for e in evs if isinstance(e, Message)]
-    assert any("distilling goes on" in t for t in texts)
-    warn = [e for e in evs if isinstance(e, Message) and e.text.startswith("outputs: the seed's pose fits")]
-    assert len(warn) == 1 and warn[0].level == "warning" and "not reliable yet" in warn[0].text
+    assert any(isinstance(e, Message) and e.topic == "encoder_agreement" for e in evs)   # the user is told
+    warn = [e for e in evs if isinstance(e, Message) and e.topic == "pose_source"]
+    assert len(warn) == 1 and warn[0].level == "warning"   # ... and warned that the encoder is not reliable yet
     assert tr.agreement_deg is not None and tr.agreement_deg > cfg.seeded.seed_agreement_deg
     # per particle, pose.pkl keeps the pose the decoder fits better; the decoder was trained on the seed's poses
     # (briefly: 128 images), so those win for most training particles
@@ -389,7 +388,7 @@ def test_bounded_seed_searches_a_subset_and_training_reads_everyone(tmp_path):
     evs = list(tr.run())
     assert isinstance(evs[-1], Finished)
     seed_phase = next(e for e in evs if isinstance(e, PhaseChange) and e.phase == "seed")
-    assert "a random 64 of the 200" in seed_phase.text   # the user is told the seed reads a subset
+    assert seed_phase.particles == 64 and len(tr.train_pos) == 200   # the user is told the seed reads a subset
     with np.load(tmp_path / "run" / "checkpoints" / "seed.npz") as f:
         pos = f["pos"]
     assert len(pos) == 64 and set(pos.tolist()) <= set(tr.train_pos.tolist())

@@ -23,7 +23,9 @@ EXPORTS = {
     "simulate": "cryofire_app.simulate",
     "SCHEDULES": "cryofire_app.training.config",
     "TrainConfig": "cryofire_app.training.config",
-    "Failed": "cryofire_app.training.events",
+    **{name: "cryofire_app.training.events" for name in ("Started", "Step", "Latents", "Checkpoint", "Message",
+                                                         "PhaseChange", "SeedProgress", "Verdict", "Finished",
+                                                         "Failed")},
     "Trainer": "cryofire_app.training.trainer",
     "Run": "cryofire_app.analysis.run",
 }

@@ -186,7 +186,9 @@ class LossWidget(QWidget):
 
     def add_progress(self, ev: Any) -> None:
         """A PhaseChange or SeedProgress event: seed stages drive the seed row; the phase after the seed ends it."""
-        if type(ev).__name__ == "SeedProgress":
+        from cryofire_app.gui.engine_api import SeedProgress
+
+        if isinstance(ev, SeedProgress):
             self._seed_begin(ev.stage)
         elif ev.phase == "seed":
             self._seed_begin("prepare")

@@ -122,25 +122,20 @@ class Session(QObject):
 
     def handle_event(self, ev: Any) -> None:
         """Route one training event (cryofire_app.training.events) to the matching signal."""
-        kind = type(ev).__name__
-        if kind == "Started":
-            self.started.emit(ev)
-        elif kind == "Step":
-            self.step.emit(ev)
-        elif kind == "Latents":
+        from cryofire_app.gui import engine_api as api
+
+        if isinstance(ev, api.Latents):
             self.set_latents(LatentSet(index=ev.index, z=ev.z, rot=ev.rot, trans=ev.trans,
                                        images_seen=int(ev.images_seen)))
-        elif kind == "Checkpoint":
-            self.checkpoint.emit(ev)
-        elif kind == "Message":
-            self.message.emit(ev)
-        elif kind in ("PhaseChange", "SeedProgress"):
-            self.progress.emit(ev)
-        elif kind == "Verdict":
-            self.verdict.emit(ev)
-        elif kind in ("Finished", "Failed"):
+            return
+        if isinstance(ev, (api.Finished, api.Failed)):
             self.state.training = False
-            self.finished.emit(ev)
+        signals = {api.Started: self.started, api.Step: self.step, api.Checkpoint: self.checkpoint,
+                   api.Message: self.message, api.PhaseChange: self.progress, api.SeedProgress: self.progress,
+                   api.Verdict: self.verdict, api.Finished: self.finished, api.Failed: self.finished}
+        signal = signals.get(type(ev))
+        if signal is not None:
+            signal.emit(ev)
 
 
 SEED_STAGE_NAMES = {"prepare": "preparing the images", "abinit": "ab initio EM at a small box",

@@ -102,14 +102,26 @@ class TrainWidget(TrainForm, QWidget):
         return self.worker is not None
 
     # ---- controls ------------------------------------------------------------------------------------------------
+    def _not_started(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"cryoFIRE: {exc}")
+        self.status.value = f"not started: {exc}"
+
     def start(self, *_, **overrides) -> None:
         """Start training with the form's settings (keyword overrides go into the TrainConfig)."""
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error
 
+        from cryofire_app.gui.engine_api import InputError
+
         if self.running:
             return
-        cfg = self.make_config(**overrides)
+        try:
+            cfg = self.make_config(**overrides)   # a config checks its settings when made
+        except InputError as exc:
+            self._not_started(exc)
+            return
         if not cfg.particles:
             show_error("cryoFIRE: choose a particle file first")
             self.status.value = "choose a particle file first"
@@ -117,13 +129,10 @@ class TrainWidget(TrainForm, QWidget):
         if not cfg.outdir:
             show_error("cryoFIRE: choose an output folder first")
             return
-        from cryofire_app.gui.engine_api import InputError
-
         try:
-            cfg.validate()   # the engine's one check of every setting, before any thread starts
+            cfg.validate()   # every setting again, and the device, before any thread starts
         except InputError as exc:
-            show_error(f"cryoFIRE: {exc}")
-            self.status.value = f"not started: {exc}"
+            self._not_started(exc)
             return
         self.outdir = Path(cfg.outdir)
         self.failed_message = None
@@ -182,35 +191,36 @@ class TrainWidget(TrainForm, QWidget):
             return
         self.events_seen += 1
         self.last_event = ev
-        kind = type(ev).__name__
+        from cryofire_app.gui import engine_api as api
+
         if self.session is not None:
             self.session.handle_event(ev)
-        if kind == "Started":
+        if isinstance(ev, api.Started):
             self.status.value = f"training on {ev.n_train:,} particles ({ev.n_val:,} held out)"
-        elif kind == "Step":
+        elif isinstance(ev, api.Step):
             self._progress(ev)
-        elif kind == "Checkpoint":
+        elif isinstance(ev, api.Checkpoint):
             self._on_checkpoint(ev)
-        elif kind == "SeedProgress":   # seed stages go to the status line and the Loss dock's seed row
+        elif isinstance(ev, api.SeedProgress):   # seed stages go to the status line and the Loss dock's seed row
             self._seed_stage = ev.stage
             self.status.value = f"seeding: {SEED_STAGE_NAMES.get(ev.stage, ev.stage)} …"
-        elif kind == "PhaseChange":
+        elif isinstance(ev, api.PhaseChange):
             if ev.phase == "seed":
                 self._seed_stage = "prepare"
                 self.status.value = f"seeding: {SEED_STAGE_NAMES['prepare']} …"
             elif self._seed_stage is not None:   # the seed is over
                 self._seed_stage = None
                 self.status.value = "seed done: distilling its poses into the encoder …"
-        elif kind == "Message":
+        elif isinstance(ev, api.Message):
             {"error": show_error, "warning": show_warning}.get(ev.level, show_info)(f"cryoFIRE: {ev.text}")
-        elif kind == "Verdict":
+        elif isinstance(ev, api.Verdict):
             note = {"converged": show_info, "uncertain": show_warning, "failed": show_error}[ev.verdict]
             note(f"cryoFIRE: reconstruction {ev.verdict}" + (": " + "; ".join(ev.reasons) if ev.reasons else ""))
-        elif kind == "Failed":
+        elif isinstance(ev, api.Failed):
             self.failed_message = ev.message
             self.status.value = f"failed: {ev.message}"
             show_error(f"cryoFIRE training failed: {ev.message}")
-        elif kind == "Finished":
+        elif isinstance(ev, api.Finished):
             self.status.value = (f"{'stopped' if ev.stopped else 'finished'} after {ev.images_seen:,} images; "
                                  f"outputs in {ev.outdir}")
             show_info(f"cryoFIRE: training {'stopped' if ev.stopped else 'finished'}; outputs in {ev.outdir}")

@@ -42,12 +42,12 @@ def check_contrast(tr: "Trainer") -> Message:
     tr.state.contrast_checked = True
     s = consensus_sign(tr.model, tr.D, tr.device)
     if s >= 0:
-        return Message("info", f"data contrast looks right (consensus low-frequency density {s:+.3g} > 0)")
+        return Message("info", f"data contrast looks right (consensus low-frequency density {s:+.3g} > 0)", "contrast")
     if tr.config.invert_data == "auto":
         tr.state.sign = -tr.state.sign
         _negate_output(tr)
         return Message("warning", "negative consensus density: the particles have inverted contrast; inverting "
                                   f"the data from now on (images seen {tr.images_seen}; use --invert-data no to "
-                                  "keep it)")
-    return Message("warning", "negative consensus density: the particles probably have inverted contrast "
-                              "(the map will come out hollow/negative); rerun with --invert-data yes or auto")
+                                  "keep it)", "contrast")
+    return Message("warning", "negative consensus density: the particles probably have inverted contrast (the map "
+                              "will come out hollow/negative); rerun with --invert-data yes or auto", "contrast")

@@ -217,20 +217,20 @@ def prepare_synth(tr: "Trainer") -> Iterator:
         tr.synth = SeedRenderer.fit(sd["volume"], tr.data, sd["pos"], sd["rot"], sd["trans"], sign=tr.sign,
                                     device=tr.device).limit_band(tr.model.encoder.box)
     except ValueError as exc:
-        yield Message("warning", f"synthetic distill images off: {exc}")
+        yield Message("warning", f"synthetic distill images off: {exc}", "synthetic_images")
         return
     yield Message("info", f"synthetic distill images: {cfg.seeded.distill_synth_ratio:g} per real image, from the "
                           f"seed's map (amplitude {tr.synth.amplitude:.3g}, noise spectrum fitted on "
-                          f"{tr.synth.fit_images} particles)")
+                          f"{tr.synth.fit_images} particles)", "synthetic_images")
     if cfg.seeded.distill_synth_z and cfg.zdim > 0 and sd.get("z_t") is not None:
         try:
             tr.synth_z = hetero_renderer(tr)
         except ValueError as exc:
-            yield Message("info", f"synthetic images of the seed's heterogeneity off: {exc}")
+            yield Message("info", f"synthetic images of the seed's heterogeneity off: {exc}", "synthetic_images")
             return
         if tr.synth_z is not None:
             yield Message("info", f"synthetic distill images drawn from {len(tr.synth_z.renderers)} maps of the "
-                                  "seed's states or coordinate bins, with their z")
+                                  "seed's states or coordinate bins, with their z", "synthetic_images")
 
 
 def hetero_renderer(tr: "Trainer") -> HeteroRenderer | None:
@@ -283,7 +283,7 @@ def check_agreement(tr: "Trainer") -> Message:
     if st.agreement_deg <= cfg.seeded.seed_agreement_deg:
         st.joint_ok = True
         return Message("info", f"encoder agrees with the seed's poses (median {st.agreement_deg:.1f} deg): "
-                               "joint amortized training starts")
+                               "joint amortized training starts", "encoder_agreement")
     return Message("info", f"encoder still {st.agreement_deg:.1f} deg from the seed's poses (median; joint "
                            f"training starts below {cfg.seeded.seed_agreement_deg:g}): distilling goes on, the decoder "
-                           "keeps training on the seed's poses")
+                           "keeps training on the seed's poses", "encoder_agreement")

@@ -48,10 +48,19 @@ class Checkpoint:
     z_change: float | None          # median |z_now - z_prev| / median |z_now| on the val set
 
 
+MessageTopic = Literal["seed_reused", "data_sign", "contrast", "training_box", "batch_size", "data_parallel",
+                       "resumed", "stopped", "synthetic_images", "encoder_agreement", "pose_source", "final_maps",
+                       "diagnosis"]
+
+
 @dataclass
 class Message:
+    """Words for a person; ``topic`` says what they are about, for code and tests that look for a kind of message
+    (nothing reads ``text`` but people)."""
+
     level: str            # "info" | "warning" | "error"
     text: str
+    topic: MessageTopic | None = None
 
 
 SeedStage = Literal["prepare", "abinit", "global", "local", "hetero", "done"]
@@ -63,11 +72,13 @@ Phase = Literal["seed", "distill", "pose_only", "joint"]
 @dataclass
 class PhaseChange:
     """The run enters ``phase`` at ``images_seen`` images (a resumed run announces the phase it resumes in); ``text``
-    says so for a person (what the phase does, on how many particles)."""
+    says so for a person (what the phase does, on how many particles); ``particles``: how many particles the phase
+    reads, where it reads fewer than the training split (the seed: its random subset)."""
 
     phase: Phase
     images_seen: int
     text: str
+    particles: int | None = None
 
 
 @dataclass

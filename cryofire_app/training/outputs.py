@@ -129,8 +129,8 @@ def outputs_message(tr: "Trainer") -> Message:
     if not tr.joint_ok:
         return Message("warning", msg + f"; the encoder stayed {gap} from the seed's poses, so its poses for other "
                                         "particles, and `cryofire infer`, are not reliable yet: train longer, or "
-                                        "on a GPU")
-    return Message("info", msg)
+                                        "on a GPU", "pose_source")
+    return Message("info", msg, "pose_source")
 
 
 def diagnose_events(tr: "Trainer", pr: Predictions) -> Iterator:
@@ -143,12 +143,12 @@ def diagnose_events(tr: "Trainer", pr: Predictions) -> Iterator:
         rec = final_reconstruction(tr, pr.rot, pr.trans)
         yield Message("info", f"final reconstruction of {rec['n_particles']} particles at box {tr.D}: half-map FSC "
                               f"0.143 at {rec['res_0.143_A']:.1f} A, 0.5 at {rec['res_0.5_A']:.1f} A "
-                              f"({rec['folder']})")
+                              f"({rec['folder']})", "final_maps")
     except (RuntimeError, ValueError, OSError) as exc:
         log.exception("final reconstruction failed")
-        yield Message("warning", f"the final explicit reconstruction could not run ({exc})")
+        yield Message("warning", f"the final explicit reconstruction could not run ({exc})", "final_maps")
     try:
         yield diagnose_run(tr, pr.rot, pr.trans, rec)
     except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
         log.exception("self-diagnosis failed")
-        yield Message("warning", f"self-diagnosis could not run ({exc}); report.json not written")
+        yield Message("warning", f"self-diagnosis could not run ({exc}); report.json not written", "diagnosis")

@@ -157,7 +157,8 @@ def search_seed(tr: "Trainer", t0: float) -> Generator[Any, None, dict | None]:
     n, n_train = len(tr.seed_pos), len(tr.train_pos)
     yield tr.announce("seed", f"seeding: ab initio pose search and state classification on the {n} training "
                               f"particles at box {tr.D}" + ("" if n == n_train else f" (a random {n} of the "
-                                                            f"{n_train}: the encoder gives the others their poses)"))
+                                                            f"{n_train}: the encoder gives the others their poses)"),
+                      particles=None if n == n_train else n)
     ctf = tr.data.ctf.numpy()[tr.seed_pos] if tr.data.ctf is not None else None
     gen = iter_seed_abinit(tr.data.resized_view(tr.seed_pos), ctf, scfg, device=tr.device)
     res = yield from _follow(tr, gen, t0)
@@ -228,7 +229,7 @@ def adopt_seed(tr: "Trainer", arrays: dict, source: Path | None = None) -> Itera
     searched now) the run's seed: save them, set the data sign, checkpoint."""
     reused = source is not None
     if reused:
-        yield tr.emit(Message("info", f"seed reused from {source} (no pose search)"))
+        yield tr.emit(Message("info", f"seed reused from {source} (no pose search)", "seed_reused"))
     if tr.rank == 0:
         atomic_save_npz(tr.run_dir.seed, **arrays)
     tr.seed = _with_lookups(tr, arrays)
@@ -255,10 +256,10 @@ def _adopt_sign(tr: "Trainer", sgn: int) -> Message | None:
         tr.state.sign = float(sgn)
         tr.state.contrast_checked = True
         return Message("info", f"data sign from the seed's map: {'inverting' if sgn < 0 else 'keeping'} the data "
-                               "(particles " + ("white" if sgn < 0 else "black") + ")")
+                               "(particles " + ("white" if sgn < 0 else "black") + ")", "data_sign")
     if tr.sign != sgn:
         return Message("warning", f"--invert-data {cfg.invert_data} disagrees with the seed's map (density sign "
-                                  f"{sgn:+d} on the raw data): the map will come out negative")
+                                  f"{sgn:+d} on the raw data): the map will come out negative", "data_sign")
     return None
 
 

@@ -175,11 +175,11 @@ class Trainer:
             self._log.write(json.dumps(event_to_json(ev)) + "\n")
         return ev
 
-    def announce(self, phase: str, text: str | None = None) -> PhaseChange:
+    def announce(self, phase: str, text: str | None = None, particles: int | None = None) -> PhaseChange:
         """The PhaseChange event of entering ``phase`` now (``text``: the default names the phase and the count)."""
         self._announced = phase
-        return self.emit(PhaseChange(phase, self.images_seen, text or f"{PHASE_NAMES.get(phase, phase)} from "
-                                                                      f"{self.images_seen} images"))
+        text = text or f"{PHASE_NAMES.get(phase, phase)} from {self.images_seen} images"
+        return self.emit(PhaseChange(phase, self.images_seen, text, particles))
 
     def mask(self, radius: int) -> MaskPoints:
         if radius not in self._mask_cache:
@@ -329,7 +329,7 @@ class Trainer:
         except KeyboardInterrupt:
             if self.rank == 0 and self.model is not None:
                 self.save_checkpoint(numbered=False)
-            self.emit(Message("warning", f"interrupted at {self.images_seen} images; checkpoint written"))
+            self.emit(Message("warning", f"interrupted at {self.images_seen} images; checkpoint written", "stopped"))
             raise
         if stopped is None:   # a non-finite loss (its Failed event is out)
             return
@@ -340,18 +340,18 @@ class Trainer:
         cfg = self.config
         if self.resume_requested:
             yield self.emit(Message("info", f"resumed at {self.images_seen} images ({self.phase}, mask radius "
-                                            f"{mask_radius_at(cfg, self.D, self.images_seen)} px)"))
+                                            f"{mask_radius_at(cfg, self.D, self.images_seen)} px)", "resumed"))
         yield self.emit(Started(cfg.to_dict(), len(self.train_pos), len(self.val_pos)))
         if cfg.D is None and self.D < self.data.D0:
             yield self.emit(Message("info", f"training box {self.D} px, {self.data.apix:.3f} A/px: the "
                                             f"{self.data.D0}-px stack Fourier-cropped (give -D to choose; maps at the "
-                                            f"stack's box: cryofire volume --box {self.data.D0})"))
+                                            f"stack's box: cryofire volume --box {self.data.D0})", "training_box"))
         if self.batch < cfg.batch_size:
             yield self.emit(Message("warning", f"batch size reduced to {self.batch}: only {len(self.train_pos)} "
-                                               "training particles"))
+                                               "training particles", "batch_size"))
         if self.world > 1:
             yield self.emit(Message("info", f"data-parallel over {self.world} processes "
-                                            f"({self.batch // self.world} images each per step)"))
+                                            f"({self.batch // self.world} images each per step)", "data_parallel"))
 
     def _loop(self, t0: float, stopped: bool):
         """The optimiser steps until images_total or a stop; returns whether a stop ended it (None: a non-finite
@@ -411,7 +411,7 @@ class Trainer:
     def _finish(self, stopped: bool) -> Iterator:
         """The last checkpoint, the outputs (rank 0), the verdict, Finished."""
         if stopped:
-            yield self.emit(Message("info", f"stop requested at {self.images_seen} images"))
+            yield self.emit(Message("info", f"stop requested at {self.images_seen} images", "stopped"))
         yield self.emit(self._checkpoint_event())
         pr = outputs.write_outputs(self) if self.rank == 0 else None
         if self.seed is not None:
