@@ -1,9 +1,11 @@
 """TrainConfig's schedule groups: a config.json of the flat layout (runs saved before the groups) loads into them with
-what such runs did; flat names route to their group in `of` and `set`; a saved config round-trips."""
+what such runs did; flat names route to their group in `of` and `set`; a saved config round-trips; bad values are
+refused with one line naming the option, when a config is made and by validate()."""
 from __future__ import annotations
 
 import pytest
 
+from cryofire_app.io.errors import InputError
 from cryofire_app.training.config import AmortizedConfig, SeededConfig, TrainConfig
 
 
@@ -39,3 +41,58 @@ def test_of_and_set_route_flat_names_and_refuse_unknown_ones():
         TrainConfig.of(no_such=1)
     with pytest.raises(ValueError, match="seeded.nope"):
         TrainConfig.from_dict({"seeded": {"nope": 1}})
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("batch_size", 0, "--batch-size"), ("batch_size", -4, "--batch-size"), ("lr", -1.0, "--lr"),
+    ("lr", float("inf"), "--lr"), ("zdim", -1, "--zdim"), ("zdim", 2.5, "--zdim"), ("D", 31, "--box"),
+    ("device", "gpu", "--device"), ("device", "cuda:9", "--device"), ("num_images", 0, "--num-images"),
+    ("epochs", float("nan"), "--epochs"), ("schedule", "fast", "--schedule"), ("val_fraction", 1.0, "--val-fraction"),
+    ("seed", -1, "--seed"), ("num_threads", 0, "--threads"), ("precision", "fp8", "--precision"),
+    ("freq_start", 0, "--freq-start"), ("checkpoint_every", 0, "--checkpoint-every"), ("window_r_out", 0.5,
+                                                                                          "window_r_out"),
+    ("seed_config", {"box_global": 15}, "seed_config"), ("seed_config", {"no_such": 1}, "seed_config"),
+    ("invert_data", "maybe", "--invert-data"), ("batch_size", True, "--batch-size"),
+])
+def test_train_config_validate(field, value, needle):
+    from cryofire_app.training.config import TrainConfig
+
+    TrainConfig().validate()
+    if field != "device":   # a config checks its fields when made (whether a device exists: validate() only)
+        with pytest.raises(InputError, match=needle) as made:
+            TrainConfig.of(**{field: value})
+    cfg = TrainConfig()
+    cfg.set(field, value)   # validate() checks every field again after a change
+    with pytest.raises(InputError, match=needle) as info:
+        cfg.validate()
+    assert "\n" not in str(info.value)
+    assert field == "device" or str(made.value) == str(info.value)
+
+
+def test_train_config_validate_nested_and_exclusive():
+    from cryofire_app.training.config import DecoderConfig, EncoderConfig, TrainConfig
+
+    with pytest.raises(InputError, match="--enc-channels"):
+        TrainConfig.of(encoder=EncoderConfig(channels=())).validate()
+    with pytest.raises(InputError, match="--enc-box"):
+        TrainConfig.of(encoder=EncoderConfig(box=20 + 1)).validate()
+    with pytest.raises(InputError, match="--view-dirs"):
+        TrainConfig.of(encoder=EncoderConfig(view_dirs=4)).validate()
+    with pytest.raises(InputError, match="--dec-arch"):
+        TrainConfig.of(decoder=DecoderConfig(arch="transformer")).validate()
+    with pytest.raises(InputError, match="not both"):
+        TrainConfig.of(num_images=100, epochs=2.0).validate()
+    with pytest.raises(InputError, match="fp16"):
+        TrainConfig.of(precision="fp16", device="cpu").validate()
+
+
+def test_configs_saved_before_the_fast_defaults_load_with_the_original_architecture():
+    """config.json / checkpoints written before decoder.arch and encoder.stem existed describe the original model
+    (MLP decoder, conv stem); new configs default to the grid decoder and the unshuffle stem."""
+    from cryofire_app.training.config import TrainConfig
+
+    d = TrainConfig().to_dict()
+    assert d["decoder"]["arch"] == "grid" and d["encoder"]["stem"] == "unshuffle"
+    del d["decoder"]["arch"], d["encoder"]["stem"]
+    old = TrainConfig.from_dict(d)
+    assert old.decoder.arch == "mlp" and old.encoder.stem == "conv"

@@ -344,18 +344,6 @@ def test_no_ctf_no_z_no_symmetric_loss(tmp_path):
     assert run.z.shape == (48, 0) and run.decode(None).shape == (1, D, D, D)
 
 
-def test_configs_saved_before_the_fast_defaults_load_with_the_original_architecture():
-    """config.json / checkpoints written before decoder.arch and encoder.stem existed describe the original model
-    (MLP decoder, conv stem); new configs default to the grid decoder and the unshuffle stem."""
-    from cryofire_app.training.config import TrainConfig
-
-    d = TrainConfig().to_dict()
-    assert d["decoder"]["arch"] == "grid" and d["encoder"]["stem"] == "unshuffle"
-    del d["decoder"]["arch"], d["encoder"]["stem"]
-    old = TrainConfig.from_dict(d)
-    assert old.decoder.arch == "mlp" and old.encoder.stem == "conv"
-
-
 def test_infer_refine_z_lowers_the_decoder_error_and_stays_near_the_encoder(data, tmp_path):
     """--refine-z: a few steps on z per particle (decoder and poses fixed) fit the images better than the encoder's
     z, move z by a bounded amount, and leave the poses as the encoder gave them."""
@@ -395,30 +383,6 @@ def test_infer_refine_z_lowers_the_decoder_error_and_stays_near_the_encoder(data
     np.testing.assert_allclose(rot, pr.rot, atol=1e-5)
     assert not np.allclose(read_z_pkl(pred / "z.pkl"), pr.z)
     assert main(["infer", str(out), str(data.mrcs), "-o", str(tmp_path / "p2"), "--refine-z", "-1"]) == 2
-
-
-def test_large_stack_trains_fourier_cropped_unless_a_box_is_given(tmp_path):
-    """Without -D a stack larger than AUTO_BOX_MAX trains at that box (pixel size and CTF rows scaled to it, a message
-    says so); -D keeps the user's box; a stack at or below the limit trains at its own box."""
-    from cryofire_app.training.config import AUTO_BOX_MAX, training_box
-
-    big = AUTO_BOX_MAX + 16
-    assert training_box(big) == AUTO_BOX_MAX and training_box(64) == 64 and training_box(big, 96) == 96
-    data = make_dataset(tmp_path / "big", n=24, D=big, seed=0, apix=2.0)
-    tr = Trainer(tiny_config(data, tmp_path / "run", D=None, num_images=16, pose_only_images=16, batch_size=8))
-    ev = []
-    for e in tr.run():
-        ev.append(e)
-        if isinstance(e, Step):
-            tr.request_stop()
-    assert tr.D == AUTO_BOX_MAX and tr.data.D0 == big
-    assert tr.data.apix == pytest.approx(2.0 * big / AUTO_BOX_MAX)
-    assert float(tr.data.ctf[0, 0]) == AUTO_BOX_MAX and float(tr.data.ctf[0, 1]) == pytest.approx(tr.data.apix)
-    assert any(isinstance(e, Message) and e.topic == "training_box" for e in ev)   # the user is told
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["D"] == AUTO_BOX_MAX
-    given = Trainer(tiny_config(data, tmp_path / "run2", D=96))
-    given._setup()
-    assert given.D == 96
 
 
 def test_resolved_config_fills_device_defaults_without_touching_the_callers(data, tmp_path):

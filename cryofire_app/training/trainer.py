@@ -25,12 +25,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cryofire_app.io.atomic import atomic_torch_save
 from cryofire_app.io.rundir import RunDir
 from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, mask_points
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training import contrast, distill, joint, outputs, seeding, setup
 from cryofire_app.training.build import build_model, resolve_device
+from cryofire_app.training.checkpoint import write_checkpoint
 from cryofire_app.training.config import SCHEDULES, TrainConfig
 from cryofire_app.training.dataset import Prefetcher, batch_schedule
 from cryofire_app.training.events import (
@@ -55,7 +55,7 @@ from cryofire_app.training.schedule import (
     mask_radius_at,
     phase_at,
 )
-from cryofire_app.training.state import CHECKPOINT_FORMAT, TrainState
+from cryofire_app.training.state import TrainState
 
 # names other modules import from here
 __all__ = ["PHASE_NAMES", "SCHEDULES", "SEED_WAIT_HOURS", "Trainer", "build_model", "distill_lr_factor",
@@ -256,44 +256,13 @@ class Trainer:
         """Mean decoded Hartley value on the shells 1-2 px around DC (contrast.consensus_sign)."""
         return contrast.consensus_sign(self.model, self.D, self.device)
 
-    def checkpoint_state(self) -> dict:
-        """The checkpoint dict (layout: training/state.py)."""
-        cfg = self.config
-        return {
-            "format": CHECKPOINT_FORMAT, **self.state.to_checkpoint(), "config": cfg.to_dict(),
-            "model": self.model.state_dict(), "optimizer": self.optim.state_dict(),
-            "torch_rng": self.gen.get_state(), "synth_rng": self.synth_gen.get_state(),
-            "grad_scaler": self.amp.state_dict(),
-            "D": self.D, "D0": self.data.D0, "N": self.data.N, "apix": self.data.apix, "zdim": cfg.zdim,
-            "sigma_real": self.data.prep.sigma_real, "sigma_ht": self.data.prep.sigma_ht,
-            "train_pos": torch.as_tensor(self.train_pos), "val_pos": torch.as_tensor(self.val_pos),
-            "mask_radius": mask_radius_at(cfg, self.D, self.images_seen), "phase": self.phase,
-            "schedule": cfg.schedule,
-        }
-
     def save_checkpoint(self, numbered: bool = True) -> Path:
         """Atomic write of checkpoints/last.pt (+ a numbered hard link, keep_checkpoints of them); rank 0 only."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            # NaN/Inf weights (an update that was not finite though its loss was): keep the last good checkpoint
+        path = write_checkpoint(self, numbered)
+        if path is None:   # NaN/Inf weights: refused, the last good checkpoint stays
             return self.last_checkpoint or self.run_dir.last_checkpoint
-        last = atomic_torch_save(self.checkpoint_state(), self.run_dir.last_checkpoint)
-        if numbered:
-            self._number_checkpoint(last)
-        self.last_checkpoint = last
-        return last
-
-    def _number_checkpoint(self, last: Path) -> None:
-        """A numbered copy of ``last`` (a hard link where the file system allows), and the oldest ones removed."""
-        num = self.run_dir.numbered_checkpoint(self.images_seen)
-        try:
-            if num.exists():
-                num.unlink()
-            num.hardlink_to(last)
-        except OSError:
-            atomic_torch_save(self.checkpoint_state(), num)
-        olds = self.run_dir.numbered_checkpoints()
-        for p in olds[: max(0, len(olds) - self.config.keep_checkpoints)]:
-            p.unlink(missing_ok=True)
+        self.last_checkpoint = path
+        return path
 
     def _checkpoint_event(self) -> Checkpoint:
         val_loss, dpose, dz = self.validate()
