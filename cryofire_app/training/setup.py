@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from cryofire_app.io.errors import InputError
-from cryofire_app.model.cryofire import MaskPoints
 from cryofire_app.physics.lattice import Lattice
 from cryofire_app.training import seeding
 from cryofire_app.training.build import build_model, resolve_device
@@ -77,7 +76,7 @@ def resumed_checkpoint(tr: "Trainer") -> dict | None:
 
 def load_data(tr: "Trainer") -> ParticleData:
     cfg = tr.config
-    ps = tr._particles
+    ps = tr.particles_given
     if ps is None:
         from cryofire_app.io import load_particles
 
@@ -134,7 +133,6 @@ def setup_model(tr: "Trainer", ck: dict | None) -> None:
                             contrast_checked=cfg.invert_data != "auto", next_ckpt=cfg.checkpoint_every,
                             next_latents=cfg.latents_every)
     tr.amp = Precision(tr.device, cfg.precision)
-    tr._announced: str | None = None   # the phase the last PhaseChange event announced
     if ck is not None:
         tr.model.load_state_dict(ck["model"])
         tr.optim.load_state_dict(ck["optimizer"])
@@ -145,14 +143,13 @@ def setup_model(tr: "Trainer", ck: dict | None) -> None:
         tr.amp.saved = ck["grad_scaler"]    # fp16's loss scale, restored when the scaler is made
         if tr.seed_done:
             tr.seed = seeding.load_seed(tr)
-    tr._ddp: torch.nn.Module | None = None
+    tr.reset_run()   # the data-parallel wrapper and the masks belong to the model and box made here
     tr.par.broadcast_weights(tr.model)   # every rank starts from rank 0's weights
 
 
 def setup_bookkeeping(tr: "Trainer") -> None:
     """Masks, the latest pose / z of every particle (for Latents snapshots), the log."""
     cfg = tr.config
-    tr._mask_cache: dict[int, MaskPoints] = {}
     tr.lattice = Lattice(tr.D)
     N = tr.data.N
     tr.run_rot = np.tile(np.eye(3, dtype=np.float32), (N, 1, 1))
@@ -161,10 +158,10 @@ def setup_bookkeeping(tr: "Trainer") -> None:
     tr.run_seen = np.zeros(N, bool)
     rng = np.random.default_rng([cfg.seed, 3])
     tr.latent_pos = np.sort(rng.permutation(tr.train_pos)[: cfg.latents_subset])
-    tr._log = None
+    tr.log_file = None
     if tr.rank == 0:
         tr.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
         cfg_out = TrainConfig.from_dict(cfg.to_dict())
         cfg_out.D = tr.D
         cfg_out.save(tr.run_dir.config)
-        tr._log = open(tr.run_dir.log, "a", buffering=1)
+        tr.log_file = open(tr.run_dir.log, "a", buffering=1)

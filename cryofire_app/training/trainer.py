@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, particles=None):
         """particles: an already loaded io.ParticleSet (else config.particles/ctf/datadir are loaded)."""
         self.config = config
-        self._particles = particles
+        self.particles_given = particles
         self.resume_requested = resume
         self.outdir = Path(config.outdir)
         self._stop = threading.Event()
@@ -80,6 +80,15 @@ class Trainer:
         self.seed: dict | None = None
         self.seed_pose_fraction = 0.0
         self.images_total = 0
+        self.log_file = None                 # log.jsonl, open while the run runs (rank 0)
+        self.reset_run()
+
+    def reset_run(self) -> None:
+        """Forget what one run of the loop made: the data-parallel wrapper and the frequency masks (of the model and
+        box set up for it), and the phase it last announced."""
+        self._ddp: torch.nn.Module | None = None
+        self._mask_cache: dict[int, MaskPoints] = {}
+        self._announced: str | None = None
 
     # ---- controls (callable from any thread) ----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -171,8 +180,8 @@ class Trainer:
     # ---- helpers ------------------------------------------------------------------------------------------------
     def emit(self, ev):
         """Log ``ev`` to log.jsonl (rank 0) and return it."""
-        if self._log is not None:
-            self._log.write(json.dumps(event_to_json(ev)) + "\n")
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(event_to_json(ev)) + "\n")
         return ev
 
     def announce(self, phase: str, text: str | None = None, particles: int | None = None) -> PhaseChange:
@@ -390,6 +399,6 @@ class Trainer:
                 yield self.emit(ev)
         self.par.barrier()
         yield self.emit(Finished(str(self.outdir), self.images_seen, stopped))
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
