@@ -19,7 +19,7 @@ def make_run(folder: Path, z: np.ndarray, seed_states: dict | None = None, D: in
 
     from cryofire_app.training.checkpoint import atomic_torch_save
     from cryofire_app.training.config import DecoderConfig, EncoderConfig, TrainConfig
-    from cryofire_app.training.trainer import build_model
+    from cryofire_app.training.build import build_model
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ class Run:
     @property
     def model(self):
         if self._model is None:
-            from cryofire_app.training.trainer import build_model
+            from cryofire_app.training.build import build_model
 
             ck = self.checkpoint
             try:
