@@ -90,7 +90,7 @@ def components(tr, batch_pos, device: str, reps: int = 3) -> dict:
     """ms/image of the parts of one joint step at the trainer's current radius (median of `reps`)."""
     import numpy as np
 
-    from cryofire_app.training.trainer import mask_radius_at
+    from cryofire_app.training.schedule import mask_radius_at
 
     model, cfg = tr.model, tr.config
     mp = tr.mask(mask_radius_at(cfg, tr.D, tr.images_seen))

@@ -71,7 +71,7 @@ def train_rows(params, cfg, rows: int, per_step: int, loss_at, evaluate, fractio
 
     import torch
 
-    from cryofire_app.training.trainer import distill_lr_factor, grid_width_at
+    from cryofire_app.training.schedule import distill_lr_factor, grid_width_at
 
     opt = torch.optim.Adam(params, lr=1e-3)
     marks = [int(rows * f) for f in fractions]

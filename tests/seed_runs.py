@@ -17,9 +17,9 @@ def make_run(folder: Path, z: np.ndarray, seed_states: dict | None = None, D: in
     the rows the seed states leave out) and, when given, ``seed_states`` written verbatim to seed_states.npz."""
     import torch
 
+    from cryofire_app.training.build import build_model
     from cryofire_app.training.checkpoint import atomic_torch_save
     from cryofire_app.training.config import DecoderConfig, EncoderConfig, TrainConfig
-    from cryofire_app.training.build import build_model
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ import torch
 from cryofire_app.model.cryofire import CryoFIRE
 from cryofire_app.model.encoder import Encoder, grid_pose
 from cryofire_app.physics.rotations import geodesic_angle, random_rotations
-from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.build import build_model
+from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.schedule import distill_lr_factor, grid_width_at
 
 

@@ -62,8 +62,8 @@ def test_view_encoder_refine_turns_its_answer_back_and_keeps_the_view_frame():
 def test_runs_saved_before_the_view_encoder_load_without_one():
     """Configs saved before the field existed (and the paper's amortized schedule) build no view encoder, so their
     checkpoints load and resume as they were; the seeded default builds one of 1,024 directions."""
-    from cryofire_app.training.config import TrainConfig
     from cryofire_app.training.build import build_model
+    from cryofire_app.training.config import TrainConfig
 
     cfg = TrainConfig.of(particles="", outdir="", schedule="seeded")
     new = build_model(cfg, 32)

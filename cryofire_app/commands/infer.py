@@ -171,8 +171,8 @@ def main(args: argparse.Namespace) -> int:
 
     from cryofire_app.analysis.run import Run
     from cryofire_app.io.errors import InputError
-    from cryofire_app.training.inference import default_turns, predict, refine_z
     from cryofire_app.training.build import resolve_device
+    from cryofire_app.training.inference import default_turns, predict, refine_z
 
     _check_args(args)
     if args.threads:

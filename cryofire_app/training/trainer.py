@@ -29,9 +29,8 @@ from cryofire_app.io.rundir import RunDir
 from cryofire_app.model.cryofire import CryoFIRE, MaskPoints, mask_points
 from cryofire_app.physics.rotations import geodesic_angle
 from cryofire_app.training import contrast, distill, joint, outputs, seeding, setup
-from cryofire_app.training.build import build_model, resolve_device
 from cryofire_app.training.checkpoint import write_checkpoint
-from cryofire_app.training.config import SCHEDULES, TrainConfig
+from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.dataset import Prefetcher, batch_schedule
 from cryofire_app.training.events import (
     Checkpoint,
@@ -45,21 +44,15 @@ from cryofire_app.training.events import (
     event_to_json,
 )
 from cryofire_app.training.inference import predict
-from cryofire_app.training.parallel import SEED_WAIT_HOURS
 from cryofire_app.training.schedule import (
     PHASE_NAMES,
     distill_images,
-    distill_lr_factor,
-    grid_width_at,
-    lr_at,
     mask_radius_at,
     phase_at,
 )
 from cryofire_app.training.state import TrainState
 
-# names other modules import from here
-__all__ = ["PHASE_NAMES", "SCHEDULES", "SEED_WAIT_HOURS", "Trainer", "build_model", "distill_lr_factor",
-           "grid_width_at", "lr_at", "mask_radius_at", "resolve_device"]
+__all__ = ["Trainer"]
 
 
 class Trainer:
