@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cryofire_app.analysis import metrics
 from cryofire_app.physics.rotations import random_rotations
@@ -40,3 +41,32 @@ def test_random_poses_give_no_resolution(sim):
     fm = final_maps(lambda rows: sim["images"][rows], len(rand), sim["ctf"], rand, sim["trans"])
     res = metrics.fsc_report(-fm.volume, sim["gt"][0])
     assert res["res_0.5_px"] >= 8.0, res["res_0.5_px"]      # the round envelope only (true poses: < 3 px)
+
+
+def test_states_beyond_the_accumulator_budget_take_more_passes_and_give_the_same_maps(sim, monkeypatch):
+    """With room for only two accumulators per pass, the halves take one pass and three states two more: every map
+    is the same as with all sums held at once (the same images summed in the same order)."""
+    from cryofire_app.reconstruct import final, seed_stages
+    from cryofire_app.reconstruct.data import prepare_particles
+    from cryofire_app.reconstruct.seed import SeedConfig
+
+    n = 600
+    read = lambda rows: sim["images"][:n][rows]   # noqa: E731
+    st = np.random.default_rng(0).integers(0, 3, n)
+    args = (read, n, sim["ctf"][:n], sim["rot"][:n], sim["trans"][:n])
+    parts = prepare_particles(sim["images"][:n], sim["ctf"][:n])
+    rot, trans = (torch.as_tensor(np.asarray(a[:n], np.float32)) for a in (sim["rot"], sim["trans"]))
+    vol = torch.as_tensor(-sim["gt"][0], dtype=torch.float32)
+
+    def maps():
+        return final.final_maps(*args, state=st), seed_stages._final_maps(parts, rot, trans, vol, st, SeedConfig())
+
+    assert final.accumulators_per_pass(32) > 3
+    once, seed_once = maps()
+    monkeypatch.setattr(final, "ACCUMULATOR_BUDGET_BYTES", 1)
+    assert final.accumulators_per_pass(32) == 2
+    passes, seed_passes = maps()
+    for a, b in ((once.volume, passes.volume), (once.half1, passes.half1), (once.state_volumes, passes.state_volumes),
+                 (seed_once[0].numpy(), seed_passes[0].numpy()), (seed_once[1], seed_passes[1])):
+        np.testing.assert_array_equal(a, b)
+    assert once.state_volumes.shape[0] == 3 and seed_once[1].shape[0] == 3

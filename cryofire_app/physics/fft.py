@@ -25,8 +25,11 @@ def _ifftn_center(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def _htn_center(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    f = _fftn_center(x, dims)
-    return f.real - f.imag
+    # Re F - Im F before the final shift: the same values, with one complex array alive at a time, not two
+    f = torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims)
+    h = f.real - f.imag
+    del f
+    return torch.fft.fftshift(h, dim=dims)
 
 
 def _n_elements(x: torch.Tensor, dims: tuple[int, ...]) -> int:

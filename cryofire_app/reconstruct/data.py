@@ -43,8 +43,30 @@ def background_mask(D: int, r_in: float = BACKGROUND_R_IN) -> torch.Tensor:
     return (xx ** 2 + yy ** 2).sqrt() >= r_in
 
 
+class StackRows:
+    """Rows ``rows`` of an image stack, then the images ``extra``, as a stack that reads a slice at a time (for
+    :func:`prepare_particles`: a subset of a memory-mapped stack is never copied whole)."""
+
+    def __init__(self, images, rows: np.ndarray, extra: np.ndarray):
+        self.images, self.rows, self.extra = images, rows, extra
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.extra)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        n, idx = len(self.rows), range(len(self))[sl]
+        lo, hi = min(idx.start, n), min(idx.stop, n)   # slices run forward here (prepare_particles' batches)
+        r = self.rows[lo:hi]
+        if len(r) and r[-1] - r[0] == len(r) - 1 and np.all(np.diff(r) == 1):   # consecutive rows: one read
+            head = [np.asarray(self.images[int(r[0]):int(r[-1]) + 1], np.float32)]
+        else:
+            head = [np.asarray(self.images[int(i)], np.float32).reshape(1, -1, self.extra.shape[-1]) for i in r]
+        tail = [np.asarray(self.extra[max(idx.start, n) - n:max(idx.stop, n) - n], np.float32)]
+        return np.concatenate(head + tail)
+
+
 def prepare_particles(images, ctf_params=None, window: bool = True, batch: int = 512,
-                      device: torch.device | str = "cpu") -> Particles:
+                      device: torch.device | str = "cpu", crop: int | None = None) -> Particles:
     """Remove each image's background level, window (soft circle r_in 0.85, r_out 0.99 of the half box), transform
     and normalise an image stack; the result does not depend on the data's units (scale) or a constant offset.
 
@@ -54,16 +76,22 @@ def prepare_particles(images, ctf_params=None, window: bool = True, batch: int =
     per-stack statistic: ``scale = D * median over images of the RMS of the windowed, offset-free image``, so one
     image of outliers does not set it. Statistics are float64 and each batch is pre-divided by the first batch's
     statistic before the float32 transform, so values up to float32's range neither overflow nor lose precision.
-    ValueError for NaN/Inf pixels or an all-constant stack.
+    ``crop`` (even, <= D): keep only the central ``(crop+1)^2`` of each lattice, a Fourier crop to box ``crop`` as
+    :func:`stage_data` makes it (the result's ``D`` is then ``crop``; ``scale`` stays the input box's), so a stack is
+    never held at its full box. ValueError for NaN/Inf pixels or an all-constant stack.
     """
     n = len(images)
     first = np.asarray(images[0:1], dtype=np.float32)
     if first.ndim != 3 or first.shape[1] != first.shape[2] or first.shape[1] % 2:
         raise ValueError(f"images must be (N, D, D) with an even box, got first batch of shape {first.shape}")
     D = int(first.shape[1])
+    d = D if crop is None else int(crop)
+    if d % 2 or not 4 <= d <= D:
+        raise ValueError(f"crop must be an even box in [4, {D}], got {crop}")
+    keep = slice(D // 2 - d // 2, D // 2 + d // 2 + 1)
     win = (window_mask(D, 0.85, 0.99) if window else torch.ones(D, D)).double()
     bg = background_mask(D)
-    out = torch.empty(n, D + 1, D + 1, dtype=torch.float32)
+    out = torch.empty(n, d + 1, d + 1, dtype=torch.float32)
     rms = np.empty(n, np.float64)
     pre = None   # raw units per transformed unit (the first batch's median RMS)
     batch = max(1, min(int(batch), 2 ** 23 // (D * D)))   # float64 batches of at most 64 MB
@@ -82,7 +110,7 @@ def prepare_particles(images, ctf_params=None, window: bool = True, batch: int =
                 pre = float(r.max())
             if not np.isfinite(pre) or pre <= 0:
                 pre = 1.0
-        out[s:s + batch] = symmetrize_ht(ht2_center((x / pre).float()))
+        out[s:s + batch] = symmetrize_ht(ht2_center((x / pre).float()))[:, keep, keep]
     std = float(np.median(rms))
     if not np.isfinite(std) or std <= 0:
         std = float(rms.max())
@@ -96,7 +124,7 @@ def prepare_particles(images, ctf_params=None, window: bool = True, batch: int =
         ctf = torch.as_tensor(np.asarray(ctf_params, dtype=np.float32))
         if ctf.shape != (n, 9):
             raise ValueError(f"ctf_params must be (N, 9) cryoDRGN rows with N = {n}, got {tuple(ctf.shape)}")
-    return Particles(out.to(device), None if ctf is None else ctf.to(device), D, scale)
+    return Particles(out.to(device), None if ctf is None else ctf.to(device), d, scale)
 
 
 @dataclass

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..analysis.metrics import fsc, fsc_resolution_px
-from .data import prepare_particles, stage_data
+from .data import StackRows, prepare_particles, stage_data
 from .grids import grid_spacing_deg, shift_grid, so3_grid
 from .search import backproject, residual_sigma2, scores_at, slices
 from .symmetry import AMBIGUOUS_Z, find_symmetry, pose_modes
@@ -242,17 +242,19 @@ def _signal(vh, sdata, rows_ho, rows_null, rot, trans, grid, spacing, shifts) ->
 
 
 def _prepared(images, ctf_params, rot, trans_px, sub: np.ndarray, ho: np.ndarray, cfg: DiagnoseConfig):
-    """The diagnosis subset ``sub`` prepared, with a null copy of each held-out image last (reconstruct.data), its
-    poses (``trans`` in px of the diagnosis box ``d``), and ``d``."""
-    imgs = np.stack([np.asarray(images[int(i)], np.float32) for i in sub])
-    imgs = np.concatenate([imgs, null_images(imgs[ho], cfg.seed)])        # null copies of the held-out images last
+    """The diagnosis subset ``sub`` prepared at the diagnosis box ``d`` (a Fourier crop; reconstruct.data), with a
+    null copy of each held-out image last, its poses (``trans`` in px of box ``d``), ``d`` and the input box."""
+    D = int(np.asarray(images[int(sub[0])]).shape[-1])
+    held = np.zeros((int(ho.sum()), D, D), np.float32)
+    for j, i in enumerate(sub[ho]):
+        held[j] = images[int(i)]
     take = np.concatenate([sub, sub[ho]])
     ctf = None if ctf_params is None else np.asarray(ctf_params)[take]
-    parts = prepare_particles(imgs, ctf)
-    d = min(parts.D, cfg.max_box)
+    d = min(D, cfg.max_box)
+    parts = prepare_particles(StackRows(images, sub, null_images(held, cfg.seed)), ctf, crop=d)   # nulls last
     rot_t = torch.as_tensor(np.asarray(rot, np.float32)[take])
-    trans_t = torch.as_tensor(np.asarray(trans_px, np.float32)[take]) * (d / parts.D)
-    return parts, rot_t, trans_t, d
+    trans_t = torch.as_tensor(np.asarray(trans_px, np.float32)[take]) * (d / D)
+    return parts, rot_t, trans_t, d, D
 
 
 def _half_maps(data, rows_all, rot_t, trans_t, mask_r: float, gen):
@@ -277,8 +279,7 @@ def diagnose(images, ctf_params, rot, trans_px, state=None, apix: float | None =
     gen = torch.Generator().manual_seed(cfg.seed)
     sub, ho = _subset(len(images), heldout, cfg, gen)
     n_ho = int(ho.sum())
-    parts, rot_t, trans_t, d = _prepared(images, ctf_params, rot, trans_px, sub, ho, cfg)
-    D = parts.D
+    parts, rot_t, trans_t, d, D = _prepared(images, ctf_params, rot, trans_px, sub, ho, cfg)
     if state is not None:
         state = np.asarray(state)[sub][~ho]
     mask_r = 0.9 * d / 2

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..analysis.metrics import fsc, fsc_resolution_px
-from .data import prepare_particles, stage_data
+from .data import Particles, prepare_particles, stage_data
 from .search import backproject, residual_sigma2, scores_at
 from .volume import HartleyAccumulator, slicing_volume
 
@@ -49,52 +49,131 @@ def chunk_size(D: int) -> int:
     return max(64, 2 ** 22 // (D * D))
 
 
+#: back-projection sums held at once by a pass of the final maps (each accumulator is 2 (2D+1)^3 floats: 130 MB at box
+#: 128), so their memory is bounded whatever the number of states; the states beyond it take further passes
+ACCUMULATOR_BUDGET_BYTES = 300 * 2 ** 20
+
+
+def accumulators_per_pass(D: int) -> int:
+    """How many box-``D`` accumulators a pass may hold (at least the two halves)."""
+    return max(2, ACCUMULATOR_BUDGET_BYTES // (2 * 4 * (2 * D + 1) ** 3))
+
+
+class _Chunks:
+    """The particles as full-lattice stage data, ``chunk`` at a time, each read, prepared and brought to the first
+    chunk's scale; iterate again for another pass (the same rows give the same data)."""
+
+    def __init__(self, read, n: int, ctf_params, rot, trans, chunk: int):
+        self.read, self.n, self.ctf, self.rot, self.trans, self.chunk = read, n, ctf_params, rot, trans, chunk
+        self.scale0, self.D, self.first = None, None, None
+
+    def __iter__(self):
+        for s in range(0, self.n, self.chunk):
+            rows = np.arange(s, min(s + self.chunk, self.n))
+            parts = prepare_particles(self.read(rows), None if self.ctf is None else np.asarray(self.ctf)[rows])
+            if self.scale0 is None:
+                self.scale0, self.D = parts.scale, parts.D
+            parts.ht *= parts.scale / self.scale0
+            data = stage_data(parts, self.D, self.D // 2)
+            if self.first is None:
+                self.first = (data, self.rot[rows], self.trans[rows])
+            yield rows, data, self.rot[rows], self.trans[rows]
+
+
+def _pass(chunks: _Chunks, members: list[np.ndarray]) -> list[HartleyAccumulator]:
+    """One pass over the particles: accumulator ``j`` sums the particles where ``members[j]`` (bool, n) is true."""
+    accs = None
+    for rows, data, r, t in chunks:
+        accs = accs or [HartleyAccumulator(chunks.D) for _ in members]
+        for acc, m in zip(accs, members):
+            sel = torch.as_tensor(np.nonzero(m[rows])[0])
+            if len(sel):
+                backproject(acc, data, r[sel], t[sel], rows=sel)
+    return accs or []
+
+
 def final_maps(read: Callable[[np.ndarray], np.ndarray], n: int, ctf_params, rot, trans_px, state=None,
                seed: int = 0, chunk: int | None = None) -> FinalMaps:
     """Reconstruct ``n`` particles: ``read(rows)`` returns their images ``(len(rows), D, D)`` (any units and offset;
     each chunk is normalised like the seed's data, :func:`.data.prepare_particles`, then brought to the first
     chunk's scale); ``ctf_params (n, 9)`` cryoDRGN rows or None; ``state (n,)`` ints for per-state maps;
     ``chunk``: particles per pass (default :func:`chunk_size` of the images' box, read off the first image; callers
-    that know the box pass it and save that read)."""
+    that know the box pass it and save that read). The halves take one pass over the images, the states as many
+    more as :func:`accumulators_per_pass` needs."""
     if chunk is None:
         chunk = chunk_size(int(np.asarray(read(np.arange(min(1, n)))).shape[-1])) if n else 1
     rot = torch.as_tensor(np.asarray(rot, np.float32))
     trans = torch.as_tensor(np.asarray(trans_px, np.float32))
     half = np.random.default_rng([seed, 7]).permutation(n) % 2
-    K = 0 if state is None else int(np.max(state)) + 1
-    st = None if state is None else np.asarray(state, np.int64)
-    accs, s_accs, first, scale0, D = None, None, None, None, None
-    for s in range(0, n, chunk):
-        rows = np.arange(s, min(s + chunk, n))
-        ctf = None if ctf_params is None else np.asarray(ctf_params)[rows]
-        parts = prepare_particles(read(rows), ctf)
-        if scale0 is None:
-            scale0, D = parts.scale, parts.D
-            accs = [HartleyAccumulator(D), HartleyAccumulator(D)]
-            s_accs = [HartleyAccumulator(D) for _ in range(K)]
-        parts.ht *= parts.scale / scale0
-        data = stage_data(parts, D, D // 2)
-        r, t = rot[rows], trans[rows]
-        for h in (0, 1):
-            sel = torch.as_tensor(np.nonzero(half[rows] == h)[0])
-            if len(sel):
-                backproject(accs[h], data, r[sel], t[sel], rows=sel)
-        for k in range(K):
-            sel = torch.as_tensor(np.nonzero(st[rows] == k)[0])
-            if len(sel):
-                backproject(s_accs[k], data, r[sel], t[sel], rows=sel)
-        if first is None:
-            first = (data, r, t)
+    chunks = _Chunks(read, n, ctf_params, rot, trans, chunk)
+    accs = _pass(chunks, [half == 0, half == 1])
+    D = chunks.D
     mask = MASK_FRACTION * D / 2
-    full = HartleyAccumulator.merged(accs)
     # noise variance per coefficient: the first chunk's residuals against the map (solved once with a rough value)
-    data, r, t = first
+    data, r, t = chunks.first
     rough = float((data.Y ** 2).mean())
-    vh = slicing_volume(full.solve(rough, mask_radius=mask)[0])
+    vh = slicing_volume(HartleyAccumulator.solve_sum(accs, rough, mask_radius=mask)[0])
     sigma2 = residual_sigma2(scores_at(vh, data, r, t), data)
-    volume = full.solve(sigma2, mask_radius=mask)[0].numpy()
+    del vh
+    volume = HartleyAccumulator.solve_sum(accs, sigma2, mask_radius=mask)[0].numpy()
     h1, h2 = (a.solve(sigma2, mask_radius=mask)[0].numpy() for a in accs)
+    del accs
     freq, curve = fsc(h1, h2)
-    states = np.stack([a.solve(sigma2, mask_radius=mask)[0].numpy() for a in s_accs]) if K else None
+    states = None
+    if state is not None:
+        st, per = np.asarray(state, np.int64), accumulators_per_pass(D)
+        K = int(st.max()) + 1
+        vols = []
+        for k0 in range(0, K, per):
+            for a in _pass(chunks, [st == k for k in range(k0, min(k0 + per, K))]):
+                vols.append(a.solve(sigma2, mask_radius=mask)[0].numpy())
+        states = np.stack(vols)
     return FinalMaps(volume.astype(np.float32), h1.astype(np.float32), h2.astype(np.float32), freq, curve,
                      fsc_resolution_px(freq, curve, 0.143), fsc_resolution_px(freq, curve, 0.5), n, states)
+
+
+def particle_maps(parts: Particles, rot: torch.Tensor, trans: torch.Tensor, vol_d: torch.Tensor, state,
+                  mask_radius: float, chunk: int | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The consensus map and (K >= 2 states) one map per state of prepared particles ``parts`` at their box's full
+    Nyquist, with the noise variance of the slicing volume ``vol_d`` (box ``parts.D``) at the poses (``trans`` px of
+    that box); ``mask_radius`` voxels. The full-lattice data are made ``chunk`` particles at a time (default
+    :func:`chunk_size`) and the states' sums held a few at a time (:func:`accumulators_per_pass`), so the memory grows
+    with neither N, D nor K."""
+    D = parts.D
+    chunk = chunk or chunk_size(D)
+    labels = None if state is None or int(np.max(state)) < 1 else torch.as_tensor(np.asarray(state))
+    K, per = (0 if labels is None else int(labels.max()) + 1), accumulators_per_pass(D)
+    acc = HartleyAccumulator(D)
+    first = range(0, min(K, per - 1))   # the first pass also holds the consensus sums
+    saccs, resid = _final_pass(parts, rot, trans, chunk, labels, first, acc, vol_d)
+    sig_final = resid / parts.n
+    volume, _ = acc.solve(sig_final, mask_radius=mask_radius)
+    del acc
+    if labels is None:
+        return volume, None
+    svols = [a.solve(sig_final, mask_radius=mask_radius)[0] for a in saccs]
+    del saccs
+    for k0 in range(len(first), K, per):   # the other states, a few at a time
+        for a in _final_pass(parts, rot, trans, chunk, labels, range(k0, min(k0 + per, K)))[0]:
+            svols.append(a.solve(sig_final, mask_radius=mask_radius)[0])
+    svols = [v if int((labels == k).sum()) else torch.zeros(D, D, D) for k, v in enumerate(svols)]
+    return volume, torch.stack(svols).numpy()
+
+
+def _final_pass(parts: Particles, rot, trans, chunk: int, labels, ks: range, acc=None, vol_d=None):
+    """One pass of :func:`particle_maps`: the sums of the states ``ks`` (and, given ``acc`` and ``vol_d``, the
+    consensus sums and the residual variance's sum against ``vol_d``)."""
+    D = parts.D
+    saccs = [HartleyAccumulator(D) for _ in ks]
+    resid = 0.0
+    for s in range(0, parts.n, chunk):
+        idx = torch.arange(s, min(s + chunk, parts.n))
+        fd = stage_data(parts, D, D // 2, idx)
+        if acc is not None:
+            backproject(acc, fd, rot[idx], trans[idx])
+            resid += residual_sigma2(scores_at(vol_d, fd, rot[idx], trans[idx]), fd) * len(idx)
+        for k, a in zip(ks, saccs):
+            sel = torch.nonzero(labels[idx] == k).reshape(-1)
+            if len(sel):
+                backproject(a, fd, rot[idx][sel], trans[idx][sel], rows=sel)
+    return saccs, resid

@@ -157,8 +157,10 @@ def residual_sigma2(score: torch.Tensor, data: StageData, rows: torch.Tensor | N
 
 def backproject(acc, data: StageData, rot: torch.Tensor, trans: torch.Tensor, weight: torch.Tensor | None = None,
                 rows: torch.Tensor | None = None, batch: int = 256) -> None:
-    """Insert images (``rows`` of ``data``) at poses ``rot (n, 3, 3)``, ``trans (n, 2)`` (box-d px) into ``acc``."""
+    """Insert images (``rows`` of ``data``) at poses ``rot (n, 3, 3)``, ``trans (n, 2)`` (box-d px) into ``acc``, at
+    most ``batch`` images and about 2^20 lattice points at a time (the splat's temporaries stay ~100 MB at any box)."""
     rows = torch.arange(data.n) if rows is None else rows
+    batch = max(1, min(batch, 2 ** 20 // max(1, len(data.coords))))
     for s in range(0, len(rows), batch):
         r = rows[s:s + batch]
         j = slice(s, s + batch)

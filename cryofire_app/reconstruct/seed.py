@@ -38,7 +38,7 @@ import torch
 
 from .data import prepare_particles
 from .hetero import HeteroBasis
-from .seed_stages import (  # noqa: F401  (density_sign, resize_volume, _final_maps: the seed's public helpers)
+from .seed_stages import (  # noqa: F401  (density_sign, _final_maps: the seed's public helpers)
     SeedRun,
     _final_maps,
     abinit_stage,
@@ -48,8 +48,8 @@ from .seed_stages import (  # noqa: F401  (density_sign, resize_volume, _final_m
     hetero_stage,
     local_stage,
     research_stage,
-    resize_volume,
 )
+from .volume import resize_volume  # noqa: F401  (the seed's public helper)
 
 
 @dataclass

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..physics.fft import fourier_resize
 from ..physics.rotations import random_rotations
 from .data import Particles, StageData, stage_data
-from .final import chunk_size
+from .final import particle_maps
 from .grids import grid_spacing_deg, local_perturbations, shift_grid, so3_grid
 from .hetero import HeteroConfig, iter_analyse
-from .search import backproject, em_search, global_search, local_search, residual_sigma2, scores_at, slices
-from .volume import HartleyAccumulator, slicing_volume
+from .search import backproject, em_search, global_search, local_search, residual_sigma2, slices
+from .volume import HartleyAccumulator, resize_volume, slicing_volume
 
 if TYPE_CHECKING:
     from .seed import SeedConfig
@@ -285,32 +284,10 @@ def _reconstruct(data: StageData, rot, trans, sigma2: float, cfg: SeedConfig, we
 
 def _final_maps(parts: Particles, rot: torch.Tensor, trans: torch.Tensor, vol: torch.Tensor, state, cfg: SeedConfig,
                 chunk: int | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
-    """The consensus map and (K >= 2 states) one map per state at the input box's full Nyquist, with the noise
-    variance of the current map ``vol`` at the final poses (``trans`` px of the input box). The full-lattice data are
-    made ``chunk`` particles at a time (default final.chunk_size), so the memory grows with neither N nor D."""
-    D = parts.D
-    chunk = chunk or chunk_size(D)
-    labels = None if state is None or int(np.max(state)) < 1 else torch.as_tensor(np.asarray(state))
-    acc = HartleyAccumulator(D)
-    accs = [] if labels is None else [HartleyAccumulator(D) for _ in range(int(labels.max()) + 1)]
-    vol_d = slicing_volume(resize_volume(vol, D))
-    resid = 0.0
-    for s in range(0, parts.n, chunk):
-        idx = torch.arange(s, min(s + chunk, parts.n))
-        fd = stage_data(parts, D, D // 2, idx)
-        backproject(acc, fd, rot[idx], trans[idx])
-        resid += residual_sigma2(scores_at(vol_d, fd, rot[idx], trans[idx]), fd) * len(idx)
-        for k, a in enumerate(accs):
-            sel = torch.nonzero(labels[idx] == k).reshape(-1)
-            if len(sel):
-                backproject(a, fd, rot[idx][sel], trans[idx][sel], rows=sel)
-    sig_final = resid / parts.n
-    volume, _ = _solve(acc, sig_final, cfg)
-    if labels is None:
-        return volume, None
-    svols = [_solve(a, sig_final, cfg)[0] if int((labels == k).sum()) else torch.zeros(D, D, D)
-             for k, a in enumerate(accs)]
-    return volume, torch.stack(svols).numpy()
+    """The consensus map and (K >= 2 states) one map per state at the input box's full Nyquist
+    (:func:`.final.particle_maps`), with the noise variance of the current map ``vol`` at the final poses."""
+    vol_d = slicing_volume(resize_volume(vol, parts.D))
+    return particle_maps(parts, rot, trans, vol_d, state, cfg.mask_radius_frac * parts.D / 2, chunk)
 
 
 def _local_round(vh, data: StageData, rot_h, trans_h, step: float, tstep: float, D: int, cfg: SeedConfig):
@@ -344,15 +321,6 @@ def _random_blobs(d: int, data: StageData, cfg: SeedConfig, gen: torch.Generator
     P = slices(slicing_volume(v), data.coords, random_rotations(m, generator=gen))
     scale = (0.3 * float((data.Y ** 2).mean()) / max(float(((data.ctf[:m] * P) ** 2).mean()), 1e-30)) ** 0.5
     return v * scale
-
-
-def resize_volume(vol: torch.Tensor, d_new: int) -> torch.Tensor:
-    """Fourier crop/pad of a seeding volume to box ``d_new`` that keeps its Hartley coefficients (the seeding stages'
-    data are crops of one lattice, so volumes at different boxes share coefficients, not mean values)."""
-    d = vol.shape[-1]
-    if d == d_new:
-        return vol
-    return fourier_resize(vol, d_new, ndim=3) * (d / d_new) ** 3
 
 
 def _angle_change(r0: torch.Tensor, r1: torch.Tensor) -> np.ndarray:

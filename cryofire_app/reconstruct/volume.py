@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..physics.fft import center_crop_pad, iht3_center
+from ..physics.fft import center_crop_pad, fourier_resize, iht3_center
 from ..physics.projector import FourierProjector
 
 
@@ -79,42 +79,80 @@ class HartleyAccumulator:
             out.den += a.den
         return out
 
-    def _shell_index(self) -> torch.Tensor:
+    def _shells(self, z0: int, z1: int) -> torch.Tensor:
+        """Shell of each lattice point in z-planes ``z0:z1`` (flattened), in units of 1/(2d) cycles/px."""
         ax = torch.arange(self.n, dtype=torch.float32, device=self.device) - self.d
-        r = torch.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2)
-        return torch.round(r).long().reshape(-1)  # shells in units of 1/(2d) cycles/px
+        r = torch.sqrt(ax[z0:z1, None, None] ** 2 + (ax[None, :, None] ** 2 + ax[None, None, :] ** 2))
+        return torch.round(r).long().reshape(-1)
+
+    def _slabs(self, stop: int | None = None):
+        """z-plane ranges of about 2^21 lattice points each: the solve's temporaries stay a few MB at any box."""
+        stop = self.n if stop is None else stop
+        step = max(1, 2 ** 21 // (self.n * self.n))
+        return [(z0, min(z0 + step, stop)) for z0 in range(0, stop, step)]
 
     def solve(self, sigma2: float, mask_radius: float | None = None, max_freq: float = 0.5,
               tau2_floor: float = 1e-3) -> tuple[torch.Tensor, dict]:
         """Wiener solution -> real-space volume ``(d, d, d)`` (axes z, y, x; voxel units consistent with projections
         that are line integrals). ``sigma2``: noise variance per Hartley coefficient of the data. ``mask_radius``
         (voxels) applies :func:`soft_sphere`. Frequencies beyond ``max_freq`` cycles/px are zeroed. Returns the volume
-        and a dict with the per-shell signal power ``tau2`` and spectral SNR ``ssnr``."""
-        shell = self._shell_index()
-        nsh = int(shell.max()) + 1
-        cnt = torch.bincount(shell, minlength=nsh).clamp(min=1).to(self.num.dtype)
-        den_mean = torch.bincount(shell, weights=self.den, minlength=nsh) / cnt
-        # pass 1: mild regulariser, then signal power per shell = power of the estimate minus its noise variance
-        lam1 = 1e-3 * float(self.den.mean()) + 1e-12
-        v1 = self.num / (self.den + lam1)
-        noise_var = sigma2 * self.den / (self.den + lam1) ** 2
-        p = torch.bincount(shell, weights=v1 * v1, minlength=nsh) / cnt
-        nv = torch.bincount(shell, weights=noise_var, minlength=nsh) / cnt
-        tau2 = torch.clamp(p - nv, min=0.0)
-        tau2 = torch.maximum(tau2, tau2_floor * nv + 1e-30)
-        vol = self.num / (self.den + sigma2 / tau2[shell])
-        fr = shell.to(vol.dtype) / (2 * self.d)
-        vol = torch.where(fr <= max_freq, vol, torch.zeros_like(vol))
-        vol = vol.reshape(self.n, self.n, self.n)[:-1, :-1, :-1]
+        and a dict with the per-shell signal power ``tau2`` and spectral SNR ``ssnr``. Works through the lattice in
+        slabs of z-planes, so its memory beyond the accumulator is about one (2d)^3 transform."""
+        return HartleyAccumulator.solve_sum([self], sigma2, mask_radius, max_freq, tau2_floor)
+
+    @staticmethod
+    def solve_sum(accs: list["HartleyAccumulator"], sigma2: float, mask_radius: float | None = None,
+                  max_freq: float = 0.5, tau2_floor: float = 1e-3) -> tuple[torch.Tensor, dict]:
+        """:meth:`solve` for the sums of ``accs`` (same box), e.g. the full map of two half maps' images, without a
+        merged copy of them in memory."""
+        a0 = accs[0]
+        n, plane = a0.n, a0.n * a0.n
+
+        def part(z0: int, z1: int) -> tuple[torch.Tensor, torch.Tensor]:   # the summed num, den of planes z0:z1
+            sl = slice(z0 * plane, z1 * plane)
+            if len(accs) == 1:
+                return a0.num[sl], a0.den[sl]
+            return sum(a.num[sl] for a in accs), sum(a.den[sl] for a in accs)
+
+        nsh = int(a0._shells(0, 1).max()) + 1   # the corner plane holds the largest shell
+        lam1 = 1e-3 * sum(float(a.den.mean()) for a in accs) + 1e-12   # pass 1: mild regulariser
+        sums = torch.zeros(4, nsh, dtype=torch.float64, device=a0.device)   # count, den, |v1|^2, noise variance
+        for z0, z1 in a0._slabs():
+            shell, (num, den) = a0._shells(z0, z1), part(z0, z1)
+            v1 = num / (den + lam1)
+            noise_var = sigma2 * den / (den + lam1) ** 2
+            for row, w in enumerate((None, den, v1 * v1, noise_var)):
+                sums[row] += torch.bincount(shell, weights=None if w is None else w.double(), minlength=nsh)
+        cnt = sums[0].clamp(min=1)
+        den_mean, p, nv = (sums[k] / cnt for k in (1, 2, 3))
+        # signal power per shell = power of the estimate minus its noise variance
+        tau2 = torch.maximum(torch.clamp(p - nv, min=0.0), tau2_floor * nv + 1e-30).to(a0.num.dtype)
+        reg = sigma2 / tau2
+        vol = torch.zeros(n - 1, n - 1, n - 1, dtype=a0.num.dtype, device=a0.device)
+        for z0, z1 in a0._slabs(n - 1):
+            shell, (num, den) = a0._shells(z0, z1), part(z0, z1)
+            v = num / (den + reg[shell])
+            v = torch.where(shell.to(v.dtype) / (2 * a0.d) <= max_freq, v, torch.zeros_like(v))
+            vol[z0:z1] = v.reshape(z1 - z0, n, n)[:, :-1, :-1]
         real = iht3_center(vol)  # box 2d, object in the central d
-        real = center_crop_pad(real, self.d, 3)
+        del vol
+        real = center_crop_pad(real, a0.d, 3)
         if mask_radius is not None:
-            real = real * soft_sphere(self.d, mask_radius, dtype=real.dtype, device=real.device)
-        ssnr = tau2 * den_mean / max(sigma2, 1e-30)
-        return real, {"tau2": tau2.cpu(), "ssnr": ssnr.cpu()}
+            real = real * soft_sphere(a0.d, mask_radius, dtype=real.dtype, device=real.device)
+        ssnr = tau2.double() * den_mean / max(sigma2, 1e-30)
+        return real, {"tau2": tau2.cpu(), "ssnr": ssnr.to(a0.num.dtype).cpu()}
 
 
 def slicing_volume(real: torch.Tensor) -> torch.Tensor:
     """Hartley volume ``(2d+1)^3`` of a real volume ``(d, d, d)`` for :func:`~cryofire_app.physics.slice_ht_volume`
     (zero padding x2, radial gridding correction, Nyquist sphere; identical to ``FourierProjector(real, pad=2)``)."""
     return FourierProjector(real, pad=2).vol_ht
+
+
+def resize_volume(vol: torch.Tensor, d_new: int) -> torch.Tensor:
+    """Fourier crop/pad of a seeding volume to box ``d_new`` that keeps its Hartley coefficients (the seeding stages'
+    data are crops of one lattice, so volumes at different boxes share coefficients, not mean values)."""
+    d = vol.shape[-1]
+    if d == d_new:
+        return vol
+    return fourier_resize(vol, d_new, ndim=3) * (d / d_new) ** 3

@@ -87,7 +87,7 @@ def diagnose_run(trainer, rot: np.ndarray, trans_px: np.ndarray, reconstruction:
     if st is not None and np.all(st[~heldout] >= 0):
         state = np.where(st >= 0, st, 0)
     ctf = trainer.data.ctf.numpy()[pos] if trainer.data.ctf is not None else None
-    diag = diagnose(trainer.data.resized_images(pos), ctf, rot[pos], trans_px[pos], state=state,
+    diag = diagnose(trainer.data.resized_view(pos), ctf, rot[pos], trans_px[pos], state=state,
                     apix=trainer.data.apix, heldout=heldout, config=dcfg)
     agree = target = None
     if cfg.schedule == "seeded" and trainer.seed is not None:
