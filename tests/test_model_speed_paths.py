@@ -103,8 +103,11 @@ def test_trainer_with_fast_preset_and_bf16_runs_and_reloads(tmp_path):
     assert run.config.decoder.arch == "grid" and run.config.encoder.stem == "unshuffle"
     vol = run.decode(np.zeros((1, 2), np.float32))
     assert vol.shape == (1, 16, 16, 16) and np.isfinite(vol).all()
-    bad = TrainConfig.from_dict(dict(cfg.to_dict(), precision="fp16", outdir=str(tmp_path / "bad")))
-    with pytest.raises(Exception, match="fp16"):
+    with pytest.raises(Exception, match="fp16"):   # fp16 on the CPU: refused when the config is made ...
+        TrainConfig.from_dict(dict(cfg.to_dict(), precision="fp16", outdir=str(tmp_path / "bad")))
+    bad = TrainConfig.from_dict(dict(cfg.to_dict(), outdir=str(tmp_path / "bad")))
+    bad.precision = "fp16"
+    with pytest.raises(Exception, match="fp16"):   # ... and by the trainer when set afterwards
         list(Trainer(bad).run())
 
 
