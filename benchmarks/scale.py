@@ -15,6 +15,7 @@ distill and joint train a fixed number of images, so they must be flat as well.
 
     nice -n 10 python benchmarks/scale.py --suite quick      # box 64 N 4k-100k, box 128 N 8k, seed subset 4k; ~40 min
     nice -n 10 python benchmarks/scale.py --suite full       # box 64 N 5k-100k and box 128 N 20k at the defaults
+    nice -n 10 python benchmarks/scale.py --suite quick --cases 128:8000   # one case again, the others' rows kept
     python benchmarks/scale.py --suite full --device cuda    # the same on a GPU
     torchrun --nproc_per_node G benchmarks/scale.py --worker OUT.json -- PARTICLES -o RUN ...   # one case, G GPUs
 
@@ -210,10 +211,33 @@ def markdown(res: dict) -> list[str]:
              "mark VmHWM)", ""]
     lines += report.md_table(["D", "N", "seeded", "images"] + [f"{p} s" for p in PHASES]
                              + ["total s", "anon MB", "peak MB", "run"], rows)
+    dates = sorted({r["date"] for r in res["cases"] if r.get("date")})
+    if len(dates) > 1:
+        lines += ["", "Rows measured on different days (`--cases`): " + "; ".join(
+            f"{d}: " + ", ".join(f"D {r['D']} N {r['N']}" for r in res["cases"] if r.get("date") == d) for d in dates)]
     lines += ["", "Growth exponent b of time ~ N^b over the cases with N >= the seed subset (0: flat, 1: linear):", ""]
     grow = [[D] + [_num(b, 2) for b in g.values()] for D, g in res["growth"].items()]
     lines += report.md_table(["D"] + list(PHASES), grow)
     return lines
+
+
+def _selected(suite: dict, spec: str | None) -> list[tuple[int, int]]:
+    """The suite's (D, N) cases, or those named in ``spec`` ("D:N,D:N"; each must be one of the suite's)."""
+    if not spec:
+        return list(suite["cases"])
+    want = [tuple(int(x) for x in c.split(":")) for c in spec.split(",")]
+    unknown = [c for c in want if c not in suite["cases"]]
+    if unknown:
+        raise SystemExit(f"not cases of this suite: {unknown}; it has {suite['cases']}")
+    return want
+
+
+def _merged(path: Path, new: list[dict], suite: dict) -> list[dict]:
+    """``new`` rows in place of the same (D, N) rows of an earlier result file, in the suite's case order."""
+    prev = json.loads(path.read_text()) if path.is_file() else {"cases": []}
+    old = [dict(r, date=r.get("date", prev.get("date"))) for r in prev["cases"]]
+    rows = {(r["D"], r["N"]): r for r in old} | {(r["D"], r["N"]): r for r in new}
+    return [rows[c] for c in suite["cases"] if c in rows]
 
 
 def main() -> int:
@@ -222,6 +246,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", type=Path, default=WORKDIR)
+    p.add_argument("--cases", default=None, help="only these cases of the suite, as D:N,D:N (the other cases' rows of "
+                                                  "the suite's result file are kept)")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--open-joint", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args()
@@ -230,7 +256,9 @@ def main() -> int:
     suite = SUITES[args.suite]
     args.workdir.mkdir(parents=True, exist_ok=True)
     st = report.stamp()
-    cases = [run_case(box, n, suite, args) for box, n in suite["cases"]]
+    cases = [dict(run_case(box, n, suite, args), date=st["date"]) for box, n in _selected(suite, args.cases)]
+    if args.cases:
+        cases = _merged(report.RESULTS / f"scale-{args.suite}.json", cases, suite)
     cap = suite["seed_particles"] or 20000
     boxes = sorted({r["D"] for r in cases})
     res = dict(suite=args.suite, date=st["date"], host=st["host"], device=args.device, threads=args.threads,
