@@ -40,11 +40,14 @@ def _sinc2_grid(n: int, dtype: torch.dtype, device, radial: bool = False) -> tor
     """(n, n, n) trilinear-interpolation kernel transform: product of sinc^2(x / n) over the three axes, or with
     ``radial=True`` sinc^2(|r| / n) as RELION's gridding correction uses (x, r in voxels from the centre voxel n//2)."""
     x = (torch.arange(n, dtype=torch.float64, device=device) - n // 2) / n
-    if radial:
-        r = torch.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
-        return (torch.special.sinc(r) ** 2).to(dtype)
     s = torch.special.sinc(x) ** 2
-    return (s[:, None, None] * s[None, :, None] * s[None, None, :]).to(dtype)
+    out = torch.empty(n, n, n, dtype=dtype, device=device)
+    for z in range(n):   # plane by plane: float64 temporaries of one plane, not of the whole (n, n, n) grid
+        if radial:
+            out[z] = (torch.special.sinc(torch.sqrt(x[z] ** 2 + x[:, None] ** 2 + x[None, :] ** 2)) ** 2).to(dtype)
+        else:
+            out[z] = (s[z] * s[:, None] * s[None, :]).to(dtype)
+    return out
 
 
 class FourierProjector:
@@ -77,8 +80,9 @@ class FourierProjector:
         if rmax is not None:
             self.keep = (self.lattice.freqs2d ** 2).sum(-1) <= rmax * rmax + 1e-12
             ax = (torch.arange(dp + 1, dtype=torch.float64, device=vol.device) - dp // 2) / dp
-            r2 = ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2
-            self.vol_ht = self.vol_ht * (r2 <= rmax * rmax + 1e-12).to(self.vol_ht.dtype)
+            for z in range(dp + 1):   # plane by plane: no (dp+1)^3 float64 radius array
+                r2 = ax[z] ** 2 + ax[:, None] ** 2 + ax[None, :] ** 2
+                self.vol_ht[z] *= (r2 <= rmax * rmax + 1e-12).to(self.vol_ht.dtype)
 
     def slice(self, rot: torch.Tensor) -> torch.Tensor:
         """Symmetrized 2D HT ``(B, (D+1)^2)`` of the projections at ``rot (B, 3, 3)`` (flat lattice order)."""

@@ -384,6 +384,7 @@ class Trainer:
         if stopped:
             yield self.emit(Message("info", f"stop requested at {self.images_seen} images", "stopped"))
         yield self.emit(self._checkpoint_event())
+        self.model.zero_grad(set_to_none=True)   # the outputs need no gradients (they are in no checkpoint)
         pr = outputs.write_outputs(self) if self.rank == 0 else None
         if self.seed is not None:
             yield self.emit(outputs.outputs_message(self))
