@@ -13,7 +13,7 @@ from cryofire_app.gui.reader import get_reader
 from cryofire_app.gui.writer import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-MAP = ROOT / "cryofire_app" / "resources" / "ribosome70S_65.mrc"
+MAP = ROOT / "resources" / "ribosome70S_65.mrc"
 
 
 def test_manifest_validates_with_imports():

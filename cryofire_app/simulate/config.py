@@ -10,7 +10,7 @@ import numpy as np
 #: Voxel size assumed for the bundled ASPIRE 70S ribosome map (resources/ribosome70S_65.mrc, header: 0):
 #: its density spans ~50 voxels and a 70S ribosome is ~250 A across, so 5 A/voxel (65 box -> 325 A).
 DEMO_MAP_APIX = 5.0
-# package data: wheels and editable installs carry it
+# package data through the link cryofire_app/resources -> ../resources (resources/README.md)
 DEMO_MAP = Path(__file__).resolve().parent.parent / "resources" / "ribosome70S_65.mrc"
 
 BLOCK = 64  # particles are rendered, and their noise drawn (seeded by (seed, block)), in aligned blocks of this size
