@@ -80,8 +80,22 @@ class _Chunks:
             yield rows, data, self.rot[rows], self.trans[rows]
 
 
-def _pass(chunks: _Chunks, members: list[np.ndarray]) -> list[HartleyAccumulator]:
-    """One pass over the particles: accumulator ``j`` sums the particles where ``members[j]`` (bool, n) is true."""
+class _PartsChunks:
+    """Prepared particles in memory as full-lattice stage data, ``chunk`` at a time (re-iterable, like _Chunks)."""
+
+    def __init__(self, parts: Particles, rot, trans, chunk: int):
+        self.parts, self.rot, self.trans, self.chunk, self.D = parts, rot, trans, chunk, parts.D
+
+    def __iter__(self):
+        for s in range(0, self.parts.n, self.chunk):
+            rows = np.arange(s, min(s + self.chunk, self.parts.n))
+            idx = torch.as_tensor(rows)
+            yield rows, stage_data(self.parts, self.D, self.D // 2, idx), self.rot[idx], self.trans[idx]
+
+
+def _pass(chunks, members: list[np.ndarray], each=None) -> list[HartleyAccumulator]:
+    """One pass over the particles: accumulator ``j`` sums the particles where ``members[j]`` (bool, n) is true;
+    ``each(data, rot, trans)`` is called on every chunk as well."""
     accs = None
     for rows, data, r, t in chunks:
         accs = accs or [HartleyAccumulator(chunks.D) for _ in members]
@@ -89,7 +103,18 @@ def _pass(chunks: _Chunks, members: list[np.ndarray]) -> list[HartleyAccumulator
             sel = torch.as_tensor(np.nonzero(m[rows])[0])
             if len(sel):
                 backproject(acc, data, r[sel], t[sel], rows=sel)
+        if each is not None:
+            each(data, r, t)
     return accs or []
+
+
+def _state_maps(chunks, st: np.ndarray, ks: range, sigma2: float, mask_radius: float) -> list[torch.Tensor]:
+    """The maps of states ``ks`` (labels ``st``), :func:`accumulators_per_pass` of them per pass."""
+    per, vols = accumulators_per_pass(chunks.D), []
+    for k0 in range(ks.start, ks.stop, per):
+        for a in _pass(chunks, [st == k for k in range(k0, min(k0 + per, ks.stop))]):
+            vols.append(a.solve(sigma2, mask_radius=mask_radius)[0])
+    return vols
 
 
 def final_maps(read: Callable[[np.ndarray], np.ndarray], n: int, ctf_params, rot, trans_px, state=None,
@@ -121,13 +146,8 @@ def final_maps(read: Callable[[np.ndarray], np.ndarray], n: int, ctf_params, rot
     freq, curve = fsc(h1, h2)
     states = None
     if state is not None:
-        st, per = np.asarray(state, np.int64), accumulators_per_pass(D)
-        K = int(st.max()) + 1
-        vols = []
-        for k0 in range(0, K, per):
-            for a in _pass(chunks, [st == k for k in range(k0, min(k0 + per, K))]):
-                vols.append(a.solve(sigma2, mask_radius=mask)[0].numpy())
-        states = np.stack(vols)
+        st = np.asarray(state, np.int64)
+        states = np.stack([v.numpy() for v in _state_maps(chunks, st, range(int(st.max()) + 1), sigma2, mask)])
     return FinalMaps(volume.astype(np.float32), h1.astype(np.float32), h2.astype(np.float32), freq, curve,
                      fsc_resolution_px(freq, curve, 0.143), fsc_resolution_px(freq, curve, 0.5), n, states)
 
@@ -140,40 +160,23 @@ def particle_maps(parts: Particles, rot: torch.Tensor, trans: torch.Tensor, vol_
     :func:`chunk_size`) and the states' sums held a few at a time (:func:`accumulators_per_pass`), so the memory grows
     with neither N, D nor K."""
     D = parts.D
-    chunk = chunk or chunk_size(D)
-    labels = None if state is None or int(np.max(state)) < 1 else torch.as_tensor(np.asarray(state))
-    K, per = (0 if labels is None else int(labels.max()) + 1), accumulators_per_pass(D)
-    acc = HartleyAccumulator(D)
-    first = range(0, min(K, per - 1))   # the first pass also holds the consensus sums
-    saccs, resid = _final_pass(parts, rot, trans, chunk, labels, first, acc, vol_d)
-    sig_final = resid / parts.n
+    chunks = _PartsChunks(parts, rot, trans, chunk or chunk_size(D))
+    st = None if state is None or int(np.max(state)) < 1 else np.asarray(state, np.int64)
+    K = 0 if st is None else int(st.max()) + 1
+    first = range(0, min(K, accumulators_per_pass(D) - 1))   # the first pass also holds the consensus sums
+    resid = []
+
+    def residual(data, r, t):
+        resid.append(residual_sigma2(scores_at(vol_d, data, r, t), data) * data.n)
+
+    acc, *saccs = _pass(chunks, [np.ones(parts.n, bool)] + [st == k for k in first], residual)
+    sig_final = sum(resid) / parts.n
     volume, _ = acc.solve(sig_final, mask_radius=mask_radius)
     del acc
-    if labels is None:
+    if st is None:
         return volume, None
     svols = [a.solve(sig_final, mask_radius=mask_radius)[0] for a in saccs]
     del saccs
-    for k0 in range(len(first), K, per):   # the other states, a few at a time
-        for a in _final_pass(parts, rot, trans, chunk, labels, range(k0, min(k0 + per, K)))[0]:
-            svols.append(a.solve(sig_final, mask_radius=mask_radius)[0])
-    svols = [v if int((labels == k).sum()) else torch.zeros(D, D, D) for k, v in enumerate(svols)]
+    svols += _state_maps(chunks, st, range(len(first), K), sig_final, mask_radius)   # the other states
+    svols = [v if (st == k).any() else torch.zeros(D, D, D) for k, v in enumerate(svols)]
     return volume, torch.stack(svols).numpy()
-
-
-def _final_pass(parts: Particles, rot, trans, chunk: int, labels, ks: range, acc=None, vol_d=None):
-    """One pass of :func:`particle_maps`: the sums of the states ``ks`` (and, given ``acc`` and ``vol_d``, the
-    consensus sums and the residual variance's sum against ``vol_d``)."""
-    D = parts.D
-    saccs = [HartleyAccumulator(D) for _ in ks]
-    resid = 0.0
-    for s in range(0, parts.n, chunk):
-        idx = torch.arange(s, min(s + chunk, parts.n))
-        fd = stage_data(parts, D, D // 2, idx)
-        if acc is not None:
-            backproject(acc, fd, rot[idx], trans[idx])
-            resid += residual_sigma2(scores_at(vol_d, fd, rot[idx], trans[idx]), fd) * len(idx)
-        for k, a in zip(ks, saccs):
-            sel = torch.nonzero(labels[idx] == k).reshape(-1)
-            if len(sel):
-                backproject(a, fd, rot[idx][sel], trans[idx][sel], rows=sel)
-    return saccs, resid

@@ -9,6 +9,7 @@ from typing import Any
 
 from cryofire_app.io.errors import InputError
 from cryofire_app.training.config import (
+    GROUPS,
     LR_SCHEDULES,
     PRECISIONS,
     SCHEDULES,
@@ -18,9 +19,6 @@ from cryofire_app.training.config import (
     SeededConfig,
     TrainConfig,
 )
-
-GROUP_TYPES = {"encoder": EncoderConfig, "decoder": DecoderConfig, "seeded": SeededConfig,
-               "amortized": AmortizedConfig}
 
 # field -> the `cryofire train` option that sets it, so one message serves the command line and the API alike
 CLI_FLAGS: dict[str, str] = {
@@ -135,8 +133,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     for group, check in (("encoder", check_encoder), ("decoder", check_decoder), ("seeded", check_seeded),
                          ("amortized", check_amortized)):
         sub = getattr(cfg, group)
-        if not isinstance(sub, GROUP_TYPES[group]):
-            _fail(group, f"a {GROUP_TYPES[group].__name__}", sub)
+        if not isinstance(sub, GROUPS[group]):
+            _fail(group, f"a {GROUPS[group].__name__}", sub)
         check(sub)
     check_device(cfg.device)
     return cfg
