@@ -111,6 +111,7 @@ def test_stop_then_resume_continues_exactly(data, tmp_path):
             assert ev.stopped and ev.images_seen == 128
     ck = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert ck["images_seen"] == 128 and ck["phase"] == "pose_only" and ck["mask_radius"] == 3 + 128 // 64
+    assert ck["optimizer"]["state"] and not part.optim.state   # moments saved, then freed for the outputs
     res = Trainer(tiny_config(data, tmp_path / "b", lr_schedule="cosine"), resume=True)
     evs = list(res.run())
     steps = [e for e in evs if isinstance(e, Step)]
