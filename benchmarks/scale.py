@@ -64,12 +64,13 @@ def memory() -> dict[str, float]:
 
 class AnonPeak:
     """The largest RssAnon (MB) since the last ``take()``, sampled every ``every`` s by a daemon thread, so a peak
-    inside a long phase is not missed between two events."""
+    inside a long phase is not missed between two events; also the mean 1-minute load average over the run
+    (``load``: about the thread count when the case ran alone, more when other jobs shared the cores)."""
 
     def __init__(self, every: float = 0.2):
         import threading
 
-        self.peak, self._lock = 0.0, threading.Lock()
+        self.peak, self._lock, self._loads = 0.0, threading.Lock(), []
         threading.Thread(target=self._run, args=(every,), daemon=True).start()
 
     def _run(self, every: float) -> None:
@@ -77,7 +78,13 @@ class AnonPeak:
             v = memory().get("RssAnon", 0.0)
             with self._lock:
                 self.peak = max(self.peak, v)
+                self._loads.append(os.getloadavg()[0])
             time.sleep(every)
+
+    @property
+    def load(self) -> float:
+        with self._lock:
+            return float(sum(self._loads) / max(1, len(self._loads)))
 
     def take(self) -> float:
         with self._lock:
@@ -120,7 +127,7 @@ def worker(out_json: Path, train_argv: list[str], open_joint: bool = False) -> i
     mem = memory()
     res = dict(N=int(tr.data.N), D=int(tr.D), seed_particles=int(len(tr.seed_pos)), images=int(tr.images_seen),
                world=int(tr.world), device=str(tr.device), wall_s=time.time() - t0, phases=per,
-               peak_rss_mb=mem.get("VmHWM"), failed=failed)
+               peak_rss_mb=mem.get("VmHWM"), load=anon.load, failed=failed)
     if tr.rank == 0:
         from cryofire_app.training.checkpoint import atomic_write_text
 
@@ -203,14 +210,15 @@ def markdown(res: dict) -> list[str]:
         rows.append([r["D"], r["N"], r.get("seed_particles", "-"), r.get("images", "-")]
                     + [_num(ph.get(p, {}).get("s")) for p in PHASES] + [_num(r.get("wall_s")),
                     _num(max((ph.get(p, {}).get("rss_anon_mb", 0.0) for p in PHASES), default=None)),
-                    _num(r.get("peak_rss_mb")), "failed" if r.get("failed") else "ok"])
+                    _num(r.get("peak_rss_mb")), _num(r.get("load"), 1), "failed" if r.get("failed") else "ok"])
     lines = [f"# Scale benchmark ({res['suite']}), {res['date']}, {res['host']}", "",
              f"device {res['device']}, {res['threads']} threads, seed subset "
              f"{res['seed_particles'] or 'default'}, {res['num_images']} images trained per case; times in s, "
              "memory in MB (anon: the process's own arrays, sampled every 0.2 s; peak: the resident high-water "
-             "mark VmHWM)", ""]
+             "mark VmHWM; load: the mean 1-minute load average during the case, about the thread count when it ran "
+             "alone: times measured at a higher load are inflated, memory is not)", ""]
     lines += report.md_table(["D", "N", "seeded", "images"] + [f"{p} s" for p in PHASES]
-                             + ["total s", "anon MB", "peak MB", "run"], rows)
+                             + ["total s", "anon MB", "peak MB", "load", "run"], rows)
     dates = sorted({r["date"] for r in res["cases"] if r.get("date")})
     if len(dates) > 1:
         lines += ["", "Rows measured on different days (`--cases`): " + "; ".join(
