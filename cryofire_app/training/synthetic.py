@@ -69,8 +69,14 @@ class SeedRenderer:
         """Per-pixel variance of the synthetic noise (unwindowed, raw data units)."""
         return float((self.noise_amp.double() ** 2).mean())
 
+    def release(self) -> None:
+        """Free the padded projection volume (a (2D+1)^3 lattice: 64 MB at box 128); the next image rebuilds it."""
+        self.proj = None
+
     def clean(self, rot: torch.Tensor, ctf: torch.Tensor | None, trans: torch.Tensor) -> torch.Tensor:
         """Noise-free images (n, D, D) of the map at ``rot (n, 3, 3)``, CTF rows ``(n, 9)``, shifts ``(n, 2)`` px."""
+        if self.proj is None:
+            self.proj = FourierProjector(self.volume, pad=2, rmax=self.rmax)
         y = self.proj.slice(rot.to(self.device, torch.float32))
         if ctf is not None:
             y = y * ctf_from_params(self.lattice.freqs2d, ctf.to(self.device), D_img=self.D).to(y.dtype)
@@ -153,6 +159,10 @@ class HeteroRenderer:
     @property
     def fit_images(self) -> int:
         return int(sum(r.fit_images for r in self.renderers))
+
+    def release(self) -> None:
+        for r in self.renderers:
+            r.release()
 
     def limit_band(self, box: int) -> "HeteroRenderer":
         for r in self.renderers:

@@ -382,10 +382,11 @@ class Trainer:
         if stopped:
             yield self.emit(Message("info", f"stop requested at {self.images_seen} images", "stopped"))
         yield self.emit(self._checkpoint_event())
-        # free what only steps use (gradients, Adam moments, renderers; ~200 MB at box 128) for the outputs' maps
-        self.model.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)   # free what only steps use (~200 MB at box 128) for the outputs
         self.optim.state.clear()
-        self.synth = self.synth_z = None
+        for r in (self.synth, self.synth_z):
+            if r is not None:
+                r.release()
         pr = outputs.write_outputs(self) if self.rank == 0 else None
         if self.seed is not None:
             yield self.emit(outputs.outputs_message(self))
