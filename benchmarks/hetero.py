@@ -75,6 +75,8 @@ CASES = [
     Case("emd25892-k3", "emd25892", "discrete", 3, (0.5, 0.3, 0.2)),
     Case("emd25892-none", "emd25892", "none"),
     Case("template-9010", "template", "discrete", 2, (0.9, 0.1)),
+    Case("template-cont", "template", "continuous", 8),
+    Case("template-k3", "template", "discrete", 3, (0.5, 0.3, 0.2)),
     Case("spike-cont", "spike", "continuous", 8),
 ]
 CEILING_CASES = [c.name for c in CASES]
