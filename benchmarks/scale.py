@@ -70,7 +70,7 @@ class AnonPeak:
     def __init__(self, every: float = 0.2):
         import threading
 
-        self.peak, self._lock, self._loads = 0.0, threading.Lock(), []
+        self.peak, self._lock, self._load_sum, self._n = 0.0, threading.Lock(), 0.0, 0
         threading.Thread(target=self._run, args=(every,), daemon=True).start()
 
     def _run(self, every: float) -> None:
@@ -78,13 +78,13 @@ class AnonPeak:
             v = memory().get("RssAnon", 0.0)
             with self._lock:
                 self.peak = max(self.peak, v)
-                self._loads.append(os.getloadavg()[0])
+                self._load_sum, self._n = self._load_sum + os.getloadavg()[0], self._n + 1
             time.sleep(every)
 
     @property
     def load(self) -> float:
         with self._lock:
-            return float(sum(self._loads) / max(1, len(self._loads)))
+            return self._load_sum / max(1, self._n)
 
     def take(self) -> float:
         with self._lock:

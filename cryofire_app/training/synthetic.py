@@ -41,8 +41,8 @@ class SeedRenderer:
         self.D = int(volume.shape[-1])
         self.volume = volume.to(self.device, torch.float32)
         self.rmax = 0.5          # highest projected frequency, cycles/px of the training box (noise: full band)
-        self.proj = FourierProjector(self.volume, pad=2, rmax=self.rmax)
-        self.lattice = self.proj.lattice
+        self._proj: FourierProjector | None = None   # the padded projection volume, built on first use
+        self.lattice = self.projector.lattice
         self.window = window.to(self.device, torch.float32)
         self.sigma_real = float(sigma_real)
         self.amplitude = float(amplitude)
@@ -61,8 +61,15 @@ class SeedRenderer:
         rmax = min(0.5, 0.5 * 2 ** 0.5 * box / self.D)
         if rmax != self.rmax:
             self.rmax = rmax
-            self.proj = FourierProjector(self.volume, pad=2, rmax=rmax)
+            self.release()
         return self
+
+    @property
+    def projector(self) -> FourierProjector:
+        """The map's projector up to ``rmax`` (rebuilt after :meth:`release` or a new band)."""
+        if self._proj is None:
+            self._proj = FourierProjector(self.volume, pad=2, rmax=self.rmax)
+        return self._proj
 
     @property
     def noise_variance(self) -> float:
@@ -71,13 +78,11 @@ class SeedRenderer:
 
     def release(self) -> None:
         """Free the padded projection volume (a (2D+1)^3 lattice: 64 MB at box 128); the next image rebuilds it."""
-        self.proj = None
+        self._proj = None
 
     def clean(self, rot: torch.Tensor, ctf: torch.Tensor | None, trans: torch.Tensor) -> torch.Tensor:
         """Noise-free images (n, D, D) of the map at ``rot (n, 3, 3)``, CTF rows ``(n, 9)``, shifts ``(n, 2)`` px."""
-        if self.proj is None:
-            self.proj = FourierProjector(self.volume, pad=2, rmax=self.rmax)
-        y = self.proj.slice(rot.to(self.device, torch.float32))
+        y = self.projector.slice(rot.to(self.device, torch.float32))
         if ctf is not None:
             y = y * ctf_from_params(self.lattice.freqs2d, ctf.to(self.device), D_img=self.D).to(y.dtype)
         y = translate_ht(y, y[:, self.lattice.neg_index], self.lattice.freqs2d, -trans.to(self.device, y.dtype))
