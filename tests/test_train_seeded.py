@@ -396,6 +396,47 @@ def test_bounded_seed_searches_a_subset_and_training_reads_everyone(tmp_path):
     assert read["joint"] - set(pos.tolist())   # the joint phase trains on particles the seed never saw
     rot, _ = read_pose_pkl(tmp_path / "run" / "pose.pkl")
     assert rot.shape == (200, 3, 3)
+    # the particles the seed never searched get the encoder's guess refined against the seed's map (an encoder of
+    # 320 images is near chance)
+    others = np.setdiff1d(np.arange(200), pos)
+    gt_rot = read_pose_pkl(sim / "poses.pkl")[0]
+    al = metrics.align_rotations(rot[pos], gt_rot[pos])
+    err = {k: metrics.rotation_errors(rot[r], gt_rot[r], alignment=al)["rot_view_median_deg"]
+           for k, r in (("seed", pos), ("others", others))}
+    assert tr.others_refined[:2] == (len(others), "search"), tr.others_refined
+    assert err["others"] < 2 * err["seed"] + 3.0, err
     again = Trainer(seeded_config(str(sim / "particles.star"), tmp_path / "run2", **small))
     again._setup()
     assert np.array_equal(again.seed_pos, tr.seed_pos)   # a function of the split and --seed
+
+
+def test_particles_the_seed_did_not_search_get_refined_poses(seeded_data, tmp_path):
+    """The particles the seed never searched (here the held-out split; past seed_max_particles also the rest, which
+    test_bounded_seed_... covers) get the encoder's guess refined against the seed's map (seeded.refine_others,
+    default "search"): after a budget too short to teach the encoder, their poses in pose.pkl are as close to the
+    truth as the seed's own, the encoder's alone are not; z on the seed's basis at those poses separates their
+    states."""
+    from sklearn.metrics import roc_auc_score
+
+    torch.set_num_threads(1)
+    sim = seeded_data / "sim"
+    cfg = seeded_config(str(sim / "particles.star"), tmp_path / "run", num_images=640, val_fraction=0.1)
+    tr = Trainer(cfg)
+    assert isinstance(list(tr.run())[-1], Finished)
+    with np.load(tmp_path / "run" / "checkpoints" / "seed.npz") as f:
+        pos = f["pos"]
+    others = np.setdiff1d(np.arange(N), pos)
+    assert tr.others_refined[:2] == (len(others), "search") and set(tr.val_pos) <= set(others)
+    gt_rot = read_pose_pkl(sim / "poses.pkl")[0]
+    rot = read_pose_pkl(tmp_path / "run" / "pose.pkl")[0]
+    al = metrics.align_rotations(rot[pos], gt_rot[pos])
+    enc = predict(tr.model, tr.data, others, sign=tr.sign, select="encoder")
+    err = {k: metrics.rotation_errors(r, gt_rot[rows], alignment=al)["rot_view_median_deg"]
+           for k, r, rows in (("seed", rot[pos], pos), ("others", rot[others], others),
+                              ("encoder", enc.rot, others))}
+    print(f"\nmedian view error: seed's particles {err['seed']:.2f} deg, the others refined {err['others']:.2f} "
+          f"deg, the encoder's own for them {err['encoder']:.2f} deg")
+    assert err["others"] < max(2 * err["seed"], 3.0) and err["encoder"] > 2 * err["others"], err
+    z = read_z_pkl(tmp_path / "run" / "z.pkl")
+    auc = roc_auc_score(np.load(sim / "labels.npy")[others], z[others, 0])
+    assert max(auc, 1 - auc) > 0.9, auc

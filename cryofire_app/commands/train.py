@@ -119,6 +119,11 @@ def _add_seed_and_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-particles", type=int, default=None, metavar="N",
                    help="seeded: the ab initio seed searches at most N random training particles (default 20000; 0: "
                         "all); the distilled encoder gives the others their poses and z")
+    p.add_argument("--refine-others", choices=("search", "local", "no"), default="search",
+                   help="seeded: the particles the seed did not search (held-out, and past --seed-particles) get the "
+                        "encoder's poses refined against the seed's map, as `cryofire infer --refine-poses`: "
+                        "'search' (default) also tries the best poses of an exhaustive search, 'local' refines "
+                        "from the encoder's pose only (faster), 'no' keeps the encoder's")
     p.add_argument("--enc-box", default=None,
                    help="encoder input box: the image is Fourier-cropped to this even size before the CNN, or 'full' "
                         "(default 32: as accurate per image as 64 at a third of the cost)")
@@ -223,6 +228,7 @@ def _apply_training_args(cfg, args: argparse.Namespace) -> None:
     cfg.seeded.seed_from = args.seed_from
     if args.seed_particles is not None:
         cfg.seeded.seed_max_particles = int(args.seed_particles)
+    cfg.seeded.refine_others = args.refine_others
     if args.states is not None:
         if args.states < 1:
             raise InputError(f"--states must be >= 1 (leave it out to let the data choose), got {args.states}")

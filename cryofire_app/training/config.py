@@ -108,6 +108,10 @@ class SeededConfig:
     seed_max_particles: int = 20000      # the seed searches at most this many training particles (0: all); the
                                          # distilled encoder gives the others their poses, so its cost is flat in N
     seed_config: dict = field(default_factory=dict)   # overrides of reconstruct.SeedConfig fields
+    refine_others: str = "search"        # the final poses of the training particles the seed did not search (the
+                                         # held-out split, and past seed_max_particles the rest): the encoder's,
+                                         # refined against the seed's map as `cryofire infer --refine-poses` does:
+                                         # search | local | no (decision 016)
     seed_from: str | None = None         # reuse the seed of an earlier run on the same particles and split (its run
                                          # folder or checkpoints/seed.npz) instead of searching again
     distill_fraction: float = 0.85       # share of images_total spent in the distill phase (decision 013)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["diagnose_events", "outputs_message", "seed_fits_better", "write_outputs"]
+__all__ = ["diagnose_events", "outputs_message", "refine_others", "seed_fits_better", "write_outputs"]
 
 
 @torch.no_grad()
@@ -56,14 +56,39 @@ def seed_basis_z(tr: "Trainer", pr: Predictions) -> tuple[np.ndarray, np.ndarray
     return basis_z(tr.seed, tr.config.zdim, tr.data.resized_images, tr.data.N, ctf, pr.rot, pr.trans)
 
 
-def write_outputs(tr: "Trainer") -> Predictions:
+def refine_others(tr: "Trainer", pr: Predictions) -> None:
+    """Refine, in place, the poses of ``pr`` (every particle) of the particles the seed did not search against the
+    seed's map (``config.seeded.refine_others``: search | local | no; training.seeding.refine_with_seed, as `cryofire
+    infer --refine-poses`); records ``tr.others_refined = (n, mode, seconds)``."""
+    import time
+
+    from cryofire_app.training.seeding import refine_with_seed
+
+    mode = tr.config.seeded.refine_others
+    rest = np.setdiff1d(np.arange(tr.data.N), tr.seed["pos"])
+    tr.others_refined = (len(rest), "no", 0.0)
+    if mode == "no" or not len(rest):
+        return
+    t0 = time.perf_counter()
+    ctf = tr.data.ctf.numpy()[rest] if tr.data.ctf is not None else None
+    out = refine_with_seed(tr.seed, lambda rows: tr.data.resized_images(rest[rows]), len(rest), ctf, pr.rot[rest],
+                           pr.trans[rest], tr.config.seeded.seed_config, search=mode == "search")
+    if out is not None:
+        pr.rot[rest], pr.trans[rest] = out
+        tr.others_refined = (len(rest), mode, time.perf_counter() - t0)
+
+
+def write_outputs(tr: "Trainer") -> tuple[Predictions, tuple[np.ndarray, np.ndarray]]:
     """The final pass over every particle; returns the final predictions (``rot``, ``trans`` in training-box px,
-    ``z``, ``branch`` for every particle). Particles the seed saw keep whichever pose the decoder fits better at its
-    whole training radius: the seed's (exhaustive search and local refinement) or the encoder's (no labels needed;
-    the encoder can drift from, or never reach, the seed). When the seed found reproducible heterogeneity, z_0..z_{q-1}
-    are every particle's coordinates on the seed's residual directions at its final pose (the estimate the seed made
-    for its own particles, which generalises as the poses do), and latents.npz's ``state`` their states under the
-    seed's mixture; the encoder's own z is kept in latents.npz as ``z_encoder``."""
+    ``z``, ``branch`` for every particle) and the poses the self-diagnosis judges ``(rot, trans)``: the same but
+    the encoder's own for the particles the seed did not search (its held-out check is of the encoder). Particles
+    the seed saw keep whichever pose the decoder fits better at its whole training radius: the seed's (exhaustive
+    search and local refinement) or the encoder's (no labels needed; the encoder can drift from, or never reach,
+    the seed); the others get the encoder's pose refined against the seed's map (:func:`refine_others`: decision
+    016). When the seed found reproducible heterogeneity, z_0..z_{q-1} are every particle's coordinates on the
+    seed's residual directions at its final pose (the estimate the seed made for its own particles, which
+    generalises as the poses do), and latents.npz's ``state`` their states under the seed's mixture; the encoder's
+    own z is kept in latents.npz as ``z_encoder``."""
     from cryofire_app.io import write_pose_pkl, write_z_pkl
 
     cfg, rd = tr.config, tr.run_dir
@@ -77,6 +102,9 @@ def write_outputs(tr: "Trainer") -> Predictions:
         pr.trans[q] = tr.seed["trans"][use]
         pr.branch[q] = 0
         tr.seed_pose_fraction = float(use.mean()) if len(use) else 0.0
+    judged = (pr.rot.copy(), pr.trans.copy())
+    if tr.seed is not None:
+        refine_others(tr, pr)
     z_encoder = pr.z.copy()
     zb = seed_basis_z(tr, pr) if tr.seed is not None else None
     extra = {}
@@ -94,7 +122,7 @@ def write_outputs(tr: "Trainer") -> Predictions:
                     D=np.int64(tr.D), apix=np.float64(tr.data.apix), z_encoder=z_encoder.astype(np.float32), **extra)
     if tr.seed is not None:
         _write_seed_outputs(tr)
-    return pr
+    return pr, judged
 
 
 def _write_seed_outputs(tr: "Trainer") -> None:
@@ -124,18 +152,23 @@ def outputs_message(tr: "Trainer") -> Message:
     """Seeded runs: how many seeded particles kept the seed's pose, and a warning when the encoder never reached
     the seed (its poses for the other particles, and `cryofire infer`, are then not reliable)."""
     gap = f"{tr.agreement_deg:.1f} deg" if tr.agreement_deg is not None else "not checked"
+    n, mode, sec = tr.others_refined
     msg = (f"outputs: the seed's pose fits the decoder better for {100 * tr.seed_pose_fraction:.0f} % of the "
            f"{len(tr.seed['pos'])} training particles (kept there; the encoder's elsewhere)")
+    if n:
+        msg += (f"; the other {n} particles' encoder poses were refined against the seed's map ({mode}, "
+                f"{sec:.0f} s)" if mode != "no" else f"; the other {n} particles keep the encoder's poses")
     if not tr.joint_ok:
-        return Message("warning", msg + f"; the encoder stayed {gap} from the seed's poses, so its poses for other "
-                                        "particles, and `cryofire infer`, are not reliable yet: train longer, or "
-                                        "on a GPU", "pose_source")
+        return Message("warning", msg + f"; the encoder stayed {gap} from the seed's poses, so its own poses are not "
+                                        "reliable yet (`cryofire infer --refine-poses no`): train longer, or on a "
+                                        "GPU", "pose_source")
     return Message("info", msg, "pose_source")
 
 
-def diagnose_events(tr: "Trainer", pr: Predictions) -> Iterator:
-    """The final explicit reconstruction and the self-diagnosis of the final poses (training.report): maps in
-    reconstruction/, a Verdict event and report.json; a fault in either is a warning and never fails the run."""
+def diagnose_events(tr: "Trainer", pr: Predictions, judged: tuple[np.ndarray, np.ndarray]) -> Iterator:
+    """The final explicit reconstruction at the final poses ``pr`` and the self-diagnosis (training.report) of the
+    poses ``judged`` (:func:`write_outputs`): maps in reconstruction/, a Verdict event and report.json; a fault in
+    either is a warning and never fails the run."""
     from cryofire_app.training.report import diagnose_run, final_reconstruction
 
     rec = None
@@ -148,7 +181,7 @@ def diagnose_events(tr: "Trainer", pr: Predictions) -> Iterator:
         log.exception("final reconstruction failed")
         yield Message("warning", f"the final explicit reconstruction could not run ({exc})", "final_maps")
     try:
-        yield diagnose_run(tr, pr.rot, pr.trans, rec)
+        yield diagnose_run(tr, *judged, rec)
     except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
         log.exception("self-diagnosis failed")
         yield Message("warning", f"self-diagnosis could not run ({exc}); report.json not written", "diagnosis")

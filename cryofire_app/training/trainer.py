@@ -71,7 +71,7 @@ class Trainer:
         self.model: CryoFIRE | None = None
         self.last_checkpoint: Path | None = None
         self.seed: dict | None = None
-        self.seed_pose_fraction = 0.0
+        self.seed_pose_fraction, self.others_refined = 0.0, (0, "no", 0.0)   # set by the outputs
         self.images_total = 0
         self.log_file = None                 # log.jsonl, open while the run runs (rank 0)
         self.reset_run()
@@ -391,7 +391,7 @@ class Trainer:
         if self.seed is not None:
             yield self.emit(outputs.outputs_message(self))
         if pr is not None:
-            for ev in outputs.diagnose_events(self, pr):
+            for ev in outputs.diagnose_events(self, *pr):
                 yield self.emit(ev)
         self.par.barrier()
         yield self.emit(Finished(str(self.outdir), self.images_seen, stopped))

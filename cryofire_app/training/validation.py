@@ -180,6 +180,7 @@ def check_seeded(seeded: SeededConfig) -> None:
     for key in ("distill_rot_weight", "distill_trans_weight", "distill_z_weight"):
         _num_in(f"seeded.{key}", getattr(seeded, key), 0, None)
     _int_at_least("seeded.distill_decoder_every", seeded.distill_decoder_every, 1)
+    _choice("seeded.refine_others", seeded.refine_others, ("search", "local", "no"))
     _num_in("seeded.distill_grid_width", seeded.distill_grid_width, 0, 1, lo_open=True, what=" (view spacings)")
     _num_in("seeded.distill_narrow_from", seeded.distill_narrow_from, 0, 1)
     _num_in("seeded.distill_narrow_to", seeded.distill_narrow_to, seeded.distill_narrow_from, 1,
