@@ -232,6 +232,26 @@ def seed_scores(run: Path, u: np.ndarray | None, labels: np.ndarray) -> dict | N
     return out
 
 
+def state_answer(run: Path, pred_new: Path, labels: np.ndarray, labels_new: np.ndarray) -> dict | None:
+    """The run's own state answer, as `cryofire analyze` writes it (seed_states/labels.npy: the seed's labels where
+    it searched, the state at the final pose elsewhere) for the training particles, and `cryofire infer`'s
+    ``state`` for the new ones, scored as K-class confusion; None when the seed found no discrete states."""
+    from cryofire_app.analysis.metrics import label_confusion
+    from cryofire_app.analysis.run import Run
+
+    r = Run(run)
+    seeds = r.seed_states
+    if seeds is None or seeds.n_states < 2:
+        return None
+    per_row = seeds.labels_for_rows(len(r.index))
+    has = per_row >= 0
+    out = {"train": label_confusion(per_row[has], labels[r.index[has]])["confusion"], "train_n": int(has.sum())}
+    with np.load(pred_new / "latents.npz") as f:
+        if "state" in f.files:
+            out["new"] = label_confusion(f["state"], labels_new[f["index"]])["confusion"]
+    return out
+
+
 def run_case(case: Case, threads: int, with_ceiling: bool) -> dict:
     import shutil
 
@@ -268,6 +288,8 @@ def run_case(case: Case, threads: int, with_ceiling: bool) -> dict:
     row["new_z_encoder"], _ = latent_scores(z_new_e, labels_new, u_new, K, pca_e)
     z_ref = np.load(cdir / "pred_new_refined" / "latents.npz")["z"]
     row["new_z_refined"], _ = latent_scores(z_ref, labels_new, u_new, K, pca)
+    if case.kind != "continuous":
+        row["states"] = state_answer(run, cdir / "pred_new", labels, labels_new)
     seed = seed_scores(run, u, labels)
     if seed is not None:
         row["seed"] = seed
@@ -282,21 +304,29 @@ def _f(v, fmt="{:.3f}"):
     return "-" if v is None else fmt.format(v)
 
 
+def _states(st: dict | None) -> str:
+    """The run's state answer's confusion (train over its labelled particles / new), or '-'."""
+    if not st:
+        return "-"
+    return f"{_f(st.get('train'), '{:.1%}')} ({st.get('train_n')}) / {_f(st.get('new'), '{:.1%}')}"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["# Heterogeneity suite (benchmarks/hetero.py)", "",
              "Defaults, from scratch, 2 CPU cores. Continuous: |Spearman| against the hinge coordinate "
              "(PC1 of z / best 1-D latent coordinate / the seed's first coordinate / the same analysis at the true "
-             "poses). Discrete: confusion of k-means (true K) on z, of the seed's labels, and at the true poses; "
-             "K chosen by the seed.",
+             "poses). Discrete: confusion of k-means (true K) on z, of the run's state answer (`cryofire analyze`'s "
+             "seed_states/labels.npy for the training particles, `cryofire infer`'s state for new ones), of the "
+             "seed's labels, and at the true poses; K chosen by the seed.",
              "z is what `cryofire train` / `cryofire infer` write (z_0..z_{q-1} on the seed's heterogeneity "
              "basis at each particle's pose); 'encoder' is the encoder's z head alone (`--z-from encoder`).",
              "", "| case | train z | new z | new z, --refine-z 30 | train z (encoder) | new z (encoder) "
-             "| seed (train) | true-pose ceiling | verdict | wall |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| states: train / new | seed (train) | true-pose ceiling | verdict | wall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["case"]
         if "error" in r:
-            lines.append(f"| {c['name']} | {r['error']} | | | | | | | | |")
+            lines.append(f"| {c['name']} | {r['error']} | | | | | | | | | |")
             continue
         tz, nz, sd, ce = r["train_z"], r["new_z"], r.get("seed", {}), r.get("ceiling", {})
         if c["kind"] == "continuous":
@@ -311,7 +341,8 @@ def markdown(rows: list[dict]) -> str:
                     if ce else "-")
         lines.append(f"| {c['name']} ({c['kind']}, {c['steps']} steps, box {c['box']}, SNR {c['snr']}) | {cell(tz)} | "
                      f"{cell(nz)} | {cell(r.get('new_z_refined', {}))} | {cell(r.get('train_z_encoder', {}))} | "
-                     f"{cell(r.get('new_z_encoder', {}))} | {seed} | {ceil} | {r.get('verdict')} | "
+                     f"{cell(r.get('new_z_encoder', {}))} | {_states(r.get('states'))} | {seed} | {ceil} | "
+                     f"{r.get('verdict')} | "
                      f"{r['train']['wall_s'] / 60:.0f} min |")
     return "\n".join(lines) + "\n"
 
@@ -351,7 +382,11 @@ def main(argv=None) -> int:
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
     rows = {r["case"]["name"]: r for r in old}
     for c in [c for c in CASES if c.name in names]:
-        rows[c.name] = run_case(c, a.threads, not a.no_ceiling)
+        row = run_case(c, a.threads, not a.no_ceiling)
+        prev = rows.get(c.name, {})
+        if "ceiling" not in row and "ceiling" in prev and prev["case"] == row["case"]:
+            row["ceiling"] = prev["ceiling"]   # --no-ceiling: the true-pose analysis of the same simulation stands
+        rows[c.name] = row
         out = {"commit": _git_commit(), "rows": list(rows.values())}
         atomic_write_text(path, json.dumps(out, indent=1, default=float))
         atomic_write_text(RESULTS.with_suffix(".md"), markdown(out["rows"]))
