@@ -36,6 +36,14 @@ def _seed_file(run_dir: Path) -> dict:
         return {k: f[k] for k in f.files}
 
 
+def _labels_per_row(run_dir: Path, seeds: dict) -> np.ndarray:
+    """Every run row's state: the seed's label where it has one, else latents.npz's state at the final pose."""
+    with np.load(run_dir / "latents.npz") as f:
+        per_row = f["state"].astype(np.int64)
+    per_row[seeds["index"]] = seeds["state"]
+    return per_row
+
+
 def _copy_run(run_dir: Path, dst: Path) -> Path:
     shutil.copytree(run_dir, dst)
     return dst
@@ -50,17 +58,18 @@ def test_demo_reports_both_state_splits_and_writes_seed_state_maps(seeded_demo):
     run = Run(out / "run")
     seeds = _seed_file(out / "run")
     labels = np.load(out / "data" / "labels.npy")
-    # the seed labels' confusion, computed here directly: hard labels, the better of the two label numberings
-    truth = labels[run.index[seeds["index"]]]
-    wrong = float(np.mean(seeds["state"] != truth))
+    # the seed labels' confusion, computed here directly: hard labels, the better of the two label numberings; the
+    # seed's own labels where it searched, the others' (held out) from latents.npz's state at their final poses
+    per_row = _labels_per_row(out / "run", seeds)
+    wrong = float(np.mean(per_row != labels[run.index]))
     expected = min(wrong, 1 - wrong)
     res = json.loads((out / "eval.json").read_text())
     assert res["confusion_seed_states"] == pytest.approx(expected, abs=1e-12)
-    assert res["seed_states_n_images"] == len(seeds["index"]) < 200   # held-out particles are not classified
+    assert res["seed_states_n_images"] == 200 > len(seeds["index"])   # every particle is classified
     summ = json.loads((out / "demo_summary.json").read_text())
     assert summ["confusion_seed_states"] == res["confusion_seed_states"]
     assert summ["confusion_z_pc1"] == summ["confusion"] == res["confusion"]
-    assert summ["seed_state_sizes"] == np.bincount(seeds["state"]).tolist()
+    assert summ["seed_state_sizes"] == np.bincount(per_row).tolist()
     assert summ["state_maps_from"] == "seed states"
     # the printed summary names both, each with its own number
     assert f"state confusion, seed labels  {expected:.1%}" in text
@@ -69,7 +78,7 @@ def test_demo_reports_both_state_splits_and_writes_seed_state_maps(seeded_demo):
     # maps/state_<i>.mrc are the seed-state volumes (decoded at each state's mean z) in the simulation's hand
     flipped = summ["maps_mirrored"]
     for j in range(2):
-        zj = run.z[seeds["index"][seeds["state"] == j]].mean(0, keepdims=True)
+        zj = run.z[per_row == j].mean(0, keepdims=True)
         vol = run.decode(zj.astype(np.float32))[0]
         np.testing.assert_allclose(read_mrc(out / "analysis" / "seed_states" / f"vol_{j:03d}.mrc")[0], vol,
                                    atol=1e-5 * float(np.abs(vol).max()))
@@ -94,21 +103,23 @@ def test_analyze_writes_seed_state_selections_and_volumes(seeded_demo, tmp_path,
     assert cli(["analyze", str(out / "run"), "-k", "3", "--pcs", "1", "--n", "2", "-o", str(an), "--on-data",
                 "--flip-hand"]) == 0
     printed = capsys.readouterr().out
-    sizes = np.bincount(seeds["state"]).tolist()
+    # the seed's own labels where it searched; every other particle (the held-out split) in the state of the
+    # seed's mixture at its final pose, which latents.npz holds for every particle
+    expect = _labels_per_row(out / "run", seeds)
+    sizes = np.bincount(expect).tolist()
     assert f"states: from the ab initio seed's labels (seed_states.npz): sizes {sizes}" in printed
     summ = json.loads((an / "summary.json").read_text())
     assert summ["state_source"] == "seed_states" and summ["kmeans"]["k"] == 3   # z is analysed as before
     ss = summ["seed_states"]
-    assert ss["sizes"] == sizes and ss["n_classified"] == len(seeds["index"])
-    assert ss["n_not_classified"] == 200 - len(seeds["index"]) > 0
+    assert ss["sizes"] == sizes and ss["n_classified"] == 200 and ss["n_not_classified"] == 0
+    assert ss["n_classified_by_seed"] == len(seeds["index"]) < 200
     per_row = np.load(an / "seed_states" / "labels.npy")
-    assert per_row.shape == (200,) and np.array_equal(per_row[seeds["index"]], seeds["state"])
-    assert np.sum(per_row == -1) == ss["n_not_classified"]
+    assert np.array_equal(per_row, expect)
     # --on-data: each state's volume at the particle nearest the state's mean z; --flip-hand: mirrored
     centers = np.loadtxt(an / "seed_states" / "centers.txt", ndmin=2)
     orig = load_particles(out / "data" / "particles.star")
     for j in range(2):
-        rows = seeds["index"][seeds["state"] == j]
+        rows = np.flatnonzero(expect == j)
         mean = run.z[rows].mean(0)
         near = int(np.argmin(((run.z - mean) ** 2).sum(1)))
         assert ss["center_index"][j] == near and np.allclose(centers[j], run.z[near], atol=1e-5)
@@ -171,15 +182,11 @@ def test_analyze_without_seed_states_and_with_malformed_ones(seeded_demo, tmp_pa
 
 @pytest.mark.gui
 def test_latent_dock_colours_by_seed_state(make_napari_viewer, qtbot, seeded_demo, tmp_path):
-    from cryofire_app.analysis.run import Run
     from cryofire_app.commands.gui import open_docks
     from cryofire_app.gui.latent_widget import SEED_STATE, UNLABELLED_RGBA, categorical_colors
 
     out, _ = seeded_demo
-    run = Run(out / "run")
-    seeds = _seed_file(out / "run")
-    per_row = np.full(len(run.z), -1)
-    per_row[seeds["index"]] = seeds["state"]
+    per_row = _labels_per_row(out / "run", _seed_file(out / "run"))   # every particle classified
     viewer = make_napari_viewer()
     docks = open_docks(viewer)
     latent, opener = docks["Latent space"], docks["Open run"]
@@ -197,7 +204,7 @@ def test_latent_dock_colours_by_seed_state(make_napari_viewer, qtbot, seeded_dem
     for j in range(2):   # state j has k-means cluster j's colour
         rgb = colors[per_row == j, :3]
         np.testing.assert_allclose(rgb, np.broadcast_to(categorical_colors(np.arange(10))[j, :3], rgb.shape))
-    assert "seed states" in latent.status.text() and "not classified" in latent.status.text()
+    assert "seed states" in latent.status.text() and "not classified" not in latent.status.text()
 
     # the user picks k-means in the combo (as a click does): the clusters' colours, then back to the seed states
     combo.setCurrentIndex(combo.findText("k-means cluster"))

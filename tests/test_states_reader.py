@@ -112,3 +112,20 @@ def test_kind_contradicting_k1_is_refused(tmp_path, extra, problem):
     with pytest.raises(InputError) as e:
         read_seed_states(p)
     assert problem in str(e.value) and str(p) in str(e.value)
+
+
+def test_others_label_the_rows_the_seed_did_not_classify(tmp_path):
+    """With every row's state at its final pose (SeedStates.others, from latents.npz), the rows the seed did not
+    classify take it; the seed's own labels win where it has them; counts, rows and sizes cover every row."""
+    import dataclasses
+
+    a = _base(K=2)
+    s = read_seed_states(_write(tmp_path / "s.npz", **a), n_particles=N)
+    others = np.random.default_rng(2).integers(0, 2, N)
+    t = dataclasses.replace(s, others=others)
+    lab = t.labels_for_rows(N)
+    assert np.array_equal(lab[a["index"]], a["state"]) and np.array_equal(lab[40:], others[40:])
+    assert t.n_labelled == N and s.n_labelled == 40
+    assert t.counts().tolist() == np.bincount(lab, minlength=2).tolist() and t.counts().sum() == N
+    assert np.array_equal(t.rows_of(1), np.flatnonzero(lab == 1))
+    assert np.array_equal(s.rows_of(1), a["index"][a["state"] == 1])   # without others: the seed's rows only

@@ -169,14 +169,20 @@ class Run:
     @property
     def seed_states(self):
         """The seed's state labels (``seed_states.npz``, analysis.states.SeedStates) or None when the run has none
-        (amortized schedule, or a seeded run before its final pass). InputError naming the file when malformed."""
+        (amortized schedule, or a seeded run before its final pass), with latents.npz's per-particle ``state`` as
+        its ``others`` when the run wrote it. InputError naming the file when malformed."""
         from cryofire_app.analysis.states import read_seed_states
 
         p = self.files.seed_states
         if not p.is_file():
             return None
         lat = self._latents(required=False)
-        return read_seed_states(p, n_particles=None if lat is None else len(lat["index"]))
+        seeds = read_seed_states(p, n_particles=None if lat is None else len(lat["index"]))
+        others = None if lat is None else lat.get("state")
+        if (others is not None and others.shape == lat["index"].shape and np.issubdtype(others.dtype, np.integer)
+                and len(others) and 0 <= others.min() and others.max() < seeds.n_states):
+            seeds.others = others.astype(np.int64)   # every particle's state at its final pose
+        return seeds
 
     def events(self) -> list[dict]:
         """All events of log.jsonl (one dict each, key "event" = class name)."""

@@ -13,7 +13,9 @@ A run trained with the seeded schedule writes ``seed_states.npz`` beside ``seed_
   coordinates) or ``"homogeneous"`` (K = 1, no coordinates). Files without it (older runs: K = 2, no coords)
   read as ``"discrete"`` when K >= 2, else ``"continuous"`` with coords, ``"homogeneous"`` without.
 
-Only the training split is classified: held-out (validation) particles have no seed label or coordinate. On issue
+The file classifies the particles the seed searched. Every other particle (the held-out split; past the seed's
+subset, the rest) gets its state from latents.npz's ``state``: the seed's mixture at its final pose, which the run
+writes for every particle (:attr:`SeedStates.others`); runs without it leave those unlabelled. On issue
 5's benchmark set the labels separate two states better than PC1 of the encoder's z, so ``cryofire analyze``, the
 demo and the Latent dock use them as the state split when K >= 2, and the coordinates as the continuous landscape
 when the seed found no discrete states.
@@ -37,7 +39,9 @@ class SeedStates:
     """rows: (M,) int64 rows of the run's per-particle arrays; state: (M,) int64 in 0..K-1 (0 = largest state);
     score: (M,) float32 (K = 2: log posterior odds of state 1; else the first coordinate); path: the file they came
     from; coords: (M, q) float32 continuous coordinates (q >= 1) or None; kind: "discrete", "continuous" or
-    "homogeneous" (from the file, or derived from K and coords for files without it)."""
+    "homogeneous" (from the file, or derived from K and coords for files without it); others: (n,) int64 state of
+    every run row under the seed's mixture at its final pose (latents.npz ``state``), which labels the rows the
+    seed did not classify, or None (those rows stay :data:`UNLABELLED`)."""
 
     rows: np.ndarray
     state: np.ndarray
@@ -45,6 +49,7 @@ class SeedStates:
     path: Path
     coords: np.ndarray | None = None
     kind: str = "discrete"
+    others: np.ndarray | None = None
 
     @property
     def n_states(self) -> int:
@@ -60,22 +65,38 @@ class SeedStates:
         """True when the seed's answer is a continuum: no separated states (K = 1) but coordinates."""
         return self.kind == "continuous" or (self.n_states == 1 and self.coords is not None)
 
+    def _labels(self) -> np.ndarray:
+        """The labels of the labelled rows: the seed's own, then (with :attr:`others`) every other row's."""
+        if self.others is None:
+            return self.state
+        return self.labels_for_rows(len(self.others))
+
     def counts(self) -> np.ndarray:
-        """(K,) particles per state."""
-        return np.bincount(self.state, minlength=self.n_states)
+        """(K,) particles per state (every labelled run row)."""
+        lab = self._labels()
+        return np.bincount(lab[lab >= 0], minlength=self.n_states)
+
+    @property
+    def n_labelled(self) -> int:
+        """Run rows with a state: the seed's, and with :attr:`others` every row."""
+        return int(np.sum(self._labels() >= 0))
 
     def rows_of(self, k: int) -> np.ndarray:
-        """Run rows labelled state ``k`` (in file order)."""
-        return self.rows[self.state == k]
+        """Run rows labelled state ``k`` (the seed's in file order; with :attr:`others`, every row in row order)."""
+        if self.others is None:
+            return self.rows[self.state == k]
+        return np.flatnonzero(self._labels() == k)
 
     def _check_rows(self, n: int) -> None:
         if len(self.rows) and int(self.rows.max()) >= n:
             raise InputError(f"labels particle row {int(self.rows.max())} but the run has {n} particles", self.path)
 
     def labels_for_rows(self, n: int) -> np.ndarray:
-        """(n,) int64 state of every run row, :data:`UNLABELLED` (-1) for rows the seed did not classify."""
+        """(n,) int64 state of every run row: the seed's own label where it classified the row, else the state at
+        the row's final pose (:attr:`others`), else :data:`UNLABELLED` (-1)."""
         self._check_rows(n)
-        out = np.full(n, UNLABELLED, np.int64)
+        out = (np.asarray(self.others, np.int64).copy() if self.others is not None and len(self.others) == n
+               else np.full(n, UNLABELLED, np.int64))
         out[self.rows] = self.state
         return out
 

@@ -22,12 +22,13 @@ def seed_state_outputs(run, z: np.ndarray, seeds, folder: Path, lp, on_data: boo
     per_row = seeds.labels_for_rows(len(z))
     files: dict = {}
     info = {"file": str(seeds.path), "kind": seeds.kind, "n_states": K, "sizes": seeds.counts().tolist(),
-            "n_coordinates": seeds.q, "n_classified": int(len(seeds.rows)),
-            "n_not_classified": int(len(z) - len(seeds.rows)),
-            "note": (f"the ab initio seed's {K}-state labels (seed_states.npz) of the training particles"
-                     if K >= 2 else "the ab initio seed found no discrete states among the training particles "
+            "n_coordinates": seeds.q, "n_classified": seeds.n_labelled, "n_classified_by_seed": int(len(seeds.rows)),
+            "n_not_classified": int(len(z) - seeds.n_labelled),
+            "note": (f"the ab initio seed's {K}-state labels (seed_states.npz) of the particles it searched"
+                     if K >= 2 else "the ab initio seed found no discrete states among the particles it searched "
                                     f"(kind {seeds.kind}, seed_states.npz)")
-                    + "; held-out particles are not classified (label -1)"}
+                    + ("; every other particle in the state of the seed's mixture at its final pose (latents.npz)"
+                       if seeds.others is not None else "; the other particles are not classified (label -1)")}
     folder.mkdir(parents=True, exist_ok=True)
     if z.shape[1] and K >= 2:
         centers, center_index = latent.group_centers(z, per_row, K)

@@ -9,7 +9,8 @@ Writes into DIR (default OUTDIR/analyze):
   loss.png, pc_scatter.png, views.png   training curve, PC1/PC2 of z coloured by cluster, viewing directions
   particles.star            RELION 3.1: the original images with the predicted poses, CTF and cluster (rlnClassNumber)
   seed_states/              seeded runs (the run has seed_states.npz: the ab initio seed's heterogeneity of the
-                            training particles): labels.npy (per particle, -1 = held out, not classified); with
+                            particles it searched): labels.npy (per particle: the seed's state, for the others
+                            the state at their final pose; -1 = not classified, runs without it); with
                             K >= 2 discrete states: vol_<i>.mrc at each state's mean z, centers.txt, per state the
                             selection state_<i>.star / .ind.pkl / _index.csv (or .cs), pc_scatter_seed_states.png;
                             with the seed's continuous coordinates (coords): coords.npy (per particle, NaN = held
@@ -283,7 +284,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"analyzed {s['n_particles']} particles (zdim {s['zdim']}, box {s['D']}, {s['apix']:.3f} A/px) -> {out}")
     if "seed_states" in s:
         ss = s["seed_states"]
-        held = f", {ss['n_not_classified']} held-out particles not classified" if ss["n_not_classified"] else ""
+        held = f", {ss['n_not_classified']} particles not classified" if ss["n_not_classified"] else ""
         if ss["n_states"] >= 2:
             print(f"  states: from the ab initio seed's labels ({Path(ss['file']).name}): sizes {ss['sizes']}" + held)
         else:
