@@ -149,8 +149,8 @@ def _write_seed_outputs(tr: "Trainer") -> None:
 
 
 def outputs_message(tr: "Trainer") -> Message:
-    """Seeded runs: how many seeded particles kept the seed's pose, and a warning when the encoder never reached
-    the seed (its poses for the other particles, and `cryofire infer`, are then not reliable)."""
+    """Seeded runs: how many seeded particles kept the seed's pose, how the others' poses were refined, and a
+    warning when the encoder never reached the seed (its own poses are then not reliable)."""
     gap = f"{tr.agreement_deg:.1f} deg" if tr.agreement_deg is not None else "not checked"
     n, mode, sec = tr.others_refined
     msg = (f"outputs: the seed's pose fits the decoder better for {100 * tr.seed_pose_fraction:.0f} % of the "
