@@ -53,6 +53,7 @@ def test_of_and_set_route_flat_names_and_refuse_unknown_ones():
                                                                                           "window_r_out"),
     ("seed_config", {"box_global": 15}, "seed_config"), ("seed_config", {"no_such": 1}, "seed_config"),
     ("invert_data", "maybe", "--invert-data"), ("batch_size", True, "--batch-size"),
+    ("refine_others", "exhaustive", "--refine-others"),
 ])
 def test_train_config_validate(field, value, needle):
     from cryofire_app.training.config import TrainConfig

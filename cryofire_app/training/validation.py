@@ -32,6 +32,7 @@ CLI_FLAGS: dict[str, str] = {
     "invert_data": "--invert-data", "val_fraction": "--val-fraction", "checkpoint_every": "--checkpoint-every",
     "keep_checkpoints": "--keep-checkpoints", "num_threads": "--threads", "precision": "--precision",
     "seeded.seed_from": "--seed-from", "seeded.seed_max_particles": "--seed-particles",
+    "seeded.refine_others": "--refine-others",
     "encoder.channels": "--enc-channels", "encoder.box": "--enc-box",
     "encoder.stem": "--enc-stem", "encoder.norm": "--enc-norm", "encoder.rot_head": "--rot-head",
     "encoder.view_dirs": "--view-dirs", "decoder.arch": "--dec-arch", "decoder.hidden": "--dec-hidden",
