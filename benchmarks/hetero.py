@@ -384,7 +384,7 @@ def main(argv=None) -> int:
     for c in [c for c in CASES if c.name in names]:
         row = run_case(c, a.threads, not a.no_ceiling)
         prev = rows.get(c.name, {})
-        if "ceiling" not in row and "ceiling" in prev and prev["case"] == row["case"]:
+        if "ceiling" not in row and "ceiling" in prev and prev["case"] == json.loads(json.dumps(row["case"])):
             row["ceiling"] = prev["ceiling"]   # --no-ceiling: the true-pose analysis of the same simulation stands
         rows[c.name] = row
         out = {"commit": _git_commit(), "rows": list(rows.values())}
