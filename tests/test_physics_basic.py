@@ -10,6 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from cryofire_app.physics import (
     Lattice,
+    center_crop_pad,
     compute_ctf,
     ctf_from_params,
     euler_relion_to_matrix,
@@ -21,6 +22,7 @@ from cryofire_app.physics import (
     ifft2_center,
     iht2_center,
     iht3_center,
+    iht3_center_crop,
     matrix_to_euler_relion,
     matrix_to_quaternion,
     matrix_to_r6,
@@ -29,6 +31,8 @@ from cryofire_app.physics import (
     random_rotations,
     rotvec_to_matrix,
     symmetrize_ht,
+    symmetrize_ht3,
+    symmetrized_ht3_padded,
     translate_ht,
     translate_ht_full,
     window_mask,
@@ -51,6 +55,27 @@ def test_ht_round_trip_2d_3d():
     f = fft2_center(x)
     assert torch.allclose(ifft2_center(f).real, x, atol=1e-12)
     assert torch.allclose(ht2_center(x), f.real - f.imag)
+
+
+@pytest.mark.parametrize("n,d", [(16, 8), (16, 16), (15, 7), (12, 5)])
+def test_lean_inverse_3d_equals_full_inverse_then_crop(n, d):
+    # the final maps' solve uses the slab-wise transform; it must be the full transform followed by the crop
+    v = torch.randn(n, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n + d))
+    ref = center_crop_pad(iht3_center(v), d, 3)
+    assert torch.allclose(iht3_center_crop(v, d, slab=3), ref, atol=1e-14)
+    assert iht3_center_crop(v.float(), d).dtype == torch.float32
+    with pytest.raises(ValueError):
+        iht3_center_crop(v[None], d)
+
+
+@pytest.mark.parametrize("d,n", [(8, 16), (6, 6), (5, 12)])
+def test_lean_padded_forward_3d_equals_pad_then_full_transform(d, n):
+    # the projector's (and so every slicing volume's) transform is the slab-wise one
+    v = torch.randn(d, d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d + n))
+    ref = symmetrize_ht3(ht3_center(center_crop_pad(v, n, 3)))
+    assert torch.allclose(symmetrized_ht3_padded(v, n, slab=5), ref, atol=1e-12)
+    with pytest.raises(ValueError):
+        symmetrized_ht3_padded(v, n + 1)
 
 
 def test_ht_is_cas_sum_from_centre_pixel():

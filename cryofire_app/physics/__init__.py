@@ -16,8 +16,10 @@ from .fft import (
     ifft3_center,
     iht2_center,
     iht3_center,
+    iht3_center_crop,
     symmetrize_ht,
     symmetrize_ht3,
+    symmetrized_ht3_padded,
     window_mask,
 )
 from .lattice import Lattice
@@ -39,7 +41,9 @@ from .shift import translate_ht, translate_ht_full
 __all__ = [
     "fft", "lattice", "ctf", "shift", "rotations", "projector",
     "fft2_center", "ifft2_center", "fft3_center", "ifft3_center", "ht2_center", "iht2_center", "ht3_center",
-    "iht3_center", "symmetrize_ht", "symmetrize_ht3", "fourier_resize", "center_crop_pad", "window_mask",
+    "iht3_center", "iht3_center_crop", "symmetrize_ht", "symmetrize_ht3", "symmetrized_ht3_padded", "fourier_resize",
+    "center_crop_pad",
+    "window_mask",
     "Lattice", "compute_ctf", "ctf_from_params", "translate_ht", "translate_ht_full",
     "r6_to_matrix", "matrix_to_r6", "quaternion_to_matrix", "matrix_to_quaternion", "random_rotations",
     "euler_relion_to_matrix", "matrix_to_euler_relion", "rotvec_to_matrix", "cryosparc_pose_to_matrix",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .fft import center_crop_pad, ht3_center, iht2_center, symmetrize_ht3
+from .fft import iht2_center, symmetrized_ht3_padded
 from .lattice import Lattice
 
 
@@ -36,13 +36,15 @@ def slice_ht_volume(vol_ht: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"vol_ht must be (Dl,Dl,Dl) or (B,Dl,Dl,Dl) with B={b}, got {tuple(vol_ht.shape)}")
 
 
-def _sinc2_grid(n: int, dtype: torch.dtype, device, radial: bool = False) -> torch.Tensor:
+def _sinc2_grid(n: int, dtype: torch.dtype, device, radial: bool = False, size: int | None = None) -> torch.Tensor:
     """(n, n, n) trilinear-interpolation kernel transform: product of sinc^2(x / n) over the three axes, or with
-    ``radial=True`` sinc^2(|r| / n) as RELION's gridding correction uses (x, r in voxels from the centre voxel n//2)."""
-    x = (torch.arange(n, dtype=torch.float64, device=device) - n // 2) / n
+    ``radial=True`` sinc^2(|r| / n) as RELION's gridding correction uses (x, r in voxels from the centre voxel n//2);
+    ``size``: only its central ``(size, size, size)`` voxels (center_crop_pad)."""
+    m = n if size is None else int(size)
+    x = (torch.arange(m, dtype=torch.float64, device=device) - m // 2) / n
     s = torch.special.sinc(x) ** 2
-    out = torch.empty(n, n, n, dtype=dtype, device=device)
-    for z in range(n):   # plane by plane: float64 temporaries of one plane, not of the whole (n, n, n) grid
+    out = torch.empty(m, m, m, dtype=dtype, device=device)
+    for z in range(m):   # plane by plane: float64 temporaries of one plane, not of the whole (n, n, n) grid
         if radial:
             out[z] = (torch.special.sinc(torch.sqrt(x[z] ** 2 + x[:, None] ** 2 + x[None, :] ** 2)) ** 2).to(dtype)
         else:
@@ -68,13 +70,13 @@ class FourierProjector:
         self.D = vol.shape[-1]
         self.pad = int(pad)
         dp = self.pad * self.D
-        v = center_crop_pad(vol, dp, 3)
         mode = {True: "radial", False: "none"}.get(gridding, gridding)
         if mode not in ("radial", "separable", "none"):
             raise ValueError(f"gridding must be 'radial', 'separable' or 'none', got {gridding!r}")
+        v = vol   # the padding is zero, so the correction applies to the volume's own voxels only
         if mode != "none":
-            v = v / _sinc2_grid(dp, v.dtype, v.device, radial=(mode == "radial"))
-        self.vol_ht = symmetrize_ht3(ht3_center(v))
+            v = vol / _sinc2_grid(dp, vol.dtype, vol.device, radial=(mode == "radial"), size=self.D)
+        self.vol_ht = symmetrized_ht3_padded(v, dp)
         self.lattice = Lattice(self.D, dtype=vol.dtype, device=vol.device)
         self.keep = None
         if rmax is not None:

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..physics.fft import center_crop_pad, fourier_resize, iht3_center
+from ..physics.fft import fourier_resize, iht3_center_crop
 from ..physics.projector import FourierProjector
 
 
@@ -134,9 +134,8 @@ class HartleyAccumulator:
             v = num / (den + reg[shell])
             v = torch.where(shell.to(v.dtype) / (2 * a0.d) <= max_freq, v, torch.zeros_like(v))
             vol[z0:z1] = v.reshape(z1 - z0, n, n)[:, :-1, :-1]
-        real = iht3_center(vol)  # box 2d, object in the central d
+        real = iht3_center_crop(vol, a0.d)  # box 2d, object in the central d
         del vol
-        real = center_crop_pad(real, a0.d, 3)
         if mask_radius is not None:
             real = real * soft_sphere(a0.d, mask_radius, dtype=real.dtype, device=real.device)
         ssnr = tau2.double() * den_mean / max(sigma2, 1e-30)
