@@ -115,19 +115,27 @@ def symmetrized_ht3_padded(core: torch.Tensor, n: int, slab: int = 16) -> torch.
         raise ValueError(f"symmetrized_ht3_padded needs one cubic volume, d <= n and n even, got "
                          f"{tuple(core.shape)}, n={n}")
     s0 = n // 2 - d // 2
+    cplx = torch.complex128 if core.dtype == torch.float64 else torch.complex64
 
-    def padded_fft(x: torch.Tensor, dim: int) -> torch.Tensor:   # centred 1D transform of x zero-padded along dim
+    def padded_fft(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:   # centred transform, x zero-padded
         shape = list(x.shape)
-        shape[dim] = n
+        for k in dims:
+            shape[k] = n
         p = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        p.narrow(dim, s0, d).copy_(x)
-        return torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(p, dim=dim), dim=dim), dim=dim)
+        sub = p
+        for k in dims:
+            sub = sub.narrow(k, s0, d)
+        sub.copy_(x)
+        return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(p, dim=dims), dim=dims), dim=dims)
 
-    f = padded_fft(padded_fft(core, 0), 1)   # (n, n, d) complex
+    f = torch.empty(n, n, d, dtype=cplx, device=core.device)   # transformed along z and y, x not yet
+    for c in range(0, d, slab):
+        f[:, :, c:c + slab] = padded_fft(core[:, :, c:c + slab], (0, 1))
     out = torch.zeros(n + 1, n + 1, n + 1, dtype=core.dtype, device=core.device)
     for z in range(0, n, slab):
-        g = padded_fft(f[z:z + slab], 2)
+        g = padded_fft(f[z:z + slab], (2,))
         out[z:z + g.shape[0], :n, :n] = g.real - g.imag
+        del g
     out[n, :, :] = out[0, :, :]
     out[:, n, :] = out[:, 0, :]
     out[:, :, n] = out[:, :, 0]

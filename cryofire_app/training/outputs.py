@@ -14,6 +14,7 @@ from cryofire_app.io.atomic import atomic_save_npz
 from cryofire_app.model.cryofire import mask_points
 from cryofire_app.training.events import Message
 from cryofire_app.training.inference import Predictions, default_turns
+from cryofire_app.training.memory import release_freed_memory
 from cryofire_app.training.schedule import mask_radius_at
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ def write_outputs(tr: "Trainer") -> tuple[Predictions, tuple[np.ndarray, np.ndar
     from cryofire_app.io import write_pose_pkl, write_z_pkl
 
     cfg, rd = tr.config, tr.run_dir
+    release_freed_memory()   # training's temporaries, before the passes over every particle
     r = min(cfg.select_radius, mask_radius_at(cfg, tr.D, tr.images_seen))
     pr = tr.predict(np.arange(tr.data.N), r, default_turns(cfg))   # as `cryofire infer` would
     if tr.seed is not None:
@@ -172,6 +174,7 @@ def diagnose_events(tr: "Trainer", pr: Predictions, judged: tuple[np.ndarray, np
     from cryofire_app.training.report import diagnose_run, final_reconstruction
 
     rec = None
+    release_freed_memory()   # the passes' temporaries, before the full-box accumulators
     try:
         rec = final_reconstruction(tr, pr.rot, pr.trans)
         yield Message("info", f"final reconstruction of {rec['n_particles']} particles at box {tr.D}: half-map FSC "

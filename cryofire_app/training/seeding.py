@@ -25,6 +25,7 @@ from cryofire_app.io.errors import InputError
 from cryofire_app.io.rundir import RunDir
 from cryofire_app.training.config import TrainConfig
 from cryofire_app.training.events import Failed, Message, SeedProgress, Step
+from cryofire_app.training.memory import release_freed_memory
 from cryofire_app.training.schedule import mask_radius_at
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ def run_seed(tr: "Trainer", t0: float) -> Iterator:
             arrays = share_seed(tr, arrays)
     else:
         arrays = share_seed(tr, None)
+    release_freed_memory()   # the searches' temporaries, before training starts
     if arrays is not None:
         yield from adopt_seed(tr, arrays)
 
