@@ -129,3 +129,6 @@ def test_others_label_the_rows_the_seed_did_not_classify(tmp_path):
     assert t.counts().tolist() == np.bincount(lab, minlength=2).tolist() and t.counts().sum() == N
     assert np.array_equal(t.rows_of(1), np.flatnonzero(lab == 1))
     assert np.array_equal(s.rows_of(1), a["index"][a["state"] == 1])   # without others: the seed's rows only
+    with pytest.raises(InputError) as e:   # another run's labels: an error naming the file, not unlabelled rows
+        t.labels_for_rows(N + 1)
+    assert str(tmp_path / "s.npz") in str(e.value) and f"{N} particles" in str(e.value)

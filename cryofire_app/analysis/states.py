@@ -93,9 +93,13 @@ class SeedStates:
 
     def labels_for_rows(self, n: int) -> np.ndarray:
         """(n,) int64 state of every run row: the seed's own label where it classified the row, else the state at
-        the row's final pose (:attr:`others`), else :data:`UNLABELLED` (-1)."""
+        the row's final pose (:attr:`others`), else :data:`UNLABELLED` (-1). :attr:`others` must cover the ``n``
+        rows: labels of another run's particles are an error, not silently dropped."""
         self._check_rows(n)
-        out = (np.asarray(self.others, np.int64).copy() if self.others is not None and len(self.others) == n
+        if self.others is not None and len(self.others) != n:
+            raise InputError(f"states for {len(self.others)} particles given beside this file, but the run has {n}",
+                             self.path)
+        out = (np.asarray(self.others, np.int64).copy() if self.others is not None
                else np.full(n, UNLABELLED, np.int64))
         out[self.rows] = self.state
         return out
