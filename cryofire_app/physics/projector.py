@@ -39,7 +39,8 @@ def slice_ht_volume(vol_ht: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 def _sinc2_grid(n: int, dtype: torch.dtype, device, radial: bool = False, size: int | None = None) -> torch.Tensor:
     """(n, n, n) trilinear-interpolation kernel transform: product of sinc^2(x / n) over the three axes, or with
     ``radial=True`` sinc^2(|r| / n) as RELION's gridding correction uses (x, r in voxels from the centre voxel n//2);
-    ``size``: only its central ``(size, size, size)`` voxels (center_crop_pad)."""
+    ``size``: only its central ``(size, size, size)`` voxels (as center_crop_pad would cut them), which is all a
+    volume zero-padded from box ``size`` to ``n`` needs."""
     m = n if size is None else int(size)
     x = (torch.arange(m, dtype=torch.float64, device=device) - m // 2) / n
     s = torch.special.sinc(x) ** 2
