@@ -79,14 +79,22 @@ def iht3_center(h: torch.Tensor) -> torch.Tensor:
     return _htn_center(h, _DIMS3) / _n_elements(h, _DIMS3)
 
 
-def iht3_center_crop(h: torch.Tensor, d: int, slab: int = 16) -> torch.Tensor:
-    """``center_crop_pad(iht3_center(h), d, 3)`` of one cubic volume ``(n, n, n)``, ``d <= n``: the inverse
-    transform is made one axis at a time, ``slab`` planes at a time, and each axis keeps only the ``d`` positions the
-    crop keeps, so besides ``h`` it holds about one ``(d, n, n)`` complex array instead of several ``(n, n, n)``
-    ones (at n = 256: ~70 MB instead of ~400 MB)."""
+#: lattices of at most this many points are transformed whole (a few tens of MB, and faster than slab by slab)
+SLAB_ABOVE = 160 ** 3
+
+
+def iht3_center_crop(h: torch.Tensor, d: int, slab: int | None = None) -> torch.Tensor:
+    """``center_crop_pad(iht3_center(h), d, 3)`` of one cubic volume ``(n, n, n)``, ``d <= n``. Above
+    :data:`SLAB_ABOVE` points (or with ``slab`` given) the inverse transform is made one axis at a time, ``slab``
+    (default 16) planes at a time, and each axis keeps only the ``d`` positions the crop keeps, so besides ``h`` it
+    holds about one ``(d, n, n)`` complex array instead of several ``(n, n, n)`` ones (at n = 256: ~70 MB instead of
+    ~400 MB)."""
     n = h.shape[-1]
     if h.shape != (n, n, n) or not 0 < d <= n:
         raise ValueError(f"iht3_center_crop needs one cubic volume and 0 < d <= n, got {tuple(h.shape)}, d={d}")
+    if slab is None and n ** 3 <= SLAB_ABOVE:
+        return _crop_pad_center(iht3_center(h), d, 3)
+    slab = slab or 16
     keep = torch.arange(n // 2 - d // 2, n // 2 - d // 2 + d, device=h.device)
 
     def along(x: torch.Tensor, dim: int, over: int) -> torch.Tensor:
@@ -105,15 +113,18 @@ def iht3_center_crop(h: torch.Tensor, d: int, slab: int = 16) -> torch.Tensor:
     return (f.real - f.imag) / float(n) ** 3
 
 
-def symmetrized_ht3_padded(core: torch.Tensor, n: int, slab: int = 16) -> torch.Tensor:
+def symmetrized_ht3_padded(core: torch.Tensor, n: int, slab: int | None = None) -> torch.Tensor:
     """``symmetrize_ht3(ht3_center(center_crop_pad(core, n, 3)))`` of one cubic volume ``core (d, d, d)``, ``d <= n``,
-    ``n`` even: the transform is made one axis at a time, so the padding zeros are never transformed and besides the
-    ``(n+1)^3`` result it holds one ``(n, n, d)`` complex array and ``slab`` planes (at n = 256, d = 128: ~70 MB of
-    temporaries instead of ~400 MB)."""
+    ``n`` even. Above :data:`SLAB_ABOVE` points (or with ``slab`` given) the transform is made one axis at a time,
+    ``slab`` (default 16) planes at a time, so the padding zeros are never transformed and besides the ``(n+1)^3``
+    result it holds one ``(n, n, d)`` complex array (at n = 256, d = 128: ~70 MB of temporaries instead of ~400 MB)."""
     d = core.shape[-1]
     if core.shape != (d, d, d) or not 0 < d <= n or n % 2:
         raise ValueError(f"symmetrized_ht3_padded needs one cubic volume, d <= n and n even, got "
                          f"{tuple(core.shape)}, n={n}")
+    if slab is None and n ** 3 <= SLAB_ABOVE:
+        return symmetrize_ht3(_htn_center(_crop_pad_center(core, n, 3), _DIMS3))
+    slab = slab or 16
     s0 = n // 2 - d // 2
     cplx = torch.complex128 if core.dtype == torch.float64 else torch.complex64
 
