@@ -79,6 +79,10 @@ def iht3_center(h: torch.Tensor) -> torch.Tensor:
     return _htn_center(h, _DIMS3) / _n_elements(h, _DIMS3)
 
 
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
 #: lattices of at most this many points are transformed whole (a few tens of MB, and faster than slab by slab)
 SLAB_ABOVE = 160 ** 3
 
@@ -101,12 +105,10 @@ def iht3_center_crop(h: torch.Tensor, d: int, slab: int | None = None) -> torch.
         # the centred 1D transform along ``dim`` at the kept positions, ``slab`` planes of axis ``over`` at a time
         shape = list(x.shape)
         shape[dim] = d
-        out = torch.empty(shape, dtype=torch.complex128 if h.dtype == torch.float64 else torch.complex64,
-                          device=h.device)
+        out = torch.empty(shape, dtype=_complex_of(h.dtype), device=h.device)
         for s in range(0, x.shape[over], slab):
             part = x.narrow(over, s, min(slab, x.shape[over] - s))
-            f = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(part, dim=dim), dim=dim), dim=dim)
-            out.narrow(over, s, part.shape[over]).copy_(f.index_select(dim, keep))
+            out.narrow(over, s, part.shape[over]).copy_(_fftn_center(part, (dim,)).index_select(dim, keep))
         return out
 
     f = along(along(along(h, 0, 2), 1, 0), 2, 0)
@@ -126,7 +128,6 @@ def symmetrized_ht3_padded(core: torch.Tensor, n: int, slab: int | None = None) 
         return symmetrize_ht3(_htn_center(_crop_pad_center(core, n, 3), _DIMS3))
     slab = slab or 16
     s0 = n // 2 - d // 2
-    cplx = torch.complex128 if core.dtype == torch.float64 else torch.complex64
 
     def padded_fft(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:   # centred transform, x zero-padded
         shape = list(x.shape)
@@ -137,9 +138,9 @@ def symmetrized_ht3_padded(core: torch.Tensor, n: int, slab: int | None = None) 
         for k in dims:
             sub = sub.narrow(k, s0, d)
         sub.copy_(x)
-        return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(p, dim=dims), dim=dims), dim=dims)
+        return _fftn_center(p, dims)
 
-    f = torch.empty(n, n, d, dtype=cplx, device=core.device)   # transformed along z and y, x not yet
+    f = torch.empty(n, n, d, dtype=_complex_of(core.dtype), device=core.device)   # transformed along z and y, x not yet
     for c in range(0, d, slab):
         f[:, :, c:c + slab] = padded_fft(core[:, :, c:c + slab], (0, 1))
     out = torch.zeros(n + 1, n + 1, n + 1, dtype=core.dtype, device=core.device)
